@@ -1,0 +1,241 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions, ExchangeDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::uri::AMQPUri;
+use lapin::{Connection, ConnectionProperties};
+use warren_core::QueueName;
+
+use crate::{Consumer, Error, Publisher, Topology};
+
+/// How to reach RabbitMQ. Built by binaries from flags; libraries never read the environment.
+#[derive(Clone)]
+pub struct BrokerConfig {
+    /// `amqp://user:pass@host:port/vhost`. Never logged: `Debug` and [`BrokerConfig::redacted_url`]
+    /// hide the password.
+    pub url: String,
+    /// Shown in RabbitMQ's connection list, e.g. `warren-worker@host/1234`.
+    pub connection_name: String,
+    pub topology: Topology,
+    /// How long to wait for one publisher confirm before reporting the outcome unknown.
+    pub confirm_timeout: Duration,
+    /// AMQP heartbeat, unless the URL sets one. Dead peers are noticed within about twice it.
+    pub heartbeat: Duration,
+    /// TCP and handshake timeout, unless the URL sets one.
+    pub connect_timeout: Duration,
+}
+
+impl BrokerConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            connection_name: "warren".to_owned(),
+            topology: Topology::default(),
+            confirm_timeout: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The URL with its password replaced by `***`, safe for logs and errors.
+    pub fn redacted_url(&self) -> String {
+        redact(&self.url)
+    }
+}
+
+impl fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BrokerConfig")
+            .field("url", &self.redacted_url())
+            .field("connection_name", &self.connection_name)
+            .field("topology", &self.topology)
+            .field("confirm_timeout", &self.confirm_timeout)
+            .field("heartbeat", &self.heartbeat)
+            .finish()
+    }
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Ready and consumer counts of a queue, as a passive declare reports them. Messages delivered
+/// but not yet acked are not counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub ready: u32,
+    pub consumers: u32,
+}
+
+/// One AMQP connection with auto-recovery. Channels are opened per role from it: one per
+/// publisher, one per consumer.
+#[derive(Clone)]
+pub struct Broker {
+    connection: Arc<Connection>,
+    config: BrokerConfig,
+}
+
+impl fmt::Debug for Broker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Broker").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    pub async fn connect(config: BrokerConfig) -> Result<Self, Error> {
+        let mut uri: AMQPUri = config.url.parse().map_err(|reason: String| Error::Url {
+            url: config.redacted_url(),
+            reason,
+        })?;
+        if uri.query.heartbeat.is_none() {
+            uri.query.heartbeat = Some(config.heartbeat.as_secs().clamp(1, 600) as u16);
+        }
+        if uri.query.connection_timeout.is_none() {
+            uri.query.connection_timeout = Some(config.connect_timeout.as_millis() as u64);
+        }
+        let endpoint = format!(
+            "{}:{}{}",
+            uri.authority.host,
+            uri.authority.port,
+            if uri.vhost == "/" { String::new() } else { format!(" (vhost {})", uri.vhost) }
+        );
+        let props = ConnectionProperties::default()
+            .with_connection_name(config.connection_name.clone().into())
+            .enable_auto_recover();
+        let connection = tokio::time::timeout(config.connect_timeout, Connection::connect_uri(uri, props))
+            .await
+            .map_err(|_| Error::ConnectTimeout {
+                endpoint: endpoint.clone(),
+                timeout: config.connect_timeout,
+            })?
+            .map_err(|source| Error::Connect { endpoint, source })?;
+        Ok(Self {
+            connection: Arc::new(connection),
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.config.topology
+    }
+
+    /// Declares Warren's exchanges and these work queues (idempotent).
+    pub async fn declare(&self, queues: &[QueueName]) -> Result<(), Error> {
+        let channel = self.connection.create_channel().await.map_err(Error::Channel)?;
+        let result = self.config.topology.declare(&channel, queues).await;
+        let _ = channel.close(200, "declared".into()).await;
+        result
+    }
+
+    /// A publisher on its own channel, in confirm mode.
+    pub async fn publisher(&self) -> Result<Publisher, Error> {
+        Publisher::open(&self.connection, &self.config).await
+    }
+
+    /// A consumer of one work queue on its own channel, with at most `prefetch` unacked
+    /// deliveries outstanding.
+    pub async fn consume(&self, queue: &QueueName, prefetch: u16, tag: &str) -> Result<Consumer, Error> {
+        let name = self.config.topology.queue(queue);
+        Consumer::open(&self.connection, &name, prefetch, tag).await
+    }
+
+    /// A consumer of the dead-letter queue (for inspection tools and tests).
+    pub async fn consume_dead_letters(&self, prefetch: u16, tag: &str) -> Result<Consumer, Error> {
+        let name = self.config.topology.dead_letter_queue();
+        Consumer::open(&self.connection, &name, prefetch, tag).await
+    }
+
+    /// Ready messages and consumers of a work queue, or `None` if it does not exist. Uses a
+    /// throwaway channel because a passive declare of a missing queue closes its channel.
+    pub async fn queue_depth(&self, queue: &QueueName) -> Result<Option<QueueDepth>, Error> {
+        self.depth_of(&self.config.topology.queue(queue)).await
+    }
+
+    /// Same as [`Broker::queue_depth`] for the dead-letter queue.
+    pub async fn dead_letter_depth(&self) -> Result<Option<QueueDepth>, Error> {
+        self.depth_of(&self.config.topology.dead_letter_queue()).await
+    }
+
+    async fn depth_of(&self, name: &str) -> Result<Option<QueueDepth>, Error> {
+        let channel = self.connection.create_channel().await.map_err(Error::Channel)?;
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        match channel.queue_declare(name.into(), options, FieldTable::default()).await {
+            Ok(q) => {
+                let _ = channel.close(200, "inspected".into()).await;
+                Ok(Some(QueueDepth {
+                    ready: q.message_count(),
+                    consumers: q.consumer_count(),
+                }))
+            }
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(source) => Err(Error::Inspect {
+                queue: name.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Deletes these work queues, the dead-letter queue and both exchanges of the namespace.
+    /// For tests and teardown; running workers lose their consumers.
+    pub async fn delete_topology(&self, queues: &[QueueName]) -> Result<(), Error> {
+        let channel = self.connection.create_channel().await.map_err(Error::Channel)?;
+        let t = &self.config.topology;
+        let names = queues
+            .iter()
+            .map(|q| t.queue(q))
+            .chain(std::iter::once(t.dead_letter_queue()));
+        for name in names {
+            channel
+                .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .map_err(|source| Error::Inspect { queue: name.clone(), source })?;
+        }
+        for exchange in [t.work_exchange(), t.dead_letter_exchange()] {
+            channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await
+                .map_err(|source| Error::Inspect { queue: exchange.clone(), source })?;
+        }
+        let _ = channel.close(200, "deleted".into()).await;
+        Ok(())
+    }
+
+    /// Closes the connection. Unacked deliveries go back to their queues.
+    pub async fn close(&self) {
+        let _ = self.connection.close(200, "warren shutting down".into()).await;
+    }
+}
+
+fn is_not_found(e: &lapin::Error) -> bool {
+    // The broker answers a passive declare of a missing queue with channel error 404.
+    e.to_string().contains("NOT_FOUND") || e.to_string().contains("404")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(redact("amqp://guest:secret@h:5672/%2f"), "amqp://guest:***@h:5672/%2f");
+        assert_eq!(redact("amqp://h:5672"), "amqp://h:5672");
+        let cfg = BrokerConfig::new("amqp://u:p4ss@h/v");
+        assert!(!format!("{cfg:?}").contains("p4ss"));
+    }
+}

@@ -1,0 +1,81 @@
+use std::time::Duration;
+
+/// What went wrong talking to RabbitMQ. Each variant names the operation and the queue or job
+/// it concerned; the lapin error, when there is one, is the `source()`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid AMQP URL `{url}`: {reason}")]
+    Url { url: String, reason: String },
+
+    #[error("cannot connect to RabbitMQ at {endpoint}; is it running and are the credentials right?")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: lapin::Error,
+    },
+
+    #[error("no answer from RabbitMQ at {endpoint} within {timeout:?}; is it running and reachable?")]
+    ConnectTimeout { endpoint: String, timeout: Duration },
+
+    #[error("cannot open an AMQP channel")]
+    Channel(#[source] lapin::Error),
+
+    #[error("cannot declare {what} `{name}`{hint}")]
+    Declare {
+        what: &'static str,
+        name: String,
+        hint: &'static str,
+        #[source]
+        source: lapin::Error,
+    },
+
+    #[error("publish of job {job} to queue `{queue}` failed")]
+    Publish {
+        job: String,
+        queue: String,
+        #[source]
+        source: lapin::Error,
+    },
+
+    #[error(
+        "job {job} is unroutable: no queue `{queue}` is bound to exchange `{exchange}`; \
+         start a worker for that queue or run `warren queues declare {queue}`, then enqueue again"
+    )]
+    Unroutable {
+        job: String,
+        queue: String,
+        exchange: String,
+    },
+
+    #[error("RabbitMQ refused (nacked) job {job} for queue `{queue}`: the queue is full or the broker is out of resources; enqueue again later")]
+    Nacked { job: String, queue: String },
+
+    #[error("no publisher confirm for job {job} on queue `{queue}` within {timeout:?}: the broker may or may not have it; enqueue again (the job id makes a duplicate harmless)")]
+    ConfirmTimeout {
+        job: String,
+        queue: String,
+        timeout: Duration,
+    },
+
+    #[error("cannot consume from queue `{queue}`")]
+    Consume {
+        queue: String,
+        #[source]
+        source: lapin::Error,
+    },
+
+    #[error("cannot settle delivery {tag} of job {job}; the broker will redeliver it")]
+    Settle {
+        tag: u64,
+        job: String,
+        #[source]
+        source: lapin::Error,
+    },
+
+    #[error("cannot inspect queue `{queue}`")]
+    Inspect {
+        queue: String,
+        #[source]
+        source: lapin::Error,
+    },
+}

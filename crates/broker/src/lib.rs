@@ -1,0 +1,25 @@
+//! warren-broker: everything Warren does with RabbitMQ, through lapin.
+//!
+//! It owns the connection (auto-recovery, heartbeats, timeouts), the topology (a durable work
+//! exchange, one quorum queue per Warren queue with a delivery limit and a dead-letter
+//! exchange, a dead-letter queue), publishing with pipelined publisher confirms, and consuming
+//! with a prefetch window. It maps the message contract of `warren_core::message` onto AMQP
+//! properties and headers and back.
+//!
+//! It deliberately knows nothing of Postgres, handlers or retries: callers decide what a
+//! delivery means and when to ack it. No other crate imports lapin.
+
+mod connection;
+mod consumer;
+mod error;
+mod headers;
+mod publisher;
+mod topology;
+
+pub use connection::{Broker, BrokerConfig, QueueDepth};
+pub use consumer::{Consumer, Delivery};
+pub use error::Error;
+pub use publisher::{Publisher, PublishRequest};
+pub use topology::Topology;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,196 @@
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::Confirmation;
+use lapin::{BasicProperties, Channel, Connection, PublisherConfirm};
+use warren_core::message::{HEADER_DEAD_REASON, RawMessage};
+use warren_core::HeaderValue;
+
+use crate::headers::to_field_table;
+use crate::{BrokerConfig, Error};
+
+/// One message to publish: the Warren queue it is for and the message itself.
+#[derive(Clone, Copy, Debug)]
+pub struct PublishRequest<'a> {
+    pub queue: &'a str,
+    pub message: &'a RawMessage,
+}
+
+/// Publishes to the work exchange on a channel in confirm mode.
+///
+/// Every publish is persistent and `mandatory`, and succeeds only when the broker's confirm is
+/// an ack without a returned message: an unroutable message (no such queue) or a nack is an
+/// error for that message, never a silent success. Clones share the channel.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+    exchange: String,
+    dead_letter_exchange: String,
+    confirm_timeout: Duration,
+    /// Confirms in flight at once in [`Publisher::publish_many`]. A few hundred keeps the
+    /// broker busy without holding a whole batch's confirms in memory.
+    window: usize,
+}
+
+impl fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher")
+            .field("exchange", &self.exchange)
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a message is named in errors: its job id, or a placeholder when it has none.
+fn job_of(message: &RawMessage) -> String {
+    message.message_id.clone().unwrap_or_else(|| "(no id)".to_owned())
+}
+
+impl Publisher {
+    pub(crate) async fn open(connection: &Connection, config: &BrokerConfig) -> Result<Self, Error> {
+        let channel = connection.create_channel().await.map_err(Error::Channel)?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(Error::Channel)?;
+        Ok(Self {
+            channel,
+            exchange: config.topology.work_exchange(),
+            dead_letter_exchange: config.topology.dead_letter_exchange(),
+            confirm_timeout: config.confirm_timeout,
+            window: 512,
+        })
+    }
+
+    /// Sets how many confirms [`Publisher::publish_many`] keeps in flight.
+    pub fn with_window(mut self, window: usize) -> Self {
+        self.window = window.max(1);
+        self
+    }
+
+    /// Publishes one message and waits for its confirm.
+    pub async fn publish(&self, queue: &str, message: &RawMessage) -> Result<(), Error> {
+        let req = PublishRequest { queue, message };
+        let confirm = self.send(&self.exchange, req).await?;
+        self.settle(&self.exchange, req, confirm).await
+    }
+
+    /// Publishes many messages with their confirms pipelined, and reports each one's outcome
+    /// in order. A failure of one message does not stop the others.
+    pub async fn publish_many(&self, batch: &[PublishRequest<'_>]) -> Vec<Result<(), Error>> {
+        let mut results: Vec<Option<Result<(), Error>>> = batch.iter().map(|_| None).collect();
+        let mut pending: VecDeque<(usize, PublisherConfirm)> = VecDeque::with_capacity(self.window);
+        for (i, req) in batch.iter().enumerate() {
+            if pending.len() >= self.window
+                && let Some((j, confirm)) = pending.pop_front()
+            {
+                results[j] = Some(self.settle(&self.exchange, batch[j], confirm).await);
+            }
+            match self.send(&self.exchange, *req).await {
+                Ok(confirm) => pending.push_back((i, confirm)),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        for (j, confirm) in pending {
+            results[j] = Some(self.settle(&self.exchange, batch[j], confirm).await);
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| unreachable!("every slot is settled above")))
+            .collect()
+    }
+
+    /// Publishes a message straight to the dead-letter queue with `warren-dead-reason` set.
+    /// Used for input so broken that no job record can be made of it.
+    pub async fn publish_dead_letter(&self, message: &RawMessage, queue: &str, reason: &str) -> Result<(), Error> {
+        let mut message = message.clone();
+        message
+            .headers
+            .insert(HEADER_DEAD_REASON.to_owned(), HeaderValue::Str(reason.to_owned()));
+        let req = PublishRequest {
+            queue,
+            message: &message,
+        };
+        let confirm = self.send(&self.dead_letter_exchange, req).await?;
+        self.settle(&self.dead_letter_exchange, req, confirm).await
+    }
+
+    async fn send(&self, exchange: &str, req: PublishRequest<'_>) -> Result<PublisherConfirm, Error> {
+        let m = req.message;
+        let mut props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_headers(to_field_table(&m.headers));
+        if let Some(id) = &m.message_id {
+            props = props.with_message_id(id.as_str().into());
+        }
+        if let Some(ct) = &m.content_type {
+            props = props.with_content_type(ct.as_str().into());
+        }
+        if let Some(ts) = m.timestamp {
+            props = props.with_timestamp(ts);
+        }
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        let mut retried = false;
+        loop {
+            let sent = self
+                .channel
+                .basic_publish(exchange.into(), req.queue.into(), options, &m.body, props.clone())
+                .await;
+            match sent {
+                Ok(confirm) => return Ok(confirm),
+                // After a connection loss lapin recovers the channel (confirm mode included);
+                // wait for that once, bounded, then try this message again.
+                Err(e) if !retried => {
+                    retried = true;
+                    let recovered =
+                        tokio::time::timeout(self.confirm_timeout, self.channel.wait_for_recovery(e)).await;
+                    if let Ok(Err(source)) = recovered {
+                        return Err(Error::Publish {
+                            job: job_of(m),
+                            queue: req.queue.to_owned(),
+                            source,
+                        });
+                    }
+                }
+                Err(source) => {
+                    return Err(Error::Publish {
+                        job: job_of(m),
+                        queue: req.queue.to_owned(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    async fn settle(&self, exchange: &str, req: PublishRequest<'_>, confirm: PublisherConfirm) -> Result<(), Error> {
+        let job = || job_of(req.message);
+        match tokio::time::timeout(self.confirm_timeout, confirm).await {
+            Err(_) => Err(Error::ConfirmTimeout {
+                job: job(),
+                queue: req.queue.to_owned(),
+                timeout: self.confirm_timeout,
+            }),
+            Ok(Err(source)) => Err(Error::Publish {
+                job: job(),
+                queue: req.queue.to_owned(),
+                source,
+            }),
+            Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => Ok(()),
+            Ok(Ok(Confirmation::Ack(Some(_returned)))) => Err(Error::Unroutable {
+                job: job(),
+                queue: req.queue.to_owned(),
+                exchange: exchange.to_owned(),
+            }),
+            Ok(Ok(Confirmation::Nack(_))) => Err(Error::Nacked {
+                job: job(),
+                queue: req.queue.to_owned(),
+            }),
+        }
+    }
+}

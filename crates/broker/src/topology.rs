@@ -1,0 +1,145 @@
+use lapin::Channel;
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::ExchangeKind;
+use warren_core::QueueName;
+
+use crate::Error;
+
+/// Names and settings of Warren's RabbitMQ objects.
+///
+/// Every name starts with the namespace (default `warren`), so several Warren deployments, or
+/// parallel tests, can share one vhost without seeing each other:
+///
+/// - `<ns>.work`: durable direct exchange; the routing key is the Warren queue name;
+/// - `<ns>.q.<queue>`: one durable quorum queue per Warren queue, bound with its name;
+/// - `<ns>.dlx`: durable fanout exchange the work queues dead-letter into;
+/// - `<ns>.dead`: durable quorum queue holding what the broker dead-lettered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topology {
+    pub namespace: String,
+    /// `x-delivery-limit` of every work queue: a message delivered more than this many times
+    /// (because its worker keeps dying) is dead-lettered instead of looping forever.
+    pub delivery_limit: u32,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self {
+            namespace: "warren".to_owned(),
+            delivery_limit: 5,
+        }
+    }
+}
+
+const HINT_MISMATCH: &str = "; if it exists with different arguments (queue type, delivery limit, \
+    dead-letter settings) delete it or use another namespace";
+
+impl Topology {
+    pub fn work_exchange(&self) -> String {
+        format!("{}.work", self.namespace)
+    }
+
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dlx", self.namespace)
+    }
+
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead", self.namespace)
+    }
+
+    pub fn queue(&self, queue: &QueueName) -> String {
+        format!("{}.q.{}", self.namespace, queue)
+    }
+
+    /// Declares the exchanges, the dead-letter queue and the given work queues. Idempotent:
+    /// running it again with the same settings changes nothing, so every worker does it at
+    /// start-up.
+    pub(crate) async fn declare(&self, channel: &Channel, queues: &[QueueName]) -> Result<(), Error> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        for (name, kind) in [
+            (self.work_exchange(), ExchangeKind::Direct),
+            (self.dead_letter_exchange(), ExchangeKind::Fanout),
+        ] {
+            channel
+                .exchange_declare(name.as_str().into(), kind, durable, FieldTable::default())
+                .await
+                .map_err(|source| Error::Declare {
+                    what: "exchange",
+                    name: name.clone(),
+                    hint: "",
+                    source,
+                })?;
+        }
+
+        let dlq = self.dead_letter_queue();
+        let mut dlq_args = FieldTable::default();
+        dlq_args.insert("x-queue-type".into(), string("quorum"));
+        declare_queue(channel, &dlq, dlq_args).await?;
+        bind(channel, &dlq, &self.dead_letter_exchange(), "").await?;
+
+        for queue in queues {
+            let name = self.queue(queue);
+            declare_queue(channel, &name, self.work_queue_arguments()).await?;
+            bind(channel, &name, &self.work_exchange(), queue.as_str()).await?;
+        }
+        Ok(())
+    }
+
+    fn work_queue_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), string("quorum"));
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(i64::from(self.delivery_limit)),
+        );
+        args.insert("x-dead-letter-exchange".into(), string(&self.dead_letter_exchange()));
+        // Without these two, RabbitMQ 3.10 silently dead-letters at most once: a message
+        // could vanish between the work queue and the dead-letter queue.
+        args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
+        args.insert("x-overflow".into(), string("reject-publish"));
+        args
+    }
+}
+
+fn string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> Result<(), Error> {
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(ShortString::from(name), options, args)
+        .await
+        .map(drop)
+        .map_err(|source| Error::Declare {
+            what: "queue",
+            name: name.to_owned(),
+            hint: HINT_MISMATCH,
+            source,
+        })
+}
+
+async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str) -> Result<(), Error> {
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|source| Error::Declare {
+            what: "binding for queue",
+            name: queue.to_owned(),
+            hint: "",
+            source,
+        })
+}

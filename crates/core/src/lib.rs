@@ -1,0 +1,27 @@
+//! warren-core: the domain of Warren as plain data and pure functions.
+//!
+//! It owns job identity ([`JobId`]), validated names ([`TaskName`], [`QueueName`]), the message
+//! contract between producers and workers ([`message`]), job states and the one function that
+//! decides their transitions ([`lifecycle`]), handler errors ([`JobError`]) and the retry delay
+//! policy ([`RetryPolicy`]).
+//!
+//! It deliberately does no I/O: no tokio, no lapin, no sqlx. Everything here is testable with
+//! plain unit tests, and every other crate agrees on these types instead of inventing its own.
+
+pub mod duration;
+mod error;
+mod id;
+pub mod lifecycle;
+pub mod message;
+mod name;
+mod retry;
+
+pub use error::{FailureKind, FailureRecord, JobError, JobErrorKind};
+pub use id::{JobId, ParseJobIdError};
+pub use lifecycle::{Event, IllegalTransition, JobState};
+pub use message::{DecodeError, DecodeReason, HeaderValue, JobMessage, RawMessage};
+pub use name::{InvalidName, QueueName, TaskName};
+pub use retry::{InvalidPolicy, RetryPolicy, SplitMix64};
+
+/// The queue a job goes to when its producer names none.
+pub const DEFAULT_QUEUE: &str = "default";

@@ -1,0 +1,516 @@
+//! The message contract: how a job travels through RabbitMQ.
+//!
+//! A job message is an AMQP message whose body is the payload as UTF-8 JSON and whose
+//! properties and headers carry everything else:
+//!
+//! | where | name | type | required | meaning |
+//! | --- | --- | --- | --- | --- |
+//! | property | `message_id` | string (UUID) | yes | the job id |
+//! | property | `content_type` | string | no | if present, must be `application/json` |
+//! | property | `delivery_mode` | 2 | no | persistent; Warren's producers always set it |
+//! | property | `timestamp` | unix seconds | no | when the job was enqueued (coarse) |
+//! | header | `warren-task` | string | yes | the task name |
+//! | header | `warren-attempt` | integer ≥ 1 | yes | which attempt this delivery is |
+//! | header | `warren-max-attempts` | integer ≥ 1 | no | attempts allowed; the task's policy when absent |
+//! | header | `warren-timeout-ms` | integer ≥ 1 | no | per-attempt timeout; the task's default when absent |
+//! | header | `warren-idempotency-key` | string | no | at most one live or succeeded job per key |
+//! | header | `warren-enqueued-at` | integer, unix ms | no | when the job was first enqueued |
+//! | header | `traceparent` | string | no | W3C trace context; a malformed value is dropped |
+//! | header | `tracestate` | string | no | W3C trace state, passed through |
+//!
+//! The queue is not in the message: the routing key on the work exchange is the queue name.
+//! `schemas/message.schema.json` is the same contract for producers in other languages; a test
+//! fails when the two drift apart.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
+
+use crate::{JobId, TaskName};
+
+pub const HEADER_TASK: &str = "warren-task";
+pub const HEADER_ATTEMPT: &str = "warren-attempt";
+pub const HEADER_MAX_ATTEMPTS: &str = "warren-max-attempts";
+pub const HEADER_TIMEOUT_MS: &str = "warren-timeout-ms";
+pub const HEADER_IDEMPOTENCY_KEY: &str = "warren-idempotency-key";
+pub const HEADER_ENQUEUED_AT: &str = "warren-enqueued-at";
+pub const HEADER_TRACEPARENT: &str = "traceparent";
+pub const HEADER_TRACESTATE: &str = "tracestate";
+/// Set by Warren on messages it dead-letters itself (no job id could be read).
+pub const HEADER_DEAD_REASON: &str = "warren-dead-reason";
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+
+/// Every header of the contract with its JSON-schema type and whether it is required, in one
+/// place so the schema drift test can compare them with `schemas/message.schema.json`.
+pub const HEADERS: &[(&str, &str, bool)] = &[
+    (HEADER_TASK, "string", true),
+    (HEADER_ATTEMPT, "integer", true),
+    (HEADER_MAX_ATTEMPTS, "integer", false),
+    (HEADER_TIMEOUT_MS, "integer", false),
+    (HEADER_IDEMPOTENCY_KEY, "string", false),
+    (HEADER_ENQUEUED_AT, "integer", false),
+    (HEADER_TRACEPARENT, "string", false),
+    (HEADER_TRACESTATE, "string", false),
+];
+
+/// The most attempts a message may claim. Anything above is treated as corrupt input rather
+/// than a policy, so a bad header cannot make a job retry for weeks.
+pub const MAX_ATTEMPTS_LIMIT: u32 = 1_000;
+/// Longest idempotency key accepted.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// A header value as it arrives, with AMQP's many integer and string encodings folded into
+/// the few shapes the contract cares about.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HeaderValue {
+    Str(String),
+    Int(i64),
+    Bytes(Vec<u8>),
+    /// Any other AMQP type, named so errors can say what arrived instead.
+    Other(&'static str),
+}
+
+impl HeaderValue {
+    fn type_name(&self) -> &'static str {
+        match self {
+            HeaderValue::Str(_) => "string",
+            HeaderValue::Int(_) => "integer",
+            HeaderValue::Bytes(_) => "byte array",
+            HeaderValue::Other(name) => name,
+        }
+    }
+}
+
+/// A message as the broker hands it over, before any interpretation.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RawMessage {
+    pub message_id: Option<String>,
+    pub content_type: Option<String>,
+    /// Unix seconds, from the AMQP `timestamp` property.
+    pub timestamp: Option<u64>,
+    pub headers: BTreeMap<String, HeaderValue>,
+    pub body: Vec<u8>,
+}
+
+/// A decoded, validated job message.
+#[derive(Clone, Debug)]
+pub struct JobMessage {
+    pub id: JobId,
+    pub task: TaskName,
+    pub attempt: u32,
+    pub max_attempts: Option<u32>,
+    pub timeout_ms: Option<u64>,
+    pub idempotency_key: Option<String>,
+    pub enqueued_at: DateTime<Utc>,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+    /// The payload, checked to be one well-formed JSON value.
+    pub payload: Box<RawValue>,
+}
+
+impl PartialEq for JobMessage {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && self.task == other.task
+            && self.attempt == other.attempt
+            && self.max_attempts == other.max_attempts
+            && self.timeout_ms == other.timeout_ms
+            && self.idempotency_key == other.idempotency_key
+            && self.enqueued_at == other.enqueued_at
+            && self.traceparent == other.traceparent
+            && self.tracestate == other.tracestate
+            && self.payload.get() == other.payload.get()
+    }
+}
+
+/// Why a message could not be read as a job.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeReason {
+    #[error("message has no message_id property; the job id travels there")]
+    MissingId,
+    #[error("message_id `{0}` is not a UUID job id")]
+    BadId(String),
+    #[error("content_type is `{0}`, expected application/json")]
+    ContentType(String),
+    #[error("required header `{0}` is missing")]
+    MissingHeader(&'static str),
+    #[error("header `{header}` must be {expected}, found {found}")]
+    HeaderType {
+        header: &'static str,
+        expected: &'static str,
+        found: String,
+    },
+    #[error("header `{header}` is {value}, outside the allowed range {min}..={max}")]
+    OutOfRange {
+        header: &'static str,
+        value: i64,
+        min: i64,
+        max: i64,
+    },
+    #[error("header `warren-task`: {0}")]
+    BadTask(String),
+    #[error("body is {size} bytes, over the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("body is not UTF-8 (invalid byte at offset {0})")]
+    NotUtf8(usize),
+    #[error("body is not JSON: {0}")]
+    NotJson(String),
+}
+
+/// A message that is not a valid job, with whatever identity could still be read from it so
+/// that the failure can be recorded against the job when there is one.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct DecodeError {
+    pub job_id: Option<JobId>,
+    pub task: Option<String>,
+    pub attempt: Option<u32>,
+    pub reason: DecodeReason,
+}
+
+impl JobMessage {
+    /// Properties and headers for this message, in contract order. The publisher maps them
+    /// onto AMQP types; nothing else about the wire format lives outside this module.
+    pub fn headers(&self) -> Vec<(&'static str, HeaderValue)> {
+        let mut h = vec![
+            (HEADER_TASK, HeaderValue::Str(self.task.to_string())),
+            (HEADER_ATTEMPT, HeaderValue::Int(i64::from(self.attempt))),
+            (
+                HEADER_ENQUEUED_AT,
+                HeaderValue::Int(self.enqueued_at.timestamp_millis()),
+            ),
+        ];
+        if let Some(max) = self.max_attempts {
+            h.push((HEADER_MAX_ATTEMPTS, HeaderValue::Int(i64::from(max))));
+        }
+        if let Some(ms) = self.timeout_ms {
+            h.push((HEADER_TIMEOUT_MS, HeaderValue::Int(ms.min(i64::MAX as u64) as i64)));
+        }
+        if let Some(key) = &self.idempotency_key {
+            h.push((HEADER_IDEMPOTENCY_KEY, HeaderValue::Str(key.clone())));
+        }
+        if let Some(tp) = &self.traceparent {
+            h.push((HEADER_TRACEPARENT, HeaderValue::Str(tp.clone())));
+        }
+        if let Some(ts) = &self.tracestate {
+            h.push((HEADER_TRACESTATE, HeaderValue::Str(ts.clone())));
+        }
+        h
+    }
+
+    /// Reads a broker message as a job, checking every field the contract defines.
+    /// `max_body` is the configured body size limit in bytes.
+    pub fn decode(raw: &RawMessage, max_body: usize) -> Result<JobMessage, DecodeError> {
+        let mut err = DecodeError {
+            job_id: None,
+            task: None,
+            attempt: None,
+            reason: DecodeReason::MissingId,
+        };
+        // Read identity first and leniently, so that even a message failing later checks can
+        // be recorded against its job.
+        let id = match raw.message_id.as_deref() {
+            None | Some("") => return Err(err),
+            Some(s) => match s.parse::<JobId>() {
+                Ok(id) => id,
+                Err(_) => {
+                    err.reason = DecodeReason::BadId(s.chars().take(80).collect());
+                    return Err(err);
+                }
+            },
+        };
+        err.job_id = Some(id);
+        if let Some(HeaderValue::Str(t)) = raw.headers.get(HEADER_TASK) {
+            err.task = Some(t.chars().take(200).collect());
+        }
+        if let Some(HeaderValue::Int(a)) = raw.headers.get(HEADER_ATTEMPT) {
+            err.attempt = u32::try_from(*a).ok();
+        }
+        let fail = |mut err: DecodeError, reason| {
+            err.reason = reason;
+            Err(err)
+        };
+
+        if let Some(ct) = raw.content_type.as_deref()
+            && !ct.is_empty()
+            && !ct.eq_ignore_ascii_case(CONTENT_TYPE_JSON)
+            && !ct.to_ascii_lowercase().starts_with("application/json;")
+        {
+            return fail(err, DecodeReason::ContentType(ct.chars().take(80).collect()));
+        }
+
+        let task = match required_str(raw, HEADER_TASK) {
+            Ok(t) => t,
+            Err(r) => return fail(err, r),
+        };
+        let task = match TaskName::new(task) {
+            Ok(t) => t,
+            Err(e) => return fail(err, DecodeReason::BadTask(e.reason.to_string())),
+        };
+        let attempt = match required_int(raw, HEADER_ATTEMPT, 1, i64::from(MAX_ATTEMPTS_LIMIT)) {
+            Ok(a) => a as u32,
+            Err(r) => return fail(err, r),
+        };
+        let max_attempts = match optional_int(raw, HEADER_MAX_ATTEMPTS, 1, i64::from(MAX_ATTEMPTS_LIMIT)) {
+            Ok(m) => m.map(|m| m as u32),
+            Err(r) => return fail(err, r),
+        };
+        // Roughly 24 days: anything longer is a mistake, not a timeout.
+        let timeout_ms = match optional_int(raw, HEADER_TIMEOUT_MS, 1, i64::from(i32::MAX)) {
+            Ok(t) => t.map(|t| t as u64),
+            Err(r) => return fail(err, r),
+        };
+        let idempotency_key = match optional_str(raw, HEADER_IDEMPOTENCY_KEY) {
+            Ok(Some(k)) if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_LEN => {
+                return fail(
+                    err,
+                    DecodeReason::HeaderType {
+                        header: HEADER_IDEMPOTENCY_KEY,
+                        expected: "a string of 1 to 255 bytes",
+                        found: format!("{} bytes", k.len()),
+                    },
+                );
+            }
+            Ok(k) => k.map(str::to_owned),
+            Err(r) => return fail(err, r),
+        };
+        // Year 2000 to year 2200 in unix milliseconds: wider than any real clock, narrow
+        // enough to catch seconds-for-milliseconds mistakes.
+        let enqueued_at = match optional_int(raw, HEADER_ENQUEUED_AT, 946_684_800_000, 7_258_118_400_000) {
+            Ok(Some(ms)) => DateTime::from_timestamp_millis(ms),
+            Ok(None) => raw
+                .timestamp
+                .and_then(|s| DateTime::from_timestamp(i64::try_from(s).ok()?, 0)),
+            Err(r) => return fail(err, r),
+        }
+        .unwrap_or_else(Utc::now);
+        let traceparent = match optional_str(raw, HEADER_TRACEPARENT) {
+            Ok(tp) => tp.filter(|tp| is_traceparent(tp)).map(str::to_owned),
+            Err(_) => None,
+        };
+        let tracestate = optional_str(raw, HEADER_TRACESTATE)
+            .ok()
+            .flatten()
+            .filter(|_| traceparent.is_some())
+            .map(str::to_owned);
+
+        if raw.body.len() > max_body {
+            return fail(
+                err,
+                DecodeReason::TooLarge {
+                    size: raw.body.len(),
+                    limit: max_body,
+                },
+            );
+        }
+        let text = match std::str::from_utf8(&raw.body) {
+            Ok(t) => t,
+            Err(e) => return fail(err, DecodeReason::NotUtf8(e.valid_up_to())),
+        };
+        let payload = match serde_json::from_str::<Box<RawValue>>(text) {
+            Ok(p) => p,
+            Err(e) => return fail(err, DecodeReason::NotJson(e.to_string())),
+        };
+        Ok(JobMessage {
+            id,
+            task,
+            attempt,
+            max_attempts,
+            timeout_ms,
+            idempotency_key,
+            enqueued_at,
+            traceparent,
+            tracestate,
+            payload,
+        })
+    }
+
+    /// The message as raw broker data, exactly as a publisher following the contract sends it.
+    pub fn encode(&self) -> RawMessage {
+        RawMessage {
+            message_id: Some(self.id.to_string()),
+            content_type: Some(CONTENT_TYPE_JSON.to_owned()),
+            timestamp: u64::try_from(self.enqueued_at.timestamp()).ok(),
+            headers: self
+                .headers()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            body: self.payload.get().as_bytes().to_vec(),
+        }
+    }
+}
+
+/// Whether `s` is a W3C `traceparent` of version 00: `00-<32 hex>-<16 hex>-<2 hex>`, with
+/// neither id all zeros.
+pub fn is_traceparent(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    let hex = |p: &str, n: usize| {
+        p.len() == n && p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    parts.len() == 4
+        && parts[0] == "00"
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+        && parts[1].bytes().any(|b| b != b'0')
+        && parts[2].bytes().any(|b| b != b'0')
+}
+
+fn required_str<'a>(raw: &'a RawMessage, header: &'static str) -> Result<&'a str, DecodeReason> {
+    optional_str(raw, header)?.ok_or(DecodeReason::MissingHeader(header))
+}
+
+fn optional_str<'a>(
+    raw: &'a RawMessage,
+    header: &'static str,
+) -> Result<Option<&'a str>, DecodeReason> {
+    match raw.headers.get(header) {
+        None => Ok(None),
+        Some(HeaderValue::Str(s)) => Ok(Some(s)),
+        Some(other) => Err(DecodeReason::HeaderType {
+            header,
+            expected: "a string",
+            found: other.type_name().to_owned(),
+        }),
+    }
+}
+
+fn required_int(
+    raw: &RawMessage,
+    header: &'static str,
+    min: i64,
+    max: i64,
+) -> Result<i64, DecodeReason> {
+    optional_int(raw, header, min, max)?.ok_or(DecodeReason::MissingHeader(header))
+}
+
+fn optional_int(
+    raw: &RawMessage,
+    header: &'static str,
+    min: i64,
+    max: i64,
+) -> Result<Option<i64>, DecodeReason> {
+    match raw.headers.get(header) {
+        None => Ok(None),
+        Some(HeaderValue::Int(v)) if (min..=max).contains(v) => Ok(Some(*v)),
+        Some(HeaderValue::Int(v)) => Err(DecodeReason::OutOfRange {
+            header,
+            value: *v,
+            min,
+            max,
+        }),
+        Some(other) => Err(DecodeReason::HeaderType {
+            header,
+            expected: "an integer",
+            found: other.type_name().to_owned(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: usize = 1 << 20;
+
+    fn sample() -> JobMessage {
+        JobMessage {
+            id: JobId::new(),
+            task: TaskName::new("email.send").unwrap(),
+            attempt: 1,
+            max_attempts: Some(5),
+            timeout_ms: Some(30_000),
+            idempotency_key: Some("order-42".into()),
+            enqueued_at: DateTime::from_timestamp_millis(1_764_000_000_123).unwrap(),
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            tracestate: None,
+            payload: RawValue::from_string(r#"{"to":"a@example.com"}"#.into()).unwrap(),
+        }
+    }
+
+    #[test]
+    fn encode_then_decode_is_identity() {
+        let msg = sample();
+        assert_eq!(JobMessage::decode(&msg.encode(), LIMIT), Ok(msg));
+    }
+
+    #[test]
+    fn minimal_message_decodes_with_defaults() {
+        let mut raw = RawMessage {
+            message_id: Some(JobId::new().to_string()),
+            body: b"null".to_vec(),
+            ..RawMessage::default()
+        };
+        raw.headers.insert(HEADER_TASK.into(), HeaderValue::Str("t".into()));
+        raw.headers.insert(HEADER_ATTEMPT.into(), HeaderValue::Int(1));
+        let msg = JobMessage::decode(&raw, LIMIT).unwrap();
+        assert_eq!(msg.max_attempts, None);
+        assert_eq!(msg.timeout_ms, None);
+        assert_eq!(msg.payload.get(), "null");
+    }
+
+    fn reason_of(raw: &RawMessage) -> DecodeError {
+        JobMessage::decode(raw, LIMIT).unwrap_err()
+    }
+
+    #[test]
+    fn each_broken_field_gives_its_own_reason_and_keeps_the_id() {
+        let good = sample().encode();
+        let id = sample_id(&good);
+
+        let mut m = good.clone();
+        m.message_id = None;
+        assert_eq!(reason_of(&m).reason, DecodeReason::MissingId);
+
+        let mut m = good.clone();
+        m.message_id = Some("42".into());
+        assert!(matches!(reason_of(&m).reason, DecodeReason::BadId(_)));
+
+        let mut m = good.clone();
+        m.headers.remove(HEADER_TASK);
+        let e = reason_of(&m);
+        assert_eq!(e.reason, DecodeReason::MissingHeader(HEADER_TASK));
+        assert_eq!(e.job_id, Some(id));
+
+        let mut m = good.clone();
+        m.headers.insert(HEADER_ATTEMPT.into(), HeaderValue::Str("1".into()));
+        assert!(reason_of(&m).to_string().contains("`warren-attempt` must be an integer, found string"));
+
+        let mut m = good.clone();
+        m.headers.insert(HEADER_ATTEMPT.into(), HeaderValue::Int(0));
+        assert!(matches!(reason_of(&m).reason, DecodeReason::OutOfRange { .. }));
+
+        let mut m = good.clone();
+        m.body = vec![0xff, 0xfe];
+        assert_eq!(reason_of(&m).reason, DecodeReason::NotUtf8(0));
+
+        let mut m = good.clone();
+        m.body = b"{not json".to_vec();
+        assert!(reason_of(&m).to_string().starts_with("body is not JSON"));
+
+        let mut m = good.clone();
+        m.body = vec![b' '; 100];
+        assert!(matches!(
+            JobMessage::decode(&m, 10).unwrap_err().reason,
+            DecodeReason::TooLarge { size: 100, limit: 10 }
+        ));
+
+        let mut m = good;
+        m.content_type = Some("text/plain".into());
+        assert!(matches!(reason_of(&m).reason, DecodeReason::ContentType(_)));
+    }
+
+    fn sample_id(raw: &RawMessage) -> JobId {
+        raw.message_id.as_deref().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn malformed_traceparent_is_dropped_not_fatal() {
+        let mut raw = sample().encode();
+        raw.headers.insert(HEADER_TRACEPARENT.into(), HeaderValue::Str("garbage".into()));
+        assert_eq!(JobMessage::decode(&raw, LIMIT).unwrap().traceparent, None);
+        assert!(!is_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01"));
+    }
+}

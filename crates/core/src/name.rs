@@ -1,0 +1,143 @@
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest task or queue name. Queue names become part of AMQP queue names, which RabbitMQ caps
+/// at 255 bytes, and a prefix is added; 120 leaves room and is more than any sane name needs.
+pub(crate) const MAX_NAME_LEN: usize = 120;
+
+/// A name that breaks the naming rules, with the rule it broke.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what} name `{name}`: {reason}")]
+pub struct InvalidName {
+    pub what: &'static str,
+    pub name: String,
+    pub reason: &'static str,
+}
+
+fn validate(what: &'static str, name: &str) -> Result<(), InvalidName> {
+    let fail = |reason| {
+        Err(InvalidName {
+            what,
+            name: name.chars().take(MAX_NAME_LEN + 10).collect(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return fail("it is empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return fail("it is longer than 120 bytes");
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        return fail("it must start with an ASCII letter");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'))
+    {
+        return fail("only ASCII letters, digits and . _ - : are allowed");
+    }
+    Ok(())
+}
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $ty:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $ty(String);
+
+        impl $ty {
+            pub fn new(name: impl Into<String>) -> Result<Self, InvalidName> {
+                let name = name.into();
+                validate($what, &name)?;
+                Ok(Self(name))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = InvalidName;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::new(s)
+            }
+        }
+
+        impl TryFrom<String> for $ty {
+            type Error = InvalidName;
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                Self::new(s)
+            }
+        }
+
+        impl From<$ty> for String {
+            fn from(n: $ty) -> String {
+                n.0
+            }
+        }
+
+        impl AsRef<str> for $ty {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+name_type!(
+    /// The name a handler is registered under, e.g. `email.send`.
+    TaskName,
+    "task"
+);
+name_type!(
+    /// A Warren queue, e.g. `default` or `emails`. Each maps to one RabbitMQ quorum queue.
+    QueueName,
+    "queue"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_ordinary_names() {
+        for ok in ["default", "email.send", "a", "billing:invoice-v2", "x_1"] {
+            assert!(TaskName::new(ok).is_ok(), "{ok}");
+            assert!(QueueName::new(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_names_with_the_rule() {
+        let cases = [
+            ("", "empty"),
+            ("1abc", "start with an ASCII letter"),
+            ("has space", "only ASCII letters"),
+            ("émail", "start with an ASCII letter"),
+            ("a/b", "only ASCII letters"),
+        ];
+        for (name, rule) in cases {
+            let err = TaskName::new(name).unwrap_err();
+            assert!(err.to_string().contains(rule), "{name}: {err}");
+        }
+        let long = "a".repeat(MAX_NAME_LEN + 1);
+        assert!(QueueName::new(long).unwrap_err().to_string().contains("longer than 120"));
+    }
+
+    #[test]
+    fn deserialising_validates() {
+        assert!(serde_json::from_str::<QueueName>("\"ok\"").is_ok());
+        assert!(serde_json::from_str::<QueueName>("\"not ok\"").is_err());
+    }
+}

@@ -1,0 +1,12 @@
+/// Why a worker could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid worker configuration: {0}")]
+    Config(String),
+
+    #[error("RabbitMQ failed")]
+    Broker(#[from] warren_broker::Error),
+
+    #[error("Postgres failed")]
+    Store(#[from] warren_store::Error),
+}

@@ -1,0 +1,321 @@
+//! One delivery, start to finish: decode, check, run, decide, record, ack.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use warren_broker::{Delivery, Publisher};
+use warren_core::lifecycle::{self, Event};
+use warren_core::{DecodeError, FailureKind, FailureRecord, JobMessage, JobState, QueueName};
+use warren_store::{RecordRow, Recorder, Store};
+
+use crate::JobContext;
+use crate::registry::{HandlerFailure, Registry};
+
+/// Outcome counters, for heartbeats and the final log line.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) succeeded: AtomicU64,
+    pub(crate) retried: AtomicU64,
+    pub(crate) dead: AtomicU64,
+    pub(crate) skipped: AtomicU64,
+    pub(crate) unrecorded: AtomicU64,
+}
+
+/// Everything a job task needs, shared by all of them.
+pub(crate) struct Executor {
+    pub(crate) registry: Registry,
+    pub(crate) recorder: Recorder,
+    pub(crate) store: Store,
+    pub(crate) dead_letters: Publisher,
+    pub(crate) worker_id: Arc<str>,
+    pub(crate) default_timeout: Duration,
+    pub(crate) max_body: usize,
+    /// Cancelled when the shutdown grace period runs out: handlers are told to stop.
+    pub(crate) hard_stop: CancellationToken,
+    pub(crate) counters: Counters,
+}
+
+/// How an attempt ended, before deciding what it means for the job.
+enum Ended {
+    Ok(Box<serde_json::value::RawValue>),
+    Failed(FailureKind, String),
+    /// The worker's grace period ran out mid-attempt: nothing is recorded and the delivery is
+    /// left unacked, so the broker gives it to another worker.
+    Abandoned,
+}
+
+impl Executor {
+    /// Handles one delivery from `queue`. Never panics and never leaves it unsettled, except
+    /// on purpose (abandoned at hard shutdown), when closing the channel returns it.
+    pub(crate) async fn handle(self: Arc<Self>, queue: QueueName, delivery: Delivery) {
+        let message = match JobMessage::decode(&delivery.raw, self.max_body) {
+            Ok(m) => m,
+            Err(e) => return self.reject(&queue, delivery, e).await,
+        };
+        let span = tracing::info_span!(
+            "job",
+            job.id = %message.id,
+            job.task = %message.task,
+            job.attempt = message.attempt,
+            queue = %queue,
+        );
+        self.run(queue, delivery, message).instrument(span).await
+    }
+
+    async fn run(&self, queue: QueueName, delivery: Delivery, message: JobMessage) {
+        let Some(registered) = self.registry.get(&message.task).cloned() else {
+            let reason = format!(
+                "no handler for task `{}` on this worker (it handles: {})",
+                message.task,
+                self.registry.names().join(", ")
+            );
+            let err = DecodeError {
+                job_id: Some(message.id),
+                task: Some(message.task.to_string()),
+                attempt: Some(message.attempt),
+                reason: warren_core::DecodeReason::BadTask(reason),
+            };
+            return self.reject(&queue, delivery, err).await;
+        };
+        let max_attempts = message.max_attempts.unwrap_or(registered.options.retry.max_attempts);
+        if message.attempt > max_attempts {
+            let err = DecodeError {
+                job_id: Some(message.id),
+                task: Some(message.task.to_string()),
+                attempt: Some(message.attempt),
+                reason: warren_core::DecodeReason::OutOfRange {
+                    header: warren_core::message::HEADER_ATTEMPT,
+                    value: i64::from(message.attempt),
+                    min: 1,
+                    max: i64::from(max_attempts),
+                },
+            };
+            return self.reject(&queue, delivery, err).await;
+        }
+
+        // A redelivered message may belong to an attempt that already ended (its worker died
+        // between commit and ack). Look before running it again; fresh deliveries skip this
+        // round trip, and the recorder's fence covers them anyway.
+        if delivery.redelivered {
+            match self.store.progress(message.id).await {
+                Ok(Some(p)) if p.supersedes(message.attempt) => {
+                    tracing::info!(state = %p.state, recorded_attempt = p.attempt, "redelivered job already past this attempt; not running it again");
+                    self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+                    return self.ack(&delivery).await;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot check redelivered job; running it (the recorder's fence still applies)"),
+            }
+        }
+
+        let timeout = message
+            .timeout_ms
+            .map(Duration::from_millis)
+            .or(registered.options.timeout)
+            .unwrap_or(self.default_timeout);
+        let started_at = Utc::now();
+        let mut row = RecordRow {
+            id: message.id,
+            queue: queue.to_string(),
+            task: message.task.to_string(),
+            payload: Some(message.payload.clone()),
+            raw_body: None,
+            state: JobState::Running,
+            attempt: message.attempt,
+            max_attempts,
+            timeout_ms: Some(timeout.as_millis().min(u128::from(u64::MAX)) as u64),
+            run_at: None,
+            enqueued_at: message.enqueued_at,
+            started_at: Some(started_at),
+            finished_at: None,
+            result: None,
+            error: None,
+            worker_id: self.worker_id.to_string(),
+            idempotency_key: message.idempotency_key.clone(),
+            traceparent: message.traceparent.clone(),
+        };
+        self.recorder.mark(row.clone()).await;
+
+        let cancel = self.hard_stop.child_token();
+        let ctx = JobContext {
+            id: message.id,
+            task: message.task.clone(),
+            queue: queue.clone(),
+            attempt: message.attempt,
+            max_attempts,
+            enqueued_at: message.enqueued_at,
+            traceparent: message.traceparent.clone(),
+            worker_id: self.worker_id.clone(),
+            cancel: cancel.clone(),
+        };
+        let ended = run_attempt((registered.handler)(ctx, &message.payload), timeout, &cancel, &self.hard_stop).await;
+
+        let now = Utc::now();
+        row.finished_at = Some(now);
+        match ended {
+            Ended::Abandoned => {
+                tracing::warn!("grace period over; attempt abandoned, the broker will redeliver it");
+                return;
+            }
+            Ended::Ok(result) => {
+                row.state = transition(JobState::Running, Event::Succeed);
+                row.result = Some(result);
+                self.counters.succeeded.fetch_add(1, Ordering::Relaxed);
+            }
+            Ended::Failed(kind, msg) => {
+                let event = lifecycle::failure_event(message.attempt, max_attempts, kind.is_retryable());
+                row.state = transition(JobState::Running, event);
+                if row.state == JobState::Scheduled {
+                    let delay = registered.options.retry.delay(message.id, message.attempt);
+                    row.run_at = Some(now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX));
+                    row.finished_at = None;
+                    self.counters.retried.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(kind = ?kind, error = %msg, delay_ms = delay.as_millis() as u64, "attempt failed; retry scheduled");
+                } else {
+                    self.counters.dead.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(kind = ?kind, error = %msg, "job is dead");
+                }
+                row.error = Some(FailureRecord {
+                    attempt: message.attempt,
+                    kind,
+                    message: msg,
+                    worker: self.worker_id.to_string(),
+                    at: now,
+                });
+            }
+        }
+        self.commit_then_ack(row, &delivery).await;
+    }
+
+    /// Records a message that can never run: a `dead` row with the reason and the raw body
+    /// when it names a job, or the broker's dead-letter queue with the reason in a header
+    /// when it does not. Either way the delivery is settled and never retried.
+    async fn reject(&self, queue: &QueueName, delivery: Delivery, err: DecodeError) {
+        self.counters.dead.fetch_add(1, Ordering::Relaxed);
+        let Some(id) = err.job_id else {
+            tracing::warn!(queue = %queue, reason = %err, "message without a job id; dead-lettering it");
+            let reason = err.to_string();
+            match self.dead_letters.publish_dead_letter(&delivery.raw, queue.as_str(), &reason).await {
+                Ok(()) => return self.ack(&delivery).await,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot republish to the dead-letter queue; rejecting to the broker's dead-lettering instead");
+                    if let Err(e) = delivery.dead_letter().await {
+                        tracing::warn!(error = %e, "reject failed");
+                    }
+                    return;
+                }
+            }
+        };
+        tracing::warn!(job.id = %id, queue = %queue, reason = %err, "bad input; recording the job as dead");
+        let now = Utc::now();
+        let attempt = err.attempt.unwrap_or(1).clamp(1, warren_core::message::MAX_ATTEMPTS_LIMIT);
+        let row = RecordRow {
+            id,
+            queue: queue.to_string(),
+            task: err.task.clone().unwrap_or_else(|| "(unknown)".to_owned()),
+            payload: None,
+            raw_body: Some(delivery.raw.body.clone()),
+            state: transition_from_none(Event::Reject),
+            attempt,
+            max_attempts: attempt,
+            timeout_ms: None,
+            run_at: None,
+            enqueued_at: now,
+            started_at: None,
+            finished_at: Some(now),
+            result: None,
+            error: Some(FailureRecord {
+                attempt,
+                kind: FailureKind::BadInput,
+                message: err.reason.to_string(),
+                worker: self.worker_id.to_string(),
+                at: now,
+            }),
+            worker_id: self.worker_id.to_string(),
+            idempotency_key: None,
+            traceparent: None,
+        };
+        self.commit_then_ack(row, &delivery).await;
+    }
+
+    /// The invariant: ack only after the outcome's batch is committed. If it cannot be
+    /// committed, requeue so that the job is tried again rather than forgotten.
+    async fn commit_then_ack(&self, row: RecordRow, delivery: &Delivery) {
+        match self.recorder.record(row).await {
+            Ok(()) => self.ack(delivery).await,
+            Err(e) => {
+                self.counters.unrecorded.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "outcome not recorded; requeueing the delivery");
+                if let Err(e) = delivery.requeue().await {
+                    tracing::warn!(error = %e, "requeue failed; the broker will redeliver when the channel closes");
+                }
+            }
+        }
+    }
+
+    async fn ack(&self, delivery: &Delivery) {
+        if let Err(e) = delivery.ack().await {
+            // After a connection recovery the broker has already requeued this delivery; the
+            // redelivery will find the job recorded and be acked without running.
+            tracing::warn!(error = %e, "ack failed");
+        }
+    }
+}
+
+fn transition(from: JobState, event: Event) -> JobState {
+    lifecycle::transition(Some(from), event)
+        .unwrap_or_else(|e| unreachable!("the executor only takes legal transitions: {e}"))
+}
+
+fn transition_from_none(event: Event) -> JobState {
+    lifecycle::transition(None, event)
+        .unwrap_or_else(|e| unreachable!("the executor only takes legal transitions: {e}"))
+}
+
+/// Runs the handler in a task of its own, so that a panic is caught as a `JoinError` instead
+/// of unwinding through the worker, and so that a timeout or the hard stop can abort it.
+async fn run_attempt(
+    fut: crate::registry::HandlerFuture,
+    timeout: Duration,
+    cancel: &CancellationToken,
+    hard_stop: &CancellationToken,
+) -> Ended {
+    let mut handle = tokio::spawn(fut);
+    let ended = tokio::select! {
+        joined = &mut handle => match joined {
+            Ok(Ok(result)) => Ended::Ok(result),
+            Ok(Err(HandlerFailure::Job(e))) => {
+                let kind = if e.is_retryable() { FailureKind::Error } else { FailureKind::Permanent };
+                Ended::Failed(kind, e.message)
+            }
+            Ok(Err(HandlerFailure::Payload(msg))) => Ended::Failed(FailureKind::BadInput, msg),
+            Ok(Err(HandlerFailure::Result(msg))) => Ended::Failed(FailureKind::Permanent, msg),
+            Err(e) if e.is_panic() => Ended::Failed(FailureKind::Panic, format!("handler panicked: {}", panic_message(e.into_panic()))),
+            Err(_) => Ended::Failed(FailureKind::Error, "handler task was cancelled".to_owned()),
+        },
+        () = tokio::time::sleep(timeout) => {
+            cancel.cancel();
+            Ended::Failed(FailureKind::Timeout, format!("timed out after {timeout:?}; the attempt was cancelled"))
+        }
+        () = hard_stop.cancelled() => Ended::Abandoned,
+    };
+    if !handle.is_finished() {
+        cancel.cancel();
+        handle.abort();
+    }
+    ended
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(payload) => match payload.downcast::<&'static str>() {
+            Ok(s) => (*s).to_owned(),
+            Err(_) => "(a non-string panic payload)".to_owned(),
+        },
+    }
+}

@@ -1,0 +1,26 @@
+//! warren-runtime: the worker engine.
+//!
+//! A [`Worker`] consumes its queues with a prefetch window, runs registered handlers
+//! concurrently up to a limit with a per-job timeout, turns panics and timeouts into recorded
+//! failures, decides retry or death with the task's [`RetryPolicy`](warren_core::RetryPolicy),
+//! hands every outcome to the batching recorder and acks a delivery only after its outcome is
+//! committed. A [`Promoter`] publishes scheduled jobs when they fall due. Shutdown is one
+//! visible sequence: stop consuming, finish in-flight work within the grace period, flush, ack,
+//! close; after the grace period, cancel handlers and let the broker requeue what is unacked.
+//!
+//! It deliberately reads no flags or environment (the binary does) and holds no handlers of
+//! its own (the binary registers them).
+
+mod context;
+mod error;
+mod execute;
+mod registry;
+mod signal;
+mod worker;
+
+pub use context::JobContext;
+pub use error::Error;
+pub use registry::TaskOptions;
+pub use signal::shutdown_on_signal;
+pub use warren_core::{JobError, RetryPolicy};
+pub use worker::{Worker, WorkerBuilder, WorkerConfig, WorkerStats};

@@ -1,0 +1,384 @@
+//! The worker: builder, run loop and shutdown sequence.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use warren_broker::{Broker, Consumer};
+use warren_core::{JobError, QueueName, TaskName};
+use warren_store::{Recorder, RecorderConfig, Store, WorkerInfo};
+
+use crate::execute::{Counters, Executor};
+use crate::registry::{Registry, TaskOptions};
+use crate::{Error, JobContext};
+
+/// How a worker runs. Plain data: the binary fills it from flags and environment.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Unique per process; shown in the workers table and in every job row it writes.
+    pub worker_id: String,
+    pub queues: Vec<QueueName>,
+    /// Handlers running at once.
+    pub concurrency: usize,
+    /// Unacked deliveries per queue. At least `concurrency`, so a finished job's slot is
+    /// refilled from local memory while its ack travels.
+    pub prefetch: u16,
+    /// Time allowed after a shutdown signal for in-flight jobs to finish. The whole shutdown
+    /// fits in it: handlers are cancelled a little before it ends, to leave time to close.
+    pub shutdown_grace: Duration,
+    /// Per-attempt timeout for tasks registered without one.
+    pub default_timeout: Duration,
+    /// Largest message body accepted; larger ones are recorded dead as bad input.
+    pub max_body_bytes: usize,
+    pub heartbeat_interval: Duration,
+    pub recorder: RecorderConfig,
+}
+
+impl WorkerConfig {
+    pub fn new(worker_id: impl Into<String>, queues: Vec<QueueName>) -> Self {
+        Self {
+            worker_id: worker_id.into(),
+            queues,
+            concurrency: 64,
+            prefetch: 128,
+            shutdown_grace: Duration::from_secs(30),
+            default_timeout: Duration::from_secs(300),
+            max_body_bytes: 1 << 20,
+            heartbeat_interval: Duration::from_secs(5),
+            recorder: RecorderConfig::default(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let fail = |msg: &str| Err(Error::Config(msg.to_owned()));
+        if self.queues.is_empty() {
+            return fail("no queues to consume: give at least one queue");
+        }
+        if self.concurrency == 0 {
+            return fail("concurrency must be at least 1");
+        }
+        if self.prefetch == 0 {
+            return fail("prefetch must be at least 1");
+        }
+        if self.default_timeout.is_zero() {
+            return fail("the default job timeout must be more than zero");
+        }
+        if self.shutdown_grace < Duration::from_millis(100) {
+            return fail("the shutdown grace period must be at least 100ms");
+        }
+        Ok(())
+    }
+}
+
+/// Totals of one worker run, returned when it stops.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    pub succeeded: u64,
+    pub retried: u64,
+    pub dead: u64,
+    /// Redeliveries of attempts that had already ended, acked without running.
+    pub skipped: u64,
+    /// Outcomes that could not be committed; their deliveries were requeued.
+    pub unrecorded: u64,
+    /// Attempts still running when the grace period ended; the broker redelivers them.
+    pub abandoned: u64,
+}
+
+/// Collects handlers, then builds a [`Worker`].
+#[derive(Default)]
+pub struct WorkerBuilder {
+    registry: Registry,
+    errors: Vec<String>,
+}
+
+impl std::fmt::Debug for WorkerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerBuilder")
+            .field("tasks", &self.registry.names())
+            .finish()
+    }
+}
+
+impl WorkerBuilder {
+    /// Registers a handler with the default options.
+    pub fn register<T, R, F, Fut>(self, task: &str, handler: F) -> Self
+    where
+        T: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(JobContext, T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, JobError>> + Send + 'static,
+    {
+        self.register_with(task, TaskOptions::default(), handler)
+    }
+
+    /// Registers a handler with its own timeout and retry policy.
+    pub fn register_with<T, R, F, Fut>(mut self, task: &str, options: TaskOptions, handler: F) -> Self
+    where
+        T: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(JobContext, T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, JobError>> + Send + 'static,
+    {
+        let name = match TaskName::new(task) {
+            Ok(name) => name,
+            Err(e) => {
+                self.errors.push(e.to_string());
+                return self;
+            }
+        };
+        if let Err(e) = options.retry.validate() {
+            self.errors.push(format!("task `{task}`: {e}"));
+        }
+        if !self.registry.insert(name, options, handler) {
+            self.errors.push(format!("task `{task}` is registered twice"));
+        }
+        self
+    }
+
+    pub fn build(self, config: WorkerConfig) -> Result<Worker, Error> {
+        if let Some(e) = self.errors.first() {
+            return Err(Error::Config(e.clone()));
+        }
+        if self.registry.is_empty() {
+            return Err(Error::Config("no handlers registered".to_owned()));
+        }
+        config.validate()?;
+        Ok(Worker {
+            registry: self.registry,
+            config,
+        })
+    }
+}
+
+/// A configured worker, ready to run.
+pub struct Worker {
+    registry: Registry,
+    config: WorkerConfig,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("config", &self.config)
+            .field("tasks", &self.registry.names())
+            .finish()
+    }
+}
+
+impl Worker {
+    pub fn builder() -> WorkerBuilder {
+        WorkerBuilder::default()
+    }
+
+    /// Runs until `shutdown` is cancelled, then shuts down gracefully and returns totals.
+    /// Returns early with an error if the broker or database fails for good.
+    pub async fn run(self, broker: Broker, store: Store, shutdown: CancellationToken) -> Result<WorkerStats, Error> {
+        let cfg = self.config;
+        broker.declare(&cfg.queues).await?;
+        let info = WorkerInfo {
+            id: cfg.worker_id.clone(),
+            hostname: hostname(),
+            pid: std::process::id(),
+            queues: cfg.queues.iter().map(ToString::to_string).collect(),
+            concurrency: cfg.concurrency as u32,
+        };
+        store.register_worker(&info).await?;
+
+        let (recorder, recorder_task) = Recorder::spawn(store.clone(), cfg.recorder);
+        let hard_stop = CancellationToken::new();
+        let executor = Arc::new(Executor {
+            registry: self.registry,
+            recorder,
+            store: store.clone(),
+            dead_letters: broker.publisher().await?,
+            worker_id: Arc::from(cfg.worker_id.as_str()),
+            default_timeout: cfg.default_timeout,
+            max_body: cfg.max_body_bytes,
+            hard_stop: hard_stop.clone(),
+            counters: Counters::default(),
+        });
+
+        let slots = Arc::new(Semaphore::new(cfg.concurrency));
+        let jobs = TaskTracker::new();
+        let loops = TaskTracker::new();
+        // A consumer that fails for good stops the whole worker: better to exit and be
+        // restarted by the supervisor than to run half-deaf.
+        let failed = CancellationToken::new();
+        let stop_consuming = CancellationToken::new();
+        let mut consumers = Vec::new();
+        for queue in &cfg.queues {
+            let tag = format!("{}/{}", cfg.worker_id, queue);
+            let consumer = broker.consume(queue, cfg.prefetch.max(1), &tag).await?;
+            let consumer = Arc::new(tokio::sync::Mutex::new(consumer));
+            consumers.push(consumer.clone());
+            loops.spawn(consume_loop(
+                queue.clone(),
+                consumer,
+                slots.clone(),
+                jobs.clone(),
+                executor.clone(),
+                stop_consuming.clone(),
+                failed.clone(),
+            ));
+        }
+        loops.close();
+
+        let heartbeat = tokio::spawn(heartbeat_loop(
+            store.clone(),
+            cfg.worker_id.clone(),
+            cfg.heartbeat_interval,
+            slots.clone(),
+            cfg.concurrency,
+            executor.clone(),
+            stop_consuming.clone(),
+        ));
+        tracing::info!(worker = %cfg.worker_id, queues = ?info.queues, concurrency = cfg.concurrency, prefetch = cfg.prefetch, "worker running");
+
+        let mut fatal = None;
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = failed.cancelled() => fatal = Some(Error::Config("a consumer failed for good; see the log above".into())),
+        }
+
+        // Soft phase: stop taking deliveries, let in-flight jobs finish, record and ack them.
+        tracing::info!(in_flight = cfg.concurrency - slots.available_permits(), grace = ?cfg.shutdown_grace, "shutting down: no new jobs; finishing in-flight ones");
+        let deadline = tokio::time::Instant::now() + cfg.shutdown_grace;
+        // Keep back a little of the grace period for cancelling and closing, so the whole
+        // shutdown fits in it.
+        let close_budget = (cfg.shutdown_grace / 5).min(Duration::from_secs(1));
+        stop_consuming.cancel();
+        loops.wait().await;
+        jobs.close();
+        let mut abandoned = 0;
+        if tokio::time::timeout_at(deadline - close_budget, jobs.wait()).await.is_err() {
+            // Hard phase: cancel handlers; their deliveries stay unacked and return to the
+            // queue when the channels close.
+            abandoned = (cfg.concurrency - slots.available_permits()) as u64;
+            tracing::warn!(abandoned, "grace period over; cancelling the jobs still running");
+            hard_stop.cancel();
+            let _ = tokio::time::timeout_at(deadline, jobs.wait()).await;
+        }
+
+        // Flush: every job task has finished, so only running marks can be pending.
+        let counters = &executor.counters;
+        let stats = WorkerStats {
+            succeeded: counters.succeeded.load(Ordering::Relaxed),
+            retried: counters.retried.load(Ordering::Relaxed),
+            dead: counters.dead.load(Ordering::Relaxed),
+            skipped: counters.skipped.load(Ordering::Relaxed),
+            unrecorded: counters.unrecorded.load(Ordering::Relaxed),
+            abandoned,
+        };
+        drop(executor);
+        let _ = heartbeat.await;
+        let flush = tokio::time::timeout_at(deadline.max(tokio::time::Instant::now() + close_budget), recorder_task).await;
+        if flush.is_err() {
+            tracing::warn!("recorder did not flush in time; unrecorded deliveries will be redelivered");
+        }
+        if let Err(e) = store.heartbeat(&cfg.worker_id, "stopped", 0, stats.succeeded + stats.dead).await {
+            tracing::warn!(error = %e, "cannot mark the worker stopped");
+        }
+        for consumer in consumers {
+            consumer.lock().await.close().await;
+        }
+        broker.close().await;
+        tracing::info!(?stats, "worker stopped");
+        match fatal {
+            Some(e) => Err(e),
+            None => Ok(stats),
+        }
+    }
+}
+
+async fn consume_loop(
+    queue: QueueName,
+    consumer: Arc<tokio::sync::Mutex<Consumer>>,
+    slots: Arc<Semaphore>,
+    jobs: TaskTracker,
+    executor: Arc<Executor>,
+    stop: CancellationToken,
+    failed: CancellationToken,
+) {
+    let mut consumer = consumer.lock().await;
+    loop {
+        // Take a slot before taking a delivery: when all slots are busy the delivery stays
+        // in the prefetch buffer, unacked, and the broker stops sending more.
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = stop.cancelled() => break,
+        };
+        let delivery = tokio::select! {
+            d = consumer.next() => d,
+            () = stop.cancelled() => break,
+        };
+        match delivery {
+            Some(Ok(delivery)) => {
+                let executor = executor.clone();
+                let queue = queue.clone();
+                jobs.spawn(async move {
+                    executor.handle(queue, delivery).await;
+                    drop(permit);
+                });
+            }
+            Some(Err(e)) => {
+                tracing::error!(queue = %queue, error = %e, "consumer failed and could not recover");
+                failed.cancel();
+                break;
+            }
+            None => {
+                if !stop.is_cancelled() {
+                    tracing::error!(queue = %queue, "consumer was cancelled by the broker (queue deleted?)");
+                    failed.cancel();
+                }
+                break;
+            }
+        }
+    }
+    if let Err(e) = consumer.cancel().await {
+        tracing::debug!(error = %e, "consumer cancel failed (channel already closed?)");
+    }
+}
+
+async fn heartbeat_loop(
+    store: Store,
+    worker_id: String,
+    every: Duration,
+    slots: Arc<Semaphore>,
+    concurrency: usize,
+    executor: Arc<Executor>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => break,
+        }
+        let c = &executor.counters;
+        let processed = c.succeeded.load(Ordering::Relaxed) + c.dead.load(Ordering::Relaxed);
+        let in_flight = (concurrency - slots.available_permits()) as u32;
+        if let Err(e) = store.heartbeat(&worker_id, "running", in_flight, processed).await {
+            tracing::warn!(error = %e, "heartbeat failed");
+        }
+    }
+    let c = &executor.counters;
+    let processed = c.succeeded.load(Ordering::Relaxed) + c.dead.load(Ordering::Relaxed);
+    let in_flight = (concurrency - slots.available_permits()) as u32;
+    let _ = store.heartbeat(&worker_id, "stopping", in_flight, processed).await;
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}

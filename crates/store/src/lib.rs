@@ -1,0 +1,25 @@
+//! warren-store: everything Warren keeps in PostgreSQL, through sqlx.
+//!
+//! It owns the schema (embedded migrations, safe to run from many workers at once), the jobs
+//! and workers tables, the batching [`Recorder`] that writes many job outcomes in one
+//! statement, fenced by (job id, attempt), and the queries the CLI and workers need.
+//!
+//! It deliberately knows nothing of RabbitMQ or handlers: it is told what happened and records
+//! it. No other crate imports sqlx.
+
+mod error;
+mod jobs;
+mod migrate;
+pub mod provision;
+mod recorder;
+mod store;
+mod workers;
+
+pub use error::Error;
+pub use jobs::{JobProgress, JobRecord, LatencySummary, StateCount};
+pub use migrate::SCHEMA_VERSION;
+pub use recorder::{Recorder, RecorderConfig, RecordRow};
+pub use store::{Store, StoreConfig};
+pub use workers::{WorkerInfo, WorkerRecord};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,105 @@
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use crate::Error;
+
+/// How to reach Postgres. Built by binaries from flags; libraries never read the environment.
+#[derive(Clone)]
+pub struct StoreConfig {
+    /// `postgres://user:pass@host:port/db`. `Debug` and [`StoreConfig::redacted_url`] hide the
+    /// password.
+    pub url: String,
+    /// Pool size. The recorder needs one connection most of the time, the promoter and
+    /// heartbeats one more; four leaves room. The local server allows 100 in total, shared by
+    /// every process.
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+    pub application_name: String,
+}
+
+impl StoreConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            max_connections: 4,
+            acquire_timeout: Duration::from_secs(10),
+            application_name: "warren".to_owned(),
+        }
+    }
+
+    pub fn redacted_url(&self) -> String {
+        redact(&self.url)
+    }
+}
+
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("url", &self.redacted_url())
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .finish()
+    }
+}
+
+/// A connection pool to Warren's database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pub(crate) pool: PgPool,
+}
+
+impl Store {
+    pub async fn connect(config: &StoreConfig) -> Result<Self, Error> {
+        let options = PgConnectOptions::from_str(&config.url)
+            .map_err(|e| Error::Url {
+                url: config.redacted_url(),
+                reason: e.to_string(),
+            })?
+            .application_name(&config.application_name);
+        let endpoint = format!("{}:{}/{}", options.get_host(), options.get_port(), options.get_database().unwrap_or("(default)"));
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections.max(1))
+            .acquire_timeout(config.acquire_timeout)
+            .connect_with(options)
+            .await
+            .map_err(|source| Error::Connect { endpoint, source })?;
+        Ok(Self { pool })
+    }
+
+    /// Applies pending migrations. See [`crate::migrate`].
+    pub async fn migrate(&self) -> Result<(), Error> {
+        crate::migrate::run(&self.pool).await
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(redact("postgres://u:pw@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert!(!format!("{:?}", StoreConfig::new("postgres://u:pw@h/db")).contains("pw"));
+    }
+}

@@ -1,0 +1,130 @@
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use warren_broker::{Broker, BrokerConfig, Topology};
+use warren_core::QueueName;
+use warren_runtime::{Worker, WorkerBuilder, WorkerConfig, WorkerStats};
+use warren_store::{Store, StoreConfig, provision};
+
+#[allow(clippy::disallowed_methods, reason = "test-only: where the shared test services are")]
+fn service_url(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
+/// One test's private slice of the shared services.
+#[derive(Debug)]
+pub struct TestEnv {
+    pub name: String,
+    pub amqp_url: String,
+    pub admin_database_url: String,
+    pub database_url: String,
+    pub broker_config: BrokerConfig,
+    pub store_config: StoreConfig,
+    pub broker: Broker,
+    pub store: Store,
+    pub queues: Vec<QueueName>,
+}
+
+impl TestEnv {
+    /// A fresh database and namespace, with the schema migrated and `queues` declared.
+    pub async fn new(queues: &[&str]) -> anyhow::Result<TestEnv> {
+        Self::with_delivery_limit(queues, 5).await
+    }
+
+    pub async fn with_delivery_limit(queues: &[&str], delivery_limit: u32) -> anyhow::Result<TestEnv> {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+            .with_test_writer()
+            .try_init();
+        let amqp_url = service_url("WARREN_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+        let admin_database_url =
+            service_url("WARREN_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres");
+        // The tail of a UUIDv7 is random; its head is the clock, shared by parallel tests.
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let short = id[id.len() - 12..].to_owned();
+        let name = format!("warren_t_{short}");
+        provision::create_database(&admin_database_url, &name)
+            .await
+            .context("creating the test database (is PostgreSQL running on 127.0.0.1:5432?)")?;
+        let database_url = provision::url_for_database(&admin_database_url, &name)?;
+        let mut store_config = StoreConfig::new(&database_url);
+        store_config.application_name = name.clone();
+        let store = Store::connect(&store_config).await?;
+        store.migrate().await?;
+
+        let mut broker_config = BrokerConfig::new(&amqp_url);
+        broker_config.connection_name = name.clone();
+        broker_config.confirm_timeout = Duration::from_secs(10);
+        broker_config.topology = Topology {
+            namespace: format!("t{short}"),
+            delivery_limit,
+        };
+        let broker = Broker::connect(broker_config.clone())
+            .await
+            .context("connecting to the test RabbitMQ (is it running on 127.0.0.1:5672?)")?;
+        let queues = queues
+            .iter()
+            .map(|q| QueueName::new(*q))
+            .collect::<Result<Vec<_>, _>>()?;
+        broker.declare(&queues).await?;
+        Ok(TestEnv {
+            name,
+            amqp_url,
+            admin_database_url,
+            database_url,
+            broker_config,
+            store_config,
+            broker,
+            store,
+            queues,
+        })
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.broker_config.topology.namespace
+    }
+
+    /// A worker config for this env's queues with test-friendly timings.
+    pub fn worker_config(&self, id: &str) -> WorkerConfig {
+        let mut cfg = WorkerConfig::new(format!("{}-{id}", self.name), self.queues.clone());
+        cfg.heartbeat_interval = Duration::from_millis(500);
+        cfg.shutdown_grace = Duration::from_secs(10);
+        cfg
+    }
+
+    /// Starts an in-process worker on its own connections.
+    pub async fn start_worker(&self, builder: WorkerBuilder, config: WorkerConfig) -> anyhow::Result<RunningWorker> {
+        let worker: Worker = builder.build(config)?;
+        let broker = Broker::connect(self.broker_config.clone()).await?;
+        let store = Store::connect(&self.store_config).await?;
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(worker.run(broker, store, shutdown.clone()));
+        Ok(RunningWorker { shutdown, handle })
+    }
+
+    /// Deletes the namespace's queues and exchanges and drops the database.
+    pub async fn cleanup(self) -> anyhow::Result<()> {
+        self.broker.delete_topology(&self.queues).await?;
+        self.broker.close().await;
+        self.store.close().await;
+        provision::drop_database(&self.admin_database_url, &self.name).await?;
+        Ok(())
+    }
+}
+
+/// A worker running in this process.
+#[derive(Debug)]
+pub struct RunningWorker {
+    pub shutdown: CancellationToken,
+    pub handle: JoinHandle<Result<WorkerStats, warren_runtime::Error>>,
+}
+
+impl RunningWorker {
+    /// Graceful shutdown, as on SIGTERM; returns the worker's totals.
+    pub async fn stop(self) -> anyhow::Result<WorkerStats> {
+        self.shutdown.cancel();
+        Ok(self.handle.await.context("worker task panicked")??)
+    }
+}

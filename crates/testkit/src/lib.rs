@@ -1,0 +1,20 @@
+//! warren-testkit: helpers for tests against the real RabbitMQ and PostgreSQL.
+//!
+//! [`TestEnv`] gives each test a database of its own (created, migrated, dropped) and a
+//! RabbitMQ namespace of its own (every exchange and queue name prefixed), so tests run in
+//! parallel against the shared services and leave nothing behind. [`wait_until`] waits for a
+//! condition and says what it waited for when it gives up. [`WorkerProcess`] runs the real
+//! `warren-worker` binary for tests that must kill or signal a process.
+//!
+//! A missing service fails the test loudly; nothing here skips silently.
+//!
+//! It is for tests only: it reads `WARREN_TEST_AMQP_URL` and `WARREN_TEST_DATABASE_URL` from
+//! the environment, which libraries otherwise never do.
+
+mod env;
+mod process;
+mod wait;
+
+pub use env::{RunningWorker, TestEnv};
+pub use process::{WorkerProcess, bin_path};
+pub use wait::wait_until;

@@ -1,0 +1,81 @@
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::process::{Child, Command};
+
+/// Where the workspace's binaries are: beside the test executable's `deps/` folder.
+pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .context("test executable has no parent folder")?;
+    let path = dir.join(name);
+    anyhow::ensure!(
+        path.exists(),
+        "{} is missing: build the binaries first (cargo build --workspace --bins), as the README's test command does",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// The real `warren-worker` binary, run as a child process.
+#[derive(Debug)]
+pub struct WorkerProcess {
+    pub child: Child,
+}
+
+impl WorkerProcess {
+    /// Starts `warren-worker` against `env` with extra flags.
+    pub fn spawn(env: &crate::TestEnv, id: &str, extra: &[&str]) -> anyhow::Result<WorkerProcess> {
+        let queues: Vec<String> = env.queues.iter().map(ToString::to_string).collect();
+        let child = Command::new(bin_path("warren-worker")?)
+            .arg("--amqp-url")
+            .arg(&env.amqp_url)
+            .arg("--database-url")
+            .arg(&env.database_url)
+            .arg("--namespace")
+            .arg(env.namespace())
+            .arg("--delivery-limit")
+            .arg(env.broker_config.topology.delivery_limit.to_string())
+            .arg("--queues")
+            .arg(queues.join(","))
+            .arg("--worker-id")
+            .arg(format!("{}-{id}", env.name))
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting warren-worker")?;
+        Ok(WorkerProcess { child })
+    }
+
+    pub fn pid(&self) -> anyhow::Result<i32> {
+        self.child
+            .id()
+            .map(|p| p as i32)
+            .context("worker process has already exited")
+    }
+
+    /// Sends a signal (e.g. `"TERM"`, `"KILL"`) to this process only.
+    pub async fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid()?.to_string())
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "kill -{signal} failed");
+        Ok(())
+    }
+
+    /// Waits for the process to exit, at most `timeout`; returns its exit code.
+    pub async fn wait(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        let status = tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .with_context(|| format!("worker did not exit within {timeout:?}"))??;
+        Ok(status.code())
+    }
+}

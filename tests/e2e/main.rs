@@ -1,0 +1,6 @@
+//! End-to-end tests: real RabbitMQ, real PostgreSQL, real worker runtime and binaries.
+//! Each test makes its own database and RabbitMQ namespace (see warren-testkit).
+
+mod pipeline;
+mod shutdown;
+mod support;

@@ -1,0 +1,71 @@
+//! `warren-worker`: wiring only. Exit codes: 0 after a clean shutdown, 1 on a runtime
+//! failure, 2 on bad flags or configuration.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use warren_broker::Broker;
+use warren_runtime::{Worker, shutdown_on_signal};
+use warren_store::Store;
+use warren_worker::settings::{Args, LogFormat};
+use warren_worker::tasks::register_builtins;
+
+fn main() -> ExitCode {
+    let settings = match Args::parse().validate() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("warren-worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(settings.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("warren-worker: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("warren-worker: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(settings: warren_worker::settings::Settings) -> anyhow::Result<()> {
+    tracing::info!(broker = ?settings.broker, store = ?settings.store, worker = ?settings.worker, "starting");
+    let shutdown = shutdown_on_signal();
+    let store = Store::connect(&settings.store)
+        .await
+        .context("connecting to Postgres")?;
+    if settings.migrate {
+        store.migrate().await.context("migrating the database")?;
+    }
+    let broker = Broker::connect(settings.broker)
+        .await
+        .context("connecting to RabbitMQ")?;
+    let worker = register_builtins(Worker::builder())
+        .build(settings.worker)
+        .context("configuring the worker")?;
+    worker
+        .run(broker, store.clone(), shutdown)
+        .await
+        .context("running the worker")?;
+    store.close().await;
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,183 @@
+//! Flags and environment, parsed once and validated into the configs the libraries take.
+
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use warren_broker::{BrokerConfig, Topology};
+use warren_core::QueueName;
+use warren_core::duration::parse_duration;
+use warren_runtime::WorkerConfig;
+use warren_store::StoreConfig;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Runs Warren jobs: consumes queues from RabbitMQ, executes handlers, records every outcome
+/// in PostgreSQL.
+#[derive(Debug, Parser)]
+#[command(name = "warren-worker", version)]
+pub struct Args {
+    /// RabbitMQ URL, e.g. amqp://user:pass@127.0.0.1:5672/%2f
+    #[arg(long, env = "WARREN_AMQP_URL", hide_env_values = true)]
+    pub amqp_url: String,
+
+    /// PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/warren
+    #[arg(long, env = "WARREN_DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Queues to consume, comma-separated.
+    #[arg(long, env = "WARREN_QUEUES", value_delimiter = ',', default_value = "default")]
+    pub queues: Vec<String>,
+
+    /// Jobs run at once by this process.
+    #[arg(long, env = "WARREN_CONCURRENCY", default_value_t = 64)]
+    pub concurrency: usize,
+
+    /// Unacked deliveries per queue (default: twice the concurrency, at most 65535).
+    #[arg(long, env = "WARREN_PREFETCH")]
+    pub prefetch: Option<u16>,
+
+    /// Time in-flight jobs get to finish after SIGTERM/SIGINT, e.g. 30s.
+    #[arg(long, env = "WARREN_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Per-attempt timeout of tasks that set none, e.g. 5m.
+    #[arg(long, env = "WARREN_DEFAULT_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub default_timeout: Duration,
+
+    /// Largest accepted message body in bytes; larger ones are recorded dead as bad input.
+    #[arg(long, env = "WARREN_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+
+    /// Prefix of every RabbitMQ exchange and queue Warren declares.
+    #[arg(long, env = "WARREN_NAMESPACE", default_value = "warren")]
+    pub namespace: String,
+
+    /// x-delivery-limit of the work queues: deliveries of one message (say, one that keeps
+    /// crashing its worker) before RabbitMQ dead-letters it.
+    #[arg(long, env = "WARREN_DELIVERY_LIMIT", default_value_t = 5)]
+    pub delivery_limit: u32,
+
+    /// Identity of this process in the workers table (default: host-pid).
+    #[arg(long, env = "WARREN_WORKER_ID")]
+    pub worker_id: Option<String>,
+
+    /// Do not apply database migrations at start-up.
+    #[arg(long, env = "WARREN_NO_MIGRATE")]
+    pub no_migrate: bool,
+
+    /// Log format.
+    #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Everything the worker needs, validated.
+#[derive(Debug)]
+pub struct Settings {
+    pub broker: BrokerConfig,
+    pub store: StoreConfig,
+    pub worker: WorkerConfig,
+    pub migrate: bool,
+    pub log_format: LogFormat,
+}
+
+impl Args {
+    /// Checks every setting and names the flag (and its variable) of the first bad one.
+    pub fn validate(self) -> Result<Settings, String> {
+        let queues = self
+            .queues
+            .iter()
+            .map(|q| QueueName::new(q.trim()).map_err(|e| format!("--queues / WARREN_QUEUES: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        if queues.is_empty() {
+            return Err("--queues / WARREN_QUEUES: give at least one queue".to_owned());
+        }
+        if self.concurrency == 0 || self.concurrency > 10_000 {
+            return Err(format!("--concurrency / WARREN_CONCURRENCY must be 1 to 10000, got {}", self.concurrency));
+        }
+        let prefetch = match self.prefetch {
+            Some(0) => return Err("--prefetch / WARREN_PREFETCH must be at least 1".to_owned()),
+            Some(p) => p,
+            None => (self.concurrency * 2).min(usize::from(u16::MAX)) as u16,
+        };
+        if self.namespace.is_empty()
+            || !self.namespace.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(format!("--namespace / WARREN_NAMESPACE `{}`: use ASCII letters, digits, . _ -", self.namespace));
+        }
+        if self.delivery_limit == 0 {
+            return Err("--delivery-limit / WARREN_DELIVERY_LIMIT must be at least 1".to_owned());
+        }
+        if self.max_body_bytes == 0 {
+            return Err("--max-body-bytes / WARREN_MAX_BODY_BYTES must be at least 1".to_owned());
+        }
+        if self.default_timeout.is_zero() {
+            return Err("--default-timeout / WARREN_DEFAULT_TIMEOUT must be more than zero".to_owned());
+        }
+        if self.shutdown_grace < Duration::from_millis(100) {
+            return Err("--shutdown-grace / WARREN_SHUTDOWN_GRACE must be at least 100ms".to_owned());
+        }
+        let worker_id = self.worker_id.unwrap_or_else(default_worker_id);
+
+        let mut broker = BrokerConfig::new(self.amqp_url);
+        broker.connection_name = format!("warren-worker {worker_id}");
+        broker.topology = Topology {
+            namespace: self.namespace,
+            delivery_limit: self.delivery_limit,
+        };
+        let mut store = StoreConfig::new(self.database_url);
+        store.application_name = format!("warren-worker {worker_id}");
+
+        let mut worker = WorkerConfig::new(worker_id, queues);
+        worker.concurrency = self.concurrency;
+        worker.prefetch = prefetch;
+        worker.shutdown_grace = self.shutdown_grace;
+        worker.default_timeout = self.default_timeout;
+        worker.max_body_bytes = self.max_body_bytes;
+        Ok(Settings {
+            broker,
+            store,
+            worker,
+            migrate: !self.no_migrate,
+            log_format: self.log_format,
+        })
+    }
+}
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "worker".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Settings, String> {
+        let mut argv = vec!["warren-worker", "--amqp-url", "amqp://u:secret@h", "--database-url", "postgres://h/db"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).map_err(|e| e.to_string())?.validate()
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        let s = parse(&[]).unwrap();
+        assert_eq!(s.worker.queues[0].as_str(), "default");
+        assert_eq!(s.worker.prefetch, 128);
+        assert!(s.migrate);
+        assert!(!format!("{s:?}").contains("secret"), "the password never reaches logs");
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        assert!(parse(&["--queues", "ok,bad queue"]).unwrap_err().contains("--queues"));
+        assert!(parse(&["--concurrency", "0"]).unwrap_err().contains("--concurrency"));
+        assert!(parse(&["--shutdown-grace", "30"]).unwrap_err().contains("no unit"));
+        assert!(parse(&["--namespace", "a b"]).unwrap_err().contains("--namespace"));
+    }
+}
