@@ -1,6 +1,8 @@
 //! End-to-end tests: real RabbitMQ, real PostgreSQL, real worker runtime and binaries.
 //! Each test makes its own database and RabbitMQ namespace (see warren-testkit).
 
+mod fencing;
 mod pipeline;
+mod redelivery;
 mod shutdown;
 mod support;

@@ -6,7 +6,7 @@ use warren_store::Store;
 use warren_testkit::wait_until;
 
 /// Waits until every job in `ids` has a row in a terminal state; returns the rows by id.
-pub async fn wait_all_terminal(
+pub(crate) async fn wait_all_terminal(
     store: &Store,
     ids: &[JobId],
     timeout: Duration,
@@ -23,6 +23,6 @@ pub async fn wait_all_terminal(
     .await
 }
 
-pub fn count_state(rows: &HashMap<JobId, warren_store::JobRecord>, state: JobState) -> usize {
+pub(crate) fn count_state(rows: &HashMap<JobId, warren_store::JobRecord>, state: JobState) -> usize {
     rows.values().filter(|r| r.state == state).count()
 }

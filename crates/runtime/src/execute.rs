@@ -307,7 +307,12 @@ async fn run_attempt(
         cancel.cancel();
         handle.abort();
     }
-    ended
+    // A handler that gave up because the grace period ran out did not fail: its attempt is
+    // handed back to the broker unrecorded rather than counted against the job.
+    match ended {
+        Ended::Failed(..) if hard_stop.is_cancelled() => Ended::Abandoned,
+        other => other,
+    }
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
