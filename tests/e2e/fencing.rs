@@ -66,12 +66,13 @@ async fn stale_outcomes_never_overwrite_newer_attempts_or_terminal_states() -> a
     assert_eq!((got.state, got.attempt), (JobState::Scheduled, 1));
     assert_eq!(got.errors.len(), 1);
 
-    // The same rules hold inside one batch: many writes for one job, sent concurrently.
+    // Whatever order concurrent writes land in (one batch or several), the newest attempt's
+    // outcome is what remains.
     let c = JobId::new();
     let writes = [
         row(c, 1, JobState::Running),
         row(c, 3, JobState::Succeeded),
-        row(c, 2, JobState::Dead),
+        row(c, 2, JobState::Scheduled),
         row(c, 3, JobState::Running),
     ];
     let results = futures_join(writes.into_iter().map(|r| {

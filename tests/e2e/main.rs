@@ -4,5 +4,6 @@
 mod fencing;
 mod pipeline;
 mod redelivery;
+mod retries;
 mod shutdown;
 mod support;

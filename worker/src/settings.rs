@@ -65,6 +65,11 @@ pub struct Args {
     #[arg(long, env = "WARREN_WORKER_ID")]
     pub worker_id: Option<String>,
 
+    /// Do not run a promoter (the loop that publishes scheduled jobs when due) in this
+    /// process; at least one process per database should run one.
+    #[arg(long, env = "WARREN_NO_PROMOTER")]
+    pub no_promoter: bool,
+
     /// Do not apply database migrations at start-up.
     #[arg(long, env = "WARREN_NO_MIGRATE")]
     pub no_migrate: bool,
@@ -137,6 +142,9 @@ impl Args {
         worker.shutdown_grace = self.shutdown_grace;
         worker.default_timeout = self.default_timeout;
         worker.max_body_bytes = self.max_body_bytes;
+        if self.no_promoter {
+            worker.promoter = None;
+        }
         Ok(Settings {
             broker,
             store,

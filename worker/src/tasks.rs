@@ -46,7 +46,8 @@ async fn sleep(ctx: JobContext, payload: SleepPayload) -> Result<Value, JobError
     }
 }
 
-async fn fail(ctx: JobContext, payload: FailPayload) -> Result<Value, JobError> {
+/// `warren.fail`: public so tests can register it with a retry policy of their own.
+pub async fn fail(ctx: JobContext, payload: FailPayload) -> Result<Value, JobError> {
     if payload.permanent {
         return Err(JobError::permanent("warren.fail: asked to fail permanently"));
     }

@@ -1,1 +1,102 @@
-fn main() {}
+//! `warren-bench`: measures the broker-only ceiling and Warren end to end in one run, on the
+//! same message size and durability, and prints their ratio (DESIGN.md §6).
+//!
+//! Wiring only: flags become [`settings::Settings`], each phase runs in a [`sandbox::Sandbox`]
+//! of its own (a RabbitMQ namespace, and a database when it needs one) that is removed
+//! afterwards, and [`report::Report`] prints what the phases measured. A new phase is a module
+//! with a `measure(&Settings, &Sandbox) -> Phase` function and one line below.
+//!
+//! Exit codes: 0 after a complete run, 1 when a phase fails or is interrupted, 2 on bad flags.
+
+mod ceiling;
+mod end_to_end;
+mod report;
+mod sandbox;
+mod settings;
+mod workload;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use warren_broker::BrokerConfig;
+use warren_runtime::shutdown_on_signal;
+use warren_store::StoreConfig;
+
+use crate::report::Report;
+use crate::sandbox::Sandbox;
+use crate::settings::{Args, Settings};
+
+fn main() -> ExitCode {
+    let settings = match Args::parse().validate() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("warren-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("warren-bench: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(&settings)) {
+        Ok(report) => {
+            print!("{}", report.table());
+            if settings.json {
+                println!("{}", report.json());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("warren-bench: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(settings: &Settings) -> anyhow::Result<Report<'_>> {
+    tracing::info!(
+        amqp = %BrokerConfig::new(settings.amqp_url.clone()).redacted_url(),
+        database = %StoreConfig::new(settings.admin_database_url.clone()).redacted_url(),
+        jobs = settings.jobs,
+        payload_bytes = settings.payload_bytes,
+        concurrency = settings.concurrency,
+        prefetch = settings.prefetch,
+        warmup = settings.warmup,
+        "starting"
+    );
+    let shutdown = shutdown_on_signal();
+    // The tail of a UUIDv7 is random; it names this run's namespaces and database.
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let run_id = &id[id.len() - 12..];
+    let limit = settings.phase_timeout;
+
+    let ceiling = Sandbox::create(settings, run_id, "ceiling", false)
+        .await?
+        .run(limit, &shutdown, async |s| ceiling::measure(settings, s).await)
+        .await
+        .context("broker ceiling phase")?;
+    let end_to_end = Sandbox::create(settings, run_id, "warren", true)
+        .await?
+        .run(limit, &shutdown, async |s| end_to_end::measure(settings, s).await)
+        .await
+        .context("Warren end-to-end phase")?;
+
+    Ok(Report {
+        settings,
+        phases: vec![ceiling, end_to_end],
+    })
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -14,12 +14,14 @@
 mod context;
 mod error;
 mod execute;
+mod promoter;
 mod registry;
 mod signal;
 mod worker;
 
 pub use context::JobContext;
 pub use error::Error;
+pub use promoter::{Promoter, PromoterConfig};
 pub use registry::TaskOptions;
 pub use signal::shutdown_on_signal;
 pub use warren_core::{JobError, RetryPolicy};

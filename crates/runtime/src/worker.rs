@@ -16,7 +16,7 @@ use warren_store::{Recorder, RecorderConfig, Store, WorkerInfo};
 
 use crate::execute::{Counters, Executor};
 use crate::registry::{Registry, TaskOptions};
-use crate::{Error, JobContext};
+use crate::{Error, JobContext, Promoter, PromoterConfig};
 
 /// How a worker runs. Plain data: the binary fills it from flags and environment.
 #[derive(Clone, Debug)]
@@ -38,6 +38,8 @@ pub struct WorkerConfig {
     pub max_body_bytes: usize,
     pub heartbeat_interval: Duration,
     pub recorder: RecorderConfig,
+    /// Run a promoter in this process (`None`: another process does it).
+    pub promoter: Option<PromoterConfig>,
 }
 
 impl WorkerConfig {
@@ -52,6 +54,7 @@ impl WorkerConfig {
             max_body_bytes: 1 << 20,
             heartbeat_interval: Duration::from_secs(5),
             recorder: RecorderConfig::default(),
+            promoter: Some(PromoterConfig::default()),
         }
     }
 
@@ -238,6 +241,13 @@ impl Worker {
             executor.clone(),
             stop_consuming.clone(),
         ));
+        let promoter = match cfg.promoter {
+            Some(pc) => {
+                let promoter = Promoter::new(store.clone(), broker.publisher().await?, pc);
+                Some(tokio::spawn(promoter.run(stop_consuming.clone())))
+            }
+            None => None,
+        };
         tracing::info!(worker = %cfg.worker_id, queues = ?info.queues, concurrency = cfg.concurrency, prefetch = cfg.prefetch, "worker running");
 
         let mut fatal = None;
@@ -254,6 +264,9 @@ impl Worker {
         let close_budget = (cfg.shutdown_grace / 5).min(Duration::from_secs(1));
         stop_consuming.cancel();
         loops.wait().await;
+        if let Some(p) = promoter {
+            let _ = p.await;
+        }
         jobs.close();
         let mut abandoned = 0;
         if tokio::time::timeout_at(deadline - close_budget, jobs.wait()).await.is_err() {

@@ -10,6 +10,7 @@
 mod error;
 mod jobs;
 mod migrate;
+mod promotion;
 pub mod provision;
 mod recorder;
 mod store;
@@ -18,6 +19,7 @@ mod workers;
 pub use error::Error;
 pub use jobs::{JobProgress, JobRecord, LatencySummary, StateCount};
 pub use migrate::SCHEMA_VERSION;
+pub use promotion::{DueJob, DueListener, Promotion};
 pub use recorder::{Recorder, RecorderConfig, RecordRow};
 pub use store::{Store, StoreConfig};
 pub use workers::{WorkerInfo, WorkerRecord};

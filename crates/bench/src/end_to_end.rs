@@ -1,0 +1,176 @@
+//! Phase 2, Warren end to end: the same messages through the real system.
+//!
+//! A `warren_client::Client` enqueues `warren.noop` jobs with `enqueue_many`, and an
+//! in-process `warren_runtime::Worker`, built with the worker binary's built-in tasks, runs
+//! them and records every outcome in PostgreSQL through the batching recorder before acking.
+//! The clock stops when Postgres holds all of them as succeeded: a job counts only once its
+//! outcome is committed.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+use warren_client::{Client, NewJob};
+use warren_core::JobState;
+use warren_runtime::{Worker, WorkerConfig};
+use warren_store::{LatencySummary, Store};
+use warren_testkit::{RunningWorker, wait_until};
+use warren_worker::tasks::register_builtins;
+
+use crate::report::{END_TO_END, Latency, Measure, Phase};
+use crate::sandbox::Sandbox;
+use crate::settings::Settings;
+use crate::workload::{CHUNK, QUEUE, TASK, payload};
+
+/// Runs `settings.jobs` jobs through an in-process worker after a warm-up, in `sandbox`.
+pub(crate) async fn measure(settings: &Settings, sandbox: &Sandbox) -> anyhow::Result<Phase> {
+    let worker = start_worker(settings, sandbox).await?;
+    let measured = drive(settings, sandbox).await;
+    // Stopped as on SIGTERM, whether or not the measurement succeeded, so its last writes
+    // and acks finish before the sandbox is removed.
+    let stats = worker.stop().await.context("stopping the worker");
+    let phase = measured?;
+    let stats = stats?;
+    tracing::info!(?stats, "worker stopped");
+    Ok(phase)
+}
+
+async fn start_worker(settings: &Settings, sandbox: &Sandbox) -> anyhow::Result<RunningWorker> {
+    let database = sandbox.database()?;
+    let mut config = WorkerConfig::new(
+        format!("{}-worker", sandbox.broker_config.topology.namespace),
+        vec![sandbox.queue.clone()],
+    );
+    config.concurrency = settings.concurrency;
+    config.prefetch = settings.prefetch;
+    let worker: Worker = register_builtins(Worker::builder())
+        .build(config)
+        .context("configuring the worker")?;
+    let broker = sandbox.connect("worker").await?;
+    let store = database.connect("worker", None).await?;
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(worker.run(broker, store, shutdown.clone()));
+    Ok(RunningWorker { shutdown, handle })
+}
+
+/// The producer and the observer: enqueues, waits for the outcomes, reads the latencies.
+async fn drive(settings: &Settings, sandbox: &Sandbox) -> anyhow::Result<Phase> {
+    // One connection is enough to count rows; the worker's pool is left alone.
+    let probe = sandbox.database()?.connect("probe", Some(1)).await?;
+    let client = Client::from_broker(sandbox.connect("producer").await?)
+        .await
+        .context("opening the client's publisher channel")?;
+    let job = NewJob::new(TASK, &payload(settings.payload_bytes))?.queue(QUEUE)?;
+
+    enqueue(&client, &job, settings.warmup).await?;
+    wait_for_succeeded(&probe, settings.warmup, settings.phase_timeout).await?;
+
+    let since = now_to_the_millisecond();
+    let start = Instant::now();
+    enqueue(&client, &job, settings.jobs).await?;
+    let enqueued = start.elapsed();
+    wait_for_succeeded(&probe, settings.warmup + settings.jobs, settings.phase_timeout).await?;
+    let elapsed = start.elapsed();
+
+    let summary = probe
+        .latency_summary(since)
+        .await
+        .context("reading the latency summary")?;
+    if u64::try_from(summary.finished).ok() != Some(settings.jobs) {
+        anyhow::bail!(
+            "the latency summary counts {} finished jobs since the measurement began, expected {}",
+            summary.finished,
+            settings.jobs
+        );
+    }
+    let (to_start, to_recorded) = latencies(&summary);
+    client.broker().close().await;
+    probe.close().await;
+    Ok(Phase {
+        key: END_TO_END,
+        title: "warren end-to-end",
+        jobs: settings.jobs,
+        elapsed,
+        measures: vec![
+            Measure::rate(
+                "enqueue",
+                "enqueue only (confirmed)",
+                settings.jobs,
+                enqueued,
+            ),
+            Measure::latency("enqueue_to_start", "enqueue→start", to_start),
+            Measure::latency("enqueue_to_recorded", "enqueue→recorded", to_recorded),
+        ],
+    })
+}
+
+/// Enqueues `count` copies of `job` (each with a fresh id) in chunks, each confirmed.
+async fn enqueue(client: &Client, job: &NewJob, count: u64) -> anyhow::Result<()> {
+    let mut left = count;
+    while left > 0 {
+        let n = left.min(CHUNK as u64);
+        let jobs = (0..n).map(|_| job.clone()).collect();
+        for outcome in client.enqueue_many(jobs).await {
+            outcome.context("enqueueing a benchmark job")?;
+        }
+        left -= n;
+    }
+    Ok(())
+}
+
+/// Polls Postgres (every 50 ms, `wait_until`'s pace) until `target` jobs have succeeded.
+/// A dead job fails the run at once: the benchmark is of the happy path, and waiting for the
+/// timeout would only hide why.
+async fn wait_for_succeeded(store: &Store, target: u64, timeout: Duration) -> anyhow::Result<()> {
+    if target == 0 {
+        return Ok(());
+    }
+    let what = format!("{target} jobs to succeed");
+    wait_until(timeout, &what, || async move {
+        let counts = store
+            .state_counts(None)
+            .await
+            .context("counting jobs per state")?;
+        let count = |state: JobState| {
+            counts
+                .iter()
+                .find(|c| c.state == state)
+                .map_or(0, |c| u64::try_from(c.count).unwrap_or(0))
+        };
+        let dead = count(JobState::Dead);
+        if dead > 0 {
+            anyhow::bail!("{dead} benchmark jobs died; the benchmark measures the path where every job succeeds");
+        }
+        if count(JobState::Succeeded) >= target {
+            return Ok(Ok(()));
+        }
+        Ok(Err(counts
+            .iter()
+            .map(|c| format!("{:?}={}", c.state, c.count))
+            .collect::<Vec<_>>()
+            .join(" ")))
+    })
+    .await
+}
+
+/// Now, cut to whole milliseconds. Jobs carry their enqueue time in milliseconds, so a job
+/// enqueued in the same millisecond as a sub-millisecond `since` would otherwise look older
+/// than the measurement and be left out of the summary.
+fn now_to_the_millisecond() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
+}
+
+fn latencies(summary: &LatencySummary) -> (Option<Latency>, Option<Latency>) {
+    let pair = |p50: Option<f64>, p99: Option<f64>| {
+        Some(Latency {
+            p50_ms: p50?,
+            p99_ms: p99?,
+        })
+    };
+    (
+        pair(summary.start_p50_ms, summary.start_p99_ms),
+        pair(summary.recorded_p50_ms, summary.recorded_p99_ms),
+    )
+}

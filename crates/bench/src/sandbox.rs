@@ -1,0 +1,199 @@
+//! A phase's private slice of the shared services: a RabbitMQ namespace with one work queue
+//! and, when the phase needs one, a PostgreSQL database of its own.
+//!
+//! This is what warren-testkit's `TestEnv` does, rebuilt from the same public APIs because
+//! `TestEnv` takes its URLs from test-only environment variables and the benchmark takes them
+//! from its flags. Each phase gets its own sandbox so one phase's leftovers (unacked
+//! messages, queue state) cannot slow the next one down.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use warren_broker::{Broker, BrokerConfig, Topology};
+use warren_core::QueueName;
+use warren_store::{Store, StoreConfig, provision};
+
+use crate::settings::Settings;
+use crate::workload::QUEUE;
+
+/// A private database, created and migrated.
+#[derive(Debug)]
+pub(crate) struct Database {
+    admin_url: String,
+    name: String,
+    pub(crate) config: StoreConfig,
+}
+
+/// A namespace (and maybe a database) that exists until [`Sandbox::remove`].
+#[derive(Debug)]
+pub(crate) struct Sandbox {
+    /// Connection used to declare and delete the topology; the phases open their own.
+    admin: Broker,
+    pub(crate) broker_config: BrokerConfig,
+    pub(crate) queue: QueueName,
+    database: Option<Database>,
+}
+
+impl Sandbox {
+    /// Declares namespace `warren_bench_<run>_<label>` with the work queue, and creates a
+    /// database of the same name when `with_database` is set.
+    pub(crate) async fn create(
+        settings: &Settings,
+        run: &str,
+        label: &str,
+        with_database: bool,
+    ) -> anyhow::Result<Sandbox> {
+        let name = format!("warren_bench_{run}_{label}");
+        let database = if with_database {
+            Some(create_database(settings, &name).await?)
+        } else {
+            None
+        };
+        match declare(settings, &name).await {
+            Ok((admin, broker_config, queue)) => Ok(Sandbox {
+                admin,
+                broker_config,
+                queue,
+                database,
+            }),
+            Err(e) => {
+                if let Some(db) = database {
+                    drop_database(db).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A new AMQP connection in this namespace, named after its role as RabbitMQ's
+    /// connection list shows it. Producers and consumers each get one, as separate processes
+    /// would.
+    pub(crate) async fn connect(&self, role: &str) -> anyhow::Result<Broker> {
+        let mut config = self.broker_config.clone();
+        config.connection_name = format!("{} {role}", config.topology.namespace);
+        Broker::connect(config)
+            .await
+            .with_context(|| format!("connecting the {role} to RabbitMQ"))
+    }
+
+    /// The private database, for phases that asked for one.
+    pub(crate) fn database(&self) -> anyhow::Result<&Database> {
+        self.database
+            .as_ref()
+            .context("this phase's sandbox was created without a database")
+    }
+
+    /// Runs `phase` in this sandbox, then removes the sandbox however the phase ended:
+    /// finished, failed, over its time `limit`, or interrupted by `shutdown`.
+    pub(crate) async fn run<T>(
+        self,
+        limit: Duration,
+        shutdown: &CancellationToken,
+        phase: impl AsyncFnOnce(&Sandbox) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let outcome = tokio::select! {
+            outcome = tokio::time::timeout(limit, phase(&self)) => outcome
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the phase took longer than {limit:?} (see --timeout-secs)"))),
+            () = shutdown.cancelled() => Err(anyhow::anyhow!("interrupted by a signal")),
+        };
+        let removed = self.remove().await;
+        let value = outcome?;
+        removed?;
+        Ok(value)
+    }
+
+    /// Deletes the queues and exchanges and drops the database.
+    async fn remove(self) -> anyhow::Result<()> {
+        let deleted = self
+            .admin
+            .delete_topology(std::slice::from_ref(&self.queue))
+            .await
+            .with_context(|| {
+                format!(
+                    "deleting RabbitMQ namespace `{}`",
+                    self.broker_config.topology.namespace
+                )
+            });
+        self.admin.close().await;
+        if let Some(db) = self.database {
+            drop_database(db).await;
+        }
+        deleted
+    }
+}
+
+impl Database {
+    /// A pool on the private database: the usual size when `max_connections` is `None` (the
+    /// worker's), or smaller for the benchmark's own queries, which should not take
+    /// connections from the system under test.
+    pub(crate) async fn connect(
+        &self,
+        role: &str,
+        max_connections: Option<u32>,
+    ) -> anyhow::Result<Store> {
+        let mut config = self.config.clone();
+        config.application_name = format!("{} {role}", self.name);
+        if let Some(max) = max_connections {
+            config.max_connections = max;
+        }
+        Store::connect(&config)
+            .await
+            .with_context(|| format!("connecting the {role} to Postgres"))
+    }
+}
+
+async fn create_database(settings: &Settings, name: &str) -> anyhow::Result<Database> {
+    let admin_url = settings.admin_database_url.clone();
+    provision::create_database(&admin_url, name)
+        .await
+        .with_context(|| format!("creating database `{name}`"))?;
+    let database = Database {
+        config: StoreConfig::new(provision::url_for_database(&admin_url, name)?),
+        admin_url,
+        name: name.to_owned(),
+    };
+    let migrated = async {
+        let store = database.connect("migrations", Some(1)).await?;
+        let result = store.migrate().await.context("migrating the database");
+        store.close().await;
+        result
+    }
+    .await;
+    match migrated {
+        Ok(()) => Ok(database),
+        Err(e) => {
+            drop_database(database).await;
+            Err(e)
+        }
+    }
+}
+
+/// Drops a sandbox database, reporting a failure without failing: by then the results are in
+/// hand, and the name says where the leftover came from.
+async fn drop_database(db: Database) {
+    if let Err(e) = provision::drop_database(&db.admin_url, &db.name).await {
+        tracing::warn!(database = %db.name, error = %e, "could not drop the benchmark database; drop it by hand");
+    }
+}
+
+async fn declare(
+    settings: &Settings,
+    namespace: &str,
+) -> anyhow::Result<(Broker, BrokerConfig, QueueName)> {
+    let mut config = BrokerConfig::new(settings.amqp_url.clone());
+    config.connection_name = format!("{namespace} admin");
+    config.topology = Topology {
+        namespace: namespace.to_owned(),
+        ..Topology::default()
+    };
+    let admin = Broker::connect(config.clone())
+        .await
+        .with_context(|| format!("connecting to RabbitMQ at {}", config.redacted_url()))?;
+    let queue = QueueName::new(QUEUE)?;
+    if let Err(e) = admin.declare(std::slice::from_ref(&queue)).await {
+        admin.close().await;
+        return Err(e).with_context(|| format!("declaring RabbitMQ namespace `{namespace}`"));
+    }
+    Ok((admin, config, queue))
+}

@@ -1,0 +1,157 @@
+//! Flags and environment, parsed once and validated into [`Settings`], which the phases trust.
+
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::workload::MIN_PAYLOAD_BYTES;
+
+/// Measures the broker-only ceiling (publish with confirms + consume with acks, no database)
+/// and Warren end to end (enqueue, run `warren.noop`, record in PostgreSQL, ack) in one run,
+/// on the same message size and durability, and prints their ratio.
+#[derive(Debug, Parser)]
+#[command(name = "warren-bench", version)]
+pub(crate) struct Args {
+    /// Jobs measured in each phase (after the warm-up).
+    #[arg(long, env = "WARREN_BENCH_JOBS", default_value_t = 20_000)]
+    pub(crate) jobs: u64,
+
+    /// Size of each job's JSON payload in bytes (the AMQP message body).
+    #[arg(long, env = "WARREN_BENCH_PAYLOAD_BYTES", default_value_t = 100)]
+    pub(crate) payload_bytes: usize,
+
+    /// Handlers (or, in the ceiling, acks) in flight at once.
+    #[arg(long, env = "WARREN_BENCH_CONCURRENCY", default_value_t = 64)]
+    pub(crate) concurrency: usize,
+
+    /// Unacked deliveries the broker may push to a consumer.
+    #[arg(long, env = "WARREN_BENCH_PREFETCH", default_value_t = 256)]
+    pub(crate) prefetch: u16,
+
+    /// Messages run through each phase before measuring, to open connections, warm caches and
+    /// let RabbitMQ and Postgres settle.
+    #[arg(long, env = "WARREN_BENCH_WARMUP", default_value_t = 1_000)]
+    pub(crate) warmup: u64,
+
+    /// Longest a phase may take before the run is abandoned, in seconds.
+    #[arg(long, env = "WARREN_BENCH_TIMEOUT_SECS", default_value_t = 600)]
+    pub(crate) timeout_secs: u64,
+
+    /// RabbitMQ URL. The benchmark declares and deletes its own namespaced queues there.
+    #[arg(
+        long,
+        env = "WARREN_AMQP_URL",
+        hide_env_values = true,
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub(crate) amqp_url: String,
+
+    /// Admin PostgreSQL URL: the benchmark creates a private database on that server, and
+    /// drops it at the end.
+    #[arg(
+        long,
+        env = "WARREN_DATABASE_URL",
+        hide_env_values = true,
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub(crate) database_url: String,
+
+    /// Also print the results as one JSON line after the table.
+    #[arg(long, env = "WARREN_BENCH_JSON")]
+    pub(crate) json: bool,
+}
+
+/// Everything a run needs, validated.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub(crate) jobs: u64,
+    pub(crate) payload_bytes: usize,
+    pub(crate) concurrency: usize,
+    pub(crate) prefetch: u16,
+    pub(crate) warmup: u64,
+    pub(crate) phase_timeout: Duration,
+    pub(crate) amqp_url: String,
+    pub(crate) admin_database_url: String,
+    pub(crate) json: bool,
+    /// Cores the operating system gives this process; printed with the results because the
+    /// broker, the database and the benchmark all share them.
+    pub(crate) cores: usize,
+}
+
+/// The worker rejects larger bodies as bad input (its default `max_body_bytes`), so a larger
+/// payload would measure the dead-letter path instead of the happy path.
+const MAX_PAYLOAD_BYTES: usize = 1 << 20;
+
+impl Args {
+    /// Checks every setting and names the flag (and its variable) of the first bad one.
+    pub(crate) fn validate(self) -> Result<Settings, String> {
+        if self.jobs == 0 {
+            return Err("--jobs / WARREN_BENCH_JOBS must be at least 1".to_owned());
+        }
+        if !(MIN_PAYLOAD_BYTES..=MAX_PAYLOAD_BYTES).contains(&self.payload_bytes) {
+            return Err(format!(
+                "--payload-bytes / WARREN_BENCH_PAYLOAD_BYTES must be {MIN_PAYLOAD_BYTES} to \
+                 {MAX_PAYLOAD_BYTES} (the smallest padded JSON object to the worker's body \
+                 limit), got {}",
+                self.payload_bytes
+            ));
+        }
+        if self.concurrency == 0 || self.concurrency > 10_000 {
+            return Err(format!(
+                "--concurrency / WARREN_BENCH_CONCURRENCY must be 1 to 10000, got {}",
+                self.concurrency
+            ));
+        }
+        if self.prefetch == 0 {
+            return Err("--prefetch / WARREN_BENCH_PREFETCH must be at least 1".to_owned());
+        }
+        if self.timeout_secs == 0 {
+            return Err("--timeout-secs / WARREN_BENCH_TIMEOUT_SECS must be at least 1".to_owned());
+        }
+        Ok(Settings {
+            jobs: self.jobs,
+            payload_bytes: self.payload_bytes,
+            concurrency: self.concurrency,
+            prefetch: self.prefetch,
+            warmup: self.warmup,
+            phase_timeout: Duration::from_secs(self.timeout_secs),
+            amqp_url: self.amqp_url,
+            admin_database_url: self.database_url,
+            json: self.json,
+            cores: std::thread::available_parallelism().map_or(1, usize::from),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Settings, String> {
+        let mut argv = vec!["warren-bench"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .validate()
+    }
+
+    #[test]
+    fn defaults_match_the_documented_run() {
+        let s = parse(&[]).expect("defaults are valid");
+        assert_eq!(s.jobs, 20_000);
+        assert_eq!(s.payload_bytes, 100);
+        assert_eq!(s.concurrency, 64);
+        assert_eq!(s.prefetch, 256);
+        assert_eq!(s.warmup, 1_000);
+        assert!(!s.json);
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        let err = |args: &[&str]| parse(args).expect_err("should be refused");
+        assert!(err(&["--jobs", "0"]).contains("--jobs"));
+        assert!(err(&["--payload-bytes", "3"]).contains("--payload-bytes"));
+        assert!(err(&["--concurrency", "0"]).contains("--concurrency"));
+        assert!(err(&["--prefetch", "0"]).contains("--prefetch"));
+    }
+}

@@ -1,0 +1,451 @@
+//! `warren enqueue`: publish one job, or many copies of it, each confirmed by RabbitMQ.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use warren_client::{Client, NewJob};
+use warren_core::duration::parse_duration;
+use warren_core::message::MAX_ATTEMPTS_LIMIT;
+use warren_core::{DEFAULT_QUEUE, JobId, QueueName, TaskName};
+
+use crate::connection::ConnectionArgs;
+use crate::exit::Usage;
+use crate::output::emit;
+
+/// Jobs handed to `enqueue_many` at once: enough to keep the publisher's confirm window full,
+/// few enough that progress moves and a run that starts failing stops soon.
+const CHUNK: u64 = 1_000;
+
+/// Up to this many jobs the JSON output lists every id; beyond it only the first and the last,
+/// so the output stays proportionate to what a script can use.
+const ID_LIST_LIMIT: u64 = 1_000;
+
+#[derive(Debug, clap::Args)]
+pub struct EnqueueArgs {
+    /// Task to run, e.g. email.send.
+    pub task: TaskName,
+
+    /// The job's payload as JSON, e.g. '{"to": "a@example.com"}'.
+    #[arg(long, value_name = "JSON", value_parser = parse_payload)]
+    pub payload: Box<RawValue>,
+
+    /// Queue to publish to. It must exist: a worker declares its queues when it starts, or run
+    /// `warren queues declare`.
+    #[arg(long, default_value = DEFAULT_QUEUE)]
+    pub queue: QueueName,
+
+    /// Identical jobs to enqueue, each with its own id. Published in batches of 1000; the
+    /// first batch in which a job fails is the last one attempted.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: u64,
+
+    /// Attempts in total, 1 to 1000; the task's retry policy decides when unset.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_ATTEMPTS_LIMIT)))]
+    pub max_attempts: Option<u32>,
+
+    /// Per-attempt timeout, e.g. 30s or 500ms; the task's default when unset.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+
+    /// Idempotency key passed to the handler. Only with --count 1, since copies sharing a key
+    /// would look like one job to the handler.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+
+    /// Print {"enqueued": n, "failed": m, "ids": [...]} instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses `--payload`, and when it is not JSON says where, pointing at the spot.
+fn parse_payload(input: &str) -> Result<Box<RawValue>, String> {
+    serde_json::from_str(input).map_err(|e| {
+        format!(
+            "not valid JSON: {e}\n{}",
+            point_at(input, e.line(), e.column())
+        )
+    })
+}
+
+/// The text around `line`:`column` (both 1-based, as serde_json counts them) with a caret
+/// under the column. Long lines are cut to a window around the spot.
+fn point_at(input: &str, line: usize, column: usize) -> String {
+    const CONTEXT: usize = 30;
+    let text = input.lines().nth(line.saturating_sub(1)).unwrap_or("");
+    // serde_json counts columns in bytes; the caret is placed in characters.
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    let at = chars
+        .iter()
+        .position(|(byte, _)| *byte + 1 >= column)
+        .unwrap_or(chars.len());
+    let start = at.saturating_sub(CONTEXT);
+    let end = (at + CONTEXT).min(chars.len());
+    let snippet: String = chars[start..end].iter().map(|(_, c)| c).collect();
+    let lead = if start > 0 { "…" } else { "" };
+    let tail = if end < chars.len() { "…" } else { "" };
+    let caret_at = lead.chars().count() + (at - start);
+    format!("  {lead}{snippet}{tail}\n  {}^", " ".repeat(caret_at))
+}
+
+/// An enqueue request, checked: the job every copy is cloned from (each clone gets its own
+/// id when published), and how many.
+#[derive(Debug)]
+struct Plan {
+    job: NewJob,
+    queue: QueueName,
+    count: u64,
+    json: bool,
+}
+
+impl EnqueueArgs {
+    fn plan(self) -> Result<Plan, Usage> {
+        if self.count > 1 && self.idempotency_key.is_some() {
+            return Err(Usage(format!(
+                "--idempotency-key cannot be combined with --count {}: every copy would carry the same key",
+                self.count
+            )));
+        }
+        let invalid = |flag: &'static str| {
+            move |e: warren_client::Error| Usage(format!("{flag}: {:#}", anyhow::Error::new(e)))
+        };
+        let mut job = NewJob::new(self.task.as_str(), &self.payload)
+            .map_err(invalid("--payload"))?
+            .queue(self.queue.as_str())
+            .map_err(invalid("--queue"))?;
+        if let Some(n) = self.max_attempts {
+            job = job.max_attempts(n).map_err(invalid("--max-attempts"))?;
+        }
+        if let Some(timeout) = self.timeout {
+            job = job.timeout(timeout).map_err(invalid("--timeout"))?;
+        }
+        if let Some(key) = self.idempotency_key {
+            job = job.idempotency_key(key).map_err(invalid("--idempotency-key"))?;
+        }
+        Ok(Plan {
+            job,
+            queue: self.queue,
+            count: self.count,
+            json: self.json,
+        })
+    }
+}
+
+pub(crate) async fn run(args: EnqueueArgs, connection: &ConnectionArgs) -> anyhow::Result<()> {
+    let plan = args.plan()?;
+    let broker = connection.broker("enqueue").await?;
+    let client = Client::from_broker(broker)
+        .await
+        .context("opening a publisher channel")?;
+    let report = publish(&client, &plan).await;
+    client.broker().close().await;
+    let text = if plan.json {
+        let mut text = serde_json::to_string_pretty(&report.json())
+            .context("serialising the output as JSON")?;
+        text.push('\n');
+        text
+    } else {
+        report.text()
+    };
+    emit(&text)?;
+    report.into_result()
+}
+
+/// Publishes the plan's jobs in batches, stopping after the first batch with a failure:
+/// whatever refused one job (a missing queue, a full one) would most likely refuse the rest.
+async fn publish(client: &Client, plan: &Plan) -> Report {
+    let progress = Progress::new(plan.count);
+    let mut report = Report::new(plan.queue.clone(), plan.count);
+    let started = Instant::now();
+    let mut left = plan.count;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        left -= n;
+        // `n` is at most CHUNK, so it fits a usize on every platform.
+        let batch = vec![plan.job.clone(); n as usize];
+        for outcome in client.enqueue_many(batch).await {
+            report.record(outcome);
+        }
+        progress.show(&report);
+        if report.failed > 0 {
+            break;
+        }
+    }
+    report.elapsed = started.elapsed();
+    progress.finish();
+    report
+}
+
+/// A counter on stderr redrawn after every batch, only for a person at a terminal: in a pipe
+/// or a log file it would be noise. Writing it is best effort.
+#[derive(Debug)]
+struct Progress {
+    enabled: bool,
+}
+
+impl Progress {
+    fn new(total: u64) -> Self {
+        Self {
+            enabled: total > 1 && std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn show(&self, report: &Report) {
+        if self.enabled {
+            let failed = match report.failed {
+                0 => String::new(),
+                n => format!(", {n} failed"),
+            };
+            let _ = write!(
+                std::io::stderr(),
+                "\renqueued {}/{}{failed}",
+                report.enqueued,
+                report.requested
+            );
+        }
+    }
+
+    fn finish(&self) {
+        if self.enabled {
+            // Return to the line start and erase it, so the summary is not mixed with it.
+            let _ = write!(std::io::stderr(), "\r\x1b[2K");
+        }
+    }
+}
+
+/// What happened to the jobs of one `warren enqueue`.
+#[derive(Debug)]
+struct Report {
+    queue: QueueName,
+    requested: u64,
+    enqueued: u64,
+    failed: u64,
+    /// Every confirmed id, kept only while `requested` is within [`ID_LIST_LIMIT`].
+    ids: Vec<JobId>,
+    first: Option<JobId>,
+    last: Option<JobId>,
+    first_error: Option<warren_client::Error>,
+    elapsed: Duration,
+}
+
+/// The `--json` form of a [`Report`].
+#[derive(Debug, Serialize)]
+struct JsonReport<'a> {
+    queue: &'a str,
+    requested: u64,
+    enqueued: u64,
+    failed: u64,
+    /// Jobs never published because an earlier batch had a failure.
+    skipped: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ids: Option<&'a [JobId]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_id: Option<JobId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_id: Option<JobId>,
+    seconds: f64,
+}
+
+impl Report {
+    fn new(queue: QueueName, requested: u64) -> Self {
+        Self {
+            queue,
+            requested,
+            enqueued: 0,
+            failed: 0,
+            ids: Vec::new(),
+            first: None,
+            last: None,
+            first_error: None,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    fn record(&mut self, outcome: Result<JobId, warren_client::Error>) {
+        match outcome {
+            Ok(id) => {
+                self.enqueued += 1;
+                self.first.get_or_insert(id);
+                self.last = Some(id);
+                if self.requested <= ID_LIST_LIMIT {
+                    self.ids.push(id);
+                }
+            }
+            Err(e) => {
+                self.failed += 1;
+                self.first_error.get_or_insert(e);
+            }
+        }
+    }
+
+    fn skipped(&self) -> u64 {
+        self.requested - self.enqueued - self.failed
+    }
+
+    fn rate(&self) -> f64 {
+        self.enqueued as f64 / self.elapsed.as_secs_f64().max(1e-6)
+    }
+
+    fn json(&self) -> JsonReport<'_> {
+        let listed = self.requested <= ID_LIST_LIMIT;
+        JsonReport {
+            queue: self.queue.as_str(),
+            requested: self.requested,
+            enqueued: self.enqueued,
+            failed: self.failed,
+            skipped: self.skipped(),
+            ids: listed.then_some(self.ids.as_slice()),
+            first_id: if listed { None } else { self.first },
+            last_id: if listed { None } else { self.last },
+            seconds: self.elapsed.as_secs_f64(),
+        }
+    }
+
+    /// One job: its id alone, so `id=$(warren enqueue ...)` works. Many: a summary line.
+    fn text(&self) -> String {
+        if self.requested == 1 {
+            return self.first.map(|id| format!("{id}\n")).unwrap_or_default();
+        }
+        let secs = self.elapsed.as_secs_f64();
+        let rate = self.rate();
+        if self.enqueued == self.requested {
+            format!(
+                "enqueued {} jobs to queue {} in {secs:.2} s ({rate:.0} jobs/s)\n",
+                self.enqueued, self.queue
+            )
+        } else {
+            format!(
+                "enqueued {} of {} jobs to queue {} in {secs:.2} s ({rate:.0} jobs/s); {} failed, {} not attempted\n",
+                self.enqueued,
+                self.requested,
+                self.queue,
+                self.failed,
+                self.skipped()
+            )
+        }
+    }
+
+    /// The first failure, if any, as the command's error.
+    fn into_result(self) -> anyhow::Result<()> {
+        let Some(error) = self.first_error else {
+            return Ok(());
+        };
+        let lost = self.requested - self.enqueued;
+        let what = if self.requested == 1 {
+            "the job was not enqueued".to_owned()
+        } else {
+            format!("{lost} of {} jobs were not enqueued; the first error", self.requested)
+        };
+        Err(anyhow::Error::new(error).context(what))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: EnqueueArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<EnqueueArgs, String> {
+        let argv = std::iter::once("enqueue").chain(argv.iter().copied());
+        Wrapper::try_parse_from(argv)
+            .map(|w| w.args)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn bad_json_says_where() {
+        let err = parse(&["t", "--payload", r#"{"to": "x",}"#]).unwrap_err();
+        assert!(err.contains("not valid JSON") && err.contains("line 1 column 12"), "{err}");
+        assert!(err.contains("  {\"to\": \"x\",}\n             ^"), "{err}");
+    }
+
+    #[test]
+    fn the_caret_follows_the_line_and_long_lines_are_cut() {
+        assert_eq!(point_at("[1,\n 2,,3]", 2, 4), "   2,,3]\n     ^");
+        let long = format!("[{}x]", "1,".repeat(40));
+        let shown = point_at(&long, 1, 82);
+        let (text, caret) = shown.split_once('\n').unwrap();
+        assert!(text.starts_with("  …") && !text.ends_with('…'), "{shown}");
+        assert_eq!(text.chars().nth(caret.len() - 1), Some('x'), "{shown}");
+    }
+
+    #[test]
+    fn options_are_checked_before_connecting() {
+        let plan = parse(&["email.send", "--payload", "{}", "--max-attempts", "3", "--timeout", "30s"])
+            .unwrap()
+            .plan()
+            .unwrap();
+        assert_eq!((plan.queue.as_str(), plan.count), (DEFAULT_QUEUE, 1));
+
+        assert!(parse(&["bad task", "--payload", "{}"]).unwrap_err().contains("invalid task name"));
+        assert!(parse(&["t", "--payload", "{}", "--count", "0"]).is_err());
+        assert!(parse(&["t", "--payload", "{}", "--max-attempts", "1001"]).is_err());
+        assert!(parse(&["t", "--payload", "{}", "--timeout", "30"]).unwrap_err().contains("no unit"));
+        let zero = parse(&["t", "--payload", "{}", "--timeout", "0s"]).unwrap().plan().unwrap_err();
+        assert!(zero.0.starts_with("--timeout:"), "{zero}");
+        let shared = parse(&["t", "--payload", "{}", "--count", "2", "--idempotency-key", "k"])
+            .unwrap()
+            .plan()
+            .unwrap_err();
+        assert!(shared.0.contains("--idempotency-key"), "{shared}");
+    }
+
+    fn report(requested: u64, enqueued: u64, failed: bool) -> Report {
+        let mut r = Report::new(QueueName::new("emails").unwrap(), requested);
+        for _ in 0..enqueued {
+            r.record(Ok(JobId::new()));
+        }
+        if failed {
+            r.record(Err(warren_client::Error::Option {
+                task: "t".into(),
+                reason: "refused".into(),
+            }));
+        }
+        r.elapsed = Duration::from_millis(500);
+        r
+    }
+
+    #[test]
+    fn one_job_prints_its_id_and_many_a_summary() {
+        let one = report(1, 1, false);
+        assert_eq!(one.text(), format!("{}\n", one.ids[0]));
+        assert_eq!(report(10, 10, false).text(), "enqueued 10 jobs to queue emails in 0.50 s (20 jobs/s)\n");
+        assert_eq!(
+            report(3000, 999, true).text(),
+            "enqueued 999 of 3000 jobs to queue emails in 0.50 s (1998 jobs/s); 1 failed, 2000 not attempted\n"
+        );
+    }
+
+    #[test]
+    fn json_lists_ids_only_for_small_runs() {
+        let small = serde_json::to_value(report(3, 3, false).json()).unwrap();
+        assert_eq!((small["enqueued"].as_u64(), small["failed"].as_u64()), (Some(3), Some(0)));
+        assert_eq!(small["ids"].as_array().map(Vec::len), Some(3));
+        assert!(small.get("first_id").is_none());
+
+        let big = report(2000, 1500, true);
+        let (first, last) = (big.first, big.last);
+        let big = serde_json::to_value(big.json()).unwrap();
+        assert!(big.get("ids").is_none());
+        assert_eq!(big["first_id"], serde_json::to_value(first).unwrap());
+        assert_eq!(big["last_id"], serde_json::to_value(last).unwrap());
+        assert_eq!((big["failed"].as_u64(), big["skipped"].as_u64()), (Some(1), Some(499)));
+    }
+
+    #[test]
+    fn a_failure_is_the_error_with_the_count_lost() {
+        assert!(report(5, 5, false).into_result().is_ok());
+        let err = format!("{:#}", report(5, 2, true).into_result().unwrap_err());
+        assert!(err.starts_with("3 of 5 jobs were not enqueued; the first error: "), "{err}");
+        assert!(err.contains("refused"), "{err}");
+    }
+}

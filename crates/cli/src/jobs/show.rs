@@ -1,0 +1,229 @@
+//! `warren jobs show ID`: one job's row in full.
+
+use std::fmt::Write;
+
+use anyhow::Context;
+use warren_core::{FailureKind, JobId};
+use warren_store::JobRecord;
+
+use crate::connection::ConnectionArgs;
+use crate::exit::NotFound;
+use crate::output::{delta, duration, emit, emit_json, timestamp};
+
+/// JSON values up to this long are printed on the label's line; longer ones are indented
+/// below it, pretty-printed, so that nesting stays readable.
+const INLINE_JSON: usize = 80;
+
+#[derive(Debug, clap::Args)]
+pub struct ShowArgs {
+    /// The job id (a UUID), as `warren enqueue` printed it.
+    pub id: JobId,
+
+    /// Print the job's row as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(super) async fn run(args: ShowArgs, connection: &ConnectionArgs) -> anyhow::Result<()> {
+    let store = connection.store("jobs show").await?;
+    let found = store.job(args.id).await;
+    store.close().await;
+    let Some(record) = found.with_context(|| format!("reading job {}", args.id))? else {
+        return Err(NotFound(format!(
+            "no job {} in the database (it may still be queued: rows are written when a worker \
+             records the outcome)",
+            args.id
+        ))
+        .into());
+    };
+    if args.json {
+        emit_json(&record)
+    } else {
+        emit(&render(&record))
+    }
+}
+
+/// The human form: one `label  value` line per field, then the error history.
+fn render(job: &JobRecord) -> String {
+    let mut out = String::new();
+    let mut line = |label: &str, value: &str| {
+        let _ = writeln!(out, "{label:<12} {value}");
+    };
+    line("id", &job.id.to_string());
+    line("task", &job.task);
+    line("queue", &job.queue);
+    line("state", job.state.as_str());
+    line("attempt", &format!("{} of {}", job.attempt, job.max_attempts));
+    if let Some(run_at) = job.run_at {
+        line("run at", &timestamp(run_at));
+    }
+    line("enqueued", &timestamp(job.enqueued_at));
+    line("started", &job.started_at.map_or_else(|| "-".to_owned(), timestamp));
+    line("finished", &job.finished_at.map_or_else(|| "-".to_owned(), timestamp));
+    if let Some(took) = timings(job) {
+        line("took", &took);
+    }
+    if let Some(ms) = job.timeout_ms {
+        let timeout = u64::try_from(ms).map_or_else(|_| format!("{ms}ms"), |ms| {
+            duration(std::time::Duration::from_millis(ms))
+        });
+        line("timeout", &timeout);
+    }
+    line("worker", job.worker_id.as_deref().unwrap_or("-"));
+    line("idempotency", job.idempotency_key.as_deref().unwrap_or("-"));
+    if let Some(trace) = &job.traceparent {
+        line("traceparent", trace);
+    }
+    match (&job.payload, &job.raw_body) {
+        (Some(payload), _) => line("payload", &json_value(payload)),
+        (None, Some(raw)) => line("payload", &format!("(not JSON, kept as text) {raw}")),
+        (None, None) => line("payload", "-"),
+    }
+    line("result", &job.result.as_ref().map_or_else(|| "-".to_owned(), json_value));
+    if job.errors.is_empty() {
+        line("errors", "none");
+    } else {
+        line("errors", &job.errors.len().to_string());
+        for e in &job.errors {
+            let _ = writeln!(
+                out,
+                "  attempt {}  {}  {}  on {}\n    {}",
+                e.attempt,
+                kind(e.kind),
+                timestamp(e.at),
+                e.worker,
+                e.message.replace('\n', "\n    ")
+            );
+        }
+    }
+    out
+}
+
+/// `queued 12ms, ran 3ms`: the time waiting for a worker and the time running, as far as the
+/// job got. Both refer to the last attempt, since `started_at` is overwritten per attempt.
+fn timings(job: &JobRecord) -> Option<String> {
+    let started = job.started_at?;
+    let queued = format!("queued {}", delta(started - job.enqueued_at));
+    Some(match job.finished_at {
+        Some(finished) => format!("{queued}, ran {}", delta(finished - started)),
+        None => queued,
+    })
+}
+
+fn json_value(value: &serde_json::Value) -> String {
+    let compact = value.to_string();
+    if compact.chars().count() <= INLINE_JSON {
+        return compact;
+    }
+    let pretty = serde_json::to_string_pretty(value).unwrap_or(compact);
+    format!("\n  {}", pretty.replace('\n', "\n  "))
+}
+
+/// The name of a failure kind as it is stored (snake case), for the error history.
+fn kind(kind: FailureKind) -> &'static str {
+    match kind {
+        FailureKind::Error => "error",
+        FailureKind::Permanent => "permanent",
+        FailureKind::Timeout => "timeout",
+        FailureKind::Panic => "panic",
+        FailureKind::BadInput => "bad_input",
+        FailureKind::Cancelled => "cancelled",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, TimeDelta, Utc};
+    use serde_json::json;
+    use warren_core::{FailureRecord, JobState};
+
+    use super::*;
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(1_738_314_900_000 + ms).unwrap()
+    }
+
+    fn job() -> JobRecord {
+        JobRecord {
+            id: "0194bbd6-9a40-7cc2-9d55-3b1f0c6a2e10".parse().unwrap(),
+            queue: "default".into(),
+            task: "email.send".into(),
+            state: JobState::Succeeded,
+            attempt: 2,
+            max_attempts: 3,
+            payload: Some(json!({"to": "a@example.com"})),
+            raw_body: None,
+            result: Some(json!({"sent": true})),
+            errors: vec![FailureRecord {
+                attempt: 1,
+                kind: FailureKind::Timeout,
+                message: "took too long".into(),
+                worker: "w1".into(),
+                at: at(5),
+            }],
+            timeout_ms: Some(30_000),
+            run_at: None,
+            enqueued_at: at(0),
+            started_at: Some(at(12)),
+            finished_at: Some(at(15)),
+            updated_at: at(16),
+            worker_id: Some("w2".into()),
+            idempotency_key: None,
+            traceparent: None,
+        }
+    }
+
+    #[test]
+    fn a_job_reads_as_labelled_lines() {
+        let text = render(&job());
+        let expected = "\
+id           0194bbd6-9a40-7cc2-9d55-3b1f0c6a2e10
+task         email.send
+queue        default
+state        succeeded
+attempt      2 of 3
+enqueued     2025-01-31T09:15:00.000Z
+started      2025-01-31T09:15:00.012Z
+finished     2025-01-31T09:15:00.015Z
+took         queued 12ms, ran 3ms
+timeout      30s
+worker       w2
+idempotency  -
+payload      {\"to\":\"a@example.com\"}
+result       {\"sent\":true}
+errors       1
+  attempt 1  timeout  2025-01-31T09:15:00.005Z  on w1
+    took too long
+";
+        assert_eq!(text, expected, "{text}");
+    }
+
+    #[test]
+    fn an_unstarted_job_shows_dashes_and_raw_bodies_are_marked() {
+        let mut j = job();
+        j.started_at = None;
+        j.finished_at = None;
+        j.payload = None;
+        j.raw_body = Some("not json".into());
+        j.errors.clear();
+        let text = render(&j);
+        assert!(text.contains("started      -\n") && !text.contains("took"), "{text}");
+        assert!(text.contains("payload      (not JSON, kept as text) not json\n"), "{text}");
+        assert!(text.contains("errors       none\n"), "{text}");
+    }
+
+    #[test]
+    fn large_json_is_indented_below_its_label() {
+        let value = json!({"items": (0..30).collect::<Vec<_>>()});
+        let shown = json_value(&value);
+        assert!(shown.starts_with("\n  {\n    \"items\": ["), "{shown}");
+    }
+
+    #[test]
+    fn a_running_job_has_only_its_queue_time() {
+        let mut j = job();
+        j.finished_at = None;
+        j.started_at = Some(j.enqueued_at + TimeDelta::milliseconds(1_500));
+        assert_eq!(timings(&j).as_deref(), Some("queued 1.50s"));
+    }
+}

@@ -1,0 +1,206 @@
+//! How results reach the terminal: stdout writing that tolerates a closed pipe, JSON, aligned
+//! tables, and the human forms of times and durations every command shares.
+
+use std::io::{self, Write};
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use serde::Serialize;
+
+/// Writes `text` to stdout. A reader that went away (`warren workers | head -1`) is not an
+/// error worth reporting, so a broken pipe counts as success; `println!` would panic instead.
+pub(crate) fn emit(text: &str) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
+        _ => Ok(()),
+    }
+}
+
+/// Writes `value` to stdout as pretty JSON followed by a newline.
+pub(crate) fn emit_json(value: &impl Serialize) -> anyhow::Result<()> {
+    let mut text = serde_json::to_string_pretty(value).context("serialising the output as JSON")?;
+    text.push('\n');
+    emit(&text)
+}
+
+/// Which side of its column a cell sticks to. Numbers go right so their digits line up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Align {
+    Left,
+    Right,
+}
+
+/// A plain-text table with a header row, columns two spaces apart.
+#[derive(Debug)]
+pub(crate) struct Table {
+    columns: Vec<(&'static str, Align)>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub(crate) fn new(columns: &[(&'static str, Align)]) -> Self {
+        Self {
+            columns: columns.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row; missing cells are blank and extra cells are dropped.
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub(crate) fn render(&self) -> String {
+        let cell = |row: &[String], i: usize| row.get(i).map_or("", String::as_str).to_owned();
+        let header: Vec<String> = self.columns.iter().map(|(h, _)| (*h).to_owned()).collect();
+        let widths: Vec<usize> = (0..self.columns.len())
+            .map(|i| {
+                std::iter::once(&header)
+                    .chain(&self.rows)
+                    .map(|r| cell(r, i).chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut out = String::new();
+        for row in std::iter::once(&header).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, (_, align)) in self.columns.iter().enumerate() {
+                let text = cell(row, i);
+                let pad = widths[i] - text.chars().count();
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                match align {
+                    Align::Left => {
+                        line.push_str(&text);
+                        line.push_str(&" ".repeat(pad));
+                    }
+                    Align::Right => {
+                        line.push_str(&" ".repeat(pad));
+                        line.push_str(&text);
+                    }
+                }
+            }
+            // Left-aligned last columns would otherwise leave trailing blanks on every line.
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// A timestamp as RFC 3339 in UTC with milliseconds, e.g. `2025-01-31T09:15:02.137Z`: sortable,
+/// unambiguous, and precise enough to compare with the latencies shown beside it.
+pub(crate) fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// A duration as a person reads it: `850µs`, `3.2ms`, `12ms`, `1.25s`, `30s`, `2m03s`, `1h02m`,
+/// `3d04h`.
+/// Precision shrinks as durations grow, because nobody compares hours by the millisecond.
+pub(crate) fn duration(d: Duration) -> String {
+    let micros = d.as_micros();
+    let secs = d.as_secs();
+    if micros < 1_000 {
+        format!("{micros}µs")
+    } else if micros < 10_000 && micros % 1_000 != 0 {
+        format!("{:.1}ms", micros as f64 / 1_000.0)
+    } else if micros < 1_000_000 {
+        format!("{}ms", micros / 1_000)
+    } else if secs < 60 && d.subsec_millis() == 0 {
+        format!("{secs}s")
+    } else if secs < 60 {
+        format!("{:.2}s", d.as_secs_f64())
+    } else if secs < 3_600 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else if secs < 86_400 {
+        format!("{}h{:02}m", secs / 3_600, secs % 3_600 / 60)
+    } else {
+        format!("{}d{:02}h", secs / 86_400, secs % 86_400 / 3_600)
+    }
+}
+
+/// A signed time difference, such as enqueue-to-start. Producer and worker clocks differ, so
+/// a difference between their timestamps can come out negative; it is shown, not hidden.
+pub(crate) fn delta(d: TimeDelta) -> String {
+    match d.to_std() {
+        Ok(d) => duration(d),
+        Err(_) => format!("-{}", duration((-d).to_std().unwrap_or_default())),
+    }
+}
+
+/// How long ago something happened, to the whole unit: `3s ago`, `5m ago`, `2h ago`, `4d ago`.
+/// A time in the future (clock skew) reads as `just now`.
+pub(crate) fn age(since: TimeDelta) -> String {
+    let secs = since.num_seconds();
+    if secs < 1 {
+        "just now".to_owned()
+    } else if secs < 60 {
+        format!("{secs}s ago")
+    } else if secs < 3_600 {
+        format!("{}m ago", secs / 60)
+    } else if secs < 86_400 {
+        format!("{}h ago", secs / 3_600)
+    } else {
+        format!("{}d ago", secs / 86_400)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_shrink_their_precision_as_they_grow() {
+        let cases = [
+            (Duration::from_micros(850), "850µs"),
+            (Duration::from_micros(3_240), "3.2ms"),
+            (Duration::from_millis(3), "3ms"),
+            (Duration::from_millis(12), "12ms"),
+            (Duration::from_millis(1_250), "1.25s"),
+            (Duration::from_secs(30), "30s"),
+            (Duration::from_secs(123), "2m03s"),
+            (Duration::from_secs(3_720), "1h02m"),
+            (Duration::from_secs(3 * 86_400 + 4 * 3_600), "3d04h"),
+        ];
+        for (d, want) in cases {
+            assert_eq!(duration(d), want, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn negative_deltas_keep_their_sign() {
+        assert_eq!(delta(TimeDelta::milliseconds(12)), "12ms");
+        assert_eq!(delta(TimeDelta::milliseconds(-12)), "-12ms");
+    }
+
+    #[test]
+    fn ages_are_whole_units() {
+        assert_eq!(age(TimeDelta::seconds(3)), "3s ago");
+        assert_eq!(age(TimeDelta::seconds(330)), "5m ago");
+        assert_eq!(age(TimeDelta::hours(26)), "1d ago");
+        assert_eq!(age(TimeDelta::seconds(-2)), "just now");
+    }
+
+    #[test]
+    fn timestamps_are_utc_with_milliseconds() {
+        let at = DateTime::from_timestamp_millis(1_738_314_902_137).unwrap();
+        assert_eq!(timestamp(at), "2025-01-31T09:15:02.137Z");
+    }
+
+    #[test]
+    fn tables_align_and_leave_no_trailing_blanks() {
+        let mut t = Table::new(&[("ID", Align::Left), ("COUNT", Align::Right), ("NOTE", Align::Left)]);
+        t.row(vec!["a".into(), "5".into(), "x".into()]);
+        t.row(vec!["long-id".into(), "1234567".into()]);
+        assert_eq!(
+            t.render(),
+            "ID         COUNT  NOTE\n\
+             a              5  x\n\
+             long-id  1234567\n"
+        );
+    }
+}

@@ -1,0 +1,166 @@
+//! The promoter: publishes scheduled jobs (retries waiting out their backoff, delayed jobs,
+//! jobs enqueued in a transaction) when they fall due.
+//!
+//! Nothing delayed is held in memory: the rows in Postgres are the schedule. Every worker
+//! process runs a promoter by default; `FOR UPDATE SKIP LOCKED` gives each due row to exactly
+//! one of them. The row stays locked while its message is published and confirmed, and is
+//! marked `queued` in the same transaction, so in normal operation an attempt is published
+//! once. A crash between the confirm and the commit publishes it again later; the recorder's
+//! fence absorbs that duplicate.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::value::RawValue;
+use tokio_util::sync::CancellationToken;
+use warren_broker::{PublishRequest, Publisher};
+use warren_core::{JobId, JobMessage, RawMessage, TaskName};
+use warren_store::{DueListener, Store};
+
+/// Tuning of the promoter.
+#[derive(Clone, Copy, Debug)]
+pub struct PromoterConfig {
+    /// Rows claimed and published per transaction.
+    pub batch: u32,
+    /// Longest sleep between looks at the table. NOTIFY normally wakes the promoter sooner;
+    /// this bounds the lateness when a notification is missed.
+    pub poll_interval: Duration,
+    /// How far a job whose publish failed (say its queue is gone) is pushed back.
+    pub defer_on_failure: Duration,
+}
+
+impl Default for PromoterConfig {
+    fn default() -> Self {
+        Self {
+            batch: 500,
+            poll_interval: Duration::from_secs(1),
+            defer_on_failure: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Publishes due jobs until told to stop.
+#[derive(Debug)]
+pub struct Promoter {
+    store: Store,
+    publisher: Publisher,
+    config: PromoterConfig,
+}
+
+impl Promoter {
+    pub fn new(store: Store, publisher: Publisher, config: PromoterConfig) -> Self {
+        Self {
+            store,
+            publisher,
+            config,
+        }
+    }
+
+    pub async fn run(self, stop: CancellationToken) {
+        let mut listener: Option<DueListener> = None;
+        loop {
+            if stop.is_cancelled() {
+                break;
+            }
+            if listener.is_none() {
+                listener = match self.store.listen_due().await {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "promoter cannot LISTEN; polling only");
+                        None
+                    }
+                };
+            }
+            match self.promote_once().await {
+                // A full batch means more may be due right now.
+                Ok(n) if n >= self.config.batch as usize => continue,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "promotion failed; will try again"),
+            }
+            let wait = match self.store.next_due_at().await {
+                Ok(Some(at)) => (at - Utc::now()).to_std().unwrap_or(Duration::ZERO),
+                Ok(None) => self.config.poll_interval,
+                Err(_) => self.config.poll_interval,
+            }
+            .min(self.config.poll_interval);
+            if wait.is_zero() {
+                // Due now but not claimable (held by another promoter): do not spin on it.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+            let notified = async {
+                match listener.as_mut() {
+                    Some(l) => l.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                r = notified => if let Err(e) = r {
+                    tracing::warn!(error = %e, "due-job listener failed; reconnecting");
+                    listener = None;
+                },
+                () = stop.cancelled() => break,
+            }
+        }
+    }
+
+    /// Claims, publishes and marks one batch; returns how many jobs were due.
+    pub async fn promote_once(&self) -> Result<usize, warren_store::Error> {
+        let promotion = self.store.claim_due(self.config.batch).await?;
+        let n = promotion.jobs.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        let mut deferred: Vec<JobId> = Vec::new();
+        let mut prepared: Vec<(JobId, String, RawMessage)> = Vec::with_capacity(n);
+        for job in &promotion.jobs {
+            let task = TaskName::new(job.task.clone());
+            let payload = RawValue::from_string(job.payload.clone());
+            let (Ok(task), Ok(payload)) = (task, payload) else {
+                // Rows are written by Warren, so this means someone edited one by hand.
+                tracing::error!(job.id = %job.id, "scheduled row has an invalid task name or payload; deferring it");
+                deferred.push(job.id);
+                continue;
+            };
+            let message = JobMessage {
+                id: job.id,
+                task,
+                attempt: job.attempt + 1,
+                max_attempts: Some(job.max_attempts),
+                timeout_ms: job.timeout_ms,
+                idempotency_key: job.idempotency_key.clone(),
+                enqueued_at: job.enqueued_at,
+                traceparent: job.traceparent.clone(),
+                tracestate: None,
+                payload,
+            };
+            prepared.push((job.id, job.queue.clone(), message.encode()));
+        }
+        let requests: Vec<PublishRequest<'_>> = prepared
+            .iter()
+            .map(|(_, queue, raw)| PublishRequest { queue, message: raw })
+            .collect();
+        let outcomes = self.publisher.publish_many(&requests).await;
+        let mut published = Vec::with_capacity(n);
+        for ((id, _, _), outcome) in prepared.iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => published.push(*id),
+                Err(e) => {
+                    tracing::warn!(job.id = %id, error = %e, "cannot publish due job; deferring it");
+                    deferred.push(*id);
+                }
+            }
+        }
+        let lateness_ms: Vec<i64> = promotion
+            .jobs
+            .iter()
+            .map(|j| (Utc::now() - j.run_at).num_milliseconds())
+            .collect();
+        promotion
+            .finish(&published, &deferred, self.config.defer_on_failure)
+            .await?;
+        tracing::debug!(published = published.len(), deferred = deferred.len(), max_lateness_ms = lateness_ms.iter().max().copied().unwrap_or(0), "promoted due jobs");
+        Ok(n)
+    }
+}

@@ -1,0 +1,140 @@
+//! The promoter's side of the jobs table: claiming due `scheduled` rows without two promoters
+//! ever holding the same row, marking them `queued` once published, and waking on NOTIFY.
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgListener;
+use sqlx::{Postgres, Row, Transaction};
+use warren_core::JobId;
+
+use crate::{Error, Store};
+
+/// A scheduled job whose time has come, with what it takes to publish its next attempt.
+#[derive(Clone, Debug)]
+pub struct DueJob {
+    pub id: JobId,
+    pub queue: String,
+    pub task: String,
+    /// The payload as JSON text.
+    pub payload: String,
+    /// Attempts made so far; the published message carries `attempt + 1`.
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub timeout_ms: Option<u64>,
+    pub run_at: DateTime<Utc>,
+    pub enqueued_at: DateTime<Utc>,
+    pub idempotency_key: Option<String>,
+    pub traceparent: Option<String>,
+}
+
+/// Due rows claimed in an open transaction. Their locks are held until [`Promotion::finish`]
+/// commits; other promoters skip them meanwhile. Dropping it rolls back (the rows stay due).
+#[derive(Debug)]
+pub struct Promotion {
+    tx: Transaction<'static, Postgres>,
+    pub jobs: Vec<DueJob>,
+}
+
+impl Promotion {
+    /// Marks `published` jobs `queued` and pushes `deferred` ones (publish failed) back by
+    /// `defer`, then commits.
+    pub async fn finish(mut self, published: &[JobId], deferred: &[JobId], defer: std::time::Duration) -> Result<(), Error> {
+        let published: Vec<uuid::Uuid> = published.iter().map(JobId::as_uuid).collect();
+        let deferred: Vec<uuid::Uuid> = deferred.iter().map(JobId::as_uuid).collect();
+        sqlx::query("UPDATE warren_jobs SET state = 'queued', updated_at = now() WHERE id = ANY($1)")
+            .bind(&published)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(Error::query("marking promoted jobs queued"))?;
+        if !deferred.is_empty() {
+            sqlx::query(
+                "UPDATE warren_jobs SET run_at = now() + make_interval(secs => $2), updated_at = now()
+                 WHERE id = ANY($1)",
+            )
+            .bind(&deferred)
+            .bind(defer.as_secs_f64())
+            .execute(&mut *self.tx)
+            .await
+            .map_err(Error::query("deferring jobs that could not be published"))?;
+        }
+        self.tx.commit().await.map_err(Error::query("committing a promotion"))
+    }
+}
+
+/// Wakes a promoter when a job becomes `scheduled` (see migration 0002).
+#[derive(Debug)]
+pub struct DueListener {
+    listener: PgListener,
+}
+
+impl DueListener {
+    /// Waits for the next notification. An error means the listening connection broke; sqlx
+    /// reconnects on the next call, and the promoter's polling covers the gap.
+    pub async fn recv(&mut self) -> Result<(), Error> {
+        self.listener
+            .recv()
+            .await
+            .map(drop)
+            .map_err(Error::query("listening for due jobs"))
+    }
+}
+
+impl Store {
+    /// Claims up to `limit` due jobs, oldest `run_at` first, skipping rows another promoter
+    /// holds.
+    pub async fn claim_due(&self, limit: u32) -> Result<Promotion, Error> {
+        let mut tx = self.pool.begin().await.map_err(Error::query("starting a promotion"))?;
+        let rows = sqlx::query(
+            "SELECT id, queue, task, payload::text AS payload, attempt, max_attempts, timeout_ms,
+                    run_at, enqueued_at, idempotency_key, traceparent
+             FROM warren_jobs
+             WHERE state = 'scheduled' AND run_at <= now() AND payload IS NOT NULL
+             ORDER BY run_at
+             LIMIT $1
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(Error::query("claiming due jobs"))?;
+        let jobs = rows
+            .iter()
+            .map(|r| -> Result<DueJob, sqlx::Error> {
+                Ok(DueJob {
+                    id: JobId::from_uuid(r.try_get("id")?),
+                    queue: r.try_get("queue")?,
+                    task: r.try_get("task")?,
+                    payload: r.try_get("payload")?,
+                    attempt: r.try_get::<i32, _>("attempt")?.max(0) as u32,
+                    max_attempts: r.try_get::<i32, _>("max_attempts")?.max(1) as u32,
+                    timeout_ms: r.try_get::<Option<i64>, _>("timeout_ms")?.map(|t| t.max(1) as u64),
+                    run_at: r.try_get("run_at")?,
+                    enqueued_at: r.try_get("enqueued_at")?,
+                    idempotency_key: r.try_get("idempotency_key")?,
+                    traceparent: r.try_get("traceparent")?,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Error::query("reading due jobs"))?;
+        Ok(Promotion { tx, jobs })
+    }
+
+    /// When the next scheduled job falls due, if any is waiting.
+    pub async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>, Error> {
+        sqlx::query_scalar("SELECT min(run_at) FROM warren_jobs WHERE state = 'scheduled'")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::query("finding the next due job"))
+    }
+
+    /// A listener for `warren_due` notifications, on a connection of its own.
+    pub async fn listen_due(&self) -> Result<DueListener, Error> {
+        let mut listener = PgListener::connect_with(&self.pool)
+            .await
+            .map_err(Error::query("opening the due-job listener"))?;
+        listener
+            .listen("warren_due")
+            .await
+            .map_err(Error::query("listening on warren_due"))?;
+        Ok(DueListener { listener })
+    }
+}
