@@ -5,5 +5,6 @@ mod fencing;
 mod pipeline;
 mod redelivery;
 mod retries;
+mod scheduling;
 mod shutdown;
 mod support;

@@ -9,12 +9,13 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use warren_broker::{Broker, BrokerConfig, PublishRequest, Publisher};
 use warren_core::message::{MAX_ATTEMPTS_LIMIT, MAX_IDEMPOTENCY_KEY_LEN, is_traceparent};
-use warren_core::{InvalidName, JobId, JobMessage, QueueName, TaskName, DEFAULT_QUEUE};
+use warren_core::{DEFAULT_QUEUE, InvalidName, JobId, JobMessage, QueueName, RetryPolicy, TaskName};
+use warren_store::{PgTransaction, ScheduledJob, Store};
 
 /// Why a job was not enqueued.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,12 @@ pub enum Error {
 
     #[error(transparent)]
     Broker(#[from] warren_broker::Error),
+
+    #[error(transparent)]
+    Store(#[from] warren_store::Error),
+
+    #[error("job {job} has a delay, and delayed jobs are kept in Postgres: build the client with Client::with_store")]
+    NeedsStore { job: JobId },
 }
 
 /// A job to enqueue: a task, its payload, and options.
@@ -48,6 +55,7 @@ pub struct NewJob {
     idempotency_key: Option<String>,
     traceparent: Option<String>,
     tracestate: Option<String>,
+    run_at: Option<DateTime<Utc>>,
 }
 
 impl NewJob {
@@ -68,7 +76,46 @@ impl NewJob {
             idempotency_key: None,
             traceparent: None,
             tracestate: None,
+            run_at: None,
         })
+    }
+
+    /// Run no earlier than `delay` from now. Delayed jobs wait in Postgres (see
+    /// [`Client::with_store`]) and are published by a worker's promoter when due.
+    pub fn delay(self, delay: Duration) -> Self {
+        let at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+        self.run_at(at)
+    }
+
+    /// Run no earlier than `at`.
+    pub fn run_at(mut self, at: DateTime<Utc>) -> Self {
+        self.run_at = Some(at);
+        self
+    }
+
+    /// The row of this job as a scheduled job due at `run_at` (or now). Jobs kept in Postgres
+    /// carry an explicit max attempts, the job's own or Warren's default, because the task's
+    /// policy is only known to the workers.
+    fn into_scheduled(self) -> ScheduledJob {
+        let (queue, message) = self.into_message_at();
+        ScheduledJob {
+            id: message.0.id,
+            queue: queue.to_string(),
+            task: message.0.task.to_string(),
+            payload: message.0.payload.get().to_owned(),
+            max_attempts: message.0.max_attempts.unwrap_or(RetryPolicy::default().max_attempts),
+            timeout_ms: message.0.timeout_ms,
+            run_at: message.1.unwrap_or(message.0.enqueued_at),
+            enqueued_at: message.0.enqueued_at,
+            idempotency_key: message.0.idempotency_key,
+            traceparent: message.0.traceparent,
+        }
+    }
+
+    fn into_message_at(mut self) -> (QueueName, (JobMessage, Option<DateTime<Utc>>)) {
+        let run_at = self.run_at.take();
+        let (queue, message) = self.into_message();
+        (queue, (message, run_at))
     }
 
     pub fn queue(mut self, queue: &str) -> Result<Self, Error> {
@@ -149,6 +196,7 @@ impl NewJob {
 pub struct Client {
     broker: Broker,
     publisher: Publisher,
+    store: Option<Store>,
 }
 
 impl Client {
@@ -161,7 +209,18 @@ impl Client {
     /// Uses an existing connection (one per process is the rule).
     pub async fn from_broker(broker: Broker) -> Result<Self, Error> {
         let publisher = broker.publisher().await?;
-        Ok(Self { broker, publisher })
+        Ok(Self {
+            broker,
+            publisher,
+            store: None,
+        })
+    }
+
+    /// Gives the client database access, for delayed jobs: they are written as `scheduled`
+    /// rows, which a worker's promoter publishes when due.
+    pub fn with_store(mut self, store: Store) -> Self {
+        self.store = Some(store);
+        self
     }
 
     pub fn broker(&self) -> &Broker {
@@ -174,17 +233,74 @@ impl Client {
         Ok(self.broker.declare(queues).await?)
     }
 
-    /// Publishes one job and returns its id once the broker has confirmed it.
+    /// Publishes one job and returns its id once the broker has confirmed it. A job with a
+    /// delay in the future is written to Postgres instead, and the id is returned once that
+    /// row is committed.
     pub async fn enqueue(&self, job: NewJob) -> Result<JobId, Error> {
+        if job.run_at.is_some_and(|at| at > Utc::now()) {
+            let Some(store) = &self.store else {
+                return Err(Error::NeedsStore {
+                    job: job.id.unwrap_or_default(),
+                });
+            };
+            let row = job.into_scheduled();
+            store.schedule(std::slice::from_ref(&row)).await?;
+            return Ok(row.id);
+        }
         let (queue, message) = job.into_message();
         let raw = message.encode();
         self.publisher.publish(queue.as_str(), &raw).await?;
         Ok(message.id)
     }
 
+    /// Enqueues a job inside the caller's Postgres transaction: it runs if and only if the
+    /// transaction commits (an outbox without extra machinery). The job is due at its
+    /// `run_at`, or at once; a worker's promoter publishes it after the commit.
+    pub async fn enqueue_tx(&self, tx: &mut PgTransaction<'_>, job: NewJob) -> Result<JobId, Error> {
+        let row = job.into_scheduled();
+        warren_store::schedule_in(tx, std::slice::from_ref(&row)).await?;
+        Ok(row.id)
+    }
+
     /// Publishes many jobs with pipelined confirms. The result at index `i` is the outcome of
     /// `jobs[i]`: its id once confirmed, or why it was not enqueued.
     pub async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Vec<Result<JobId, Error>> {
+        let now = Utc::now();
+        if jobs.iter().any(|j| j.run_at.is_some_and(|at| at > now)) {
+            // Delayed jobs go to Postgres in one statement; the rest are published below.
+            let (delayed, immediate): (Vec<(usize, NewJob)>, Vec<(usize, NewJob)>) = jobs
+                .into_iter()
+                .enumerate()
+                .partition(|(_, j)| j.run_at.is_some_and(|at| at > now));
+            let mut results: Vec<Option<Result<JobId, Error>>> = (0..delayed.len() + immediate.len()).map(|_| None).collect();
+            let rows: Vec<(usize, ScheduledJob)> = delayed.into_iter().map(|(i, j)| (i, j.into_scheduled())).collect();
+            let outcome = match &self.store {
+                Some(store) => store
+                    .schedule(&rows.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>())
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Err(String::new()),
+            };
+            for (i, row) in rows {
+                results[i] = Some(match &outcome {
+                    Ok(()) => Ok(row.id),
+                    Err(_) if self.store.is_none() => Err(Error::NeedsStore { job: row.id }),
+                    Err(reason) => Err(Error::Option {
+                        task: row.task.clone(),
+                        reason: format!("scheduling job {} failed: {reason}", row.id),
+                    }),
+                });
+            }
+            let (slots, immediate): (Vec<usize>, Vec<NewJob>) = immediate.into_iter().unzip();
+            let published = Box::pin(self.enqueue_many(immediate)).await;
+            for (i, r) in slots.into_iter().zip(published) {
+                results[i] = Some(r);
+            }
+            return results
+                .into_iter()
+                .map(|r| r.unwrap_or_else(|| unreachable!("every slot is filled above")))
+                .collect();
+        }
         let prepared: Vec<(QueueName, JobMessage, warren_core::RawMessage)> = jobs
             .into_iter()
             .map(|job| {

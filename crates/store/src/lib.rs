@@ -13,6 +13,7 @@ mod migrate;
 mod promotion;
 pub mod provision;
 mod recorder;
+mod schedule;
 mod store;
 mod workers;
 
@@ -20,6 +21,7 @@ pub use error::Error;
 pub use jobs::{JobProgress, JobRecord, LatencySummary, StateCount};
 pub use migrate::SCHEMA_VERSION;
 pub use promotion::{DueJob, DueListener, Promotion};
+pub use schedule::{PgTransaction, ScheduledJob, schedule_in};
 pub use recorder::{Recorder, RecorderConfig, RecordRow};
 pub use store::{Store, StoreConfig};
 pub use workers::{WorkerInfo, WorkerRecord};
