@@ -1,6 +1,7 @@
 //! End-to-end tests: real RabbitMQ, real PostgreSQL, real worker runtime and binaries.
 //! Each test makes its own database and RabbitMQ namespace (see warren-testkit).
 
+mod admin;
 mod bad_input;
 mod fencing;
 mod pipeline;

@@ -1,7 +1,8 @@
 //! One delivery, start to finish: decode, check, run, decide, record, ack.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -9,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use warren_broker::{Delivery, Publisher};
 use warren_core::lifecycle::{self, Event};
-use warren_core::{DecodeError, FailureKind, FailureRecord, JobMessage, JobState, QueueName};
+use warren_core::{DecodeError, FailureKind, FailureRecord, JobId, JobMessage, JobState, QueueName};
 use warren_store::{RecordRow, Recorder, Store};
 
 use crate::JobContext;
@@ -25,6 +26,56 @@ pub(crate) struct Counters {
     pub(crate) unrecorded: AtomicU64,
 }
 
+/// Admin cancellations this worker knows of: the tokens of the jobs it is running, and the
+/// ids cancelled recently (a cancelled queued job's message may arrive later).
+#[derive(Debug, Default)]
+pub(crate) struct Cancels {
+    running: Mutex<HashMap<JobId, (CancellationToken, CancellationToken)>>,
+    recent: Mutex<HashSet<JobId>>,
+}
+
+/// Remembered cancelled ids. Past this the set starts over: a cancel older than ten thousand
+/// others is unlikely to still have a message in flight, and the fence keeps the row
+/// `cancelled` even then.
+const RECENT_CANCELS: usize = 10_000;
+
+impl Cancels {
+    /// Called for every cancel notification: fires the job's token if it runs here.
+    pub(crate) fn cancel(&self, id: JobId) {
+        if let Ok(mut recent) = self.recent.lock() {
+            if recent.len() >= RECENT_CANCELS {
+                recent.clear();
+            }
+            recent.insert(id);
+        }
+        if let Ok(running) = self.running.lock()
+            && let Some((token, admin)) = running.get(&id)
+        {
+            tracing::info!(job.id = %id, "cancelling running job at an admin's request");
+            admin.cancel();
+            token.cancel();
+        }
+    }
+
+    fn was_cancelled(&self, id: JobId) -> bool {
+        self.recent.lock().is_ok_and(|r| r.contains(&id))
+    }
+
+    fn start(&self, id: JobId, token: CancellationToken) -> CancellationToken {
+        let admin = CancellationToken::new();
+        if let Ok(mut running) = self.running.lock() {
+            running.insert(id, (token, admin.clone()));
+        }
+        admin
+    }
+
+    fn finish(&self, id: JobId) {
+        if let Ok(mut running) = self.running.lock() {
+            running.remove(&id);
+        }
+    }
+}
+
 /// Everything a job task needs, shared by all of them.
 pub(crate) struct Executor {
     pub(crate) registry: Registry,
@@ -37,6 +88,7 @@ pub(crate) struct Executor {
     /// Cancelled when the shutdown grace period runs out: handlers are told to stop.
     pub(crate) hard_stop: CancellationToken,
     pub(crate) counters: Counters,
+    pub(crate) cancels: Cancels,
 }
 
 /// How an attempt ended, before deciding what it means for the job.
@@ -46,6 +98,8 @@ enum Ended {
     /// The worker's grace period ran out mid-attempt: nothing is recorded and the delivery is
     /// left unacked, so the broker gives it to another worker.
     Abandoned,
+    /// An admin cancelled the job and the handler stopped.
+    Cancelled,
 }
 
 impl Executor {
@@ -112,6 +166,12 @@ impl Executor {
             }
         }
 
+        if self.cancels.was_cancelled(message.id) {
+            tracing::info!("job was cancelled before it ran; not running it");
+            self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+            return self.ack(&delivery).await;
+        }
+
         let timeout = message
             .timeout_ms
             .map(Duration::from_millis)
@@ -152,7 +212,15 @@ impl Executor {
             worker_id: self.worker_id.clone(),
             cancel: cancel.clone(),
         };
+        let admin = self.cancels.start(message.id, cancel.clone());
         let ended = run_attempt((registered.handler)(ctx, &message.payload), timeout, &cancel, &self.hard_stop).await;
+        self.cancels.finish(message.id);
+        // A handler that stopped because an admin cancelled it ends the job as cancelled,
+        // whatever error it returned on the way out.
+        let ended = match ended {
+            Ended::Failed(..) if admin.is_cancelled() => Ended::Cancelled,
+            other => other,
+        };
 
         let now = Utc::now();
         row.finished_at = Some(now);
@@ -160,6 +228,17 @@ impl Executor {
             Ended::Abandoned => {
                 tracing::warn!("grace period over; attempt abandoned, the broker will redeliver it");
                 return;
+            }
+            Ended::Cancelled => {
+                row.state = transition(JobState::Running, Event::CancelObserved);
+                row.error = Some(FailureRecord {
+                    attempt: message.attempt,
+                    kind: FailureKind::Cancelled,
+                    message: "cancelled by an admin while running".to_owned(),
+                    worker: self.worker_id.to_string(),
+                    at: now,
+                });
+                tracing::info!("job cancelled");
             }
             Ended::Ok(result) => {
                 row.state = transition(JobState::Running, Event::Succeed);

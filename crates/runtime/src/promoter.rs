@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 use warren_broker::{PublishRequest, Publisher};
 use warren_core::{JobId, JobMessage, RawMessage, TaskName};
-use warren_store::{DueListener, Store};
+use warren_store::{DUE_CHANNEL, Listener, Store};
 
 /// Tuning of the promoter.
 #[derive(Clone, Copy, Debug)]
@@ -57,13 +57,13 @@ impl Promoter {
     }
 
     pub async fn run(self, stop: CancellationToken) {
-        let mut listener: Option<DueListener> = None;
+        let mut listener: Option<Listener> = None;
         loop {
             if stop.is_cancelled() {
                 break;
             }
             if listener.is_none() {
-                listener = match self.store.listen_due().await {
+                listener = match self.store.listen(DUE_CHANNEL).await {
                     Ok(l) => Some(l),
                     Err(e) => {
                         tracing::warn!(error = %e, "promoter cannot LISTEN; polling only");
@@ -90,7 +90,7 @@ impl Promoter {
             }
             let notified = async {
                 match listener.as_mut() {
-                    Some(l) => l.recv().await,
+                    Some(l) => l.recv().await.map(drop),
                     None => std::future::pending().await,
                 }
             };

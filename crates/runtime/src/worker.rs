@@ -14,7 +14,7 @@ use warren_broker::{Broker, Consumer};
 use warren_core::{JobError, QueueName, TaskName};
 use warren_store::{Recorder, RecorderConfig, Store, WorkerInfo};
 
-use crate::execute::{Counters, Executor};
+use crate::execute::{Cancels, Counters, Executor};
 use crate::registry::{Registry, TaskOptions};
 use crate::{Error, JobContext, Promoter, PromoterConfig};
 
@@ -205,6 +205,7 @@ impl Worker {
             max_body: cfg.max_body_bytes,
             hard_stop: hard_stop.clone(),
             counters: Counters::default(),
+            cancels: Cancels::default(),
         });
 
         let slots = Arc::new(Semaphore::new(cfg.concurrency));
@@ -232,6 +233,7 @@ impl Worker {
         }
         loops.close();
 
+        let cancel_listener = tokio::spawn(cancel_loop(store.clone(), executor.clone(), stop_consuming.clone()));
         let heartbeat = tokio::spawn(heartbeat_loop(
             store.clone(),
             cfg.worker_id.clone(),
@@ -290,6 +292,7 @@ impl Worker {
         };
         drop(executor);
         let _ = heartbeat.await;
+        let _ = cancel_listener.await;
         let flush = tokio::time::timeout_at(deadline.max(tokio::time::Instant::now() + close_budget), recorder_task).await;
         if flush.is_err() {
             tracing::warn!("recorder did not flush in time; unrecorded deliveries will be redelivered");
@@ -388,6 +391,36 @@ async fn heartbeat_loop(
     let processed = c.succeeded.load(Ordering::Relaxed) + c.dead.load(Ordering::Relaxed);
     let in_flight = (concurrency - slots.available_permits()) as u32;
     let _ = store.heartbeat(&worker_id, "stopping", in_flight, processed).await;
+}
+
+/// Listens for admin cancels and fires the tokens of jobs running here.
+async fn cancel_loop(store: Store, executor: Arc<Executor>, stop: CancellationToken) {
+    while !stop.is_cancelled() {
+        let mut listener = match store.listen(warren_store::CANCEL_CHANNEL).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for cancels; retrying in 5s");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                    () = stop.cancelled() => break,
+                }
+            }
+        };
+        loop {
+            let payload = tokio::select! {
+                p = listener.recv() => p,
+                () = stop.cancelled() => return,
+            };
+            match payload.map(|p| p.parse::<warren_core::JobId>()) {
+                Ok(Ok(id)) => executor.cancels.cancel(id),
+                Ok(Err(e)) => tracing::warn!(error = %e, "ignoring a malformed cancel notification"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cancel listener lost its connection; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 fn hostname() -> String {

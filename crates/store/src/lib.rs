@@ -7,6 +7,7 @@
 //! It deliberately knows nothing of RabbitMQ or handlers: it is told what happened and records
 //! it. No other crate imports sqlx.
 
+mod admin;
 mod error;
 mod jobs;
 mod migrate;
@@ -17,10 +18,11 @@ mod schedule;
 mod store;
 mod workers;
 
+pub use admin::{CancelOutcome, RetryOutcome};
 pub use error::Error;
 pub use jobs::{JobProgress, JobRecord, LatencySummary, StateCount};
 pub use migrate::SCHEMA_VERSION;
-pub use promotion::{DueJob, DueListener, Promotion};
+pub use promotion::{CANCEL_CHANNEL, DUE_CHANNEL, DueJob, Listener, Promotion};
 pub use schedule::{PgTransaction, ScheduledJob, schedule_in};
 pub use recorder::{Recorder, RecorderConfig, RecordRow};
 pub use store::{Store, StoreConfig};

@@ -60,21 +60,26 @@ impl Promotion {
     }
 }
 
-/// Wakes a promoter when a job becomes `scheduled` (see migration 0002).
+/// Postgres channel notified when a job becomes `scheduled` (see migration 0002).
+pub const DUE_CHANNEL: &str = "warren_due";
+/// Postgres channel carrying the id of a running job an admin cancelled.
+pub const CANCEL_CHANNEL: &str = "warren_cancel";
+
+/// A LISTEN connection on one channel.
 #[derive(Debug)]
-pub struct DueListener {
+pub struct Listener {
     listener: PgListener,
 }
 
-impl DueListener {
-    /// Waits for the next notification. An error means the listening connection broke; sqlx
-    /// reconnects on the next call, and the promoter's polling covers the gap.
-    pub async fn recv(&mut self) -> Result<(), Error> {
+impl Listener {
+    /// Waits for the next notification and returns its payload. An error means the
+    /// listening connection broke; callers reconnect, and fall back to polling meanwhile.
+    pub async fn recv(&mut self) -> Result<String, Error> {
         self.listener
             .recv()
             .await
-            .map(drop)
-            .map_err(Error::query("listening for due jobs"))
+            .map(|n| n.payload().to_owned())
+            .map_err(Error::query("listening for notifications"))
     }
 }
 
@@ -126,15 +131,16 @@ impl Store {
             .map_err(Error::query("finding the next due job"))
     }
 
-    /// A listener for `warren_due` notifications, on a connection of its own.
-    pub async fn listen_due(&self) -> Result<DueListener, Error> {
+    /// A listener on `channel` ([`DUE_CHANNEL`] or [`CANCEL_CHANNEL`]), on a connection of
+    /// its own.
+    pub async fn listen(&self, channel: &'static str) -> Result<Listener, Error> {
         let mut listener = PgListener::connect_with(&self.pool)
             .await
-            .map_err(Error::query("opening the due-job listener"))?;
+            .map_err(Error::query("opening a LISTEN connection"))?;
         listener
-            .listen("warren_due")
+            .listen(channel)
             .await
-            .map_err(Error::query("listening on warren_due"))?;
-        Ok(DueListener { listener })
+            .map_err(Error::query("subscribing to a notification channel"))?;
+        Ok(Listener { listener })
     }
 }
