@@ -29,13 +29,18 @@ CREATE TABLE warren_jobs (
     errors          jsonb       NOT NULL DEFAULT '[]'::jsonb,
     worker_id       text,
     idempotency_key text,
-    traceparent     text
+    traceparent     text,
+    -- Set on a job that was not run because another job held its idempotency key.
+    duplicate_of    uuid
 );
 
 -- The promoter's work list: only scheduled rows, so the hot path's inserts do not pay for it.
 CREATE INDEX warren_jobs_due ON warren_jobs (run_at) WHERE state = 'scheduled';
-CREATE INDEX warren_jobs_idempotency ON warren_jobs (idempotency_key)
-    WHERE idempotency_key IS NOT NULL;
+-- An idempotency key is held by at most one job that is waiting, running or succeeded; a
+-- dead or cancelled job frees its key. See docs/job-lifecycle.md ("Idempotency keys").
+CREATE UNIQUE INDEX warren_jobs_idempotency ON warren_jobs (idempotency_key)
+    WHERE idempotency_key IS NOT NULL
+      AND state IN ('scheduled', 'queued', 'running', 'succeeded');
 
 CREATE TABLE warren_workers (
     id            text        PRIMARY KEY,

@@ -31,6 +31,7 @@ fn row(id: JobId, attempt: u32, state: JobState) -> RecordRow {
         worker_id: format!("worker-of-attempt-{attempt}"),
         idempotency_key: None,
         traceparent: None,
+        duplicate_of: None,
     }
 }
 

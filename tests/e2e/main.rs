@@ -4,6 +4,7 @@
 mod admin;
 mod bad_input;
 mod fencing;
+mod idempotency;
 mod pipeline;
 mod redelivery;
 mod retries;

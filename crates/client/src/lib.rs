@@ -244,8 +244,8 @@ impl Client {
                 });
             };
             let row = job.into_scheduled();
-            store.schedule(std::slice::from_ref(&row)).await?;
-            return Ok(row.id);
+            let ids = store.schedule(std::slice::from_ref(&row)).await?;
+            return Ok(ids.first().copied().unwrap_or(row.id));
         }
         let (queue, message) = job.into_message();
         let raw = message.encode();
@@ -255,11 +255,12 @@ impl Client {
 
     /// Enqueues a job inside the caller's Postgres transaction: it runs if and only if the
     /// transaction commits (an outbox without extra machinery). The job is due at its
-    /// `run_at`, or at once; a worker's promoter publishes it after the commit.
+    /// `run_at`, or at once; a worker's promoter publishes it after the commit. If its
+    /// idempotency key is held by another job, that job's id is returned and nothing is added.
     pub async fn enqueue_tx(&self, tx: &mut PgTransaction<'_>, job: NewJob) -> Result<JobId, Error> {
         let row = job.into_scheduled();
-        warren_store::schedule_in(tx, std::slice::from_ref(&row)).await?;
-        Ok(row.id)
+        let ids = warren_store::schedule_in(tx, std::slice::from_ref(&row)).await?;
+        Ok(ids.first().copied().unwrap_or(row.id))
     }
 
     /// Publishes many jobs with pipelined confirms. The result at index `i` is the outcome of
@@ -281,9 +282,9 @@ impl Client {
                     .map_err(|e| e.to_string()),
                 None => Err(String::new()),
             };
-            for (i, row) in rows {
+            for (n, (i, row)) in rows.into_iter().enumerate() {
                 results[i] = Some(match &outcome {
-                    Ok(()) => Ok(row.id),
+                    Ok(ids) => Ok(ids.get(n).copied().unwrap_or(row.id)),
                     Err(_) if self.store.is_none() => Err(Error::NeedsStore { job: row.id }),
                     Err(reason) => Err(Error::Option {
                         task: row.task.clone(),

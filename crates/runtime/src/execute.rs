@@ -11,7 +11,7 @@ use tracing::Instrument;
 use warren_broker::{Delivery, Publisher};
 use warren_core::lifecycle::{self, Event};
 use warren_core::{DecodeError, FailureKind, FailureRecord, JobId, JobMessage, JobState, QueueName};
-use warren_store::{RecordRow, Recorder, Store};
+use warren_store::{Claim, RecordRow, Recorder, Store};
 
 use crate::JobContext;
 use crate::registry::{HandlerFailure, Registry};
@@ -197,8 +197,26 @@ impl Executor {
             worker_id: self.worker_id.to_string(),
             idempotency_key: message.idempotency_key.clone(),
             traceparent: message.traceparent.clone(),
+            duplicate_of: None,
         };
-        self.recorder.mark(row.clone()).await;
+        // A job with an idempotency key claims it before running: one synchronous insert,
+        // paid only by keyed jobs. The unique index makes the claim atomic across workers.
+        if row.idempotency_key.is_some() {
+            match self.store.claim_key(&row).await {
+                Ok(Claim::Claimed) => {}
+                Ok(Claim::Ours) => self.recorder.mark(row.clone()).await,
+                Ok(Claim::HeldBy(original)) => return self.record_duplicate(row, original, &delivery).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim the idempotency key; requeueing");
+                    if let Err(e) = delivery.requeue().await {
+                        tracing::warn!(error = %e, "requeue failed");
+                    }
+                    return;
+                }
+            }
+        } else {
+            self.recorder.mark(row.clone()).await;
+        }
 
         let cancel = self.hard_stop.child_token();
         let ctx = JobContext {
@@ -317,8 +335,30 @@ impl Executor {
             worker_id: self.worker_id.to_string(),
             idempotency_key: None,
             traceparent: None,
+            duplicate_of: None,
         };
         self.commit_then_ack(row, &delivery).await;
+    }
+
+    /// Records a job that was not run because `original` holds its idempotency key.
+    async fn record_duplicate(&self, mut row: RecordRow, original: JobId, delivery: &Delivery) {
+        tracing::info!(original = %original, "duplicate of a job holding the same idempotency key; not running it");
+        self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+        let now = Utc::now();
+        row.state = JobState::Cancelled;
+        row.finished_at = Some(now);
+        row.duplicate_of = Some(original);
+        row.error = Some(FailureRecord {
+            attempt: row.attempt,
+            kind: FailureKind::Cancelled,
+            message: format!(
+                "not run: job {original} holds idempotency key `{}`",
+                row.idempotency_key.as_deref().unwrap_or_default()
+            ),
+            worker: self.worker_id.to_string(),
+            at: now,
+        });
+        self.commit_then_ack(row, delivery).await;
     }
 
     /// The invariant: ack only after the outcome's batch is committed. If it cannot be

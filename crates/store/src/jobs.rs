@@ -32,6 +32,8 @@ pub struct JobRecord {
     pub worker_id: Option<String>,
     pub idempotency_key: Option<String>,
     pub traceparent: Option<String>,
+    /// The job that held this job's idempotency key, when this one was not run for that.
+    pub duplicate_of: Option<JobId>,
 }
 
 /// Where a job is, for deciding whether a redelivered message still needs to run.
@@ -114,10 +116,71 @@ fn job_from_row(row: &PgRow) -> Result<JobRecord, Error> {
         worker_id: row.try_get("worker_id").map_err(get)?,
         idempotency_key: row.try_get("idempotency_key").map_err(get)?,
         traceparent: row.try_get("traceparent").map_err(get)?,
+        duplicate_of: row
+            .try_get::<Option<uuid::Uuid>, _>("duplicate_of")
+            .map_err(get)?
+            .map(JobId::from_uuid),
     })
 }
 
+/// The result of claiming a job's idempotency key before running it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The key was free; the job's row now exists as `running` and holds it.
+    Claimed,
+    /// The job already had a row (an earlier attempt, or it was scheduled): it holds its key.
+    Ours,
+    /// Another job, waiting, running or succeeded, holds the key.
+    HeldBy(JobId),
+}
+
 impl Store {
+    /// Claims `row.idempotency_key` for `row.id` by inserting its `running` row, atomically
+    /// against every other worker thanks to the unique index on live keys.
+    pub async fn claim_key(&self, row: &crate::RecordRow) -> Result<Claim, Error> {
+        let Some(key) = row.idempotency_key.as_deref() else {
+            return Ok(Claim::Ours);
+        };
+        let inserted: Option<uuid::Uuid> = sqlx::query_scalar(
+            "INSERT INTO warren_jobs (id, queue, task, payload, state, attempt, max_attempts,
+                                      timeout_ms, enqueued_at, started_at, worker_id,
+                                      idempotency_key, traceparent)
+             VALUES ($1, $2, $3, $4::jsonb, 'running', $5, $6, $7, $8, $9, $10, $11, $12)
+             ON CONFLICT DO NOTHING
+             RETURNING id",
+        )
+        .bind(row.id.as_uuid())
+        .bind(&row.queue)
+        .bind(&row.task)
+        .bind(row.payload.as_deref().map(serde_json::value::RawValue::get))
+        .bind(row.attempt as i32)
+        .bind(row.max_attempts as i32)
+        .bind(row.timeout_ms.map(|t| t as i64))
+        .bind(row.enqueued_at)
+        .bind(row.started_at)
+        .bind(&row.worker_id)
+        .bind(key)
+        .bind(row.traceparent.as_deref())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(Error::query("claiming an idempotency key"))?;
+        if inserted.is_some() {
+            return Ok(Claim::Claimed);
+        }
+        let holder: Option<uuid::Uuid> = sqlx::query_scalar(
+            "SELECT id FROM warren_jobs
+             WHERE idempotency_key = $1 AND state IN ('scheduled', 'queued', 'running', 'succeeded')",
+        )
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(Error::query("finding the holder of an idempotency key"))?;
+        Ok(match holder.map(JobId::from_uuid) {
+            Some(holder) if holder != row.id => Claim::HeldBy(holder),
+            _ => Claim::Ours,
+        })
+    }
+
     /// One job in full, or `None` if Postgres has no row for it (yet).
     pub async fn job(&self, id: JobId) -> Result<Option<JobRecord>, Error> {
         let row = sqlx::query("SELECT * FROM warren_jobs WHERE id = $1")

@@ -20,7 +20,7 @@ mod workers;
 
 pub use admin::{CancelOutcome, RetryOutcome};
 pub use error::Error;
-pub use jobs::{JobProgress, JobRecord, LatencySummary, StateCount};
+pub use jobs::{Claim, JobProgress, JobRecord, LatencySummary, StateCount};
 pub use migrate::SCHEMA_VERSION;
 pub use promotion::{CANCEL_CHANNEL, DUE_CHANNEL, DueJob, Listener, Promotion};
 pub use schedule::{PgTransaction, ScheduledJob, schedule_in};

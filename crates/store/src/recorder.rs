@@ -49,6 +49,8 @@ pub struct RecordRow {
     pub worker_id: String,
     pub idempotency_key: Option<String>,
     pub traceparent: Option<String>,
+    /// The job holding this job's idempotency key, when this one was not run for that reason.
+    pub duplicate_of: Option<JobId>,
 }
 
 impl RecordRow {
@@ -222,12 +224,15 @@ async fn write_with_retry(store: &Store, rows: &[RecordRow]) -> Result<(), Error
         }
         Err(e) => {
             let row = &rows[0];
-            if row.payload.is_none() && row.result.is_none() {
+            if row.payload.is_none() && row.result.is_none() && row.idempotency_key.is_none() {
                 return Err(Error::Record { jobs: 1, source: e });
             }
             tracing::warn!(job = %row.id, error = %e, "row rejected; storing its payload as raw bytes");
             let mut raw = row.clone();
             raw.raw_body = raw.payload.take().map(|p| p.get().as_bytes().to_vec());
+            // A key another job holds (a race the claim did not see) must not block the
+            // outcome: record it without the key.
+            raw.idempotency_key = None;
             if raw.result.take().is_some() {
                 let note = format!("result could not be stored as JSON: {e}");
                 raw.result = serde_json::value::to_raw_value(&note).ok();
@@ -243,18 +248,18 @@ const UPSERT: &str = r#"
 INSERT INTO warren_jobs AS j (
     id, queue, task, payload, raw_body, state, attempt, max_attempts, timeout_ms, run_at,
     enqueued_at, started_at, finished_at, result, errors, worker_id, idempotency_key,
-    traceparent, updated_at)
+    traceparent, duplicate_of, updated_at)
 SELECT u.id, u.queue, u.task, u.payload::jsonb, u.raw_body, u.state, u.attempt, u.max_attempts,
        u.timeout_ms, u.run_at, u.enqueued_at, u.started_at, u.finished_at, u.result::jsonb,
        CASE WHEN u.error IS NULL THEN '[]'::jsonb ELSE jsonb_build_array(u.error::jsonb) END,
-       u.worker_id, u.idempotency_key, u.traceparent, now()
+       u.worker_id, u.idempotency_key, u.traceparent, u.duplicate_of, now()
 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[],
             $7::int4[], $8::int4[], $9::int8[], $10::timestamptz[], $11::timestamptz[],
             $12::timestamptz[], $13::timestamptz[], $14::text[], $15::text[], $16::text[],
-            $17::text[], $18::text[])
+            $17::text[], $18::text[], $19::uuid[])
   AS u(id, queue, task, payload, raw_body, state, attempt, max_attempts, timeout_ms, run_at,
        enqueued_at, started_at, finished_at, result, error, worker_id, idempotency_key,
-       traceparent)
+       traceparent, duplicate_of)
 ON CONFLICT (id) DO UPDATE SET
     state        = EXCLUDED.state,
     attempt      = EXCLUDED.attempt,
@@ -269,6 +274,7 @@ ON CONFLICT (id) DO UPDATE SET
     payload      = COALESCE(j.payload, EXCLUDED.payload),
     raw_body     = COALESCE(j.raw_body, EXCLUDED.raw_body),
     traceparent  = COALESCE(j.traceparent, EXCLUDED.traceparent),
+    duplicate_of = COALESCE(EXCLUDED.duplicate_of, j.duplicate_of),
     updated_at   = now()
 WHERE j.state NOT IN ('succeeded', 'dead', 'cancelled')
   AND (EXCLUDED.attempt > j.attempt OR (EXCLUDED.attempt = j.attempt AND j.state = 'running'))
@@ -294,6 +300,7 @@ async fn write(store: &Store, rows: &[RecordRow]) -> Result<(), sqlx::Error> {
     let mut workers = Vec::with_capacity(n);
     let mut keys = Vec::with_capacity(n);
     let mut traces = Vec::with_capacity(n);
+    let mut duplicates = Vec::with_capacity(n);
     for r in rows {
         ids.push(r.id.as_uuid());
         queues.push(r.queue.as_str());
@@ -313,6 +320,7 @@ async fn write(store: &Store, rows: &[RecordRow]) -> Result<(), sqlx::Error> {
         workers.push(r.worker_id.as_str());
         keys.push(r.idempotency_key.as_deref());
         traces.push(r.traceparent.as_deref());
+        duplicates.push(r.duplicate_of.map(|d| d.as_uuid()));
     }
     let mut tx = store.pool.begin().await?;
     sqlx::query(UPSERT)
@@ -334,6 +342,7 @@ async fn write(store: &Store, rows: &[RecordRow]) -> Result<(), sqlx::Error> {
         .bind(workers)
         .bind(keys)
         .bind(traces)
+        .bind(duplicates)
         .execute(&mut *tx)
         .await?;
     tx.commit().await
@@ -363,6 +372,7 @@ mod tests {
             worker_id: "w".into(),
             idempotency_key: None,
             traceparent: None,
+            duplicate_of: None,
         }
     }
 

@@ -35,7 +35,45 @@ FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::int8
             $7::timestamptz[], $8::timestamptz[], $9::text[], $10::text[])
   AS u(id, queue, task, payload, max_attempts, timeout_ms, run_at, enqueued_at,
        idempotency_key, traceparent)
-ON CONFLICT (id) DO NOTHING";
+ON CONFLICT DO NOTHING
+RETURNING id";
+
+/// For jobs whose insert did nothing: the job itself if its id exists (a repeated insert), or
+/// the job holding its idempotency key.
+const HOLDERS: &str = "
+SELECT u.id,
+       COALESCE((SELECT j.id FROM warren_jobs j WHERE j.id = u.id),
+                (SELECT j.id FROM warren_jobs j
+                 WHERE j.idempotency_key = u.key
+                   AND j.state IN ('scheduled', 'queued', 'running', 'succeeded'))) AS holder
+FROM UNNEST($1::uuid[], $2::text[]) AS u(id, key)";
+
+/// Maps each job to the id that now stands for it: its own, or that of the job holding its
+/// idempotency key.
+async fn effective_ids<'e, E>(executor: E, jobs: &[ScheduledJob], inserted: Vec<uuid::Uuid>) -> Result<Vec<JobId>, Error>
+where
+    E: sqlx::PgExecutor<'e>,
+{
+    let inserted: std::collections::HashSet<uuid::Uuid> = inserted.into_iter().collect();
+    let missing: Vec<&ScheduledJob> = jobs.iter().filter(|j| !inserted.contains(&j.id.as_uuid())).collect();
+    let mut holders = std::collections::HashMap::new();
+    if !missing.is_empty() {
+        let rows: Vec<(uuid::Uuid, Option<uuid::Uuid>)> = sqlx::query_as(HOLDERS)
+            .bind(missing.iter().map(|j| j.id.as_uuid()).collect::<Vec<_>>())
+            .bind(missing.iter().map(|j| j.idempotency_key.clone()).collect::<Vec<_>>())
+            .fetch_all(executor)
+            .await
+            .map_err(Error::query("finding the holders of idempotency keys"))?;
+        holders.extend(rows);
+    }
+    Ok(jobs
+        .iter()
+        .map(|j| match holders.get(&j.id.as_uuid()) {
+            Some(Some(holder)) => JobId::from_uuid(*holder),
+            _ => j.id,
+        })
+        .collect())
+}
 
 fn query(jobs: &[ScheduledJob]) -> sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments> {
     sqlx::query(INSERT)
@@ -52,14 +90,20 @@ fn query(jobs: &[ScheduledJob]) -> sqlx::query::Query<'static, Postgres, sqlx::p
 }
 
 impl Store {
-    /// Inserts scheduled jobs in one statement and commits. A job id that already exists is
-    /// left alone, so retrying an insert whose outcome was unknown is harmless.
-    pub async fn schedule(&self, jobs: &[ScheduledJob]) -> Result<(), Error> {
-        query(jobs)
-            .execute(&self.pool)
+    /// Inserts scheduled jobs in one statement and commits; returns, for each job, the id
+    /// that stands for it. A job id that already exists is left alone (retrying an insert
+    /// whose outcome was unknown is harmless); a job whose idempotency key another live or
+    /// succeeded job holds is not inserted, and that job's id is returned instead.
+    pub async fn schedule(&self, jobs: &[ScheduledJob]) -> Result<Vec<JobId>, Error> {
+        let inserted: Vec<uuid::Uuid> = query(jobs)
+            .fetch_all(&self.pool)
             .await
-            .map(drop)
-            .map_err(Error::query("scheduling jobs"))
+            .map_err(Error::query("scheduling jobs"))?
+            .iter()
+            .map(|r| sqlx::Row::try_get(r, 0))
+            .collect::<Result<_, _>>()
+            .map_err(Error::query("reading scheduled ids"))?;
+        effective_ids(&self.pool, jobs, inserted).await
     }
 
     /// Begins a transaction on this store's pool (for callers without one of their own).
@@ -69,11 +113,16 @@ impl Store {
 }
 
 /// Inserts scheduled jobs inside the caller's transaction: they exist, and will run, if and
-/// only if that transaction commits.
-pub async fn schedule_in(tx: &mut PgTransaction<'_>, jobs: &[ScheduledJob]) -> Result<(), Error> {
-    query(jobs)
-        .execute(&mut **tx)
+/// only if that transaction commits. Returns the ids that stand for them, as
+/// [`Store::schedule`] does.
+pub async fn schedule_in(tx: &mut PgTransaction<'_>, jobs: &[ScheduledJob]) -> Result<Vec<JobId>, Error> {
+    let inserted: Vec<uuid::Uuid> = query(jobs)
+        .fetch_all(&mut **tx)
         .await
-        .map(drop)
-        .map_err(Error::query("scheduling jobs in the caller's transaction"))
+        .map_err(Error::query("scheduling jobs in the caller's transaction"))?
+        .iter()
+        .map(|r| sqlx::Row::try_get(r, 0))
+        .collect::<Result<_, _>>()
+        .map_err(Error::query("reading scheduled ids"))?;
+    effective_ids(&mut **tx, jobs, inserted).await
 }
