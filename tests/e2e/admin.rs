@@ -15,31 +15,66 @@ use crate::support::wait_all_terminal;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_scheduled_job_never_runs_and_running_job_stops() -> anyhow::Result<()> {
     let env = TestEnv::new(&["default"]).await?;
-    let worker = env.start_worker(register_builtins(Worker::builder()), env.worker_config("w1")).await?;
-    let client = Client::from_broker(env.broker.clone()).await?.with_store(env.store.clone());
+    let worker = env
+        .start_worker(
+            register_builtins(Worker::builder()),
+            env.worker_config("w1"),
+        )
+        .await?;
+    let client = Client::from_broker(env.broker.clone())
+        .await?
+        .with_store(env.store.clone());
 
-    let later = client.enqueue(NewJob::new("warren.echo", &json!(1))?.delay(Duration::from_secs(2))).await?;
-    assert_eq!(env.store.cancel_job(later).await?, CancelOutcome::Cancelled { previous: JobState::Scheduled });
+    let later = client
+        .enqueue(NewJob::new("warren.echo", &json!(1))?.delay(Duration::from_secs(2)))
+        .await?;
+    assert_eq!(
+        env.store.cancel_job(later).await?,
+        CancelOutcome::Cancelled {
+            previous: JobState::Scheduled
+        }
+    );
 
-    let long = client.enqueue(NewJob::new("warren.sleep", &json!({ "ms": 60_000 }))?).await?;
-    wait_until(Duration::from_secs(30), "the sleep job to be running", || async {
-        let state = env.store.job(long).await?.map(|r| r.state);
-        Ok(if state == Some(JobState::Running) { Ok(()) } else { Err(format!("{state:?}")) })
-    })
+    let long = client
+        .enqueue(NewJob::new("warren.sleep", &json!({ "ms": 60_000 }))?)
+        .await?;
+    wait_until(
+        Duration::from_secs(30),
+        "the sleep job to be running",
+        || async {
+            let state = env.store.job(long).await?.map(|r| r.state);
+            Ok(if state == Some(JobState::Running) {
+                Ok(())
+            } else {
+                Err(format!("{state:?}"))
+            })
+        },
+    )
     .await?;
     let outcome = env.store.cancel_job(long).await?;
-    assert!(matches!(outcome, CancelOutcome::Signalled { worker: Some(_) }), "{outcome:?}");
+    assert!(
+        matches!(outcome, CancelOutcome::Signalled { worker: Some(_) }),
+        "{outcome:?}"
+    );
     let rows = wait_all_terminal(&env.store, &[long], Duration::from_secs(20)).await?;
     let row = &rows[&long];
     assert_eq!(row.state, JobState::Cancelled);
-    assert_eq!(row.errors.last().map(|e| e.kind), Some(FailureKind::Cancelled));
+    assert_eq!(
+        row.errors.last().map(|e| e.kind),
+        Some(FailureKind::Cancelled)
+    );
 
     // Well past its time, the cancelled scheduled job has still not run.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let row = env.store.job(later).await?.expect("row");
     assert_eq!(row.state, JobState::Cancelled);
     assert!(row.started_at.is_none(), "it never started");
-    assert_eq!(env.store.cancel_job(later).await?, CancelOutcome::AlreadyFinal { state: JobState::Cancelled });
+    assert_eq!(
+        env.store.cancel_job(later).await?,
+        CancelOutcome::AlreadyFinal {
+            state: JobState::Cancelled
+        }
+    );
     worker.stop().await?;
     env.cleanup().await
 }
@@ -47,25 +82,58 @@ async fn cancelled_scheduled_job_never_runs_and_running_job_stops() -> anyhow::R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retrying_a_dead_job_runs_it_again_with_its_history() -> anyhow::Result<()> {
     let env = TestEnv::new(&["default"]).await?;
-    let worker = env.start_worker(register_builtins(Worker::builder()), env.worker_config("w1")).await?;
+    let worker = env
+        .start_worker(
+            register_builtins(Worker::builder()),
+            env.worker_config("w1"),
+        )
+        .await?;
     let client = Client::from_broker(env.broker.clone()).await?;
 
-    let job = client.enqueue(NewJob::new("warren.fail", &json!({ "permanent": true }))?).await?;
+    let job = client
+        .enqueue(NewJob::new("warren.fail", &json!({ "permanent": true }))?)
+        .await?;
     let rows = wait_all_terminal(&env.store, &[job], Duration::from_secs(30)).await?;
     assert_eq!((rows[&job].state, rows[&job].attempt), (JobState::Dead, 1));
 
     let outcome = env.store.retry_job(job).await?;
-    assert_eq!(outcome, RetryOutcome::Scheduled { attempt: 1, max_attempts: 5 });
-    wait_until(Duration::from_secs(30), "the retried job to die again", || async {
-        let row = env.store.job(job).await?.expect("row");
-        Ok(if row.state == JobState::Dead && row.attempt == 2 { Ok(row) } else { Err(format!("{} attempt {}", row.state, row.attempt)) })
-    })
+    assert_eq!(
+        outcome,
+        RetryOutcome::Scheduled {
+            attempt: 1,
+            max_attempts: 5
+        }
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "the retried job to die again",
+        || async {
+            let row = env.store.job(job).await?.expect("row");
+            Ok(if row.state == JobState::Dead && row.attempt == 2 {
+                Ok(row)
+            } else {
+                Err(format!("{} attempt {}", row.state, row.attempt))
+            })
+        },
+    )
     .await
-    .map(|row| assert_eq!(row.errors.iter().map(|e| e.attempt).collect::<Vec<_>>(), [1, 2]))?;
+    .map(|row| {
+        assert_eq!(
+            row.errors.iter().map(|e| e.attempt).collect::<Vec<_>>(),
+            [1, 2]
+        )
+    })?;
 
-    let ok = client.enqueue(NewJob::new("warren.noop", &json!({}))?).await?;
+    let ok = client
+        .enqueue(NewJob::new("warren.noop", &json!({}))?)
+        .await?;
     wait_all_terminal(&env.store, &[ok], Duration::from_secs(30)).await?;
-    assert_eq!(env.store.retry_job(ok).await?, RetryOutcome::NotRetryable { state: JobState::Succeeded });
+    assert_eq!(
+        env.store.retry_job(ok).await?,
+        RetryOutcome::NotRetryable {
+            state: JobState::Succeeded
+        }
+    );
     worker.stop().await?;
     env.cleanup().await
 }

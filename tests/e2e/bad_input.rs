@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde_json::json;
 use warren_client::{Client, NewJob};
 use warren_core::message::{
-    HEADER_ATTEMPT, HEADER_DEAD_REASON, HEADER_ENQUEUED_AT, HEADER_IDEMPOTENCY_KEY, HEADER_MAX_ATTEMPTS,
-    HEADER_TASK, HEADER_TIMEOUT_MS,
+    HEADER_ATTEMPT, HEADER_DEAD_REASON, HEADER_ENQUEUED_AT, HEADER_IDEMPOTENCY_KEY,
+    HEADER_MAX_ATTEMPTS, HEADER_TASK, HEADER_TIMEOUT_MS,
 };
 use warren_core::{FailureKind, HeaderValue, JobId, JobState, RawMessage};
 use warren_runtime::Worker;
@@ -46,54 +46,204 @@ fn corpus_with_ids() -> Vec<(RawMessage, JobState, &'static str)> {
     let i = |v: i64| Some(HeaderValue::Int(v));
     let dead = JobState::Dead;
     vec![
-        (good("warren.echo", &[0xff, 0xfe, 0x00]), dead, "body is not UTF-8"),
-        (good("warren.echo", b"not json at all"), dead, "body is not JSON"),
+        (
+            good("warren.echo", &[0xff, 0xfe, 0x00]),
+            dead,
+            "body is not UTF-8",
+        ),
+        (
+            good("warren.echo", b"not json at all"),
+            dead,
+            "body is not JSON",
+        ),
         (good("warren.echo", b""), dead, "body is not JSON"),
         (good("warren.echo", b"{\"a\":"), dead, "body is not JSON"),
-        (good("warren.echo", b"{} trailing"), dead, "body is not JSON"),
-        (good("warren.echo", &vec![b' '; 5000]), dead, "over the limit of 4096 bytes"),
-        ({ let mut m = good("warren.echo", b"{}"); m.content_type = Some("text/plain".into()); m }, dead, "content_type is `text/plain`"),
-        (with(good("x", b"{}"), HEADER_TASK, None), dead, "required header `warren-task` is missing"),
-        (with(good("x", b"{}"), HEADER_TASK, i(7)), dead, "`warren-task` must be a string, found integer"),
-        (with(good("x", b"{}"), HEADER_TASK, s("has space")), dead, "only ASCII letters"),
-        (with(good("x", b"{}"), HEADER_TASK, s("")), dead, "it is empty"),
-        (with(good("x", b"{}"), HEADER_TASK, Some(HeaderValue::Other("boolean"))), dead, "found boolean"),
-        (with(good("warren.echo", b"{}"), HEADER_ATTEMPT, None), dead, "`warren-attempt` is missing"),
-        (with(good("warren.echo", b"{}"), HEADER_ATTEMPT, s("1")), dead, "`warren-attempt` must be an integer, found string"),
-        (with(good("warren.echo", b"{}"), HEADER_ATTEMPT, i(0)), dead, "`warren-attempt` is 0, outside"),
-        (with(good("warren.echo", b"{}"), HEADER_ATTEMPT, i(-1)), dead, "`warren-attempt` is -1, outside"),
-        (with(good("warren.echo", b"{}"), HEADER_ATTEMPT, i(5000)), dead, "`warren-attempt` is 5000, outside"),
-        (with(good("warren.echo", b"{}"), HEADER_MAX_ATTEMPTS, i(0)), dead, "`warren-max-attempts` is 0"),
-        (with(good("warren.echo", b"{}"), HEADER_TIMEOUT_MS, i(0)), dead, "`warren-timeout-ms` is 0"),
-        (with(good("warren.echo", b"{}"), HEADER_TIMEOUT_MS, s("5s")), dead, "`warren-timeout-ms` must be an integer"),
-        (with(good("warren.echo", b"{}"), HEADER_IDEMPOTENCY_KEY, s("")), dead, "`warren-idempotency-key` must be a string of 1 to 255 bytes"),
-        (with(good("warren.echo", b"{}"), HEADER_ENQUEUED_AT, i(1_700_000_000)), dead, "`warren-enqueued-at` is 1700000000"),
-        (good("no.such.task", b"{}"), dead, "no handler for task `no.such.task`"),
-        (good("warren.sleep", b"{\"ms\":\"x\"}"), dead, "payload does not fit task `warren.sleep`"),
-        (good("warren.sleep", b"{\"ms\":1,\"extra\":2}"), dead, "unknown field `extra`"),
-        (good("warren.sleep", b"null"), dead, "payload does not fit task `warren.sleep`"),
-        (with(with(good("warren.echo", b"{}"), HEADER_ATTEMPT, i(4)), HEADER_MAX_ATTEMPTS, i(3)), dead, "`warren-attempt` is 4, outside the allowed range 1..=3"),
+        (
+            good("warren.echo", b"{} trailing"),
+            dead,
+            "body is not JSON",
+        ),
+        (
+            good("warren.echo", &vec![b' '; 5000]),
+            dead,
+            "over the limit of 4096 bytes",
+        ),
+        (
+            {
+                let mut m = good("warren.echo", b"{}");
+                m.content_type = Some("text/plain".into());
+                m
+            },
+            dead,
+            "content_type is `text/plain`",
+        ),
+        (
+            with(good("x", b"{}"), HEADER_TASK, None),
+            dead,
+            "required header `warren-task` is missing",
+        ),
+        (
+            with(good("x", b"{}"), HEADER_TASK, i(7)),
+            dead,
+            "`warren-task` must be a string, found integer",
+        ),
+        (
+            with(good("x", b"{}"), HEADER_TASK, s("has space")),
+            dead,
+            "only ASCII letters",
+        ),
+        (
+            with(good("x", b"{}"), HEADER_TASK, s("")),
+            dead,
+            "it is empty",
+        ),
+        (
+            with(
+                good("x", b"{}"),
+                HEADER_TASK,
+                Some(HeaderValue::Other("boolean")),
+            ),
+            dead,
+            "found boolean",
+        ),
+        (
+            with(good("warren.echo", b"{}"), HEADER_ATTEMPT, None),
+            dead,
+            "`warren-attempt` is missing",
+        ),
+        (
+            with(good("warren.echo", b"{}"), HEADER_ATTEMPT, s("1")),
+            dead,
+            "`warren-attempt` must be an integer, found string",
+        ),
+        (
+            with(good("warren.echo", b"{}"), HEADER_ATTEMPT, i(0)),
+            dead,
+            "`warren-attempt` is 0, outside",
+        ),
+        (
+            with(good("warren.echo", b"{}"), HEADER_ATTEMPT, i(-1)),
+            dead,
+            "`warren-attempt` is -1, outside",
+        ),
+        (
+            with(good("warren.echo", b"{}"), HEADER_ATTEMPT, i(5000)),
+            dead,
+            "`warren-attempt` is 5000, outside",
+        ),
+        (
+            with(good("warren.echo", b"{}"), HEADER_MAX_ATTEMPTS, i(0)),
+            dead,
+            "`warren-max-attempts` is 0",
+        ),
+        (
+            with(good("warren.echo", b"{}"), HEADER_TIMEOUT_MS, i(0)),
+            dead,
+            "`warren-timeout-ms` is 0",
+        ),
+        (
+            with(good("warren.echo", b"{}"), HEADER_TIMEOUT_MS, s("5s")),
+            dead,
+            "`warren-timeout-ms` must be an integer",
+        ),
+        (
+            with(good("warren.echo", b"{}"), HEADER_IDEMPOTENCY_KEY, s("")),
+            dead,
+            "`warren-idempotency-key` must be a string of 1 to 255 bytes",
+        ),
+        (
+            with(
+                good("warren.echo", b"{}"),
+                HEADER_ENQUEUED_AT,
+                i(1_700_000_000),
+            ),
+            dead,
+            "`warren-enqueued-at` is 1700000000",
+        ),
+        (
+            good("no.such.task", b"{}"),
+            dead,
+            "no handler for task `no.such.task`",
+        ),
+        (
+            good("warren.sleep", b"{\"ms\":\"x\"}"),
+            dead,
+            "payload does not fit task `warren.sleep`",
+        ),
+        (
+            good("warren.sleep", b"{\"ms\":1,\"extra\":2}"),
+            dead,
+            "unknown field `extra`",
+        ),
+        (
+            good("warren.sleep", b"null"),
+            dead,
+            "payload does not fit task `warren.sleep`",
+        ),
+        (
+            with(
+                with(good("warren.echo", b"{}"), HEADER_ATTEMPT, i(4)),
+                HEADER_MAX_ATTEMPTS,
+                i(3),
+            ),
+            dead,
+            "`warren-attempt` is 4, outside the allowed range 1..=3",
+        ),
         // Valid JSON that Postgres cannot hold as jsonb: the job still runs and is recorded,
         // its payload and result kept as raw text instead of failing the batch.
-        (good("warren.echo", br#"{"nul":"\u0000"}"#), JobState::Succeeded, ""),
+        (
+            good("warren.echo", br#"{"nul":"\u0000"}"#),
+            JobState::Succeeded,
+            "",
+        ),
     ]
 }
 
 fn corpus_without_ids() -> Vec<(RawMessage, &'static str)> {
     vec![
-        ({ let mut m = good("warren.echo", b"{}"); m.message_id = None; m }, "no message_id"),
-        ({ let mut m = good("warren.echo", b"{}"); m.message_id = Some("not-a-uuid".into()); m }, "`not-a-uuid` is not a UUID"),
-        ({ let mut m = good("warren.echo", b"{}"); m.message_id = Some(String::new()); m }, "no message_id"),
-        (RawMessage { body: vec![0, 1, 2], ..RawMessage::default() }, "no message_id"),
+        (
+            {
+                let mut m = good("warren.echo", b"{}");
+                m.message_id = None;
+                m
+            },
+            "no message_id",
+        ),
+        (
+            {
+                let mut m = good("warren.echo", b"{}");
+                m.message_id = Some("not-a-uuid".into());
+                m
+            },
+            "`not-a-uuid` is not a UUID",
+        ),
+        (
+            {
+                let mut m = good("warren.echo", b"{}");
+                m.message_id = Some(String::new());
+                m
+            },
+            "no message_id",
+        ),
+        (
+            RawMessage {
+                body: vec![0, 1, 2],
+                ..RawMessage::default()
+            },
+            "no message_id",
+        ),
     ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_broken_message_is_accounted_for_and_valid_jobs_still_succeed() -> anyhow::Result<()> {
+async fn every_broken_message_is_accounted_for_and_valid_jobs_still_succeed() -> anyhow::Result<()>
+{
     let env = TestEnv::new(&["default"]).await?;
     let mut cfg = env.worker_config("w1");
     cfg.max_body_bytes = 4096;
-    let worker = env.start_worker(register_builtins(Worker::builder()), cfg).await?;
+    let worker = env
+        .start_worker(register_builtins(Worker::builder()), cfg)
+        .await?;
     let client = Client::from_broker(env.broker.clone()).await?;
     let publisher = env.broker.publisher().await?;
     let queue = env.queues[0].as_str();
@@ -104,15 +254,26 @@ async fn every_broken_message_is_accounted_for_and_valid_jobs_still_succeed() ->
     let mut valid = Vec::new();
     for (m, _, _) in &with_ids {
         publisher.publish(queue, m).await?;
-        valid.push(client.enqueue(NewJob::new("warren.echo", &json!({ "ok": valid.len() }))?).await?);
+        valid.push(
+            client
+                .enqueue(NewJob::new("warren.echo", &json!({ "ok": valid.len() }))?)
+                .await?,
+        );
     }
     for (m, _) in &without_ids {
         publisher.publish(queue, m).await?;
-        valid.push(client.enqueue(NewJob::new("warren.echo", &json!({ "ok": valid.len() }))?).await?);
+        valid.push(
+            client
+                .enqueue(NewJob::new("warren.echo", &json!({ "ok": valid.len() }))?)
+                .await?,
+        );
     }
 
     let rows = wait_all_terminal(&env.store, &valid, Duration::from_secs(60)).await?;
-    assert!(rows.values().all(|r| r.state == JobState::Succeeded), "valid jobs around bad ones succeed");
+    assert!(
+        rows.values().all(|r| r.state == JobState::Succeeded),
+        "valid jobs around bad ones succeed"
+    );
 
     let ids: Vec<JobId> = with_ids
         .iter()
@@ -125,24 +286,38 @@ async fn every_broken_message_is_accounted_for_and_valid_jobs_still_succeed() ->
         if *state == JobState::Dead {
             assert_eq!(row.errors.len(), 1, "recorded once, never retried: {row:?}");
             assert_eq!(row.errors[0].kind, FailureKind::BadInput);
-            assert!(row.errors[0].message.contains(reason), "expected `{reason}` in `{}`", row.errors[0].message);
-            let kept = row.payload.is_some() || row.raw_body.as_deref() == Some(&*String::from_utf8_lossy(&m.body));
+            assert!(
+                row.errors[0].message.contains(reason),
+                "expected `{reason}` in `{}`",
+                row.errors[0].message
+            );
+            let kept = row.payload.is_some()
+                || row.raw_body.as_deref() == Some(&*String::from_utf8_lossy(&m.body));
             assert!(kept, "the input is kept: {row:?}");
         } else {
-            assert!(row.raw_body.as_deref().is_some_and(|b| b.contains("nul")), "unstorable payload kept raw: {row:?}");
+            assert!(
+                row.raw_body.as_deref().is_some_and(|b| b.contains("nul")),
+                "unstorable payload kept raw: {row:?}"
+            );
         }
     }
 
     // Messages without a job id are in the dead-letter queue, the reason in a header.
     wait_until(Duration::from_secs(30), "the dead letters", || async {
         let depth = env.broker.dead_letter_depth().await?.map_or(0, |d| d.ready);
-        Ok(if depth as usize == without_ids.len() { Ok(()) } else { Err(format!("{depth} dead letters")) })
+        Ok(if depth as usize == without_ids.len() {
+            Ok(())
+        } else {
+            Err(format!("{depth} dead letters"))
+        })
     })
     .await?;
     let mut dead = env.broker.consume_dead_letters(10, "inspect").await?;
     let mut reasons = Vec::new();
     for _ in 0..without_ids.len() {
-        let d = tokio::time::timeout(Duration::from_secs(10), dead.next()).await?.expect("delivery")?;
+        let d = tokio::time::timeout(Duration::from_secs(10), dead.next())
+            .await?
+            .expect("delivery")?;
         match d.raw.headers.get(HEADER_DEAD_REASON) {
             Some(HeaderValue::Str(r)) => reasons.push(r.clone()),
             other => anyhow::bail!("dead letter without a reason header: {other:?}"),
@@ -150,7 +325,10 @@ async fn every_broken_message_is_accounted_for_and_valid_jobs_still_succeed() ->
         d.ack().await?;
     }
     for (_, reason) in &without_ids {
-        assert!(reasons.iter().any(|r| r.contains(reason)), "no dead letter says `{reason}`: {reasons:?}");
+        assert!(
+            reasons.iter().any(|r| r.contains(reason)),
+            "no dead letter says `{reason}`: {reasons:?}"
+        );
     }
 
     let stats = worker.stop().await?;

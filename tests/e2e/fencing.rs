@@ -10,7 +10,7 @@ fn row(id: JobId, attempt: u32, state: JobState) -> RecordRow {
         id,
         queue: "default".into(),
         task: "t".into(),
-        payload: Some(to_raw_value(&1).unwrap()),
+        payload: Some(to_raw_value(&1).expect("json")),
         raw_body: None,
         state,
         attempt,
@@ -20,7 +20,8 @@ fn row(id: JobId, attempt: u32, state: JobState) -> RecordRow {
         enqueued_at: now,
         started_at: Some(now),
         finished_at: (state != JobState::Running).then_some(now),
-        result: (state == JobState::Succeeded).then(|| to_raw_value(&format!("attempt {attempt}")).unwrap()),
+        result: (state == JobState::Succeeded)
+            .then(|| to_raw_value(&format!("attempt {attempt}")).expect("json")),
         error: (state == JobState::Dead || state == JobState::Scheduled).then(|| FailureRecord {
             attempt,
             kind: FailureKind::Error,
@@ -90,9 +91,9 @@ async fn stale_outcomes_never_overwrite_newer_attempts_or_terminal_states() -> a
     env.cleanup().await
 }
 
-async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+async fn futures_join<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futs.map(tokio::spawn).collect();

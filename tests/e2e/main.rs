@@ -3,6 +3,7 @@
 
 mod admin;
 mod bad_input;
+mod crash_loop;
 mod fencing;
 mod idempotency;
 mod pipeline;

@@ -41,14 +41,30 @@ async fn thousand_jobs_each_succeed_exactly_once_with_results() -> anyhow::Resul
     for (i, id) in ids.iter().enumerate() {
         let row = &rows[id];
         assert_eq!(row.attempt, 1, "job {id} ran once");
-        assert_eq!(row.result, Some(json!({ "echo": { "i": i } })), "job {id} result stored");
+        assert_eq!(
+            row.result,
+            Some(json!({ "echo": { "i": i } })),
+            "job {id} result stored"
+        );
         assert!(row.errors.is_empty());
         assert!(row.started_at.is_some() && row.finished_at.is_some());
     }
     let stats = worker.stop().await?;
-    assert_eq!(runs.load(Ordering::SeqCst), 1000, "each handler ran exactly once");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1000,
+        "each handler ran exactly once"
+    );
     assert_eq!(stats.succeeded, 1000);
-    assert_eq!(env.store.state_counts(None).await?.iter().map(|c| c.count).sum::<i64>(), 1000);
+    assert_eq!(
+        env.store
+            .state_counts(None)
+            .await?
+            .iter()
+            .map(|c| c.count)
+            .sum::<i64>(),
+        1000
+    );
     env.cleanup().await
 }
 
@@ -57,17 +73,30 @@ async fn unroutable_enqueue_fails_and_records_nothing() -> anyhow::Result<()> {
     let env = TestEnv::new(&["default"]).await?;
     let client = Client::from_broker(env.broker.clone()).await?;
     let job = NewJob::new("warren.noop", &json!({}))?.queue("nobody-declared-this")?;
-    let err = client.enqueue(job).await.expect_err("publishing to a missing queue must fail");
+    let err = client
+        .enqueue(job)
+        .await
+        .expect_err("publishing to a missing queue must fail");
     let msg = err.to_string();
-    assert!(msg.contains("unroutable") && msg.contains("nobody-declared-this"), "{msg}");
+    assert!(
+        msg.contains("unroutable") && msg.contains("nobody-declared-this"),
+        "{msg}"
+    );
 
     // enqueue_many reports the failure per job and still enqueues the routable one.
     let ok = NewJob::new("warren.noop", &json!({}))?;
     let bad = NewJob::new("warren.noop", &json!({}))?.queue("missing-too")?;
     let outcomes = client.enqueue_many(vec![ok, bad]).await;
     assert!(outcomes[0].is_ok());
-    assert!(outcomes[1].as_ref().is_err_and(|e| e.to_string().contains("unroutable")));
-    assert!(env.store.state_counts(None).await?.is_empty(), "nothing recorded");
+    assert!(
+        outcomes[1]
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("unroutable"))
+    );
+    assert!(
+        env.store.state_counts(None).await?.is_empty(),
+        "nothing recorded"
+    );
     env.cleanup().await
 }
 
@@ -76,17 +105,25 @@ async fn panic_and_timeout_are_recorded_as_readable_failures() -> anyhow::Result
     let env = TestEnv::new(&["default"]).await?;
     let once = TaskOptions {
         timeout: Some(Duration::from_millis(300)),
-        retry: warren_core::RetryPolicy { max_attempts: 1, ..Default::default() },
+        retry: warren_core::RetryPolicy {
+            max_attempts: 1,
+            ..Default::default()
+        },
     };
-    let builder = register_builtins(Worker::builder())
-        .register_with("slow", once, |ctx: JobContext, _p: Value| async move {
+    let builder = register_builtins(Worker::builder()).register_with(
+        "slow",
+        once,
+        |ctx: JobContext, _p: Value| async move {
             // Ignores cancellation on purpose: the runtime must abort it anyway.
             tokio::time::sleep(Duration::from_secs(30)).await;
             Ok::<_, JobError>(ctx.attempt)
-        });
+        },
+    );
     let worker = env.start_worker(builder, env.worker_config("w1")).await?;
     let client = Client::from_broker(env.broker.clone()).await?;
-    let panicky = client.enqueue(NewJob::new("warren.panic", &json!({}))?.max_attempts(1)?).await?;
+    let panicky = client
+        .enqueue(NewJob::new("warren.panic", &json!({}))?.max_attempts(1)?)
+        .await?;
     let slow = client.enqueue(NewJob::new("slow", &json!({}))?).await?;
 
     let rows = wait_all_terminal(&env.store, &[panicky, slow], Duration::from_secs(30)).await?;
@@ -94,15 +131,27 @@ async fn panic_and_timeout_are_recorded_as_readable_failures() -> anyhow::Result
     assert_eq!(p.state, JobState::Dead);
     assert_eq!(p.errors.len(), 1);
     assert_eq!(p.errors[0].kind, FailureKind::Panic);
-    assert!(p.errors[0].message.contains("warren.panic was asked to panic"), "{}", p.errors[0].message);
+    assert!(
+        p.errors[0]
+            .message
+            .contains("warren.panic was asked to panic"),
+        "{}",
+        p.errors[0].message
+    );
 
     let s = &rows[&slow];
     assert_eq!(s.state, JobState::Dead);
     assert_eq!(s.errors[0].kind, FailureKind::Timeout);
-    assert!(s.errors[0].message.contains("timed out after 300ms"), "{}", s.errors[0].message);
+    assert!(
+        s.errors[0].message.contains("timed out after 300ms"),
+        "{}",
+        s.errors[0].message
+    );
 
     // The worker survived both and still runs jobs.
-    let after = client.enqueue(NewJob::new("warren.echo", &json!("still alive"))?).await?;
+    let after = client
+        .enqueue(NewJob::new("warren.echo", &json!("still alive"))?)
+        .await?;
     let rows = wait_all_terminal(&env.store, &[after], Duration::from_secs(30)).await?;
     assert_eq!(rows[&after].result, Some(json!("still alive")));
     worker.stop().await?;
@@ -112,17 +161,37 @@ async fn panic_and_timeout_are_recorded_as_readable_failures() -> anyhow::Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payload_of_the_wrong_type_fails_clearly_without_running() -> anyhow::Result<()> {
     let env = TestEnv::new(&["default"]).await?;
-    let worker = env.start_worker(register_builtins(Worker::builder()), env.worker_config("w1")).await?;
+    let worker = env
+        .start_worker(
+            register_builtins(Worker::builder()),
+            env.worker_config("w1"),
+        )
+        .await?;
     let client = Client::from_broker(env.broker.clone()).await?;
-    let bad = client.enqueue(NewJob::new("warren.sleep", &json!({ "ms": "soon" }))?).await?;
+    let bad = client
+        .enqueue(NewJob::new("warren.sleep", &json!({ "ms": "soon" }))?)
+        .await?;
     let rows = wait_all_terminal(&env.store, &[bad], Duration::from_secs(30)).await?;
     let row = &rows[&bad];
-    assert_eq!(row.state, JobState::Dead, "a payload that cannot fit is never retried");
+    assert_eq!(
+        row.state,
+        JobState::Dead,
+        "a payload that cannot fit is never retried"
+    );
     assert_eq!(row.attempt, 1);
     assert_eq!(row.errors[0].kind, FailureKind::BadInput);
     let msg = &row.errors[0].message;
-    assert!(msg.contains("payload does not fit task `warren.sleep`") && msg.contains("SleepPayload") && msg.contains("invalid type: string"), "{msg}");
-    assert_eq!(row.payload, Some(json!({ "ms": "soon" })), "the payload is kept for inspection");
+    assert!(
+        msg.contains("payload does not fit task `warren.sleep`")
+            && msg.contains("SleepPayload")
+            && msg.contains("invalid type: string"),
+        "{msg}"
+    );
+    assert_eq!(
+        row.payload,
+        Some(json!({ "ms": "soon" })),
+        "the payload is kept for inspection"
+    );
     worker.stop().await?;
     env.cleanup().await
 }

@@ -28,7 +28,9 @@ async fn redelivered_message_of_a_succeeded_job_is_not_run_again() -> anyhow::Re
     let id = JobId::new();
     let job = || NewJob::new("counted", &json!({"n": 1})).map(|j| j.id(id));
 
-    let worker = env.start_worker(counting(runs.clone()), env.worker_config("w1")).await?;
+    let worker = env
+        .start_worker(counting(runs.clone()), env.worker_config("w1"))
+        .await?;
     client.enqueue(job()?).await?;
     let rows = wait_all_terminal(&env.store, &[id], Duration::from_secs(30)).await?;
     assert_eq!(rows[&id].state, JobState::Succeeded);
@@ -49,15 +51,29 @@ async fn redelivered_message_of_a_succeeded_job_is_not_run_again() -> anyhow::Re
     assert_eq!(decoded.id, id);
     peek.close().await;
 
-    let worker = env.start_worker(counting(runs.clone()), env.worker_config("w2")).await?;
-    wait_until(Duration::from_secs(30), "the redelivery to be settled", || async {
-        let depth = env.broker.queue_depth(queue).await?.expect("queue exists");
-        Ok(if depth.ready == 0 { Ok(()) } else { Err(format!("{} ready", depth.ready)) })
-    })
+    let worker = env
+        .start_worker(counting(runs.clone()), env.worker_config("w2"))
+        .await?;
+    wait_until(
+        Duration::from_secs(30),
+        "the redelivery to be settled",
+        || async {
+            let depth = env.broker.queue_depth(queue).await?.expect("queue exists");
+            Ok(if depth.ready == 0 {
+                Ok(())
+            } else {
+                Err(format!("{} ready", depth.ready))
+            })
+        },
+    )
     .await?;
     let stats = worker.stop().await?;
     assert_eq!(stats.skipped, 1, "the redelivery was recognised: {stats:?}");
-    assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler did not run a second time");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "the handler did not run a second time"
+    );
     let row = env.store.job(id).await?.expect("row");
     assert_eq!((row.state, row.attempt), (JobState::Succeeded, 1));
     env.cleanup().await

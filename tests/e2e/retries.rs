@@ -30,10 +30,21 @@ async fn retries_follow_the_policy_and_stop_at_max_attempts() -> anyhow::Result<
     let worker = env.start_worker(builder, env.worker_config("w1")).await?;
     let client = Client::from_broker(env.broker.clone()).await?;
 
-    let twice = client.enqueue(NewJob::new("warren.fail", &json!({ "times": 2 }))?.max_attempts(5)?).await?;
-    let never = client.enqueue(NewJob::new("warren.fail", &json!({ "times": 10 }))?.max_attempts(3)?).await?;
-    let permanent = client.enqueue(NewJob::new("warren.fail", &json!({ "permanent": true }))?).await?;
-    let rows = wait_all_terminal(&env.store, &[twice, never, permanent], Duration::from_secs(60)).await?;
+    let twice = client
+        .enqueue(NewJob::new("warren.fail", &json!({ "times": 2 }))?.max_attempts(5)?)
+        .await?;
+    let never = client
+        .enqueue(NewJob::new("warren.fail", &json!({ "times": 10 }))?.max_attempts(3)?)
+        .await?;
+    let permanent = client
+        .enqueue(NewJob::new("warren.fail", &json!({ "permanent": true }))?)
+        .await?;
+    let rows = wait_all_terminal(
+        &env.store,
+        &[twice, never, permanent],
+        Duration::from_secs(60),
+    )
+    .await?;
 
     let r = &rows[&twice];
     assert_eq!((r.state, r.attempt), (JobState::Succeeded, 3), "{r:?}");
@@ -46,12 +57,25 @@ async fn retries_follow_the_policy_and_stop_at_max_attempts() -> anyhow::Result<
     let gap1 = (r.errors[1].at - r.errors[0].at).to_std()?;
     let gap2 = (r.started_at.expect("started") - r.errors[1].at).to_std()?;
     let tolerance = Duration::from_millis(700);
-    assert!(gap1 >= Duration::from_millis(300) && gap1 < Duration::from_millis(300) + tolerance, "gap after attempt 1: {gap1:?}");
-    assert!(gap2 >= Duration::from_millis(600) && gap2 < Duration::from_millis(600) + tolerance, "gap after attempt 2: {gap2:?}");
+    assert!(
+        gap1 >= Duration::from_millis(300) && gap1 < Duration::from_millis(300) + tolerance,
+        "gap after attempt 1: {gap1:?}"
+    );
+    assert!(
+        gap2 >= Duration::from_millis(600) && gap2 < Duration::from_millis(600) + tolerance,
+        "gap after attempt 2: {gap2:?}"
+    );
 
     let r = &rows[&never];
-    assert_eq!((r.state, r.attempt), (JobState::Dead, 3), "dead after exactly 3 attempts: {r:?}");
-    assert_eq!(r.errors.iter().map(|e| e.attempt).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(
+        (r.state, r.attempt),
+        (JobState::Dead, 3),
+        "dead after exactly 3 attempts: {r:?}"
+    );
+    assert_eq!(
+        r.errors.iter().map(|e| e.attempt).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
 
     let r = &rows[&permanent];
     assert_eq!((r.state, r.attempt), (JobState::Dead, 1));
@@ -61,7 +85,10 @@ async fn retries_follow_the_policy_and_stop_at_max_attempts() -> anyhow::Result<
     // No fourth run of the exhausted job sneaks in later.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let again = env.store.job(never).await?.expect("row");
-    assert_eq!((again.state, again.attempt, again.errors.len()), (JobState::Dead, 3, 3));
+    assert_eq!(
+        (again.state, again.attempt, again.errors.len()),
+        (JobState::Dead, 3, 3)
+    );
     worker.stop().await?;
     env.cleanup().await
 }

@@ -15,11 +15,24 @@ use crate::support::{count_state, wait_all_terminal};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delayed_job_runs_on_time_not_early() -> anyhow::Result<()> {
     let env = TestEnv::new(&["default"]).await?;
-    let worker = env.start_worker(register_builtins(Worker::builder()), env.worker_config("w1")).await?;
-    let client = Client::from_broker(env.broker.clone()).await?.with_store(env.store.clone());
+    let worker = env
+        .start_worker(
+            register_builtins(Worker::builder()),
+            env.worker_config("w1"),
+        )
+        .await?;
+    let client = Client::from_broker(env.broker.clone())
+        .await?
+        .with_store(env.store.clone());
 
-    let id = client.enqueue(NewJob::new("warren.echo", &json!("later"))?.delay(Duration::from_secs(3))).await?;
-    let row = env.store.job(id).await?.expect("a delayed job is a row at once");
+    let id = client
+        .enqueue(NewJob::new("warren.echo", &json!("later"))?.delay(Duration::from_secs(3)))
+        .await?;
+    let row = env
+        .store
+        .job(id)
+        .await?
+        .expect("a delayed job is a row at once");
     assert_eq!(row.state, JobState::Scheduled);
     let due = row.run_at.expect("run_at");
 
@@ -27,9 +40,16 @@ async fn delayed_job_runs_on_time_not_early() -> anyhow::Result<()> {
     let row = &rows[&id];
     assert_eq!(row.state, JobState::Succeeded);
     let started = row.started_at.expect("started");
-    assert!(started >= due, "ran {} ms early", (due - started).num_milliseconds());
+    assert!(
+        started >= due,
+        "ran {} ms early",
+        (due - started).num_milliseconds()
+    );
     let late = (started - due).to_std()?;
-    assert!(late < Duration::from_secs(1), "started {late:?} after its time");
+    assert!(
+        late < Duration::from_secs(1),
+        "started {late:?} after its time"
+    );
     worker.stop().await?;
     env.cleanup().await
 }
@@ -37,15 +57,24 @@ async fn delayed_job_runs_on_time_not_early() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactional_enqueue_runs_only_if_the_transaction_commits() -> anyhow::Result<()> {
     let env = TestEnv::new(&["default"]).await?;
-    let worker = env.start_worker(register_builtins(Worker::builder()), env.worker_config("w1")).await?;
+    let worker = env
+        .start_worker(
+            register_builtins(Worker::builder()),
+            env.worker_config("w1"),
+        )
+        .await?;
     let client = Client::from_broker(env.broker.clone()).await?;
 
     let mut tx = env.store.begin().await?;
-    let rolled_back = client.enqueue_tx(&mut tx, NewJob::new("warren.echo", &json!("no"))?).await?;
+    let rolled_back = client
+        .enqueue_tx(&mut tx, NewJob::new("warren.echo", &json!("no"))?)
+        .await?;
     tx.rollback().await?;
 
     let mut tx = env.store.begin().await?;
-    let committed = client.enqueue_tx(&mut tx, NewJob::new("warren.echo", &json!("yes"))?).await?;
+    let committed = client
+        .enqueue_tx(&mut tx, NewJob::new("warren.echo", &json!("yes"))?)
+        .await?;
     tx.commit().await?;
 
     let rows = wait_all_terminal(&env.store, &[committed], Duration::from_secs(30)).await?;
@@ -73,25 +102,36 @@ fn counting(runs: Runs) -> WorkerBuilder {
 async fn two_promoters_run_each_scheduled_job_exactly_once() -> anyhow::Result<()> {
     let env = TestEnv::new(&["default"]).await?;
     let runs: Runs = Arc::default();
-    let w1 = env.start_worker(counting(runs.clone()), env.worker_config("w1")).await?;
-    let w2 = env.start_worker(counting(runs.clone()), env.worker_config("w2")).await?;
-    let client = Client::from_broker(env.broker.clone()).await?.with_store(env.store.clone());
+    let w1 = env
+        .start_worker(counting(runs.clone()), env.worker_config("w1"))
+        .await?;
+    let w2 = env
+        .start_worker(counting(runs.clone()), env.worker_config("w2"))
+        .await?;
+    let client = Client::from_broker(env.broker.clone())
+        .await?
+        .with_store(env.store.clone());
 
     let at = Utc::now() + chrono::Duration::seconds(1);
     let jobs = (0..1000)
         .map(|i| NewJob::new("counted", &json!({ "i": i })).map(|j| j.run_at(at)))
         .collect::<Result<Vec<_>, _>>()?;
-    let ids = client.enqueue_many(jobs).await.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let ids = client
+        .enqueue_many(jobs)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
     let rows = wait_all_terminal(&env.store, &ids, Duration::from_secs(60)).await?;
     w1.stop().await?;
     w2.stop().await?;
 
     assert_eq!(count_state(&rows, JobState::Succeeded), 1000);
     assert!(rows.values().all(|r| r.attempt == 1));
-    let runs = runs.lock().expect("lock");
-    assert_eq!(runs.len(), 1000);
-    let extra: Vec<_> = runs.iter().filter(|(_, n)| **n != 1).collect();
-    assert!(extra.is_empty(), "run more than once: {extra:?}");
-    drop(runs);
+    {
+        let runs = runs.lock().expect("lock");
+        assert_eq!(runs.len(), 1000);
+        let extra: Vec<_> = runs.iter().filter(|(_, n)| **n != 1).collect();
+        assert!(extra.is_empty(), "run more than once: {extra:?}");
+    }
     env.cleanup().await
 }

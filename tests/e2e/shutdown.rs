@@ -31,36 +31,60 @@ async fn graceful_shutdown_under_load_loses_nothing_and_runs_nothing_twice() -> 
     let jobs = (0..400)
         .map(|i| NewJob::new("slow.counted", &json!({ "i": i })))
         .collect::<Result<Vec<_>, _>>()?;
-    let ids = client.enqueue_many(jobs).await.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let ids = client
+        .enqueue_many(jobs)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
 
     let mut cfg = env.worker_config("first");
     cfg.concurrency = 16;
     cfg.prefetch = 32;
     cfg.shutdown_grace = Duration::from_secs(5);
     let first = env.start_worker(slow_counting(runs.clone()), cfg).await?;
-    wait_until(Duration::from_secs(30), "the first worker to finish some jobs", || async {
-        let n = runs.lock().expect("lock").len();
-        Ok(if n >= 50 { Ok(()) } else { Err(format!("{n} done")) })
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "the first worker to finish some jobs",
+        || async {
+            let n = runs.lock().expect("lock").len();
+            Ok(if n >= 50 {
+                Ok(())
+            } else {
+                Err(format!("{n} done"))
+            })
+        },
+    )
     .await?;
     let stopping = Instant::now();
     let stats = first.stop().await?;
     let took = stopping.elapsed();
-    assert!(took < Duration::from_secs(5), "shutdown took {took:?}, over the grace period");
-    assert_eq!(stats.abandoned, 0, "in-flight jobs finished within the grace period");
+    assert!(
+        took < Duration::from_secs(5),
+        "shutdown took {took:?}, over the grace period"
+    );
+    assert_eq!(
+        stats.abandoned, 0,
+        "in-flight jobs finished within the grace period"
+    );
     let done_by_first = runs.lock().expect("lock").len();
-    assert!(done_by_first < 400, "the first worker stopped early ({done_by_first} done)");
+    assert!(
+        done_by_first < 400,
+        "the first worker stopped early ({done_by_first} done)"
+    );
 
-    let second = env.start_worker(slow_counting(runs.clone()), env.worker_config("second")).await?;
+    let second = env
+        .start_worker(slow_counting(runs.clone()), env.worker_config("second"))
+        .await?;
     let rows = wait_all_terminal(&env.store, &ids, Duration::from_secs(120)).await?;
     second.stop().await?;
     assert_eq!(count_state(&rows, JobState::Succeeded), 400, "no job lost");
-    let runs = runs.lock().expect("lock");
-    assert_eq!(runs.len(), 400);
-    let twice: Vec<_> = runs.iter().filter(|(_, n)| **n != 1).collect();
-    assert!(twice.is_empty(), "jobs run more than once: {twice:?}");
-    assert!(rows.values().all(|r| r.attempt == 1));
-    drop(runs);
+    {
+        let runs = runs.lock().expect("lock");
+        assert_eq!(runs.len(), 400);
+        let twice: Vec<_> = runs.iter().filter(|(_, n)| **n != 1).collect();
+        assert!(twice.is_empty(), "jobs run more than once: {twice:?}");
+        assert!(rows.values().all(|r| r.attempt == 1));
+    }
     env.cleanup().await
 }
 
@@ -71,22 +95,56 @@ async fn sigterm_finishes_in_flight_jobs_and_exits_within_the_grace_period() -> 
     let jobs = (0..60)
         .map(|_| NewJob::new("warren.sleep", &json!({ "ms": 300 })))
         .collect::<Result<Vec<_>, _>>()?;
-    let ids = client.enqueue_many(jobs).await.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let ids = client
+        .enqueue_many(jobs)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
 
-    let mut worker = WorkerProcess::spawn(&env, "proc", &["--concurrency", "8", "--shutdown-grace", "3s"])?;
-    wait_until(Duration::from_secs(30), "the worker process to finish a first job", || async {
-        let done = env.store.state_counts(None).await?.iter().find(|c| c.state == JobState::Succeeded).map_or(0, |c| c.count);
-        Ok(if done >= 8 { Ok(()) } else { Err(format!("{done} succeeded")) })
-    })
+    let mut worker = WorkerProcess::spawn(
+        &env,
+        "proc",
+        &["--concurrency", "8", "--shutdown-grace", "3s"],
+    )?;
+    wait_until(
+        Duration::from_secs(30),
+        "the worker process to finish a first job",
+        || async {
+            let done = env
+                .store
+                .state_counts(None)
+                .await?
+                .iter()
+                .find(|c| c.state == JobState::Succeeded)
+                .map_or(0, |c| c.count);
+            Ok(if done >= 8 {
+                Ok(())
+            } else {
+                Err(format!("{done} succeeded"))
+            })
+        },
+    )
     .await?;
     worker.signal("TERM").await?;
     let signalled = Instant::now();
     let code = worker.wait(Duration::from_secs(10)).await?;
     let took = signalled.elapsed();
     assert_eq!(code, Some(0), "a graceful shutdown exits 0");
-    assert!(took < Duration::from_secs(3), "exited {took:?} after SIGTERM; grace is 3s");
-    let running = env.store.state_counts(None).await?.iter().find(|c| c.state == JobState::Running).map_or(0, |c| c.count);
-    assert_eq!(running, 0, "in-flight jobs were finished and recorded, not left running");
+    assert!(
+        took < Duration::from_secs(3),
+        "exited {took:?} after SIGTERM; grace is 3s"
+    );
+    let running = env
+        .store
+        .state_counts(None)
+        .await?
+        .iter()
+        .find(|c| c.state == JobState::Running)
+        .map_or(0, |c| c.count);
+    assert_eq!(
+        running, 0,
+        "in-flight jobs were finished and recorded, not left running"
+    );
 
     let mut rest = WorkerProcess::spawn(&env, "proc2", &["--concurrency", "16"])?;
     let rows = wait_all_terminal(&env.store, &ids, Duration::from_secs(60)).await?;
@@ -104,30 +162,62 @@ async fn jobs_outliving_the_grace_period_go_back_to_the_queue_unrecorded() -> an
     let jobs = (0..4)
         .map(|_| NewJob::new("warren.sleep", &json!({ "ms": 3000 })))
         .collect::<Result<Vec<_>, _>>()?;
-    let ids = client.enqueue_many(jobs).await.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let ids = client
+        .enqueue_many(jobs)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
 
-    let mut worker = WorkerProcess::spawn(&env, "short-grace", &["--concurrency", "4", "--shutdown-grace", "1s"])?;
-    wait_until(Duration::from_secs(30), "all four jobs to be running", || async {
-        let running = env.store.state_counts(None).await?.iter().find(|c| c.state == JobState::Running).map_or(0, |c| c.count);
-        Ok(if running == 4 { Ok(()) } else { Err(format!("{running} running")) })
-    })
+    let mut worker = WorkerProcess::spawn(
+        &env,
+        "short-grace",
+        &["--concurrency", "4", "--shutdown-grace", "1s"],
+    )?;
+    wait_until(
+        Duration::from_secs(30),
+        "all four jobs to be running",
+        || async {
+            let running = env
+                .store
+                .state_counts(None)
+                .await?
+                .iter()
+                .find(|c| c.state == JobState::Running)
+                .map_or(0, |c| c.count);
+            Ok(if running == 4 {
+                Ok(())
+            } else {
+                Err(format!("{running} running"))
+            })
+        },
+    )
     .await?;
     worker.signal("TERM").await?;
     let signalled = Instant::now();
     let code = worker.wait(Duration::from_secs(10)).await?;
     let took = signalled.elapsed();
     assert_eq!(code, Some(0));
-    assert!(took < Duration::from_millis(1500), "exited {took:?} after SIGTERM; grace is 1s");
+    assert!(
+        took < Duration::from_millis(1500),
+        "exited {took:?} after SIGTERM; grace is 1s"
+    );
 
     // Nothing was recorded as failed: the attempts were handed back, and another worker runs
     // them as the same attempt.
     let rows = env.store.jobs(&ids).await?;
-    assert!(rows.iter().all(|r| r.state == JobState::Running && r.errors.is_empty()), "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|r| r.state == JobState::Running && r.errors.is_empty()),
+        "{rows:?}"
+    );
     let mut next = WorkerProcess::spawn(&env, "next", &["--concurrency", "4"])?;
     let rows = wait_all_terminal(&env.store, &ids, Duration::from_secs(60)).await?;
     next.signal("TERM").await?;
     next.wait(Duration::from_secs(30)).await?;
     assert_eq!(count_state(&rows, JobState::Succeeded), 4);
-    assert!(rows.values().all(|r| r.attempt == 1 && r.errors.is_empty()), "{rows:?}");
+    assert!(
+        rows.values().all(|r| r.attempt == 1 && r.errors.is_empty()),
+        "{rows:?}"
+    );
     env.cleanup().await
 }

@@ -9,7 +9,7 @@ use warren_broker::Broker;
 use warren_runtime::{Worker, shutdown_on_signal};
 use warren_store::Store;
 use warren_worker::settings::{Args, LogFormat};
-use warren_worker::tasks::register_builtins;
+use warren_worker::tasks::{register_builtins, register_crash_task};
 
 fn main() -> ExitCode {
     let settings = match Args::parse().validate() {
@@ -49,7 +49,12 @@ async fn run(settings: warren_worker::settings::Settings) -> anyhow::Result<()> 
     let broker = Broker::connect(settings.broker)
         .await
         .context("connecting to RabbitMQ")?;
-    let worker = register_builtins(Worker::builder())
+    let mut builder = register_builtins(Worker::builder());
+    if settings.crash_task {
+        tracing::warn!("warren.abort is enabled: a job can kill this process");
+        builder = register_crash_task(builder);
+    }
+    let worker = builder
         .build(settings.worker)
         .context("configuring the worker")?;
     worker
@@ -63,7 +68,9 @@ async fn run(settings: warren_worker::settings::Settings) -> anyhow::Result<()> 
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -29,7 +29,12 @@ pub struct Args {
     pub database_url: String,
 
     /// Queues to consume, comma-separated.
-    #[arg(long, env = "WARREN_QUEUES", value_delimiter = ',', default_value = "default")]
+    #[arg(
+        long,
+        env = "WARREN_QUEUES",
+        value_delimiter = ',',
+        default_value = "default"
+    )]
     pub queues: Vec<String>,
 
     /// Jobs run at once by this process.
@@ -70,6 +75,11 @@ pub struct Args {
     #[arg(long, env = "WARREN_NO_PROMOTER")]
     pub no_promoter: bool,
 
+    /// Register the `warren.abort` diagnostic task, which kills this process. For fault
+    /// tests only.
+    #[arg(long, env = "WARREN_ENABLE_CRASH_TASK")]
+    pub enable_crash_task: bool,
+
     /// Do not apply database migrations at start-up.
     #[arg(long, env = "WARREN_NO_MIGRATE")]
     pub no_migrate: bool,
@@ -87,6 +97,7 @@ pub struct Settings {
     pub worker: WorkerConfig,
     pub migrate: bool,
     pub log_format: LogFormat,
+    pub crash_task: bool,
 }
 
 impl Args {
@@ -101,7 +112,10 @@ impl Args {
             return Err("--queues / WARREN_QUEUES: give at least one queue".to_owned());
         }
         if self.concurrency == 0 || self.concurrency > 10_000 {
-            return Err(format!("--concurrency / WARREN_CONCURRENCY must be 1 to 10000, got {}", self.concurrency));
+            return Err(format!(
+                "--concurrency / WARREN_CONCURRENCY must be 1 to 10000, got {}",
+                self.concurrency
+            ));
         }
         let prefetch = match self.prefetch {
             Some(0) => return Err("--prefetch / WARREN_PREFETCH must be at least 1".to_owned()),
@@ -109,9 +123,15 @@ impl Args {
             None => (self.concurrency * 2).min(usize::from(u16::MAX)) as u16,
         };
         if self.namespace.is_empty()
-            || !self.namespace.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            || !self
+                .namespace
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
         {
-            return Err(format!("--namespace / WARREN_NAMESPACE `{}`: use ASCII letters, digits, . _ -", self.namespace));
+            return Err(format!(
+                "--namespace / WARREN_NAMESPACE `{}`: use ASCII letters, digits, . _ -",
+                self.namespace
+            ));
         }
         if self.delivery_limit == 0 {
             return Err("--delivery-limit / WARREN_DELIVERY_LIMIT must be at least 1".to_owned());
@@ -120,10 +140,14 @@ impl Args {
             return Err("--max-body-bytes / WARREN_MAX_BODY_BYTES must be at least 1".to_owned());
         }
         if self.default_timeout.is_zero() {
-            return Err("--default-timeout / WARREN_DEFAULT_TIMEOUT must be more than zero".to_owned());
+            return Err(
+                "--default-timeout / WARREN_DEFAULT_TIMEOUT must be more than zero".to_owned(),
+            );
         }
         if self.shutdown_grace < Duration::from_millis(100) {
-            return Err("--shutdown-grace / WARREN_SHUTDOWN_GRACE must be at least 100ms".to_owned());
+            return Err(
+                "--shutdown-grace / WARREN_SHUTDOWN_GRACE must be at least 100ms".to_owned(),
+            );
         }
         let worker_id = self.worker_id.unwrap_or_else(default_worker_id);
 
@@ -151,6 +175,7 @@ impl Args {
             worker,
             migrate: !self.no_migrate,
             log_format: self.log_format,
+            crash_task: self.enable_crash_task,
         })
     }
 }
@@ -167,9 +192,17 @@ mod tests {
     use super::*;
 
     fn parse(extra: &[&str]) -> Result<Settings, String> {
-        let mut argv = vec!["warren-worker", "--amqp-url", "amqp://u:secret@h", "--database-url", "postgres://h/db"];
+        let mut argv = vec![
+            "warren-worker",
+            "--amqp-url",
+            "amqp://u:secret@h",
+            "--database-url",
+            "postgres://h/db",
+        ];
         argv.extend_from_slice(extra);
-        Args::try_parse_from(argv).map_err(|e| e.to_string())?.validate()
+        Args::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .validate()
     }
 
     #[test]
@@ -178,14 +211,33 @@ mod tests {
         assert_eq!(s.worker.queues[0].as_str(), "default");
         assert_eq!(s.worker.prefetch, 128);
         assert!(s.migrate);
-        assert!(!format!("{s:?}").contains("secret"), "the password never reaches logs");
+        assert!(
+            !format!("{s:?}").contains("secret"),
+            "the password never reaches logs"
+        );
     }
 
     #[test]
     fn bad_values_name_their_flag() {
-        assert!(parse(&["--queues", "ok,bad queue"]).unwrap_err().contains("--queues"));
-        assert!(parse(&["--concurrency", "0"]).unwrap_err().contains("--concurrency"));
-        assert!(parse(&["--shutdown-grace", "30"]).unwrap_err().contains("no unit"));
-        assert!(parse(&["--namespace", "a b"]).unwrap_err().contains("--namespace"));
+        assert!(
+            parse(&["--queues", "ok,bad queue"])
+                .unwrap_err()
+                .contains("--queues")
+        );
+        assert!(
+            parse(&["--concurrency", "0"])
+                .unwrap_err()
+                .contains("--concurrency")
+        );
+        assert!(
+            parse(&["--shutdown-grace", "30"])
+                .unwrap_err()
+                .contains("no unit")
+        );
+        assert!(
+            parse(&["--namespace", "a b"])
+                .unwrap_err()
+                .contains("--namespace")
+        );
     }
 }

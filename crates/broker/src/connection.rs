@@ -2,7 +2,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions, ExchangeDeleteOptions};
+use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties};
@@ -86,7 +86,9 @@ pub struct Broker {
 
 impl fmt::Debug for Broker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Broker").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Broker")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -106,18 +108,26 @@ impl Broker {
             "{}:{}{}",
             uri.authority.host,
             uri.authority.port,
-            if uri.vhost == "/" { String::new() } else { format!(" (vhost {})", uri.vhost) }
+            if uri.vhost == "/" {
+                String::new()
+            } else {
+                format!(" (vhost {})", uri.vhost)
+            }
         );
         let props = ConnectionProperties::default()
             .with_connection_name(config.connection_name.clone().into())
             .enable_auto_recover();
-        let connection = tokio::time::timeout(config.connect_timeout, Connection::connect_uri(uri, props))
-            .await
-            .map_err(|_| Error::ConnectTimeout {
-                endpoint: endpoint.clone(),
-                timeout: config.connect_timeout,
-            })?
-            .map_err(|source| Error::Connect { endpoint, source })?;
+        let connection =
+            tokio::time::timeout(config.connect_timeout, Connection::connect_uri(uri, props))
+                .await
+                .map_err(|_| Error::ConnectTimeout {
+                    endpoint: endpoint.clone(),
+                    timeout: config.connect_timeout,
+                })?
+                .map_err(|source| Error::Connect {
+                    endpoint,
+                    source: Box::new(source),
+                })?;
         Ok(Self {
             connection: Arc::new(connection),
             config,
@@ -134,7 +144,11 @@ impl Broker {
 
     /// Declares Warren's exchanges and these work queues (idempotent).
     pub async fn declare(&self, queues: &[QueueName]) -> Result<(), Error> {
-        let channel = self.connection.create_channel().await.map_err(Error::Channel)?;
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(Error::channel)?;
         let result = self.config.topology.declare(&channel, queues).await;
         let _ = channel.close(200, "declared".into()).await;
         result
@@ -147,7 +161,12 @@ impl Broker {
 
     /// A consumer of one work queue on its own channel, with at most `prefetch` unacked
     /// deliveries outstanding.
-    pub async fn consume(&self, queue: &QueueName, prefetch: u16, tag: &str) -> Result<Consumer, Error> {
+    pub async fn consume(
+        &self,
+        queue: &QueueName,
+        prefetch: u16,
+        tag: &str,
+    ) -> Result<Consumer, Error> {
         let name = self.config.topology.queue(queue);
         Consumer::open(&self.connection, &name, prefetch, tag).await
     }
@@ -166,16 +185,24 @@ impl Broker {
 
     /// Same as [`Broker::queue_depth`] for the dead-letter queue.
     pub async fn dead_letter_depth(&self) -> Result<Option<QueueDepth>, Error> {
-        self.depth_of(&self.config.topology.dead_letter_queue()).await
+        self.depth_of(&self.config.topology.dead_letter_queue())
+            .await
     }
 
     async fn depth_of(&self, name: &str) -> Result<Option<QueueDepth>, Error> {
-        let channel = self.connection.create_channel().await.map_err(Error::Channel)?;
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(Error::channel)?;
         let options = QueueDeclareOptions {
             passive: true,
             ..QueueDeclareOptions::default()
         };
-        match channel.queue_declare(name.into(), options, FieldTable::default()).await {
+        match channel
+            .queue_declare(name.into(), options, FieldTable::default())
+            .await
+        {
             Ok(q) => {
                 let _ = channel.close(200, "inspected".into()).await;
                 Ok(Some(QueueDepth {
@@ -186,7 +213,7 @@ impl Broker {
             Err(e) if is_not_found(&e) => Ok(None),
             Err(source) => Err(Error::Inspect {
                 queue: name.to_owned(),
-                source,
+                source: Box::new(source),
             }),
         }
     }
@@ -194,7 +221,11 @@ impl Broker {
     /// Deletes these work queues, the dead-letter queue and both exchanges of the namespace.
     /// For tests and teardown; running workers lose their consumers.
     pub async fn delete_topology(&self, queues: &[QueueName]) -> Result<(), Error> {
-        let channel = self.connection.create_channel().await.map_err(Error::Channel)?;
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(Error::channel)?;
         let t = &self.config.topology;
         let names = queues
             .iter()
@@ -204,13 +235,19 @@ impl Broker {
             channel
                 .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
                 .await
-                .map_err(|source| Error::Inspect { queue: name.clone(), source })?;
+                .map_err(|source| Error::Inspect {
+                    queue: name.clone(),
+                    source: Box::new(source),
+                })?;
         }
         for exchange in [t.work_exchange(), t.dead_letter_exchange()] {
             channel
                 .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
                 .await
-                .map_err(|source| Error::Inspect { queue: exchange.clone(), source })?;
+                .map_err(|source| Error::Inspect {
+                    queue: exchange.clone(),
+                    source: Box::new(source),
+                })?;
         }
         let _ = channel.close(200, "deleted".into()).await;
         Ok(())
@@ -218,7 +255,10 @@ impl Broker {
 
     /// Closes the connection. Unacked deliveries go back to their queues.
     pub async fn close(&self) {
-        let _ = self.connection.close(200, "warren shutting down".into()).await;
+        let _ = self
+            .connection
+            .close(200, "warren shutting down".into())
+            .await;
     }
 }
 
@@ -233,7 +273,10 @@ mod tests {
 
     #[test]
     fn passwords_never_show() {
-        assert_eq!(redact("amqp://guest:secret@h:5672/%2f"), "amqp://guest:***@h:5672/%2f");
+        assert_eq!(
+            redact("amqp://guest:secret@h:5672/%2f"),
+            "amqp://guest:***@h:5672/%2f"
+        );
         assert_eq!(redact("amqp://h:5672"), "amqp://h:5672");
         let cfg = BrokerConfig::new("amqp://u:p4ss@h/v");
         assert!(!format!("{cfg:?}").contains("p4ss"));

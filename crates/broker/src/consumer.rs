@@ -8,8 +8,8 @@ use lapin::types::FieldTable;
 use lapin::{Acker, Channel, Connection};
 use warren_core::RawMessage;
 
-use crate::headers::from_field_table;
 use crate::Error;
+use crate::headers::from_field_table;
 
 /// Deliveries from one queue, on a channel of its own with a prefetch window.
 pub struct Consumer {
@@ -37,9 +37,9 @@ impl Consumer {
     ) -> Result<Self, Error> {
         let consume_err = |source| Error::Consume {
             queue: queue.to_owned(),
-            source,
+            source: Box::new(source),
         };
-        let channel = connection.create_channel().await.map_err(Error::Channel)?;
+        let channel = connection.create_channel().await.map_err(Error::channel)?;
         channel
             .basic_qos(prefetch.max(1), BasicQosOptions::default())
             .await
@@ -88,7 +88,7 @@ impl Consumer {
                     if let Err(source) = self.channel.wait_for_recovery(e).await {
                         return Some(Err(Error::Consume {
                             queue: self.queue.clone(),
-                            source,
+                            source: Box::new(source),
                         }));
                     }
                 }
@@ -104,7 +104,7 @@ impl Consumer {
             .await
             .map_err(|source| Error::Consume {
                 queue: self.queue.clone(),
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -139,14 +139,17 @@ impl fmt::Debug for Delivery {
 
 impl Delivery {
     fn job(&self) -> String {
-        self.raw.message_id.clone().unwrap_or_else(|| "(no id)".to_owned())
+        self.raw
+            .message_id
+            .clone()
+            .unwrap_or_else(|| "(no id)".to_owned())
     }
 
     fn settle_err(&self, source: lapin::Error) -> Error {
         Error::Settle {
             tag: self.tag,
             job: self.job(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -165,7 +168,11 @@ impl Delivery {
             requeue: true,
             ..BasicNackOptions::default()
         };
-        self.acker.nack(options).await.map(drop).map_err(|e| self.settle_err(e))
+        self.acker
+            .nack(options)
+            .await
+            .map(drop)
+            .map_err(|e| self.settle_err(e))
     }
 
     /// Rejected without requeue: the queue dead-letters it to the dead-letter exchange.

@@ -7,18 +7,22 @@ pub enum Error {
     #[error("invalid AMQP URL `{url}`: {reason}")]
     Url { url: String, reason: String },
 
-    #[error("cannot connect to RabbitMQ at {endpoint}; is it running and are the credentials right?")]
+    #[error(
+        "cannot connect to RabbitMQ at {endpoint}; is it running and are the credentials right?"
+    )]
     Connect {
         endpoint: String,
         #[source]
-        source: lapin::Error,
+        source: Box<lapin::Error>,
     },
 
-    #[error("no answer from RabbitMQ at {endpoint} within {timeout:?}; is it running and reachable?")]
+    #[error(
+        "no answer from RabbitMQ at {endpoint} within {timeout:?}; is it running and reachable?"
+    )]
     ConnectTimeout { endpoint: String, timeout: Duration },
 
     #[error("cannot open an AMQP channel")]
-    Channel(#[source] lapin::Error),
+    Channel(#[source] Box<lapin::Error>),
 
     #[error("cannot declare {what} `{name}`{hint}")]
     Declare {
@@ -26,7 +30,7 @@ pub enum Error {
         name: String,
         hint: &'static str,
         #[source]
-        source: lapin::Error,
+        source: Box<lapin::Error>,
     },
 
     #[error("publish of job {job} to queue `{queue}` failed")]
@@ -34,7 +38,7 @@ pub enum Error {
         job: String,
         queue: String,
         #[source]
-        source: lapin::Error,
+        source: Box<lapin::Error>,
     },
 
     #[error(
@@ -47,10 +51,14 @@ pub enum Error {
         exchange: String,
     },
 
-    #[error("RabbitMQ refused (nacked) job {job} for queue `{queue}`: the queue is full or the broker is out of resources; enqueue again later")]
+    #[error(
+        "RabbitMQ refused (nacked) job {job} for queue `{queue}`: the queue is full or the broker is out of resources; enqueue again later"
+    )]
     Nacked { job: String, queue: String },
 
-    #[error("no publisher confirm for job {job} on queue `{queue}` within {timeout:?}: the broker may or may not have it; enqueue again (the job id makes a duplicate harmless)")]
+    #[error(
+        "no publisher confirm for job {job} on queue `{queue}` within {timeout:?}: the broker may or may not have it; enqueue again (the job id makes a duplicate harmless)"
+    )]
     ConfirmTimeout {
         job: String,
         queue: String,
@@ -61,7 +69,7 @@ pub enum Error {
     Consume {
         queue: String,
         #[source]
-        source: lapin::Error,
+        source: Box<lapin::Error>,
     },
 
     #[error("cannot settle delivery {tag} of job {job}; the broker will redeliver it")]
@@ -69,13 +77,19 @@ pub enum Error {
         tag: u64,
         job: String,
         #[source]
-        source: lapin::Error,
+        source: Box<lapin::Error>,
     },
 
     #[error("cannot inspect queue `{queue}`")]
     Inspect {
         queue: String,
         #[source]
-        source: lapin::Error,
+        source: Box<lapin::Error>,
     },
+}
+
+impl Error {
+    pub(crate) fn channel(source: lapin::Error) -> Self {
+        Error::Channel(Box::new(source))
+    }
 }

@@ -71,7 +71,10 @@ mod tests {
         let mut t = FieldTable::default();
         t.insert("a".into(), AMQPValue::ShortShortUInt(3));
         t.insert("b".into(), AMQPValue::LongInt(-4));
-        t.insert("c".into(), AMQPValue::LongString(LongString::from(b"x".to_vec())));
+        t.insert(
+            "c".into(),
+            AMQPValue::LongString(LongString::from(b"x".to_vec())),
+        );
         t.insert("d".into(), AMQPValue::Double(1.5));
         let h = from_field_table(Some(&t));
         assert_eq!(h["a"], HeaderValue::Int(3));

@@ -19,7 +19,7 @@ mod topology;
 pub use connection::{Broker, BrokerConfig, QueueDepth};
 pub use consumer::{Consumer, Delivery};
 pub use error::Error;
-pub use publisher::{Publisher, PublishRequest};
+pub use publisher::{PublishRequest, Publisher};
 pub use topology::Topology;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -2,11 +2,11 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::Confirmation;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection, PublisherConfirm};
-use warren_core::message::{HEADER_DEAD_REASON, RawMessage};
 use warren_core::HeaderValue;
+use warren_core::message::{HEADER_DEAD_REASON, RawMessage};
 
 use crate::headers::to_field_table;
 use crate::{BrokerConfig, Error};
@@ -45,16 +45,22 @@ impl fmt::Debug for Publisher {
 
 /// How a message is named in errors: its job id, or a placeholder when it has none.
 fn job_of(message: &RawMessage) -> String {
-    message.message_id.clone().unwrap_or_else(|| "(no id)".to_owned())
+    message
+        .message_id
+        .clone()
+        .unwrap_or_else(|| "(no id)".to_owned())
 }
 
 impl Publisher {
-    pub(crate) async fn open(connection: &Connection, config: &BrokerConfig) -> Result<Self, Error> {
-        let channel = connection.create_channel().await.map_err(Error::Channel)?;
+    pub(crate) async fn open(
+        connection: &Connection,
+        config: &BrokerConfig,
+    ) -> Result<Self, Error> {
+        let channel = connection.create_channel().await.map_err(Error::channel)?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
-            .map_err(Error::Channel)?;
+            .map_err(Error::channel)?;
         Ok(Self {
             channel,
             exchange: config.topology.work_exchange(),
@@ -104,11 +110,17 @@ impl Publisher {
 
     /// Publishes a message straight to the dead-letter queue with `warren-dead-reason` set.
     /// Used for input so broken that no job record can be made of it.
-    pub async fn publish_dead_letter(&self, message: &RawMessage, queue: &str, reason: &str) -> Result<(), Error> {
+    pub async fn publish_dead_letter(
+        &self,
+        message: &RawMessage,
+        queue: &str,
+        reason: &str,
+    ) -> Result<(), Error> {
         let mut message = message.clone();
-        message
-            .headers
-            .insert(HEADER_DEAD_REASON.to_owned(), HeaderValue::Str(reason.to_owned()));
+        message.headers.insert(
+            HEADER_DEAD_REASON.to_owned(),
+            HeaderValue::Str(reason.to_owned()),
+        );
         let req = PublishRequest {
             queue,
             message: &message,
@@ -117,7 +129,11 @@ impl Publisher {
         self.settle(&self.dead_letter_exchange, req, confirm).await
     }
 
-    async fn send(&self, exchange: &str, req: PublishRequest<'_>) -> Result<PublisherConfirm, Error> {
+    async fn send(
+        &self,
+        exchange: &str,
+        req: PublishRequest<'_>,
+    ) -> Result<PublisherConfirm, Error> {
         let m = req.message;
         let mut props = BasicProperties::default()
             .with_delivery_mode(2)
@@ -139,7 +155,13 @@ impl Publisher {
         loop {
             let sent = self
                 .channel
-                .basic_publish(exchange.into(), req.queue.into(), options, &m.body, props.clone())
+                .basic_publish(
+                    exchange.into(),
+                    req.queue.into(),
+                    options,
+                    &m.body,
+                    props.clone(),
+                )
                 .await;
             match sent {
                 Ok(confirm) => return Ok(confirm),
@@ -147,13 +169,16 @@ impl Publisher {
                 // wait for that once, bounded, then try this message again.
                 Err(e) if !retried => {
                     retried = true;
-                    let recovered =
-                        tokio::time::timeout(self.confirm_timeout, self.channel.wait_for_recovery(e)).await;
+                    let recovered = tokio::time::timeout(
+                        self.confirm_timeout,
+                        self.channel.wait_for_recovery(e),
+                    )
+                    .await;
                     if let Ok(Err(source)) = recovered {
                         return Err(Error::Publish {
                             job: job_of(m),
                             queue: req.queue.to_owned(),
-                            source,
+                            source: Box::new(source),
                         });
                     }
                 }
@@ -161,14 +186,19 @@ impl Publisher {
                     return Err(Error::Publish {
                         job: job_of(m),
                         queue: req.queue.to_owned(),
-                        source,
+                        source: Box::new(source),
                     });
                 }
             }
         }
     }
 
-    async fn settle(&self, exchange: &str, req: PublishRequest<'_>, confirm: PublisherConfirm) -> Result<(), Error> {
+    async fn settle(
+        &self,
+        exchange: &str,
+        req: PublishRequest<'_>,
+        confirm: PublisherConfirm,
+    ) -> Result<(), Error> {
         let job = || job_of(req.message);
         match tokio::time::timeout(self.confirm_timeout, confirm).await {
             Err(_) => Err(Error::ConfirmTimeout {
@@ -179,7 +209,7 @@ impl Publisher {
             Ok(Err(source)) => Err(Error::Publish {
                 job: job(),
                 queue: req.queue.to_owned(),
-                source,
+                source: Box::new(source),
             }),
             Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => Ok(()),
             Ok(Ok(Confirmation::Ack(Some(_returned)))) => Err(Error::Unroutable {

@@ -1,7 +1,7 @@
 use lapin::Channel;
+use lapin::ExchangeKind;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::ExchangeKind;
 use warren_core::QueueName;
 
 use crate::Error;
@@ -55,7 +55,11 @@ impl Topology {
     /// Declares the exchanges, the dead-letter queue and the given work queues. Idempotent:
     /// running it again with the same settings changes nothing, so every worker does it at
     /// start-up.
-    pub(crate) async fn declare(&self, channel: &Channel, queues: &[QueueName]) -> Result<(), Error> {
+    pub(crate) async fn declare(
+        &self,
+        channel: &Channel,
+        queues: &[QueueName],
+    ) -> Result<(), Error> {
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..ExchangeDeclareOptions::default()
@@ -71,7 +75,7 @@ impl Topology {
                     what: "exchange",
                     name: name.clone(),
                     hint: "",
-                    source,
+                    source: Box::new(source),
                 })?;
         }
 
@@ -96,7 +100,10 @@ impl Topology {
             "x-delivery-limit".into(),
             AMQPValue::LongLongInt(i64::from(self.delivery_limit)),
         );
-        args.insert("x-dead-letter-exchange".into(), string(&self.dead_letter_exchange()));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            string(&self.dead_letter_exchange()),
+        );
         // Without these two, RabbitMQ 3.10 silently dead-letters at most once: a message
         // could vanish between the work queue and the dead-letter queue.
         args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
@@ -122,7 +129,7 @@ async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> Resul
             what: "queue",
             name: name.to_owned(),
             hint: HINT_MISMATCH,
-            source,
+            source: Box::new(source),
         })
 }
 
@@ -140,6 +147,6 @@ async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str) -> Resu
             what: "binding for queue",
             name: queue.to_owned(),
             hint: "",
-            source,
+            source: Box::new(source),
         })
 }

@@ -17,6 +17,7 @@ use crate::exit::Usage;
 const CONNECTION_NAME: &str = "warren-cli";
 
 #[derive(Clone, clap::Args)]
+#[command(next_help_heading = "Connection")]
 pub struct ConnectionArgs {
     /// RabbitMQ URL, e.g. amqp://user:pass@127.0.0.1:5672/%2f (needed by enqueue and queues).
     #[arg(long, env = "WARREN_AMQP_URL", hide_env_values = true, global = true)]
@@ -24,16 +25,31 @@ pub struct ConnectionArgs {
 
     /// PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/warren (needed by migrate, jobs
     /// and workers).
-    #[arg(long, env = "WARREN_DATABASE_URL", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "WARREN_DATABASE_URL",
+        hide_env_values = true,
+        global = true
+    )]
     pub database_url: Option<String>,
 
     /// Prefix of every RabbitMQ exchange and queue; the same as the workers'.
-    #[arg(long, env = "WARREN_NAMESPACE", default_value = "warren", global = true)]
+    #[arg(
+        long,
+        env = "WARREN_NAMESPACE",
+        default_value = "warren",
+        global = true
+    )]
     pub namespace: String,
 
     /// x-delivery-limit of the work queues `queues declare` creates. It must match the
     /// workers' setting: RabbitMQ refuses to redeclare a queue with different arguments.
-    #[arg(long, env = "WARREN_DELIVERY_LIMIT", default_value_t = 5, global = true)]
+    #[arg(
+        long,
+        env = "WARREN_DELIVERY_LIMIT",
+        default_value_t = 5,
+        global = true
+    )]
     pub delivery_limit: u32,
 }
 
@@ -41,8 +57,20 @@ pub struct ConnectionArgs {
 impl fmt::Debug for ConnectionArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConnectionArgs")
-            .field("amqp_url", &self.amqp_url.as_ref().map(|u| BrokerConfig::new(u).redacted_url()))
-            .field("database_url", &self.database_url.as_ref().map(|u| StoreConfig::new(u).redacted_url()))
+            .field(
+                "amqp_url",
+                &self
+                    .amqp_url
+                    .as_ref()
+                    .map(|u| BrokerConfig::new(u).redacted_url()),
+            )
+            .field(
+                "database_url",
+                &self
+                    .database_url
+                    .as_ref()
+                    .map(|u| StoreConfig::new(u).redacted_url()),
+            )
             .field("namespace", &self.namespace)
             .field("delivery_limit", &self.delivery_limit)
             .finish()
@@ -52,15 +80,21 @@ impl fmt::Debug for ConnectionArgs {
 impl ConnectionArgs {
     /// The RabbitMQ settings, or why `command` cannot have them.
     pub(crate) fn broker_config(&self, command: &str) -> Result<BrokerConfig, Usage> {
-        let url = self.amqp_url.as_deref().filter(|u| !u.trim().is_empty()).ok_or_else(|| {
-            Usage(format!(
-                "`warren {command}` needs RabbitMQ: pass --amqp-url or set WARREN_AMQP_URL \
+        let url = self
+            .amqp_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+            .ok_or_else(|| {
+                Usage(format!(
+                    "`warren {command}` needs RabbitMQ: pass --amqp-url or set WARREN_AMQP_URL \
                  (e.g. amqp://user:pass@127.0.0.1:5672/%2f)"
-            ))
-        })?;
+                ))
+            })?;
         check_namespace(&self.namespace)?;
         if self.delivery_limit == 0 {
-            return Err(Usage("--delivery-limit / WARREN_DELIVERY_LIMIT must be at least 1".to_owned()));
+            return Err(Usage(
+                "--delivery-limit / WARREN_DELIVERY_LIMIT must be at least 1".to_owned(),
+            ));
         }
         let mut config = BrokerConfig::new(url);
         config.connection_name = CONNECTION_NAME.to_owned();
@@ -90,13 +124,17 @@ impl ConnectionArgs {
     pub(crate) async fn broker(&self, command: &str) -> anyhow::Result<Broker> {
         let config = self.broker_config(command)?;
         tracing::debug!(broker = ?config, "connecting to RabbitMQ");
-        Broker::connect(config).await.context("connecting to RabbitMQ")
+        Broker::connect(config)
+            .await
+            .context("connecting to RabbitMQ")
     }
 
     pub(crate) async fn store(&self, command: &str) -> anyhow::Result<Store> {
         let config = self.store_config(command)?;
         tracing::debug!(store = ?config, "connecting to PostgreSQL");
-        Store::connect(&config).await.context("connecting to PostgreSQL")
+        Store::connect(&config)
+            .await
+            .context("connecting to PostgreSQL")
     }
 }
 
@@ -116,6 +154,10 @@ fn check_namespace(namespace: &str) -> Result<(), Usage> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "a test should panic at the first surprise"
+)]
 mod tests {
     use super::*;
 
@@ -132,21 +174,40 @@ mod tests {
     fn a_missing_url_names_its_flag_and_variable() {
         let none = args(None, Some("  "));
         let err = none.broker_config("enqueue").unwrap_err().to_string();
-        assert!(err.contains("warren enqueue") && err.contains("--amqp-url") && err.contains("WARREN_AMQP_URL"), "{err}");
+        assert!(
+            err.contains("warren enqueue")
+                && err.contains("--amqp-url")
+                && err.contains("WARREN_AMQP_URL"),
+            "{err}"
+        );
         let err = none.store_config("workers").unwrap_err().to_string();
-        assert!(err.contains("--database-url") && err.contains("WARREN_DATABASE_URL"), "{err}");
+        assert!(
+            err.contains("--database-url") && err.contains("WARREN_DATABASE_URL"),
+            "{err}"
+        );
     }
 
     #[test]
     fn settings_carry_the_namespace_and_never_show_passwords() {
-        let a = args(Some("amqp://u:s3cret@h/%2f"), Some("postgres://u:s3cret@h/db"));
-        assert_eq!(a.broker_config("queues").unwrap().topology.namespace, "warren");
+        let a = args(
+            Some("amqp://u:s3cret@h/%2f"),
+            Some("postgres://u:s3cret@h/db"),
+        );
+        assert_eq!(
+            a.broker_config("queues").unwrap().topology.namespace,
+            "warren"
+        );
         assert!(a.store_config("jobs").is_ok());
         assert!(!format!("{a:?}").contains("s3cret"));
         let bad = ConnectionArgs {
             namespace: "a b".into(),
             ..a
         };
-        assert!(bad.broker_config("queues").unwrap_err().to_string().contains("--namespace"));
+        assert!(
+            bad.broker_config("queues")
+                .unwrap_err()
+                .to_string()
+                .contains("--namespace")
+        );
     }
 }

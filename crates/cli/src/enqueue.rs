@@ -13,7 +13,7 @@ use warren_core::{DEFAULT_QUEUE, JobId, QueueName, TaskName};
 
 use crate::connection::ConnectionArgs;
 use crate::exit::Usage;
-use crate::output::emit;
+use crate::output::{emit, emit_json};
 
 /// Jobs handed to `enqueue_many` at once: enough to keep the publisher's confirm window full,
 /// few enough that progress moves and a run that starts failing stops soon.
@@ -122,7 +122,9 @@ impl EnqueueArgs {
             job = job.timeout(timeout).map_err(invalid("--timeout"))?;
         }
         if let Some(key) = self.idempotency_key {
-            job = job.idempotency_key(key).map_err(invalid("--idempotency-key"))?;
+            job = job
+                .idempotency_key(key)
+                .map_err(invalid("--idempotency-key"))?;
         }
         Ok(Plan {
             job,
@@ -141,15 +143,13 @@ pub(crate) async fn run(args: EnqueueArgs, connection: &ConnectionArgs) -> anyho
         .context("opening a publisher channel")?;
     let report = publish(&client, &plan).await;
     client.broker().close().await;
-    let text = if plan.json {
-        let mut text = serde_json::to_string_pretty(&report.json())
-            .context("serialising the output as JSON")?;
-        text.push('\n');
-        text
+    // What did get enqueued is printed even when something failed, so a script can still
+    // pick up the ids; the failure itself is the error.
+    if plan.json {
+        emit_json(&report.json())?;
     } else {
-        report.text()
-    };
-    emit(&text)?;
+        emit(&report.text())?;
+    }
     report.into_result()
 }
 
@@ -336,13 +336,20 @@ impl Report {
         let what = if self.requested == 1 {
             "the job was not enqueued".to_owned()
         } else {
-            format!("{lost} of {} jobs were not enqueued; the first error", self.requested)
+            format!(
+                "{lost} of {} jobs were not enqueued; the first error",
+                self.requested
+            )
         };
         Err(anyhow::Error::new(error).context(what))
     }
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "a test should panic at the first surprise"
+)]
 mod tests {
     use clap::Parser;
 
@@ -364,7 +371,10 @@ mod tests {
     #[test]
     fn bad_json_says_where() {
         let err = parse(&["t", "--payload", r#"{"to": "x",}"#]).unwrap_err();
-        assert!(err.contains("not valid JSON") && err.contains("line 1 column 12"), "{err}");
+        assert!(
+            err.contains("not valid JSON") && err.contains("line 1 column 12"),
+            "{err}"
+        );
         assert!(err.contains("  {\"to\": \"x\",}\n             ^"), "{err}");
     }
 
@@ -380,22 +390,49 @@ mod tests {
 
     #[test]
     fn options_are_checked_before_connecting() {
-        let plan = parse(&["email.send", "--payload", "{}", "--max-attempts", "3", "--timeout", "30s"])
-            .unwrap()
-            .plan()
-            .unwrap();
+        let plan = parse(&[
+            "email.send",
+            "--payload",
+            "{}",
+            "--max-attempts",
+            "3",
+            "--timeout",
+            "30s",
+        ])
+        .unwrap()
+        .plan()
+        .unwrap();
         assert_eq!((plan.queue.as_str(), plan.count), (DEFAULT_QUEUE, 1));
 
-        assert!(parse(&["bad task", "--payload", "{}"]).unwrap_err().contains("invalid task name"));
+        assert!(
+            parse(&["bad task", "--payload", "{}"])
+                .unwrap_err()
+                .contains("invalid task name")
+        );
         assert!(parse(&["t", "--payload", "{}", "--count", "0"]).is_err());
         assert!(parse(&["t", "--payload", "{}", "--max-attempts", "1001"]).is_err());
-        assert!(parse(&["t", "--payload", "{}", "--timeout", "30"]).unwrap_err().contains("no unit"));
-        let zero = parse(&["t", "--payload", "{}", "--timeout", "0s"]).unwrap().plan().unwrap_err();
-        assert!(zero.0.starts_with("--timeout:"), "{zero}");
-        let shared = parse(&["t", "--payload", "{}", "--count", "2", "--idempotency-key", "k"])
+        assert!(
+            parse(&["t", "--payload", "{}", "--timeout", "30"])
+                .unwrap_err()
+                .contains("no unit")
+        );
+        let zero = parse(&["t", "--payload", "{}", "--timeout", "0s"])
             .unwrap()
             .plan()
             .unwrap_err();
+        assert!(zero.0.starts_with("--timeout:"), "{zero}");
+        let shared = parse(&[
+            "t",
+            "--payload",
+            "{}",
+            "--count",
+            "2",
+            "--idempotency-key",
+            "k",
+        ])
+        .unwrap()
+        .plan()
+        .unwrap_err();
         assert!(shared.0.contains("--idempotency-key"), "{shared}");
     }
 
@@ -418,7 +455,10 @@ mod tests {
     fn one_job_prints_its_id_and_many_a_summary() {
         let one = report(1, 1, false);
         assert_eq!(one.text(), format!("{}\n", one.ids[0]));
-        assert_eq!(report(10, 10, false).text(), "enqueued 10 jobs to queue emails in 0.50 s (20 jobs/s)\n");
+        assert_eq!(
+            report(10, 10, false).text(),
+            "enqueued 10 jobs to queue emails in 0.50 s (20 jobs/s)\n"
+        );
         assert_eq!(
             report(3000, 999, true).text(),
             "enqueued 999 of 3000 jobs to queue emails in 0.50 s (1998 jobs/s); 1 failed, 2000 not attempted\n"
@@ -428,7 +468,10 @@ mod tests {
     #[test]
     fn json_lists_ids_only_for_small_runs() {
         let small = serde_json::to_value(report(3, 3, false).json()).unwrap();
-        assert_eq!((small["enqueued"].as_u64(), small["failed"].as_u64()), (Some(3), Some(0)));
+        assert_eq!(
+            (small["enqueued"].as_u64(), small["failed"].as_u64()),
+            (Some(3), Some(0))
+        );
         assert_eq!(small["ids"].as_array().map(Vec::len), Some(3));
         assert!(small.get("first_id").is_none());
 
@@ -438,14 +481,20 @@ mod tests {
         assert!(big.get("ids").is_none());
         assert_eq!(big["first_id"], serde_json::to_value(first).unwrap());
         assert_eq!(big["last_id"], serde_json::to_value(last).unwrap());
-        assert_eq!((big["failed"].as_u64(), big["skipped"].as_u64()), (Some(1), Some(499)));
+        assert_eq!(
+            (big["failed"].as_u64(), big["skipped"].as_u64()),
+            (Some(1), Some(499))
+        );
     }
 
     #[test]
     fn a_failure_is_the_error_with_the_count_lost() {
         assert!(report(5, 5, false).into_result().is_ok());
         let err = format!("{:#}", report(5, 2, true).into_result().unwrap_err());
-        assert!(err.starts_with("3 of 5 jobs were not enqueued; the first error: "), "{err}");
+        assert!(
+            err.starts_with("3 of 5 jobs were not enqueued; the first error: "),
+            "{err}"
+        );
         assert!(err.contains("refused"), "{err}");
     }
 }

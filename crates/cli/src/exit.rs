@@ -50,6 +50,10 @@ pub struct Usage(pub String);
 pub struct NotFound(pub String);
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "a test should panic at the first surprise"
+)]
 mod tests {
     use anyhow::Context;
 
@@ -61,6 +65,9 @@ mod tests {
         assert_eq!(Status::of(&usage.unwrap_err()), Status::Usage);
         let missing = anyhow::Error::new(NotFound("no job".into()));
         assert_eq!(Status::of(&missing), Status::NotFound);
-        assert_eq!(Status::of(&anyhow::anyhow!("connection refused")), Status::Failed);
+        assert_eq!(
+            Status::of(&anyhow::anyhow!("connection refused")),
+            Status::Failed
+        );
     }
 }

@@ -1,1 +1,127 @@
-//! stub
+//! warren-cli: the `warren` admin command line, as a library so its tests run exactly what the
+//! binary runs.
+//!
+//! It owns the command-line surface (flags, environment variables, exit statuses) and the
+//! human and JSON forms of what the commands print. [`Args`] is what clap parses; [`run`]
+//! executes it; [`Status::of`] maps an error to the documented exit status.
+//!
+//! It deliberately holds no Warren logic of its own: enqueueing is `warren_client`'s, topology
+//! is `warren_broker`'s, queries and migrations are `warren_store`'s. A command here checks its
+//! input, calls them, and formats the answer.
+
+mod connection;
+mod enqueue;
+mod exit;
+mod jobs;
+mod migrate;
+mod output;
+mod queues;
+mod workers;
+
+use clap::{Parser, Subcommand};
+
+pub use connection::ConnectionArgs;
+pub use enqueue::EnqueueArgs;
+pub use exit::{NotFound, Status, Usage};
+pub use jobs::{JobsCommand, ShowArgs, SummaryArgs};
+pub use migrate::MigrateArgs;
+pub use queues::{DeclareArgs, QueuesCommand};
+pub use workers::WorkersArgs;
+
+const LONG_ABOUT: &str = "\
+Administers Warren: applies database migrations, enqueues jobs, shows what happened to them,
+declares queues and lists workers.
+
+Settings come from flags or WARREN_* environment variables. Each command needs only the service
+it talks to: --amqp-url for `enqueue` and `queues`, --database-url for `migrate`, `jobs` and
+`workers`.
+
+Exit status:
+  0  success
+  1  the operation failed (a service unreachable, a job refused by RabbitMQ)
+  2  bad usage or input; nothing was done
+  3  not found (`jobs show` of an id with no row)";
+
+/// Warren's admin command line.
+#[derive(Debug, Parser)]
+#[command(name = "warren", version, long_about = LONG_ABOUT)]
+pub struct Args {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply pending database migrations (safe to run at any time, from anywhere).
+    Migrate(MigrateArgs),
+    /// Publish a job (or --count copies of it) and print its id once RabbitMQ confirms it.
+    Enqueue(EnqueueArgs),
+    /// Look up jobs in PostgreSQL.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// Manage Warren's RabbitMQ queues.
+    #[command(subcommand)]
+    Queues(QueuesCommand),
+    /// List the workers that have registered, with their state and last heartbeat.
+    Workers(WorkersArgs),
+}
+
+/// Runs one command. Its output goes to stdout; an error is returned for the caller to print
+/// once, and [`Status::of`] says which exit status it deserves.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let Args {
+        connection,
+        command,
+    } = args;
+    match command {
+        Command::Migrate(args) => migrate::run(args, &connection).await,
+        Command::Enqueue(args) => enqueue::run(args, &connection).await,
+        Command::Jobs(command) => jobs::run(command, &connection).await,
+        Command::Queues(command) => queues::run(command, &connection).await,
+        Command::Workers(args) => workers::run(args, &connection).await,
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "a test should panic at the first surprise"
+)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn help_documents_every_exit_status() {
+        let help = Args::command().render_long_help().to_string();
+        for line in [
+            "0  success",
+            "1  the operation failed",
+            "2  bad usage",
+            "3  not found",
+        ] {
+            assert!(help.contains(line), "{line} missing from:\n{help}");
+        }
+    }
+
+    #[test]
+    fn urls_are_optional_until_a_command_needs_them() {
+        // Clap would refuse here if a URL were required; the command asks for it when it runs.
+        assert!(Args::try_parse_from(["warren", "jobs", "summary", "--since", "15m"]).is_ok());
+        let bad_id = Args::try_parse_from(["warren", "jobs", "show", "nope"]).unwrap_err();
+        assert_eq!(bad_id.exit_code(), Status::Usage as i32);
+        assert!(
+            bad_id.to_string().contains("`nope` is not a job id"),
+            "{bad_id}"
+        );
+    }
+}

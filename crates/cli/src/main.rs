@@ -1,1 +1,50 @@
-fn main() {}
+//! `warren`: wiring only. The commands live in the `warren_cli` library; the exit statuses are
+//! documented in `warren --help`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use warren_cli::{Args, Status};
+
+fn main() -> ExitCode {
+    // Clap prints its own errors and exits with status 2, the same as our usage errors.
+    let args = Args::parse();
+    init_tracing();
+    // One command does one thing at a time; a single-threaded runtime is all it needs.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("warren: cannot start the async runtime: {e}");
+            return Status::Failed.into();
+        }
+    };
+    let status = match runtime.block_on(warren_cli::run(args)) {
+        Ok(()) => Status::Ok,
+        Err(e) => {
+            eprintln!("warren: {e:#}");
+            Status::of(&e)
+        }
+    };
+    // After a failed connection lapin's I/O thread lives on, and panics if it finds the
+    // runtime shutting down. The process ends here anyway, so the runtime is left to the
+    // operating system instead of being shut down under that thread.
+    std::mem::forget(runtime);
+    status.into()
+}
+
+/// Logs go to stderr so they never mix with output meant for pipes; only warnings by default,
+/// since the commands report their own results. lapin is held to errors: it warns about every
+/// returned (unroutable) message with a full dump of it, which the command already reports as
+/// its error, once and readably. `RUST_LOG` overrides both.
+fn init_tracing() {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,lapin=error"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -36,7 +36,9 @@ pub(crate) async fn run(args: MigrateArgs, connection: &ConnectionArgs) -> anyho
         provision::create_database(&admin_url, name)
             .await
             .with_context(|| format!("creating database `{name}`"))?;
-        report.push_str(&format!("database `{name}` exists (created if it was missing)\n"));
+        report.push_str(&format!(
+            "database `{name}` exists (created if it was missing)\n"
+        ));
     }
     let store = connection.store("migrate").await?;
     let migrated = store.migrate().await.context("migrating the database");
@@ -64,8 +66,14 @@ mod tests {
 
     #[test]
     fn finds_the_database_in_a_url() {
-        assert_eq!(database_name("postgres://u:p@h:5432/warren"), Some("warren"));
-        assert_eq!(database_name("postgres://h/warren?sslmode=disable"), Some("warren"));
+        assert_eq!(
+            database_name("postgres://u:p@h:5432/warren"),
+            Some("warren")
+        );
+        assert_eq!(
+            database_name("postgres://h/warren?sslmode=disable"),
+            Some("warren")
+        );
         assert_eq!(database_name("postgresql://h:5432/"), None);
         assert_eq!(database_name("postgres://h:5432"), None);
         assert_eq!(database_name("postgres://h:5432?sslmode=disable"), None);

@@ -106,7 +106,7 @@ pub(crate) fn duration(d: Duration) -> String {
     let secs = d.as_secs();
     if micros < 1_000 {
         format!("{micros}µs")
-    } else if micros < 10_000 && micros % 1_000 != 0 {
+    } else if micros < 10_000 && !micros.is_multiple_of(1_000) {
         format!("{:.1}ms", micros as f64 / 1_000.0)
     } else if micros < 1_000_000 {
         format!("{}ms", micros / 1_000)
@@ -150,6 +150,10 @@ pub(crate) fn age(since: TimeDelta) -> String {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "a test should panic at the first surprise"
+)]
 mod tests {
     use super::*;
 
@@ -193,7 +197,11 @@ mod tests {
 
     #[test]
     fn tables_align_and_leave_no_trailing_blanks() {
-        let mut t = Table::new(&[("ID", Align::Left), ("COUNT", Align::Right), ("NOTE", Align::Left)]);
+        let mut t = Table::new(&[
+            ("ID", Align::Left),
+            ("COUNT", Align::Right),
+            ("NOTE", Align::Left),
+        ]);
         t.row(vec!["a".into(), "5".into(), "x".into()]);
         t.row(vec!["long-id".into(), "1234567".into()]);
         assert_eq!(

@@ -14,7 +14,9 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use warren_broker::{Broker, BrokerConfig, PublishRequest, Publisher};
 use warren_core::message::{MAX_ATTEMPTS_LIMIT, MAX_IDEMPOTENCY_KEY_LEN, is_traceparent};
-use warren_core::{DEFAULT_QUEUE, InvalidName, JobId, JobMessage, QueueName, RetryPolicy, TaskName};
+use warren_core::{
+    DEFAULT_QUEUE, InvalidName, JobId, JobMessage, QueueName, RetryPolicy, TaskName,
+};
 use warren_store::{PgTransaction, ScheduledJob, Store};
 
 /// Why a job was not enqueued.
@@ -39,7 +41,9 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] warren_store::Error),
 
-    #[error("job {job} has a delay, and delayed jobs are kept in Postgres: build the client with Client::with_store")]
+    #[error(
+        "job {job} has a delay, and delayed jobs are kept in Postgres: build the client with Client::with_store"
+    )]
     NeedsStore { job: JobId },
 }
 
@@ -62,10 +66,11 @@ impl NewJob {
     /// A job for `task` with `payload` serialised as JSON, on the default queue.
     pub fn new(task: &str, payload: &impl Serialize) -> Result<Self, Error> {
         let task = TaskName::new(task)?;
-        let payload = serde_json::value::to_raw_value(payload).map_err(|source| Error::Payload {
-            task: task.to_string(),
-            source,
-        })?;
+        let payload =
+            serde_json::value::to_raw_value(payload).map_err(|source| Error::Payload {
+                task: task.to_string(),
+                source,
+            })?;
         Ok(Self {
             task,
             payload,
@@ -96,26 +101,27 @@ impl NewJob {
     /// The row of this job as a scheduled job due at `run_at` (or now). Jobs kept in Postgres
     /// carry an explicit max attempts, the job's own or Warren's default, because the task's
     /// policy is only known to the workers.
-    fn into_scheduled(self) -> ScheduledJob {
-        let (queue, message) = self.into_message_at();
+    fn into_scheduled(mut self) -> ScheduledJob {
+        let run_at = self.run_at.take();
+        let (queue, m) = self.into_message();
         ScheduledJob {
-            id: message.0.id,
+            id: m.id,
             queue: queue.to_string(),
-            task: message.0.task.to_string(),
-            payload: message.0.payload.get().to_owned(),
-            max_attempts: message.0.max_attempts.unwrap_or(RetryPolicy::default().max_attempts),
-            timeout_ms: message.0.timeout_ms,
-            run_at: message.1.unwrap_or(message.0.enqueued_at),
-            enqueued_at: message.0.enqueued_at,
-            idempotency_key: message.0.idempotency_key,
-            traceparent: message.0.traceparent,
+            task: m.task.to_string(),
+            payload: m.payload.get().to_owned(),
+            max_attempts: m
+                .max_attempts
+                .unwrap_or(RetryPolicy::default().max_attempts),
+            timeout_ms: m.timeout_ms,
+            run_at: run_at.unwrap_or(m.enqueued_at),
+            enqueued_at: m.enqueued_at,
+            idempotency_key: m.idempotency_key,
+            traceparent: m.traceparent,
         }
     }
 
-    fn into_message_at(mut self) -> (QueueName, (JobMessage, Option<DateTime<Utc>>)) {
-        let run_at = self.run_at.take();
-        let (queue, message) = self.into_message();
-        (queue, (message, run_at))
+    fn is_delayed(&self, now: DateTime<Utc>) -> bool {
+        self.run_at.is_some_and(|at| at > now)
     }
 
     pub fn queue(mut self, queue: &str) -> Result<Self, Error> {
@@ -132,7 +138,9 @@ impl NewJob {
     /// Attempts in total; the task's policy decides when unset.
     pub fn max_attempts(mut self, n: u32) -> Result<Self, Error> {
         if n == 0 || n > MAX_ATTEMPTS_LIMIT {
-            return Err(self.invalid(format!("max attempts must be 1 to {MAX_ATTEMPTS_LIMIT}, got {n}")));
+            return Err(self.invalid(format!(
+                "max attempts must be 1 to {MAX_ATTEMPTS_LIMIT}, got {n}"
+            )));
         }
         self.max_attempts = Some(n);
         Ok(self)
@@ -141,7 +149,9 @@ impl NewJob {
     /// Per-attempt timeout; the task's default when unset.
     pub fn timeout(mut self, timeout: Duration) -> Result<Self, Error> {
         if timeout.is_zero() || timeout > Duration::from_millis(i32::MAX as u64) {
-            return Err(self.invalid(format!("timeout must be between 1ms and 24 days, got {timeout:?}")));
+            return Err(self.invalid(format!(
+                "timeout must be between 1ms and 24 days, got {timeout:?}"
+            )));
         }
         self.timeout = Some(timeout);
         Ok(self)
@@ -150,7 +160,10 @@ impl NewJob {
     pub fn idempotency_key(mut self, key: impl Into<String>) -> Result<Self, Error> {
         let key = key.into();
         if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
-            return Err(self.invalid(format!("idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes, got {}", key.len())));
+            return Err(self.invalid(format!(
+                "idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes, got {}",
+                key.len()
+            )));
         }
         self.idempotency_key = Some(key);
         Ok(self)
@@ -159,7 +172,9 @@ impl NewJob {
     /// W3C trace context of the caller, so the job's spans join the caller's trace.
     pub fn trace(mut self, traceparent: &str, tracestate: Option<&str>) -> Result<Self, Error> {
         if !is_traceparent(traceparent) {
-            return Err(self.invalid(format!("`{traceparent}` is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)")));
+            return Err(self.invalid(format!(
+                "`{traceparent}` is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)"
+            )));
         }
         self.traceparent = Some(traceparent.to_owned());
         self.tracestate = tracestate.map(str::to_owned);
@@ -257,71 +272,67 @@ impl Client {
     /// transaction commits (an outbox without extra machinery). The job is due at its
     /// `run_at`, or at once; a worker's promoter publishes it after the commit. If its
     /// idempotency key is held by another job, that job's id is returned and nothing is added.
-    pub async fn enqueue_tx(&self, tx: &mut PgTransaction<'_>, job: NewJob) -> Result<JobId, Error> {
+    pub async fn enqueue_tx(
+        &self,
+        tx: &mut PgTransaction<'_>,
+        job: NewJob,
+    ) -> Result<JobId, Error> {
         let row = job.into_scheduled();
         let ids = warren_store::schedule_in(tx, std::slice::from_ref(&row)).await?;
         Ok(ids.first().copied().unwrap_or(row.id))
     }
 
-    /// Publishes many jobs with pipelined confirms. The result at index `i` is the outcome of
-    /// `jobs[i]`: its id once confirmed, or why it was not enqueued.
+    /// Enqueues many jobs: immediate ones published with pipelined confirms, delayed ones
+    /// written to Postgres in one statement. The result at index `i` is the outcome of
+    /// `jobs[i]`: its id once confirmed or committed, or why it was not enqueued.
     pub async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Vec<Result<JobId, Error>> {
         let now = Utc::now();
-        if jobs.iter().any(|j| j.run_at.is_some_and(|at| at > now)) {
-            // Delayed jobs go to Postgres in one statement; the rest are published below.
-            let (delayed, immediate): (Vec<(usize, NewJob)>, Vec<(usize, NewJob)>) = jobs
-                .into_iter()
-                .enumerate()
-                .partition(|(_, j)| j.run_at.is_some_and(|at| at > now));
-            let mut results: Vec<Option<Result<JobId, Error>>> = (0..delayed.len() + immediate.len()).map(|_| None).collect();
-            let rows: Vec<(usize, ScheduledJob)> = delayed.into_iter().map(|(i, j)| (i, j.into_scheduled())).collect();
-            let outcome = match &self.store {
-                Some(store) => store
-                    .schedule(&rows.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>())
-                    .await
-                    .map_err(|e| e.to_string()),
-                None => Err(String::new()),
-            };
-            for (n, (i, row)) in rows.into_iter().enumerate() {
-                results[i] = Some(match &outcome {
-                    Ok(ids) => Ok(ids.get(n).copied().unwrap_or(row.id)),
-                    Err(_) if self.store.is_none() => Err(Error::NeedsStore { job: row.id }),
-                    Err(reason) => Err(Error::Option {
-                        task: row.task.clone(),
-                        reason: format!("scheduling job {} failed: {reason}", row.id),
-                    }),
-                });
-            }
-            let (slots, immediate): (Vec<usize>, Vec<NewJob>) = immediate.into_iter().unzip();
-            let published = Box::pin(self.enqueue_many(immediate)).await;
-            for (i, r) in slots.into_iter().zip(published) {
-                results[i] = Some(r);
-            }
-            return results
-                .into_iter()
-                .map(|r| r.unwrap_or_else(|| unreachable!("every slot is filled above")))
-                .collect();
-        }
-        let prepared: Vec<(QueueName, JobMessage, warren_core::RawMessage)> = jobs
-            .into_iter()
-            .map(|job| {
+        let mut results: Vec<Option<Result<JobId, Error>>> = jobs.iter().map(|_| None).collect();
+        let mut delayed: Vec<(usize, ScheduledJob)> = Vec::new();
+        let mut immediate: Vec<(usize, QueueName, JobMessage, warren_core::RawMessage)> =
+            Vec::new();
+        for (i, job) in jobs.into_iter().enumerate() {
+            if job.is_delayed(now) {
+                delayed.push((i, job.into_scheduled()));
+            } else {
                 let (queue, message) = job.into_message();
                 let raw = message.encode();
-                (queue, message, raw)
-            })
-            .collect();
-        let requests: Vec<PublishRequest<'_>> = prepared
+                immediate.push((i, queue, message, raw));
+            }
+        }
+
+        if !delayed.is_empty() {
+            let rows: Vec<ScheduledJob> = delayed.iter().map(|(_, r)| r.clone()).collect();
+            let outcome = match &self.store {
+                Some(store) => Some(store.schedule(&rows).await.map_err(|e| e.to_string())),
+                None => None,
+            };
+            for (n, (i, row)) in delayed.into_iter().enumerate() {
+                results[i] = Some(match &outcome {
+                    Some(Ok(ids)) => Ok(ids.get(n).copied().unwrap_or(row.id)),
+                    Some(Err(reason)) => Err(Error::Option {
+                        task: row.task,
+                        reason: format!("scheduling job {} failed: {reason}", row.id),
+                    }),
+                    None => Err(Error::NeedsStore { job: row.id }),
+                });
+            }
+        }
+
+        let requests: Vec<PublishRequest<'_>> = immediate
             .iter()
-            .map(|(queue, _, raw)| PublishRequest {
+            .map(|(_, queue, _, raw)| PublishRequest {
                 queue: queue.as_str(),
                 message: raw,
             })
             .collect();
         let outcomes = self.publisher.publish_many(&requests).await;
-        prepared
-            .iter()
-            .zip(outcomes)
-            .map(|((_, message, _), outcome)| outcome.map(|()| message.id).map_err(Error::from))
+        for ((i, _, message, _), outcome) in immediate.iter().zip(outcomes) {
+            results[*i] = Some(outcome.map(|()| message.id).map_err(Error::from));
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| unreachable!("every job is either delayed or published")))
             .collect()
     }
 }
@@ -334,7 +345,10 @@ mod tests {
     fn options_are_checked_with_the_task_named() {
         let job = NewJob::new("email.send", &serde_json::json!({"to": "x"})).unwrap();
         let err = job.clone().max_attempts(0).unwrap_err().to_string();
-        assert!(err.contains("email.send") && err.contains("max attempts"), "{err}");
+        assert!(
+            err.contains("email.send") && err.contains("max attempts"),
+            "{err}"
+        );
         assert!(job.clone().trace("nope", None).is_err());
         assert!(job.clone().idempotency_key("").is_err());
         assert!(job.clone().queue("bad queue").is_err());

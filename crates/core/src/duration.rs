@@ -12,15 +12,21 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
     let mut total = Duration::ZERO;
     let mut rest = s;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("`{input}` is not a duration: expected a number before `{rest}`"));
+            return Err(format!(
+                "`{input}` is not a duration: expected a number before `{rest}`"
+            ));
         }
         let n: u64 = rest[..digits]
             .parse()
             .map_err(|_| format!("`{input}`: number too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let part = match unit {
@@ -30,7 +36,11 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
             "h" => Duration::from_secs(n.saturating_mul(3600)),
             "d" => Duration::from_secs(n.saturating_mul(86_400)),
             "" => return Err(format!("`{input}` has no unit: write e.g. {n}s or {n}ms")),
-            other => return Err(format!("`{input}`: unknown unit `{other}` (use ms, s, m, h or d)")),
+            other => {
+                return Err(format!(
+                    "`{input}`: unknown unit `{other}` (use ms, s, m, h or d)"
+                ));
+            }
         };
         total = total.saturating_add(part);
     }
@@ -52,8 +62,16 @@ mod tests {
     #[test]
     fn refuses_with_a_reason() {
         assert!(parse_duration("30").unwrap_err().contains("no unit"));
-        assert!(parse_duration("5 parsecs").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("s").unwrap_err().contains("expected a number"));
+        assert!(
+            parse_duration("5 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+        assert!(
+            parse_duration("s")
+                .unwrap_err()
+                .contains("expected a number")
+        );
         assert!(parse_duration("").unwrap_err().contains("empty"));
     }
 }

@@ -84,7 +84,10 @@ pub enum FailureKind {
 impl FailureKind {
     /// Whether another attempt could help.
     pub fn is_retryable(self) -> bool {
-        matches!(self, FailureKind::Error | FailureKind::Timeout | FailureKind::Panic)
+        matches!(
+            self,
+            FailureKind::Error | FailureKind::Timeout | FailureKind::Panic
+        )
     }
 }
 

@@ -50,9 +50,11 @@ impl FromStr for JobId {
     type Err = ParseJobIdError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uuid::parse_str(s.trim()).map(Self).map_err(|_| ParseJobIdError {
-            input: s.chars().take(80).collect(),
-        })
+        Uuid::parse_str(s.trim())
+            .map(Self)
+            .map_err(|_| ParseJobIdError {
+                input: s.chars().take(80).collect(),
+            })
     }
 }
 

@@ -48,7 +48,10 @@ impl JobState {
     /// Terminal states are final for the worker side: no delivery, duplicate or late outcome
     /// moves a job out of them. Only an admin `retry` does.
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Dead | JobState::Cancelled)
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Dead | JobState::Cancelled
+        )
     }
 }
 
@@ -187,7 +190,9 @@ mod tests {
 
     /// Reads the transition table (rows `| from | event | to | who |`) from the doc.
     fn doc_table() -> Vec<(Option<JobState>, Event, JobState)> {
-        let start = DOC.find("<!-- transitions -->").expect("doc has the transitions marker");
+        let start = DOC
+            .find("<!-- transitions -->")
+            .expect("doc has the transitions marker");
         DOC[start..]
             .lines()
             .skip_while(|l| !l.starts_with("| from"))

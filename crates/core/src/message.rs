@@ -185,7 +185,10 @@ impl JobMessage {
             h.push((HEADER_MAX_ATTEMPTS, HeaderValue::Int(i64::from(max))));
         }
         if let Some(ms) = self.timeout_ms {
-            h.push((HEADER_TIMEOUT_MS, HeaderValue::Int(ms.min(i64::MAX as u64) as i64)));
+            h.push((
+                HEADER_TIMEOUT_MS,
+                HeaderValue::Int(ms.min(i64::MAX as u64) as i64),
+            ));
         }
         if let Some(key) = &self.idempotency_key {
             h.push((HEADER_IDEMPOTENCY_KEY, HeaderValue::Str(key.clone())));
@@ -237,7 +240,10 @@ impl JobMessage {
             && !ct.eq_ignore_ascii_case(CONTENT_TYPE_JSON)
             && !ct.to_ascii_lowercase().starts_with("application/json;")
         {
-            return fail(err, DecodeReason::ContentType(ct.chars().take(80).collect()));
+            return fail(
+                err,
+                DecodeReason::ContentType(ct.chars().take(80).collect()),
+            );
         }
 
         let task = match required_str(raw, HEADER_TASK) {
@@ -252,10 +258,11 @@ impl JobMessage {
             Ok(a) => a as u32,
             Err(r) => return fail(err, r),
         };
-        let max_attempts = match optional_int(raw, HEADER_MAX_ATTEMPTS, 1, i64::from(MAX_ATTEMPTS_LIMIT)) {
-            Ok(m) => m.map(|m| m as u32),
-            Err(r) => return fail(err, r),
-        };
+        let max_attempts =
+            match optional_int(raw, HEADER_MAX_ATTEMPTS, 1, i64::from(MAX_ATTEMPTS_LIMIT)) {
+                Ok(m) => m.map(|m| m as u32),
+                Err(r) => return fail(err, r),
+            };
         // Roughly 24 days: anything longer is a mistake, not a timeout.
         let timeout_ms = match optional_int(raw, HEADER_TIMEOUT_MS, 1, i64::from(i32::MAX)) {
             Ok(t) => t.map(|t| t as u64),
@@ -277,14 +284,15 @@ impl JobMessage {
         };
         // Year 2000 to year 2200 in unix milliseconds: wider than any real clock, narrow
         // enough to catch seconds-for-milliseconds mistakes.
-        let enqueued_at = match optional_int(raw, HEADER_ENQUEUED_AT, 946_684_800_000, 7_258_118_400_000) {
-            Ok(Some(ms)) => DateTime::from_timestamp_millis(ms),
-            Ok(None) => raw
-                .timestamp
-                .and_then(|s| DateTime::from_timestamp(i64::try_from(s).ok()?, 0)),
-            Err(r) => return fail(err, r),
-        }
-        .unwrap_or_else(Utc::now);
+        let enqueued_at =
+            match optional_int(raw, HEADER_ENQUEUED_AT, 946_684_800_000, 7_258_118_400_000) {
+                Ok(Some(ms)) => DateTime::from_timestamp_millis(ms),
+                Ok(None) => raw
+                    .timestamp
+                    .and_then(|s| DateTime::from_timestamp(i64::try_from(s).ok()?, 0)),
+                Err(r) => return fail(err, r),
+            }
+            .unwrap_or_else(Utc::now);
         let traceparent = match optional_str(raw, HEADER_TRACEPARENT) {
             Ok(tp) => tp.filter(|tp| is_traceparent(tp)).map(str::to_owned),
             Err(_) => None,
@@ -443,8 +451,10 @@ mod tests {
             body: b"null".to_vec(),
             ..RawMessage::default()
         };
-        raw.headers.insert(HEADER_TASK.into(), HeaderValue::Str("t".into()));
-        raw.headers.insert(HEADER_ATTEMPT.into(), HeaderValue::Int(1));
+        raw.headers
+            .insert(HEADER_TASK.into(), HeaderValue::Str("t".into()));
+        raw.headers
+            .insert(HEADER_ATTEMPT.into(), HeaderValue::Int(1));
         let msg = JobMessage::decode(&raw, LIMIT).unwrap();
         assert_eq!(msg.max_attempts, None);
         assert_eq!(msg.timeout_ms, None);
@@ -475,12 +485,20 @@ mod tests {
         assert_eq!(e.job_id, Some(id));
 
         let mut m = good.clone();
-        m.headers.insert(HEADER_ATTEMPT.into(), HeaderValue::Str("1".into()));
-        assert!(reason_of(&m).to_string().contains("`warren-attempt` must be an integer, found string"));
+        m.headers
+            .insert(HEADER_ATTEMPT.into(), HeaderValue::Str("1".into()));
+        assert!(
+            reason_of(&m)
+                .to_string()
+                .contains("`warren-attempt` must be an integer, found string")
+        );
 
         let mut m = good.clone();
         m.headers.insert(HEADER_ATTEMPT.into(), HeaderValue::Int(0));
-        assert!(matches!(reason_of(&m).reason, DecodeReason::OutOfRange { .. }));
+        assert!(matches!(
+            reason_of(&m).reason,
+            DecodeReason::OutOfRange { .. }
+        ));
 
         let mut m = good.clone();
         m.body = vec![0xff, 0xfe];
@@ -494,7 +512,10 @@ mod tests {
         m.body = vec![b' '; 100];
         assert!(matches!(
             JobMessage::decode(&m, 10).unwrap_err().reason,
-            DecodeReason::TooLarge { size: 100, limit: 10 }
+            DecodeReason::TooLarge {
+                size: 100,
+                limit: 10
+            }
         ));
 
         let mut m = good;
@@ -509,8 +530,13 @@ mod tests {
     #[test]
     fn malformed_traceparent_is_dropped_not_fatal() {
         let mut raw = sample().encode();
-        raw.headers.insert(HEADER_TRACEPARENT.into(), HeaderValue::Str("garbage".into()));
+        raw.headers.insert(
+            HEADER_TRACEPARENT.into(),
+            HeaderValue::Str("garbage".into()),
+        );
         assert_eq!(JobMessage::decode(&raw, LIMIT).unwrap().traceparent, None);
-        assert!(!is_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01"));
+        assert!(!is_traceparent(
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01"
+        ));
     }
 }

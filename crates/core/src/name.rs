@@ -132,7 +132,12 @@ mod tests {
             assert!(err.to_string().contains(rule), "{name}: {err}");
         }
         let long = "a".repeat(MAX_NAME_LEN + 1);
-        assert!(QueueName::new(long).unwrap_err().to_string().contains("longer than 120"));
+        assert!(
+            QueueName::new(long)
+                .unwrap_err()
+                .to_string()
+                .contains("longer than 120")
+        );
     }
 
     #[test]

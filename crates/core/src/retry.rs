@@ -64,7 +64,11 @@ impl RetryPolicy {
         let exp = failed_attempt.saturating_sub(1).min(1_000) as i32;
         let secs = self.base.as_secs_f64() * self.factor.powi(exp);
         let capped = secs.min(self.max_delay.as_secs_f64());
-        Duration::from_secs_f64(if capped.is_finite() { capped } else { self.max_delay.as_secs_f64() })
+        Duration::from_secs_f64(if capped.is_finite() {
+            capped
+        } else {
+            self.max_delay.as_secs_f64()
+        })
     }
 
     /// The delay with jitter drawn from `rng`: uniformly in `[(1 - jitter) * d, d]`.
@@ -77,7 +81,8 @@ impl RetryPolicy {
     /// retried computation (or a test) gets the same answer, yet spread across jobs.
     pub fn delay(&self, job: JobId, failed_attempt: u32) -> Duration {
         let bits = job.as_uuid().as_u128();
-        let seed = (bits as u64) ^ ((bits >> 64) as u64) ^ u64::from(failed_attempt).rotate_left(32);
+        let seed =
+            (bits as u64) ^ ((bits >> 64) as u64) ^ u64::from(failed_attempt).rotate_left(32);
         self.delay_with(failed_attempt, &mut SplitMix64::new(seed))
     }
 }
@@ -153,9 +158,14 @@ mod tests {
             assert!((0.1 - 1e-9..=0.2 + 1e-9).contains(&d), "{d}");
         }
         let job = JobId::new();
-        assert_eq!(p.delay(job, 2), p.delay(job, 2), "same job and attempt, same delay");
-        let spread: std::collections::BTreeSet<u128> =
-            (0..50).map(|_| p.delay(JobId::new(), 2).as_micros()).collect();
+        assert_eq!(
+            p.delay(job, 2),
+            p.delay(job, 2),
+            "same job and attempt, same delay"
+        );
+        let spread: std::collections::BTreeSet<u128> = (0..50)
+            .map(|_| p.delay(JobId::new(), 2).as_micros())
+            .collect();
         assert!(spread.len() > 40, "different jobs get different delays");
     }
 
@@ -163,7 +173,12 @@ mod tests {
     fn validation_names_the_bad_field() {
         let mut p = policy(0.1);
         p.max_attempts = 0;
-        assert!(p.validate().unwrap_err().to_string().contains("max_attempts"));
+        assert!(
+            p.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_attempts")
+        );
         let mut p = policy(1.5);
         assert!(p.validate().unwrap_err().to_string().contains("jitter"));
         p.jitter = 0.0;

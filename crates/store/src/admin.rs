@@ -14,12 +14,18 @@ use crate::{Error, Store};
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum CancelOutcome {
     /// It was waiting (scheduled or queued) and will never run.
-    Cancelled { previous: JobState },
+    Cancelled {
+        previous: JobState,
+    },
     /// It is running: its worker was told to cancel it, and records `cancelled` when the
     /// handler stops (or `succeeded`, if it finished first).
-    Signalled { worker: Option<String> },
+    Signalled {
+        worker: Option<String>,
+    },
     /// It had already finished.
-    AlreadyFinal { state: JobState },
+    AlreadyFinal {
+        state: JobState,
+    },
     NotFound,
 }
 
@@ -28,9 +34,14 @@ pub enum CancelOutcome {
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum RetryOutcome {
     /// Due now; a promoter publishes it within moments as attempt `attempt + 1`.
-    Scheduled { attempt: u32, max_attempts: u32 },
+    Scheduled {
+        attempt: u32,
+        max_attempts: u32,
+    },
     /// Its state does not allow a retry (it is queued, running or succeeded).
-    NotRetryable { state: JobState },
+    NotRetryable {
+        state: JobState,
+    },
     /// It has no JSON payload to run with (bad input kept only as raw bytes).
     NoPayload,
     NotFound,
@@ -38,7 +49,11 @@ pub enum RetryOutcome {
 
 impl Store {
     pub async fn cancel_job(&self, id: JobId) -> Result<CancelOutcome, Error> {
-        let mut tx = self.pool.begin().await.map_err(Error::query("starting a cancel"))?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(Error::query("starting a cancel"))?;
         let row: Option<(String, Option<String>)> =
             sqlx::query_as("SELECT state, worker_id FROM warren_jobs WHERE id = $1 FOR UPDATE")
                 .bind(id.as_uuid())
@@ -78,7 +93,9 @@ impl Store {
                 .await
                 .map_err(Error::query("notifying workers of the cancel"))?;
         }
-        tx.commit().await.map_err(Error::query("committing the cancel"))?;
+        tx.commit()
+            .await
+            .map_err(Error::query("committing the cancel"))?;
         Ok(outcome)
     }
 
@@ -86,13 +103,18 @@ impl Store {
     /// error history stays), and max attempts is raised if needed so that one more attempt is
     /// allowed.
     pub async fn retry_job(&self, id: JobId) -> Result<RetryOutcome, Error> {
-        let mut tx = self.pool.begin().await.map_err(Error::query("starting a retry"))?;
-        let row: Option<(String, bool)> =
-            sqlx::query_as("SELECT state, payload IS NOT NULL FROM warren_jobs WHERE id = $1 FOR UPDATE")
-                .bind(id.as_uuid())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(Error::query("reading the job to retry"))?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(Error::query("starting a retry"))?;
+        let row: Option<(String, bool)> = sqlx::query_as(
+            "SELECT state, payload IS NOT NULL FROM warren_jobs WHERE id = $1 FOR UPDATE",
+        )
+        .bind(id.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(Error::query("reading the job to retry"))?;
         let Some((state, has_payload)) = row else {
             return Ok(RetryOutcome::NotFound);
         };
@@ -118,7 +140,9 @@ impl Store {
         .fetch_one(&mut *tx)
         .await
         .map_err(Error::query("scheduling the retry"))?;
-        tx.commit().await.map_err(Error::query("committing the retry"))?;
+        tx.commit()
+            .await
+            .map_err(Error::query("committing the retry"))?;
         Ok(RetryOutcome::Scheduled {
             attempt: attempt.max(0) as u32,
             max_attempts: max_attempts.max(1) as u32,

@@ -21,7 +21,9 @@ pub enum Error {
         source: sqlx::Error,
     },
 
-    #[error("the database schema is at version {found}, newer than the {known} this binary knows; upgrade warren before running it against this database")]
+    #[error(
+        "the database schema is at version {found}, newer than the {known} this binary knows; upgrade warren before running it against this database"
+    )]
     SchemaTooNew { found: i64, known: i64 },
 
     #[error("cannot record the outcomes of {jobs} jobs")]
@@ -34,7 +36,9 @@ pub enum Error {
     #[error("outcome not recorded ({reason}); its delivery will be redelivered")]
     Unrecorded { reason: String },
 
-    #[error("the recorder stopped before the outcome of job {job} was committed; its delivery will be redelivered")]
+    #[error(
+        "the recorder stopped before the outcome of job {job} was committed; its delivery will be redelivered"
+    )]
     RecorderStopped { job: JobId },
 
     #[error("{what} failed")]
@@ -71,7 +75,9 @@ pub(crate) fn is_transient(e: &sqlx::Error) -> bool {
             let code = db.code().unwrap_or_default();
             // 08: connection exception, 40: transaction rollback (serialization, deadlock),
             // 53: insufficient resources, 57: operator intervention (shutdown), 58: system error.
-            ["08", "40", "53", "57", "58"].iter().any(|class| code.starts_with(class))
+            ["08", "40", "53", "57", "58"]
+                .iter()
+                .any(|class| code.starts_with(class))
         }
         _ => false,
     }

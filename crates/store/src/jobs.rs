@@ -231,7 +231,12 @@ impl Store {
         .map_err(Error::query("counting jobs per state"))?;
         let mut counts: Vec<StateCount> = rows
             .into_iter()
-            .filter_map(|(s, count)| Some(StateCount { state: s.parse().ok()?, count }))
+            .filter_map(|(s, count)| {
+                Some(StateCount {
+                    state: s.parse().ok()?,
+                    count,
+                })
+            })
             .collect();
         counts.sort_by_key(|c| JobState::ALL.iter().position(|s| *s == c.state));
         Ok(counts)
@@ -279,9 +284,15 @@ mod tests {
     fn a_delivery_is_obsolete_once_its_attempt_ended() {
         let p = |state, attempt| JobProgress { state, attempt };
         assert!(p(JobState::Succeeded, 1).supersedes(1));
-        assert!(p(JobState::Scheduled, 1).supersedes(1), "attempt 1 failed and is waiting for 2");
+        assert!(
+            p(JobState::Scheduled, 1).supersedes(1),
+            "attempt 1 failed and is waiting for 2"
+        );
         assert!(p(JobState::Running, 2).supersedes(1));
-        assert!(!p(JobState::Running, 1).supersedes(1), "its worker died mid-attempt");
+        assert!(
+            !p(JobState::Running, 1).supersedes(1),
+            "its worker died mid-attempt"
+        );
         assert!(!p(JobState::Queued, 1).supersedes(2));
     }
 }

@@ -23,8 +23,8 @@ pub use error::Error;
 pub use jobs::{Claim, JobProgress, JobRecord, LatencySummary, StateCount};
 pub use migrate::SCHEMA_VERSION;
 pub use promotion::{CANCEL_CHANNEL, DUE_CHANNEL, DueJob, Listener, Promotion};
+pub use recorder::{RecordRow, Recorder, RecorderConfig};
 pub use schedule::{PgTransaction, ScheduledJob, schedule_in};
-pub use recorder::{Recorder, RecorderConfig, RecordRow};
 pub use store::{Store, StoreConfig};
 pub use workers::{WorkerInfo, WorkerRecord};
 

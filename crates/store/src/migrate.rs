@@ -32,7 +32,10 @@ const LOCK_KEY: i64 = 0x5741_5252_454E_0001;
 
 pub(crate) async fn run(pool: &PgPool) -> Result<(), Error> {
     // The lock is session-level, so it must be taken and released on the same connection.
-    let mut conn = pool.acquire().await.map_err(Error::query("acquiring a connection for migrations"))?;
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(Error::query("acquiring a connection for migrations"))?;
     sqlx::query("SELECT pg_advisory_lock($1)")
         .bind(LOCK_KEY)
         .execute(&mut *conn)

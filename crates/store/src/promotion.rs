@@ -37,14 +37,21 @@ pub struct Promotion {
 impl Promotion {
     /// Marks `published` jobs `queued` and pushes `deferred` ones (publish failed) back by
     /// `defer`, then commits.
-    pub async fn finish(mut self, published: &[JobId], deferred: &[JobId], defer: std::time::Duration) -> Result<(), Error> {
+    pub async fn finish(
+        mut self,
+        published: &[JobId],
+        deferred: &[JobId],
+        defer: std::time::Duration,
+    ) -> Result<(), Error> {
         let published: Vec<uuid::Uuid> = published.iter().map(JobId::as_uuid).collect();
         let deferred: Vec<uuid::Uuid> = deferred.iter().map(JobId::as_uuid).collect();
-        sqlx::query("UPDATE warren_jobs SET state = 'queued', updated_at = now() WHERE id = ANY($1)")
-            .bind(&published)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(Error::query("marking promoted jobs queued"))?;
+        sqlx::query(
+            "UPDATE warren_jobs SET state = 'queued', updated_at = now() WHERE id = ANY($1)",
+        )
+        .bind(&published)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(Error::query("marking promoted jobs queued"))?;
         if !deferred.is_empty() {
             sqlx::query(
                 "UPDATE warren_jobs SET run_at = now() + make_interval(secs => $2), updated_at = now()
@@ -56,7 +63,10 @@ impl Promotion {
             .await
             .map_err(Error::query("deferring jobs that could not be published"))?;
         }
-        self.tx.commit().await.map_err(Error::query("committing a promotion"))
+        self.tx
+            .commit()
+            .await
+            .map_err(Error::query("committing a promotion"))
     }
 }
 
@@ -87,7 +97,11 @@ impl Store {
     /// Claims up to `limit` due jobs, oldest `run_at` first, skipping rows another promoter
     /// holds.
     pub async fn claim_due(&self, limit: u32) -> Result<Promotion, Error> {
-        let mut tx = self.pool.begin().await.map_err(Error::query("starting a promotion"))?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(Error::query("starting a promotion"))?;
         let rows = sqlx::query(
             "SELECT id, queue, task, payload::text AS payload, attempt, max_attempts, timeout_ms,
                     run_at, enqueued_at, idempotency_key, traceparent
@@ -111,7 +125,9 @@ impl Store {
                     payload: r.try_get("payload")?,
                     attempt: r.try_get::<i32, _>("attempt")?.max(0) as u32,
                     max_attempts: r.try_get::<i32, _>("max_attempts")?.max(1) as u32,
-                    timeout_ms: r.try_get::<Option<i64>, _>("timeout_ms")?.map(|t| t.max(1) as u64),
+                    timeout_ms: r
+                        .try_get::<Option<i64>, _>("timeout_ms")?
+                        .map(|t| t.max(1) as u64),
                     run_at: r.try_get("run_at")?,
                     enqueued_at: r.try_get("enqueued_at")?,
                     idempotency_key: r.try_get("idempotency_key")?,

@@ -57,11 +57,12 @@ pub async fn create_database(admin_url: &str, name: &str) -> Result<(), Error> {
         .connect()
         .await
         .map_err(|source| Error::Connect { endpoint, source })?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(name)
-        .fetch_one(&mut conn)
-        .await
-        .map_err(Error::query("checking whether the database exists"))?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(Error::query("checking whether the database exists"))?;
     if !exists {
         let result = // The name was checked to be [A-Za-z0-9_]+ above, so quoting it is safe.
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut conn).await;
@@ -69,7 +70,12 @@ pub async fn create_database(admin_url: &str, name: &str) -> Result<(), Error> {
             Ok(_) => {}
             // Another process created it between our check and our create.
             Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P04") => {}
-            Err(source) => return Err(Error::Query { what: "creating the database", source }),
+            Err(source) => {
+                return Err(Error::Query {
+                    what: "creating the database",
+                    source,
+                });
+            }
         }
     }
     let _ = conn.close().await;
@@ -86,10 +92,12 @@ pub async fn drop_database(admin_url: &str, name: &str) -> Result<(), Error> {
         .await
         .map_err(|source| Error::Connect { endpoint, source })?;
     // The name was checked to be [A-Za-z0-9_]+ above, so quoting it is safe.
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
-        .execute(&mut conn)
-        .await
-        .map_err(Error::query("dropping the database"))?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+    )))
+    .execute(&mut conn)
+    .await
+    .map_err(Error::query("dropping the database"))?;
     let _ = conn.close().await;
     Ok(())
 }
@@ -104,7 +112,10 @@ mod tests {
             url_for_database("postgres://u:p@h:5432/a?sslmode=disable", "b").unwrap(),
             "postgres://u:p@h:5432/b?sslmode=disable"
         );
-        assert_eq!(url_for_database("postgres://h", "b").unwrap(), "postgres://h/b");
+        assert_eq!(
+            url_for_database("postgres://h", "b").unwrap(),
+            "postgres://h/b"
+        );
         assert!(check_name("bad-name;").is_err());
     }
 }

@@ -120,7 +120,9 @@ impl Recorder {
             })
             .await
             .map_err(|_| Error::RecorderStopped { job })?;
-        committed.await.map_err(|_| Error::RecorderStopped { job })?
+        committed
+            .await
+            .map_err(|_| Error::RecorderStopped { job })?
     }
 
     /// Queues a `running` mark without waiting for it. If the outcome of the same attempt
@@ -137,7 +139,12 @@ async fn run(store: Store, config: RecorderConfig, mut rx: mpsc::Receiver<Item>)
         let n = batch.len();
         let (rows, waiters) = coalesce(batch);
         let result = write_with_retry(&store, &rows).await;
-        tracing::debug!(items = n, rows = rows.len(), ok = result.is_ok(), "recorder batch");
+        tracing::debug!(
+            items = n,
+            rows = rows.len(),
+            ok = result.is_ok(),
+            "recorder batch"
+        );
         match result {
             Ok(()) => {
                 for w in waiters {
@@ -389,14 +396,21 @@ mod tests {
             row(a, 1, JobState::Running),
         ] {
             let (tx, rx) = oneshot::channel();
-            items.push(Item { row: r, done: Some(tx) });
+            items.push(Item {
+                row: r,
+                done: Some(tx),
+            });
             receivers.push(rx);
         }
         let (rows, waiters) = coalesce(items);
         assert_eq!(rows.len(), 2);
         assert_eq!(waiters.len(), 4);
         let a_row = rows.iter().find(|r| r.id == a).unwrap();
-        assert_eq!(a_row.state, JobState::Succeeded, "a late running mark never beats the outcome");
+        assert_eq!(
+            a_row.state,
+            JobState::Succeeded,
+            "a late running mark never beats the outcome"
+        );
     }
 
     #[test]

@@ -50,17 +50,29 @@ FROM UNNEST($1::uuid[], $2::text[]) AS u(id, key)";
 
 /// Maps each job to the id that now stands for it: its own, or that of the job holding its
 /// idempotency key.
-async fn effective_ids<'e, E>(executor: E, jobs: &[ScheduledJob], inserted: Vec<uuid::Uuid>) -> Result<Vec<JobId>, Error>
+async fn effective_ids<'e, E>(
+    executor: E,
+    jobs: &[ScheduledJob],
+    inserted: Vec<uuid::Uuid>,
+) -> Result<Vec<JobId>, Error>
 where
     E: sqlx::PgExecutor<'e>,
 {
     let inserted: std::collections::HashSet<uuid::Uuid> = inserted.into_iter().collect();
-    let missing: Vec<&ScheduledJob> = jobs.iter().filter(|j| !inserted.contains(&j.id.as_uuid())).collect();
+    let missing: Vec<&ScheduledJob> = jobs
+        .iter()
+        .filter(|j| !inserted.contains(&j.id.as_uuid()))
+        .collect();
     let mut holders = std::collections::HashMap::new();
     if !missing.is_empty() {
         let rows: Vec<(uuid::Uuid, Option<uuid::Uuid>)> = sqlx::query_as(HOLDERS)
             .bind(missing.iter().map(|j| j.id.as_uuid()).collect::<Vec<_>>())
-            .bind(missing.iter().map(|j| j.idempotency_key.clone()).collect::<Vec<_>>())
+            .bind(
+                missing
+                    .iter()
+                    .map(|j| j.idempotency_key.clone())
+                    .collect::<Vec<_>>(),
+            )
             .fetch_all(executor)
             .await
             .map_err(Error::query("finding the holders of idempotency keys"))?;
@@ -75,18 +87,36 @@ where
         .collect())
 }
 
-fn query(jobs: &[ScheduledJob]) -> sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments> {
+fn query(
+    jobs: &[ScheduledJob],
+) -> sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments> {
     sqlx::query(INSERT)
         .bind(jobs.iter().map(|j| j.id.as_uuid()).collect::<Vec<_>>())
         .bind(jobs.iter().map(|j| j.queue.clone()).collect::<Vec<_>>())
         .bind(jobs.iter().map(|j| j.task.clone()).collect::<Vec<_>>())
         .bind(jobs.iter().map(|j| j.payload.clone()).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|j| j.max_attempts as i32).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|j| j.timeout_ms.map(|t| t as i64)).collect::<Vec<_>>())
+        .bind(
+            jobs.iter()
+                .map(|j| j.max_attempts as i32)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            jobs.iter()
+                .map(|j| j.timeout_ms.map(|t| t as i64))
+                .collect::<Vec<_>>(),
+        )
         .bind(jobs.iter().map(|j| j.run_at).collect::<Vec<_>>())
         .bind(jobs.iter().map(|j| j.enqueued_at).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|j| j.idempotency_key.clone()).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|j| j.traceparent.clone()).collect::<Vec<_>>())
+        .bind(
+            jobs.iter()
+                .map(|j| j.idempotency_key.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            jobs.iter()
+                .map(|j| j.traceparent.clone())
+                .collect::<Vec<_>>(),
+        )
 }
 
 impl Store {
@@ -108,14 +138,20 @@ impl Store {
 
     /// Begins a transaction on this store's pool (for callers without one of their own).
     pub async fn begin(&self) -> Result<PgTransaction<'static>, Error> {
-        self.pool.begin().await.map_err(Error::query("beginning a transaction"))
+        self.pool
+            .begin()
+            .await
+            .map_err(Error::query("beginning a transaction"))
     }
 }
 
 /// Inserts scheduled jobs inside the caller's transaction: they exist, and will run, if and
 /// only if that transaction commits. Returns the ids that stand for them, as
 /// [`Store::schedule`] does.
-pub async fn schedule_in(tx: &mut PgTransaction<'_>, jobs: &[ScheduledJob]) -> Result<Vec<JobId>, Error> {
+pub async fn schedule_in(
+    tx: &mut PgTransaction<'_>,
+    jobs: &[ScheduledJob],
+) -> Result<Vec<JobId>, Error> {
     let inserted: Vec<uuid::Uuid> = query(jobs)
         .fetch_all(&mut **tx)
         .await

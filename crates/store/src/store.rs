@@ -72,7 +72,12 @@ impl Store {
                 reason: e.to_string(),
             })?
             .application_name(&config.application_name);
-        let endpoint = format!("{}:{}/{}", options.get_host(), options.get_port(), options.get_database().unwrap_or("(default)"));
+        let endpoint = format!(
+            "{}:{}/{}",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or("(default)")
+        );
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections.max(1))
             .acquire_timeout(config.acquire_timeout)

@@ -50,7 +50,13 @@ impl Store {
         Ok(())
     }
 
-    pub async fn heartbeat(&self, id: &str, state: &str, in_flight: u32, processed: u64) -> Result<(), Error> {
+    pub async fn heartbeat(
+        &self,
+        id: &str,
+        state: &str,
+        in_flight: u32,
+        processed: u64,
+    ) -> Result<(), Error> {
         sqlx::query(
             "UPDATE warren_workers
              SET last_seen_at = now(), state = $2, in_flight = $3, processed = $4,

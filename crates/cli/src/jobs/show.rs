@@ -47,30 +47,51 @@ pub(super) async fn run(args: ShowArgs, connection: &ConnectionArgs) -> anyhow::
 fn render(job: &JobRecord) -> String {
     let mut out = String::new();
     let mut line = |label: &str, value: &str| {
-        let _ = writeln!(out, "{label:<12} {value}");
+        // A value that starts on its own line (long JSON) leaves no blanks after the label.
+        let _ = if value.starts_with('\n') {
+            writeln!(out, "{label}{value}")
+        } else {
+            writeln!(out, "{label:<12} {value}")
+        };
     };
     line("id", &job.id.to_string());
     line("task", &job.task);
     line("queue", &job.queue);
     line("state", job.state.as_str());
-    line("attempt", &format!("{} of {}", job.attempt, job.max_attempts));
+    line(
+        "attempt",
+        &format!("{} of {}", job.attempt, job.max_attempts),
+    );
     if let Some(run_at) = job.run_at {
         line("run at", &timestamp(run_at));
     }
     line("enqueued", &timestamp(job.enqueued_at));
-    line("started", &job.started_at.map_or_else(|| "-".to_owned(), timestamp));
-    line("finished", &job.finished_at.map_or_else(|| "-".to_owned(), timestamp));
+    line(
+        "started",
+        &job.started_at.map_or_else(|| "-".to_owned(), timestamp),
+    );
+    line(
+        "finished",
+        &job.finished_at.map_or_else(|| "-".to_owned(), timestamp),
+    );
     if let Some(took) = timings(job) {
         line("took", &took);
     }
     if let Some(ms) = job.timeout_ms {
-        let timeout = u64::try_from(ms).map_or_else(|_| format!("{ms}ms"), |ms| {
-            duration(std::time::Duration::from_millis(ms))
-        });
+        let timeout = u64::try_from(ms).map_or_else(
+            |_| format!("{ms}ms"),
+            |ms| duration(std::time::Duration::from_millis(ms)),
+        );
         line("timeout", &timeout);
     }
     line("worker", job.worker_id.as_deref().unwrap_or("-"));
     line("idempotency", job.idempotency_key.as_deref().unwrap_or("-"));
+    if let Some(original) = job.duplicate_of {
+        line(
+            "duplicate of",
+            &format!("{original} (it held the same idempotency key, so this job was not run)"),
+        );
+    }
     if let Some(trace) = &job.traceparent {
         line("traceparent", trace);
     }
@@ -79,7 +100,12 @@ fn render(job: &JobRecord) -> String {
         (None, Some(raw)) => line("payload", &format!("(not JSON, kept as text) {raw}")),
         (None, None) => line("payload", "-"),
     }
-    line("result", &job.result.as_ref().map_or_else(|| "-".to_owned(), json_value));
+    line(
+        "result",
+        &job.result
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), json_value),
+    );
     if job.errors.is_empty() {
         line("errors", "none");
     } else {
@@ -132,6 +158,10 @@ fn kind(kind: FailureKind) -> &'static str {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "a test should panic at the first surprise"
+)]
 mod tests {
     use chrono::{DateTime, TimeDelta, Utc};
     use serde_json::json;
@@ -170,6 +200,7 @@ mod tests {
             worker_id: Some("w2".into()),
             idempotency_key: None,
             traceparent: None,
+            duplicate_of: None,
         }
     }
 
@@ -207,9 +238,18 @@ errors       1
         j.raw_body = Some("not json".into());
         j.errors.clear();
         let text = render(&j);
-        assert!(text.contains("started      -\n") && !text.contains("took"), "{text}");
-        assert!(text.contains("payload      (not JSON, kept as text) not json\n"), "{text}");
+        assert!(
+            text.contains("started      -\n") && !text.contains("took"),
+            "{text}"
+        );
+        assert!(
+            text.contains("payload      (not JSON, kept as text) not json\n"),
+            "{text}"
+        );
         assert!(text.contains("errors       none\n"), "{text}");
+        let original = JobId::new();
+        j.duplicate_of = Some(original);
+        assert!(render(&j).contains(&format!("duplicate of {original} (")));
     }
 
     #[test]
@@ -217,6 +257,12 @@ errors       1
         let value = json!({"items": (0..30).collect::<Vec<_>>()});
         let shown = json_value(&value);
         assert!(shown.starts_with("\n  {\n    \"items\": ["), "{shown}");
+        let mut j = job();
+        j.result = Some(value);
+        assert!(
+            render(&j).contains("\nresult\n  {\n"),
+            "the label has no trailing blank"
+        );
     }
 
     #[test]

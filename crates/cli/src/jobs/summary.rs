@@ -21,7 +21,7 @@ pub struct SummaryArgs {
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
     pub since: Duration,
 
-    /// Count only this queue's jobs per state.
+    /// Count only this queue's jobs per state (the latency figures cover every queue).
     #[arg(long)]
     pub queue: Option<QueueName>,
 
@@ -30,7 +30,8 @@ pub struct SummaryArgs {
     pub json: bool,
 }
 
-/// Everything `jobs summary` prints, in the shape `--json` prints it.
+/// Everything `jobs summary` prints, in the shape `--json` prints it: flat, so that a shell
+/// script can pick `"finished": N` out of it without a JSON parser (the demo does).
 #[derive(Debug, Serialize)]
 struct Summary {
     /// The queue the state counts are limited to; `None` is every queue.
@@ -38,6 +39,7 @@ struct Summary {
     /// Jobs with a row, per state, over all time.
     states: StateTotals,
     since: DateTime<Utc>,
+    #[serde(flatten)]
     finished: Finished,
 }
 
@@ -84,12 +86,12 @@ impl StateTotals {
     }
 }
 
-/// Jobs that finished (succeeded or dead) among those enqueued since the cut-off.
+/// Jobs that finished (succeeded or dead) among those enqueued since the cut-off, in every
+/// queue: the store does not break latencies down by queue, so `--queue` does not apply here
+/// and the text output says so.
 #[derive(Debug, Serialize)]
 struct Finished {
-    /// Always `None`, meaning every queue: the store does not break latencies down by queue,
-    /// and saying so in the output beats a figure that looks filtered but is not.
-    queue: Option<String>,
+    #[serde(rename = "finished")]
     count: i64,
     first_enqueued: Option<DateTime<Utc>>,
     last_finished: Option<DateTime<Utc>>,
@@ -108,13 +110,13 @@ struct Percentiles {
 impl Finished {
     fn from_latency(l: LatencySummary) -> Self {
         let throughput = match (l.first_enqueued, l.last_finished) {
-            (Some(first), Some(last)) if last > first && l.finished > 0 => {
-                Some(l.finished as f64 / ((last - first).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6))
-            }
+            (Some(first), Some(last)) if last > first && l.finished > 0 => Some(
+                l.finished as f64
+                    / ((last - first).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6),
+            ),
             _ => None,
         };
         Finished {
-            queue: None,
             count: l.finished,
             first_enqueued: l.first_enqueued,
             last_finished: l.last_finished,
@@ -138,8 +140,14 @@ pub(super) async fn run(args: SummaryArgs, connection: &ConnectionArgs) -> anyho
         .ok_or_else(|| Usage(format!("--since {:?} reaches too far back", args.since)))?;
     let queue = args.queue.as_ref().map(QueueName::as_str);
     let store = connection.store("jobs summary").await?;
-    let counts = store.state_counts(queue).await.context("counting jobs per state");
-    let latency = store.latency_summary(since).await.context("summarising latencies");
+    let counts = store
+        .state_counts(queue)
+        .await
+        .context("counting jobs per state");
+    let latency = store
+        .latency_summary(since)
+        .await
+        .context("summarising latencies");
     store.close().await;
     let summary = Summary {
         queue: queue.map(str::to_owned),
@@ -156,8 +164,14 @@ pub(super) async fn run(args: SummaryArgs, connection: &ConnectionArgs) -> anyho
 
 fn render(s: &Summary, window: Duration) -> String {
     let mut out = String::new();
-    let scope = s.queue.as_deref().map_or_else(|| "all queues".to_owned(), |q| format!("queue {q}"));
-    let _ = writeln!(out, "jobs by state, {scope}, all time (jobs still in RabbitMQ have no row yet)");
+    let scope = s
+        .queue
+        .as_deref()
+        .map_or_else(|| "all queues".to_owned(), |q| format!("queue {q}"));
+    let _ = writeln!(
+        out,
+        "jobs by state, {scope}, all time (jobs still in RabbitMQ have no row yet)"
+    );
     let rows = s.states.rows();
     for (state, count) in rows {
         let _ = writeln!(out, "  {:<11} {count:>9}", state.as_str());
@@ -176,14 +190,21 @@ fn render(s: &Summary, window: Duration) -> String {
         let _ = writeln!(out, "  none");
         return out;
     }
-    let throughput = f.throughput_per_s.map_or_else(|| "-".to_owned(), |t| format!("{t:.1} jobs/s"));
+    let throughput = f
+        .throughput_per_s
+        .map_or_else(|| "-".to_owned(), |t| format!("{t:.1} jobs/s"));
     let _ = writeln!(out, "  {:<20} {}", "finished", f.count);
     let _ = writeln!(out, "  {:<20} {throughput}", "throughput");
     for (label, p) in [
         ("enqueue to start", &f.enqueue_to_start_ms),
         ("enqueue to recorded", &f.enqueue_to_recorded_ms),
     ] {
-        let _ = writeln!(out, "  {label:<20} p50 {}  p99 {}", millis(p.p50), millis(p.p99));
+        let _ = writeln!(
+            out,
+            "  {label:<20} p50 {}  p99 {}",
+            millis(p.p50),
+            millis(p.p99)
+        );
     }
     out
 }
@@ -193,6 +214,10 @@ fn millis(ms: Option<f64>) -> String {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "a test should panic at the first surprise"
+)]
 mod tests {
     use super::*;
 
@@ -214,8 +239,14 @@ mod tests {
 
     fn summary(finished: i64) -> Summary {
         let counts = [
-            StateCount { state: JobState::Succeeded, count: 7 },
-            StateCount { state: JobState::Dead, count: 1 },
+            StateCount {
+                state: JobState::Succeeded,
+                count: 7,
+            },
+            StateCount {
+                state: JobState::Dead,
+                count: 1,
+            },
         ];
         Summary {
             queue: Some("default".into()),
@@ -230,9 +261,12 @@ mod tests {
         let json = serde_json::to_value(summary(0)).unwrap();
         let states = json["states"].as_object().unwrap();
         assert_eq!(states.len(), JobState::ALL.len());
-        assert_eq!((states["queued"].as_i64(), states["succeeded"].as_i64()), (Some(0), Some(7)));
-        assert_eq!(json["finished"]["count"], 0);
-        assert!(json["finished"]["throughput_per_s"].is_null());
+        assert_eq!(
+            (states["queued"].as_i64(), states["succeeded"].as_i64()),
+            (Some(0), Some(7))
+        );
+        assert_eq!(json["finished"], 0);
+        assert!(json["throughput_per_s"].is_null());
     }
 
     #[test]
@@ -244,13 +278,28 @@ mod tests {
     #[test]
     fn the_text_form_lists_states_then_latencies() {
         let text = render(&summary(8), Duration::from_secs(3600));
-        assert!(text.starts_with("jobs by state, queue default, all time"), "{text}");
+        assert!(
+            text.starts_with("jobs by state, queue default, all time"),
+            "{text}"
+        );
         assert!(text.contains("  scheduled           0\n"), "{text}");
         assert!(text.contains("  total               8\n"), "{text}");
-        assert!(text.contains("in the last 1h00m, since 2025-01-31T08:15:00.000Z, all queues"), "{text}");
-        assert!(text.contains("  throughput           2.0 jobs/s\n"), "{text}");
-        assert!(text.contains("  enqueue to start     p50 12.0 ms  p99 40.0 ms\n"), "{text}");
-        assert!(text.contains("  enqueue to recorded  p50 15.0 ms  p99 -\n"), "{text}");
+        assert!(
+            text.contains("in the last 1h00m, since 2025-01-31T08:15:00.000Z, all queues"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  throughput           2.0 jobs/s\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  enqueue to start     p50 12.0 ms  p99 40.0 ms\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  enqueue to recorded  p50 15.0 ms  p99 -\n"),
+            "{text}"
+        );
         assert!(render(&summary(0), Duration::from_secs(60)).ends_with("all queues\n  none\n"));
     }
 }

@@ -1,0 +1,456 @@
+//! The real `warren` binary against the real RabbitMQ and PostgreSQL: each test gets its own
+//! database and namespace from the testkit and checks what a user sees, stdout, stderr and the
+//! exit status.
+//!
+//! Test bodies use `ensure!` rather than `assert!` so that a failure still reaches the cleanup
+//! that drops the test's database and deletes its queues.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use serde_json::Value;
+use tokio::process::Command;
+use warren_core::{JobId, JobState};
+use warren_runtime::{JobContext, JobError, Worker};
+use warren_store::provision;
+use warren_testkit::{TestEnv, wait_until};
+
+/// Long enough for a slow CI machine, short enough that a hung command fails the test.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What one run of `warren` produced.
+#[derive(Debug)]
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> anyhow::Result<Value> {
+        serde_json::from_str(&self.stdout).with_context(|| format!("stdout is not JSON: {self:?}"))
+    }
+}
+
+/// Runs `warren` with `env` as its only WARREN_* settings, so the developer's own environment
+/// cannot leak into a test.
+async fn warren_with(env: &[(&str, &str)], args: &[&str]) -> anyhow::Result<Run> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_warren"));
+    for var in [
+        "WARREN_AMQP_URL",
+        "WARREN_DATABASE_URL",
+        "WARREN_NAMESPACE",
+        "WARREN_DELIVERY_LIMIT",
+    ] {
+        command.env_remove(var);
+    }
+    command
+        .envs(env.iter().copied())
+        // The binary's own default filter is part of what a user sees.
+        .env_remove("RUST_LOG")
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(COMMAND_TIMEOUT, command.output())
+        .await
+        .with_context(|| format!("warren {args:?} did not finish within {COMMAND_TIMEOUT:?}"))?
+        .context("running warren")?;
+    Ok(Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    })
+}
+
+/// Runs `warren` pointed at the test's services through the environment variables.
+async fn warren(env: &TestEnv, args: &[&str]) -> anyhow::Result<Run> {
+    let vars = [
+        ("WARREN_AMQP_URL", env.amqp_url.as_str()),
+        ("WARREN_DATABASE_URL", env.database_url.as_str()),
+        ("WARREN_NAMESPACE", env.namespace()),
+    ];
+    warren_with(&vars, args).await
+}
+
+/// Runs `body`, then cleans `env` up whether or not it failed.
+async fn with_env(
+    queues: &[&str],
+    body: impl AsyncFnOnce(&TestEnv) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let env = TestEnv::new(queues).await?;
+    let result = body(&env).await;
+    env.cleanup().await?;
+    result
+}
+
+#[tokio::test]
+async fn migrate_creates_and_migrates_a_fresh_database() -> anyhow::Result<()> {
+    with_env(&["default"], async |env| {
+        let fresh = format!("{}_m", env.name);
+        let url = provision::url_for_database(&env.admin_database_url, &fresh)?;
+        let result = async {
+            // Given as a flag this time, to cover both ways of passing the URL.
+            let run = warren_with(
+                &[],
+                &["--database-url", &url, "migrate", "--create-database"],
+            )
+            .await?;
+            ensure!(run.code == Some(0), "{run:?}");
+            ensure!(
+                run.stdout.contains(&format!("database `{fresh}` exists")),
+                "{run:?}"
+            );
+            let version = format!("is at version {}\n", warren_store::SCHEMA_VERSION);
+            ensure!(run.stdout.contains(&version), "{run:?}");
+
+            let again = warren_with(&[], &["--database-url", &url, "migrate"]).await?;
+            ensure!(
+                again.code == Some(0),
+                "migrating twice is harmless: {again:?}"
+            );
+            let summary =
+                warren_with(&[], &["--database-url", &url, "jobs", "summary", "--json"]).await?;
+            ensure!(summary.code == Some(0), "the schema is usable: {summary:?}");
+            Ok(())
+        }
+        .await;
+        provision::drop_database(&env.admin_database_url, &fresh).await?;
+        result?;
+
+        let missing =
+            provision::url_for_database(&env.admin_database_url, &format!("{}_x", env.name))?;
+        let run = warren_with(&[], &["--database-url", &missing, "migrate"]).await?;
+        ensure!(run.code == Some(1), "{run:?}");
+        ensure!(
+            run.stderr.starts_with("warren: connecting to PostgreSQL: "),
+            "{run:?}"
+        );
+        ensure!(run.stderr.contains("does the database exist?"), "{run:?}");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn enqueued_jobs_wait_in_the_queue_until_a_worker_runs_them() -> anyhow::Result<()> {
+    with_env(&["default"], async |env| {
+        let run = warren(
+            env,
+            &[
+                "enqueue",
+                "warren.noop",
+                "--payload",
+                "{}",
+                "--count",
+                "5",
+                "--json",
+            ],
+        )
+        .await?;
+        ensure!(run.code == Some(0), "{run:?}");
+        let report = run.json()?;
+        ensure!(report["enqueued"] == 5 && report["failed"] == 0, "{report}");
+        ensure!(
+            report["ids"].as_array().map(Vec::len) == Some(5),
+            "{report}"
+        );
+
+        let one = warren(
+            env,
+            &[
+                "enqueue",
+                "warren.noop",
+                "--payload",
+                r#"{"n": 1}"#,
+                "--max-attempts",
+                "2",
+            ],
+        )
+        .await?;
+        ensure!(one.code == Some(0), "{one:?}");
+        one.stdout
+            .trim()
+            .parse::<JobId>()
+            .with_context(|| format!("one job prints its id: {one:?}"))?;
+
+        let text = warren(
+            env,
+            &["enqueue", "warren.noop", "--payload", "{}", "--count", "3"],
+        )
+        .await?;
+        ensure!(text.code == Some(0), "{text:?}");
+        ensure!(
+            text.stdout
+                .starts_with("enqueued 3 jobs to queue default in "),
+            "{text:?}"
+        );
+        ensure!(text.stdout.trim_end().ends_with(" jobs/s)"), "{text:?}");
+
+        let summary = warren(env, &["jobs", "summary", "--json"]).await?;
+        ensure!(summary.code == Some(0), "{summary:?}");
+        let summary = summary.json()?;
+        ensure!(summary["finished"] == 0, "no worker ran them: {summary}");
+        let states = summary["states"]
+            .as_object()
+            .context("states is an object")?;
+        ensure!(states.len() == JobState::ALL.len(), "{summary}");
+        ensure!(
+            states.values().all(|n| *n == 0),
+            "queued jobs have no row yet: {summary}"
+        );
+
+        let declared = warren(env, &["queues", "declare", "default", "--json"]).await?;
+        ensure!(declared.code == Some(0), "{declared:?}");
+        let declared = declared.json()?;
+        let amqp_name = format!("{}.q.default", env.namespace());
+        ensure!(
+            declared[0]["amqp_queue"] == amqp_name.as_str(),
+            "{declared}"
+        );
+        ensure!(
+            declared[0]["ready"] == 9,
+            "all nine jobs are waiting: {declared}"
+        );
+
+        let table = warren(env, &["queues", "declare", "default", "extra"]).await?;
+        ensure!(table.code == Some(0), "declaring is idempotent: {table:?}");
+        ensure!(table.stdout.contains(&amqp_name), "{table:?}");
+        let extra = warren_core::QueueName::new("extra")?;
+        env.broker.delete_topology(&[extra]).await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_unknown_job_is_not_found_and_a_malformed_id_is_bad_usage() -> anyhow::Result<()> {
+    with_env(&["default"], async |env| {
+        let id = JobId::new();
+        let run = warren(env, &["jobs", "show", &id.to_string()]).await?;
+        ensure!(run.code == Some(3), "{run:?}");
+        let expected = format!(
+            "warren: no job {id} in the database (it may still be queued: rows are written when a \
+             worker records the outcome)\n"
+        );
+        ensure!(run.stderr == expected, "{run:?}");
+        ensure!(run.stdout.is_empty(), "{run:?}");
+
+        let bad = warren(env, &["jobs", "show", "not-a-uuid"]).await?;
+        ensure!(bad.code == Some(2), "{bad:?}");
+        ensure!(
+            bad.stderr.contains("`not-a-uuid` is not a job id"),
+            "{bad:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_status_2_before_any_connection() -> anyhow::Result<()> {
+    // No service is named at all: these must fail on the input alone.
+    let run = warren_with(&[], &["enqueue", "email.send", "--payload", r#"{"to": }"#]).await?;
+    ensure!(run.code == Some(2), "{run:?}");
+    ensure!(
+        run.stderr
+            .contains("not valid JSON: expected value at line 1 column 8"),
+        "{run:?}"
+    );
+    ensure!(
+        run.stderr.contains("  {\"to\": }\n         ^"),
+        "the caret points at the spot: {run:?}"
+    );
+
+    let run = warren_with(&[], &["workers"]).await?;
+    ensure!(run.code == Some(2), "{run:?}");
+    ensure!(
+        run.stderr.contains("--database-url") && run.stderr.contains("WARREN_DATABASE_URL"),
+        "{run:?}"
+    );
+
+    let run = warren_with(&[], &["enqueue", "t", "--payload", "{}"]).await?;
+    ensure!(run.code == Some(2), "{run:?}");
+    ensure!(
+        run.stderr.contains("--amqp-url") && run.stderr.contains("WARREN_AMQP_URL"),
+        "{run:?}"
+    );
+
+    let run = warren_with(
+        &[("WARREN_AMQP_URL", "amqp://127.0.0.1:1")],
+        &[
+            "enqueue",
+            "t",
+            "--payload",
+            "{}",
+            "--count",
+            "2",
+            "--idempotency-key",
+            "k",
+        ],
+    )
+    .await?;
+    ensure!(run.code == Some(2), "{run:?}");
+    ensure!(
+        run.stderr
+            .contains("--idempotency-key cannot be combined with --count 2"),
+        "{run:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn enqueueing_to_an_undeclared_queue_fails_as_unroutable() -> anyhow::Result<()> {
+    with_env(&["default"], async |env| {
+        let run = warren(
+            env,
+            &[
+                "enqueue",
+                "warren.noop",
+                "--payload",
+                "{}",
+                "--queue",
+                "nowhere",
+            ],
+        )
+        .await?;
+        ensure!(run.code == Some(1), "{run:?}");
+        ensure!(
+            run.stderr
+                .starts_with("warren: the job was not enqueued: job "),
+            "{run:?}"
+        );
+        ensure!(run.stderr.contains("is unroutable"), "{run:?}");
+        ensure!(
+            run.stderr.contains("`warren queues declare nowhere`"),
+            "{run:?}"
+        );
+        ensure!(
+            run.stdout.is_empty(),
+            "no id for a job that was not enqueued: {run:?}"
+        );
+
+        let many = warren(
+            env,
+            &[
+                "enqueue",
+                "warren.noop",
+                "--payload",
+                "{}",
+                "--queue",
+                "nowhere",
+                "--count",
+                "3",
+                "--json",
+            ],
+        )
+        .await?;
+        ensure!(many.code == Some(1), "{many:?}");
+        let report = many.json()?;
+        ensure!(report["enqueued"] == 0 && report["failed"] == 3, "{report}");
+        ensure!(
+            many.stderr.contains("3 of 3 jobs were not enqueued"),
+            "{many:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_finished_job_shows_in_show_summary_and_workers() -> anyhow::Result<()> {
+    with_env(&["default"], async |env| {
+        let builder = Worker::builder()
+            .register("echo", |_ctx: JobContext, payload: Value| async move {
+                Ok::<_, JobError>(payload)
+            });
+        let worker = env.start_worker(builder, env.worker_config("w")).await?;
+        let result = async {
+            let run = warren(
+                env,
+                &[
+                    "enqueue",
+                    "echo",
+                    "--payload",
+                    r#"{"x": 1}"#,
+                    "--idempotency-key",
+                    "k-1",
+                ],
+            )
+            .await?;
+            ensure!(run.code == Some(0), "{run:?}");
+            let id: JobId = run.stdout.trim().parse()?;
+            wait_until(
+                Duration::from_secs(30),
+                "the echo job to succeed",
+                || async {
+                    Ok(match env.store.job(id).await? {
+                        Some(job) if job.state == JobState::Succeeded => Ok(()),
+                        other => Err(format!("{:?}", other.map(|j| j.state))),
+                    })
+                },
+            )
+            .await?;
+
+            let show = warren(env, &["jobs", "show", &id.to_string()]).await?;
+            ensure!(show.code == Some(0), "{show:?}");
+            for line in [
+                format!("id           {id}\n"),
+                "task         echo\n".to_owned(),
+                "state        succeeded\n".to_owned(),
+                "attempt      1 of ".to_owned(),
+                "took         queued ".to_owned(),
+                "idempotency  k-1\n".to_owned(),
+                "payload      {\"x\":1}\n".to_owned(),
+                "result       {\"x\":1}\n".to_owned(),
+                "errors       none\n".to_owned(),
+            ] {
+                ensure!(
+                    show.stdout.contains(&line),
+                    "missing {line:?} in:\n{}",
+                    show.stdout
+                );
+            }
+            let json = warren(env, &["jobs", "show", &id.to_string(), "--json"])
+                .await?
+                .json()?;
+            ensure!(
+                json["state"] == "succeeded" && json["id"] == id.to_string().as_str(),
+                "{json}"
+            );
+
+            let summary = warren(env, &["jobs", "summary", "--queue", "default", "--json"])
+                .await?
+                .json()?;
+            ensure!(
+                summary["states"]["succeeded"] == 1 && summary["finished"] == 1,
+                "{summary}"
+            );
+            ensure!(
+                summary["enqueue_to_start_ms"]["p50"].is_number(),
+                "{summary}"
+            );
+            let text = warren(env, &["jobs", "summary", "--since", "10m"]).await?;
+            ensure!(
+                text.code == Some(0) && text.stdout.contains("  succeeded           1\n"),
+                "{text:?}"
+            );
+
+            let workers = warren(env, &["workers", "--json"]).await?.json()?;
+            let expected_id = format!("{}-w", env.name);
+            ensure!(workers[0]["id"] == expected_id.as_str(), "{workers}");
+            let table = warren(env, &["workers"]).await?;
+            ensure!(table.stdout.starts_with("ID "), "{table:?}");
+            ensure!(
+                table.stdout.contains(&expected_id)
+                    && (table.stdout.contains(" ago\n") || table.stdout.contains(" just now\n")),
+                "{table:?}"
+            );
+            Ok(())
+        }
+        .await;
+        worker.stop().await?;
+        result
+    })
+    .await
+}

@@ -1,0 +1,96 @@
+use std::time::Duration;
+
+use serde_json::json;
+use warren_client::{Client, NewJob};
+use warren_core::{JobId, JobState};
+use warren_testkit::{TestEnv, WorkerProcess, wait_until};
+
+use crate::support::{count_state, wait_all_terminal};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_kills_its_worker_is_dead_lettered_after_the_delivery_limit()
+-> anyhow::Result<()> {
+    let delivery_limit = 2;
+    let env = TestEnv::with_delivery_limit(&["default"], delivery_limit).await?;
+    let client = Client::from_broker(env.broker.clone()).await?;
+    let killer = client
+        .enqueue(NewJob::new("warren.abort", &json!({}))?)
+        .await?;
+    let jobs = (0..20)
+        .map(|i| NewJob::new("warren.echo", &json!(i)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ids = client
+        .enqueue_many(jobs)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+
+    // Restart the worker every time it dies, as a supervisor would, counting the deaths.
+    // Prefetch 1: a crash returns every unacked delivery of the process, and RabbitMQ charges
+    // each one a delivery, so a larger window would dead-letter innocent neighbours too
+    // (see ARCHITECTURE.md, "Crash loops").
+    let mut crashes = 0;
+    let mut worker = None;
+    for round in 0..10 {
+        let mut w = WorkerProcess::spawn(
+            &env,
+            &format!("crashy-{round}"),
+            &[
+                "--enable-crash-task",
+                "--concurrency",
+                "1",
+                "--prefetch",
+                "1",
+            ],
+        )?;
+        match w.wait(Duration::from_secs(5)).await {
+            Ok(code) => {
+                assert_ne!(code, Some(0), "the worker only exits here by crashing");
+                crashes += 1;
+            }
+            Err(_) => {
+                // Still running after 5 s: the killer message is gone from its queue.
+                worker = Some(w);
+                break;
+            }
+        }
+    }
+    let mut worker = worker.expect("a worker eventually stays up");
+    assert!(
+        crashes == delivery_limit as usize + 1,
+        "{crashes} crashes with x-delivery-limit {delivery_limit}"
+    );
+
+    wait_until(
+        Duration::from_secs(30),
+        "the killer message in the dead-letter queue",
+        || async {
+            let n = env.broker.dead_letter_depth().await?.map_or(0, |d| d.ready);
+            Ok(if n == 1 {
+                Ok(())
+            } else {
+                Err(format!("{n} dead letters"))
+            })
+        },
+    )
+    .await?;
+    let mut dead = env.broker.consume_dead_letters(1, "inspect").await?;
+    let letter = tokio::time::timeout(Duration::from_secs(10), dead.next())
+        .await?
+        .expect("delivery")?;
+    let id: JobId = letter
+        .raw
+        .message_id
+        .as_deref()
+        .unwrap_or_default()
+        .parse()?;
+    assert_eq!(id, killer);
+    letter.ack().await?;
+
+    // Everything else was done, by the workers that lived long enough and the last one.
+    let rows = wait_all_terminal(&env.store, &ids, Duration::from_secs(60)).await?;
+    assert_eq!(count_state(&rows, JobState::Succeeded), 20);
+    worker.signal("TERM").await?;
+    assert_eq!(worker.wait(Duration::from_secs(30)).await?, Some(0));
+    env.cleanup().await
+}
