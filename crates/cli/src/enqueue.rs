@@ -55,6 +55,11 @@ pub struct EnqueueArgs {
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
 
+    /// Run no earlier than this from now, e.g. 30s or 2h. Delayed jobs are written to
+    /// PostgreSQL (so this needs --database-url too) and published by a worker when due.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub delay: Option<Duration>,
+
     /// Print {"enqueued": n, "failed": m, "ids": [...]} instead of text.
     #[arg(long)]
     pub json: bool,
@@ -94,6 +99,8 @@ fn point_at(input: &str, line: usize, column: usize) -> String {
 /// id when published), and how many.
 #[derive(Debug)]
 struct Plan {
+    /// The job waits in PostgreSQL first, so the client needs the database.
+    delayed: bool,
     job: NewJob,
     queue: QueueName,
     count: u64,
@@ -126,7 +133,12 @@ impl EnqueueArgs {
                 .idempotency_key(key)
                 .map_err(invalid("--idempotency-key"))?;
         }
+        let delayed = self.delay.is_some_and(|d| !d.is_zero());
+        if let Some(delay) = self.delay {
+            job = job.delay(delay);
+        }
         Ok(Plan {
+            delayed,
             job,
             queue: self.queue,
             count: self.count,
@@ -138,9 +150,12 @@ impl EnqueueArgs {
 pub(crate) async fn run(args: EnqueueArgs, connection: &ConnectionArgs) -> anyhow::Result<()> {
     let plan = args.plan()?;
     let broker = connection.broker("enqueue").await?;
-    let client = Client::from_broker(broker)
+    let mut client = Client::from_broker(broker)
         .await
         .context("opening a publisher channel")?;
+    if plan.delayed {
+        client = client.with_store(connection.store("enqueue --delay").await?);
+    }
     let report = publish(&client, &plan).await;
     client.broker().close().await;
     // What did get enqueued is printed even when something failed, so a script can still

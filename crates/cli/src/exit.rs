@@ -14,6 +14,8 @@ pub enum Status {
     Usage = 2,
     /// What was asked for does not exist.
     NotFound = 3,
+    /// The job's state does not allow the operation.
+    Refused = 4,
 }
 
 impl Status {
@@ -26,6 +28,9 @@ impl Status {
             }
             if cause.is::<NotFound>() {
                 return Status::NotFound;
+            }
+            if cause.is::<crate::Refused>() {
+                return Status::Refused;
             }
         }
         Status::Failed

@@ -23,7 +23,7 @@ use clap::{Parser, Subcommand};
 pub use connection::ConnectionArgs;
 pub use enqueue::EnqueueArgs;
 pub use exit::{NotFound, Status, Usage};
-pub use jobs::{JobsCommand, ShowArgs, SummaryArgs};
+pub use jobs::{CancelArgs, JobsCommand, Refused, RetryArgs, ShowArgs, SummaryArgs};
 pub use migrate::MigrateArgs;
 pub use queues::{DeclareArgs, QueuesCommand};
 pub use workers::WorkersArgs;
@@ -40,7 +40,9 @@ Exit status:
   0  success
   1  the operation failed (a service unreachable, a job refused by RabbitMQ)
   2  bad usage or input; nothing was done
-  3  not found (`jobs show` of an id with no row)";
+  3  not found (`jobs show`, `cancel` or `retry` of an id with no row)
+  4  refused: the job's state does not allow it (retry of a succeeded job, cancel of a
+     finished one)";
 
 /// Warren's admin command line.
 #[derive(Debug, Parser)]

@@ -454,3 +454,116 @@ async fn a_finished_job_shows_in_show_summary_and_workers() -> anyhow::Result<()
     })
     .await
 }
+
+#[tokio::test]
+async fn jobs_are_cancelled_and_retried_from_the_command_line() -> anyhow::Result<()> {
+    with_env(&["default"], async |env| {
+        let builder = Worker::builder()
+            .register("sleep", |ctx: JobContext, _p: Value| async move {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(60)) => Ok::<_, JobError>("slept"),
+                    () = ctx.cancelled() => Err(JobError::retryable("stopped early")),
+                }
+            })
+            .register("doomed", |_ctx: JobContext, _p: Value| async move {
+                Err::<(), _>(JobError::permanent("never works"))
+            });
+        let worker = env.start_worker(builder, env.worker_config("w")).await?;
+        let result = async {
+            let state_of = |id: JobId| async move {
+                Ok::<_, anyhow::Error>(env.store.job(id).await?.map(|j| j.state))
+            };
+            // A running job: the CLI signals its worker, which records it cancelled.
+            let run = warren(env, &["enqueue", "sleep", "--payload", "{}"]).await?;
+            let running: JobId = run.stdout.trim().parse()?;
+            wait_until(Duration::from_secs(30), "the sleep job to run", || async {
+                let s = state_of(running).await?;
+                Ok(if s == Some(JobState::Running) {
+                    Ok(())
+                } else {
+                    Err(format!("{s:?}"))
+                })
+            })
+            .await?;
+            let cancel = warren(env, &["jobs", "cancel", &running.to_string()]).await?;
+            ensure!(
+                cancel.code == Some(0) && cancel.stdout.contains("told to cancel it"),
+                "{cancel:?}"
+            );
+            wait_until(
+                Duration::from_secs(30),
+                "the sleep job to be cancelled",
+                || async {
+                    let s = state_of(running).await?;
+                    Ok(if s == Some(JobState::Cancelled) {
+                        Ok(())
+                    } else {
+                        Err(format!("{s:?}"))
+                    })
+                },
+            )
+            .await?;
+            let again = warren(env, &["jobs", "cancel", &running.to_string()]).await?;
+            ensure!(
+                again.code == Some(4) && again.stderr.contains("already cancelled"),
+                "{again:?}"
+            );
+
+            // A delayed job: cancelled while it waits in Postgres.
+            let run = warren(
+                env,
+                &["enqueue", "sleep", "--payload", "{}", "--delay", "1h"],
+            )
+            .await?;
+            ensure!(run.code == Some(0), "{run:?}");
+            let later: JobId = run.stdout.trim().parse()?;
+            ensure!(state_of(later).await? == Some(JobState::Scheduled));
+            let cancel = warren(env, &["jobs", "cancel", &later.to_string(), "--json"])
+                .await?
+                .json()?;
+            ensure!(
+                cancel["outcome"] == "cancelled" && cancel["previous"] == "scheduled",
+                "{cancel}"
+            );
+
+            // A dead job: retried, it runs again as attempt 2 and dies again.
+            let run = warren(env, &["enqueue", "doomed", "--payload", "{}"]).await?;
+            let dead: JobId = run.stdout.trim().parse()?;
+            wait_until(Duration::from_secs(30), "the doomed job to die", || async {
+                let s = state_of(dead).await?;
+                Ok(if s == Some(JobState::Dead) {
+                    Ok(())
+                } else {
+                    Err(format!("{s:?}"))
+                })
+            })
+            .await?;
+            let retry = warren(env, &["jobs", "retry", &dead.to_string()]).await?;
+            ensure!(
+                retry.code == Some(0) && retry.stdout.contains("runs as attempt 2"),
+                "{retry:?}"
+            );
+            wait_until(
+                Duration::from_secs(30),
+                "the retried job to die again",
+                || async {
+                    let job = env.store.job(dead).await?.context("row")?;
+                    Ok(if job.state == JobState::Dead && job.attempt == 2 {
+                        Ok(())
+                    } else {
+                        Err(format!("{} {}", job.state, job.attempt))
+                    })
+                },
+            )
+            .await?;
+
+            let unknown = warren(env, &["jobs", "retry", &JobId::new().to_string()]).await?;
+            ensure!(unknown.code == Some(3), "{unknown:?}");
+            Ok(())
+        }
+        .await;
+        worker.stop().await?;
+        result
+    })
+    .await
+}
