@@ -195,3 +195,30 @@ async fn payload_of_the_wrong_type_fails_clearly_without_running() -> anyhow::Re
     worker.stop().await?;
     env.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_job_timeout_overrides_the_task_and_is_retried() -> anyhow::Result<()> {
+    let env = TestEnv::new(&["default"]).await?;
+    let worker = env
+        .start_worker(
+            register_builtins(Worker::builder()),
+            env.worker_config("w1"),
+        )
+        .await?;
+    let client = Client::from_broker(env.broker.clone()).await?;
+    let job = NewJob::new("warren.sleep", &json!({ "ms": 10_000 }))?
+        .timeout(Duration::from_millis(200))?
+        .max_attempts(2)?;
+    let id = client.enqueue(job).await?;
+    let rows = wait_all_terminal(&env.store, &[id], Duration::from_secs(30)).await?;
+    let row = &rows[&id];
+    assert_eq!((row.state, row.attempt), (JobState::Dead, 2), "{row:?}");
+    assert_eq!(row.timeout_ms, Some(200));
+    assert!(
+        row.errors.iter().all(|e| e.kind == FailureKind::Timeout),
+        "{row:?}"
+    );
+    assert_eq!(row.errors.len(), 2, "a timeout is retryable: two attempts");
+    worker.stop().await?;
+    env.cleanup().await
+}

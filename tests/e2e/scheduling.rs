@@ -135,3 +135,54 @@ async fn two_promoters_run_each_scheduled_job_exactly_once() -> anyhow::Result<(
     }
     env.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_only_producer_delays_jobs_through_the_intake_queue() -> anyhow::Result<()> {
+    let env = TestEnv::new(&["default"]).await?;
+    let worker = env
+        .start_worker(
+            register_builtins(Worker::builder()),
+            env.worker_config("w1"),
+        )
+        .await?;
+    // No store: this client can only talk to RabbitMQ.
+    let client = Client::from_broker(env.broker.clone()).await?;
+    let due = Utc::now() + chrono::Duration::seconds(2);
+    let id = client
+        .enqueue(NewJob::new("warren.echo", &json!("via intake"))?.run_at(due))
+        .await?;
+    let many = client
+        .enqueue_many(vec![
+            NewJob::new("warren.echo", &json!(1))?.run_at(due),
+            NewJob::new("warren.echo", &json!(2))?,
+        ])
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+
+    // A worker turns the intake message into a scheduled row well before it is due.
+    warren_testkit::wait_until(Duration::from_secs(10), "the intake row", || async {
+        let state = env.store.job(id).await?.map(|r| r.state);
+        Ok(if state == Some(JobState::Scheduled) {
+            Ok(())
+        } else {
+            Err(format!("{state:?}"))
+        })
+    })
+    .await?;
+    let mut all = many.clone();
+    all.push(id);
+    let rows = wait_all_terminal(&env.store, &all, Duration::from_secs(30)).await?;
+    assert!(rows.values().all(|r| r.state == JobState::Succeeded));
+    let started = rows[&id].started_at.expect("started");
+    assert!(
+        started >= due,
+        "ran {} ms early",
+        (due - started).num_milliseconds()
+    );
+    assert!((started - due).to_std()? < Duration::from_secs(1));
+    assert_eq!(rows[&id].result, Some(json!("via intake")));
+    assert!(rows[&many[0]].started_at.expect("started") >= due);
+    worker.stop().await?;
+    env.cleanup().await
+}

@@ -171,6 +171,12 @@ impl Broker {
         Consumer::open(&self.connection, &name, prefetch, tag).await
     }
 
+    /// A consumer of the intake queue (delayed jobs from producers without database access).
+    pub async fn consume_intake(&self, prefetch: u16, tag: &str) -> Result<Consumer, Error> {
+        let name = self.config.topology.intake_queue();
+        Consumer::open(&self.connection, &name, prefetch, tag).await
+    }
+
     /// A consumer of the dead-letter queue (for inspection tools and tests).
     pub async fn consume_dead_letters(&self, prefetch: u16, tag: &str) -> Result<Consumer, Error> {
         let name = self.config.topology.dead_letter_queue();
@@ -230,7 +236,7 @@ impl Broker {
         let names = queues
             .iter()
             .map(|q| t.queue(q))
-            .chain(std::iter::once(t.dead_letter_queue()));
+            .chain([t.dead_letter_queue(), t.intake_queue()]);
         for name in names {
             channel
                 .queue_delete(name.as_str().into(), QueueDeleteOptions::default())

@@ -28,6 +28,7 @@ pub struct Publisher {
     channel: Channel,
     exchange: String,
     dead_letter_exchange: String,
+    intake_queue: String,
     confirm_timeout: Duration,
     /// Confirms in flight at once in [`Publisher::publish_many`]. A few hundred keeps the
     /// broker busy without holding a whole batch's confirms in memory.
@@ -65,6 +66,7 @@ impl Publisher {
             channel,
             exchange: config.topology.work_exchange(),
             dead_letter_exchange: config.topology.dead_letter_exchange(),
+            intake_queue: config.topology.intake_queue(),
             confirm_timeout: config.confirm_timeout,
             window: 512,
         })
@@ -106,6 +108,17 @@ impl Publisher {
             .into_iter()
             .map(|r| r.unwrap_or_else(|| unreachable!("every slot is settled above")))
             .collect()
+    }
+
+    /// Publishes a delayed job to the intake queue (through the default exchange, which routes
+    /// by queue name), confirmed like any other publish.
+    pub async fn publish_intake(&self, message: &RawMessage) -> Result<(), Error> {
+        let req = PublishRequest {
+            queue: &self.intake_queue,
+            message,
+        };
+        let confirm = self.send("", req).await?;
+        self.settle("(default)", req, confirm).await
     }
 
     /// Publishes a message straight to the dead-letter queue with `warren-dead-reason` set.

@@ -14,7 +14,9 @@ use crate::Error;
 /// - `<ns>.work`: durable direct exchange; the routing key is the Warren queue name;
 /// - `<ns>.q.<queue>`: one durable quorum queue per Warren queue, bound with its name;
 /// - `<ns>.dlx`: durable fanout exchange the work queues dead-letter into;
-/// - `<ns>.dead`: durable quorum queue holding what the broker dead-lettered.
+/// - `<ns>.dead`: durable quorum queue holding what the broker dead-lettered;
+/// - `<ns>.intake`: durable quorum queue of delayed jobs from producers without database
+///   access, published through the default exchange; workers turn them into scheduled rows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Topology {
     pub namespace: String,
@@ -46,6 +48,10 @@ impl Topology {
 
     pub fn dead_letter_queue(&self) -> String {
         format!("{}.dead", self.namespace)
+    }
+
+    pub fn intake_queue(&self) -> String {
+        format!("{}.intake", self.namespace)
     }
 
     pub fn queue(&self, queue: &QueueName) -> String {
@@ -84,6 +90,8 @@ impl Topology {
         dlq_args.insert("x-queue-type".into(), string("quorum"));
         declare_queue(channel, &dlq, dlq_args).await?;
         bind(channel, &dlq, &self.dead_letter_exchange(), "").await?;
+
+        declare_queue(channel, &self.intake_queue(), self.work_queue_arguments()).await?;
 
         for queue in queues {
             let name = self.queue(queue);

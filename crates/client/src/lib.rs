@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use warren_broker::{Broker, BrokerConfig, PublishRequest, Publisher};
 use warren_core::message::{MAX_ATTEMPTS_LIMIT, MAX_IDEMPOTENCY_KEY_LEN, is_traceparent};
 use warren_core::{
-    DEFAULT_QUEUE, InvalidName, JobId, JobMessage, QueueName, RetryPolicy, TaskName,
+    DEFAULT_QUEUE, IntakeMessage, InvalidName, JobId, JobMessage, QueueName, RetryPolicy, TaskName,
 };
 use warren_store::{PgTransaction, ScheduledJob, Store};
 
@@ -248,24 +248,37 @@ impl Client {
         Ok(self.broker.declare(queues).await?)
     }
 
-    /// Publishes one job and returns its id once the broker has confirmed it. A job with a
-    /// delay in the future is written to Postgres instead, and the id is returned once that
-    /// row is committed.
+    /// Publishes one job and returns its id once the broker has confirmed it.
+    ///
+    /// A job with a delay in the future waits in Postgres: a client with a store writes the
+    /// `scheduled` row itself and returns once it is committed; a broker-only client publishes
+    /// it to the intake queue, and a worker writes the row before acking it.
     pub async fn enqueue(&self, job: NewJob) -> Result<JobId, Error> {
-        if job.run_at.is_some_and(|at| at > Utc::now()) {
-            let Some(store) = &self.store else {
-                return Err(Error::NeedsStore {
-                    job: job.id.unwrap_or_default(),
-                });
-            };
-            let row = job.into_scheduled();
-            let ids = store.schedule(std::slice::from_ref(&row)).await?;
-            return Ok(ids.first().copied().unwrap_or(row.id));
+        if job.is_delayed(Utc::now()) {
+            return self.enqueue_delayed(job).await;
         }
         let (queue, message) = job.into_message();
         let raw = message.encode();
         self.publisher.publish(queue.as_str(), &raw).await?;
         Ok(message.id)
+    }
+
+    async fn enqueue_delayed(&self, mut job: NewJob) -> Result<JobId, Error> {
+        if let Some(store) = &self.store {
+            let row = job.into_scheduled();
+            let ids = store.schedule(std::slice::from_ref(&row)).await?;
+            return Ok(ids.first().copied().unwrap_or(row.id));
+        }
+        let run_at = job.run_at.take().unwrap_or_else(Utc::now);
+        let (queue, message) = job.into_message();
+        let id = message.id;
+        let intake = IntakeMessage {
+            job: message,
+            queue,
+            run_at,
+        };
+        self.publisher.publish_intake(&intake.encode()).await?;
+        Ok(id)
     }
 
     /// Enqueues a job inside the caller's Postgres transaction: it runs if and only if the
@@ -289,11 +302,14 @@ impl Client {
         let now = Utc::now();
         let mut results: Vec<Option<Result<JobId, Error>>> = jobs.iter().map(|_| None).collect();
         let mut delayed: Vec<(usize, ScheduledJob)> = Vec::new();
+        let mut delayed_jobs: Vec<(usize, NewJob)> = Vec::new();
         let mut immediate: Vec<(usize, QueueName, JobMessage, warren_core::RawMessage)> =
             Vec::new();
         for (i, job) in jobs.into_iter().enumerate() {
-            if job.is_delayed(now) {
+            if job.is_delayed(now) && self.store.is_some() {
                 delayed.push((i, job.into_scheduled()));
+            } else if job.is_delayed(now) {
+                delayed_jobs.push((i, job));
             } else {
                 let (queue, message) = job.into_message();
                 let raw = message.encode();
@@ -301,21 +317,24 @@ impl Client {
             }
         }
 
-        if !delayed.is_empty() {
-            let rows: Vec<ScheduledJob> = delayed.iter().map(|(_, r)| r.clone()).collect();
-            let outcome = match &self.store {
-                Some(store) => Some(store.schedule(&rows).await.map_err(|e| e.to_string())),
-                None => None,
-            };
-            for (n, (i, row)) in delayed.into_iter().enumerate() {
-                results[i] = Some(match &outcome {
-                    Some(Ok(ids)) => Ok(ids.get(n).copied().unwrap_or(row.id)),
-                    Some(Err(reason)) => Err(Error::Option {
-                        task: row.task,
-                        reason: format!("scheduling job {} failed: {reason}", row.id),
-                    }),
-                    None => Err(Error::NeedsStore { job: row.id }),
-                });
+        match &self.store {
+            Some(store) if !delayed.is_empty() => {
+                let rows: Vec<ScheduledJob> = delayed.iter().map(|(_, r)| r.clone()).collect();
+                let outcome = store.schedule(&rows).await.map_err(|e| e.to_string());
+                for (n, (i, row)) in delayed.into_iter().enumerate() {
+                    results[i] = Some(match &outcome {
+                        Ok(ids) => Ok(ids.get(n).copied().unwrap_or(row.id)),
+                        Err(reason) => Err(Error::Option {
+                            task: row.task,
+                            reason: format!("scheduling job {} failed: {reason}", row.id),
+                        }),
+                    });
+                }
+            }
+            _ => {
+                for (i, job) in delayed_jobs {
+                    results[i] = Some(self.enqueue_delayed(job).await);
+                }
             }
         }
 

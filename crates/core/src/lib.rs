@@ -19,7 +19,7 @@ mod retry;
 pub use error::{FailureKind, FailureRecord, JobError, JobErrorKind};
 pub use id::{JobId, ParseJobIdError};
 pub use lifecycle::{Event, IllegalTransition, JobState};
-pub use message::{DecodeError, DecodeReason, HeaderValue, JobMessage, RawMessage};
+pub use message::{DecodeError, DecodeReason, HeaderValue, IntakeMessage, JobMessage, RawMessage};
 pub use name::{InvalidName, QueueName, TaskName};
 pub use retry::{InvalidPolicy, RetryPolicy, SplitMix64};
 

@@ -17,8 +17,13 @@
 //! | header | `warren-enqueued-at` | integer, unix ms | no | when the job was first enqueued |
 //! | header | `traceparent` | string | no | W3C trace context; a malformed value is dropped |
 //! | header | `tracestate` | string | no | W3C trace state, passed through |
+//! | header | `warren-queue` | string | intake only | the Warren queue the job goes to when due |
+//! | header | `warren-run-at` | integer, unix ms | intake only | when the job is due |
 //!
-//! The queue is not in the message: the routing key on the work exchange is the queue name.
+//! The queue is not in a work message: the routing key on the work exchange is the queue name.
+//! An *intake* message (a delayed job from a producer without database access) goes to the
+//! `<namespace>.intake` queue instead and names its queue and due time in the two intake
+//! headers; see [`IntakeMessage`].
 //! `schemas/message.schema.json` is the same contract for producers in other languages; a test
 //! fails when the two drift apart.
 
@@ -37,6 +42,8 @@ pub const HEADER_IDEMPOTENCY_KEY: &str = "warren-idempotency-key";
 pub const HEADER_ENQUEUED_AT: &str = "warren-enqueued-at";
 pub const HEADER_TRACEPARENT: &str = "traceparent";
 pub const HEADER_TRACESTATE: &str = "tracestate";
+pub const HEADER_QUEUE: &str = "warren-queue";
+pub const HEADER_RUN_AT: &str = "warren-run-at";
 /// Set by Warren on messages it dead-letters itself (no job id could be read).
 pub const HEADER_DEAD_REASON: &str = "warren-dead-reason";
 pub const CONTENT_TYPE_JSON: &str = "application/json";
@@ -52,6 +59,8 @@ pub const HEADERS: &[(&str, &str, bool)] = &[
     (HEADER_ENQUEUED_AT, "integer", false),
     (HEADER_TRACEPARENT, "string", false),
     (HEADER_TRACESTATE, "string", false),
+    (HEADER_QUEUE, "string", false),
+    (HEADER_RUN_AT, "integer", false),
 ];
 
 /// The most attempts a message may claim. Anything above is treated as corrupt input rather
@@ -150,6 +159,8 @@ pub enum DecodeReason {
     },
     #[error("header `warren-task`: {0}")]
     BadTask(String),
+    #[error("header `warren-queue`: {0}")]
+    BadQueue(String),
     #[error("body is {size} bytes, over the limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },
     #[error("body is not UTF-8 (invalid byte at offset {0})")]
@@ -350,6 +361,54 @@ impl JobMessage {
     }
 }
 
+/// A delayed job sent through the intake queue: the job, where it goes, and when.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IntakeMessage {
+    pub job: JobMessage,
+    pub queue: crate::QueueName,
+    pub run_at: DateTime<Utc>,
+}
+
+impl IntakeMessage {
+    pub fn encode(&self) -> RawMessage {
+        let mut raw = self.job.encode();
+        raw.headers.insert(
+            HEADER_QUEUE.to_owned(),
+            HeaderValue::Str(self.queue.to_string()),
+        );
+        raw.headers.insert(
+            HEADER_RUN_AT.to_owned(),
+            HeaderValue::Int(self.run_at.timestamp_millis()),
+        );
+        raw
+    }
+
+    /// Reads an intake message: a valid job message plus a valid queue and due time.
+    pub fn decode(raw: &RawMessage, max_body: usize) -> Result<IntakeMessage, DecodeError> {
+        let job = JobMessage::decode(raw, max_body)?;
+        let fail = |reason| DecodeError {
+            job_id: Some(job.id),
+            task: Some(job.task.to_string()),
+            attempt: Some(job.attempt),
+            reason,
+        };
+        let queue = required_str(raw, HEADER_QUEUE).map_err(fail)?;
+        let queue = crate::QueueName::new(queue)
+            .map_err(|e| fail(DecodeReason::BadQueue(e.reason.to_string())))?;
+        let ms =
+            required_int(raw, HEADER_RUN_AT, 946_684_800_000, 7_258_118_400_000).map_err(fail)?;
+        let run_at = DateTime::from_timestamp_millis(ms).ok_or_else(|| {
+            fail(DecodeReason::OutOfRange {
+                header: HEADER_RUN_AT,
+                value: ms,
+                min: 946_684_800_000,
+                max: 7_258_118_400_000,
+            })
+        })?;
+        Ok(IntakeMessage { job, queue, run_at })
+    }
+}
+
 /// Whether `s` is a W3C `traceparent` of version 00: `00-<32 hex>-<16 hex>-<2 hex>`, with
 /// neither id all zeros.
 pub fn is_traceparent(s: &str) -> bool {
@@ -525,6 +584,29 @@ mod tests {
 
     fn sample_id(raw: &RawMessage) -> JobId {
         raw.message_id.as_deref().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn intake_messages_round_trip_and_need_queue_and_time() {
+        let intake = IntakeMessage {
+            job: sample(),
+            queue: crate::QueueName::new("emails").unwrap(),
+            run_at: DateTime::from_timestamp_millis(1_800_000_000_000).unwrap(),
+        };
+        let raw = intake.encode();
+        assert_eq!(IntakeMessage::decode(&raw, LIMIT), Ok(intake.clone()));
+        let mut m = raw.clone();
+        m.headers.remove(HEADER_QUEUE);
+        assert_eq!(
+            IntakeMessage::decode(&m, LIMIT).unwrap_err().reason,
+            DecodeReason::MissingHeader(HEADER_QUEUE)
+        );
+        let mut m = raw;
+        m.headers.insert(HEADER_RUN_AT.into(), HeaderValue::Int(5));
+        assert!(matches!(
+            IntakeMessage::decode(&m, LIMIT).unwrap_err().reason,
+            DecodeReason::OutOfRange { .. }
+        ));
     }
 
     #[test]

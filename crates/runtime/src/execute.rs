@@ -10,7 +10,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use warren_broker::{Delivery, Publisher};
 use warren_core::lifecycle::{self, Event};
-use warren_core::{DecodeError, FailureKind, FailureRecord, JobId, JobMessage, JobState, QueueName};
+use warren_core::{
+    DecodeError, FailureKind, FailureRecord, JobId, JobMessage, JobState, QueueName,
+};
 use warren_store::{Claim, RecordRow, Recorder, Store};
 
 use crate::JobContext;
@@ -135,7 +137,9 @@ impl Executor {
             };
             return self.reject(&queue, delivery, err).await;
         };
-        let max_attempts = message.max_attempts.unwrap_or(registered.options.retry.max_attempts);
+        let max_attempts = message
+            .max_attempts
+            .unwrap_or(registered.options.retry.max_attempts);
         if message.attempt > max_attempts {
             let err = DecodeError {
                 job_id: Some(message.id),
@@ -162,7 +166,9 @@ impl Executor {
                     return self.ack(&delivery).await;
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot check redelivered job; running it (the recorder's fence still applies)"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot check redelivered job; running it (the recorder's fence still applies)")
+                }
             }
         }
 
@@ -205,7 +211,9 @@ impl Executor {
             match self.store.claim_key(&row).await {
                 Ok(Claim::Claimed) => {}
                 Ok(Claim::Ours) => self.recorder.mark(row.clone()).await,
-                Ok(Claim::HeldBy(original)) => return self.record_duplicate(row, original, &delivery).await,
+                Ok(Claim::HeldBy(original)) => {
+                    return self.record_duplicate(row, original, &delivery).await;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot claim the idempotency key; requeueing");
                     if let Err(e) = delivery.requeue().await {
@@ -231,7 +239,13 @@ impl Executor {
             cancel: cancel.clone(),
         };
         let admin = self.cancels.start(message.id, cancel.clone());
-        let ended = run_attempt((registered.handler)(ctx, &message.payload), timeout, &cancel, &self.hard_stop).await;
+        let ended = run_attempt(
+            (registered.handler)(ctx, &message.payload),
+            timeout,
+            &cancel,
+            &self.hard_stop,
+        )
+        .await;
         self.cancels.finish(message.id);
         // A handler that stopped because an admin cancelled it ends the job as cancelled,
         // whatever error it returned on the way out.
@@ -244,7 +258,9 @@ impl Executor {
         row.finished_at = Some(now);
         match ended {
             Ended::Abandoned => {
-                tracing::warn!("grace period over; attempt abandoned, the broker will redeliver it");
+                tracing::warn!(
+                    "grace period over; attempt abandoned, the broker will redeliver it"
+                );
                 return;
             }
             Ended::Cancelled => {
@@ -264,11 +280,14 @@ impl Executor {
                 self.counters.succeeded.fetch_add(1, Ordering::Relaxed);
             }
             Ended::Failed(kind, msg) => {
-                let event = lifecycle::failure_event(message.attempt, max_attempts, kind.is_retryable());
+                let event =
+                    lifecycle::failure_event(message.attempt, max_attempts, kind.is_retryable());
                 row.state = transition(JobState::Running, event);
                 if row.state == JobState::Scheduled {
                     let delay = registered.options.retry.delay(message.id, message.attempt);
-                    row.run_at = Some(now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX));
+                    row.run_at = Some(
+                        now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX),
+                    );
                     row.finished_at = None;
                     self.counters.retried.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(kind = ?kind, error = %msg, delay_ms = delay.as_millis() as u64, "attempt failed; retry scheduled");
@@ -291,12 +310,16 @@ impl Executor {
     /// Records a message that can never run: a `dead` row with the reason and the raw body
     /// when it names a job, or the broker's dead-letter queue with the reason in a header
     /// when it does not. Either way the delivery is settled and never retried.
-    async fn reject(&self, queue: &QueueName, delivery: Delivery, err: DecodeError) {
+    pub(crate) async fn reject(&self, queue: &QueueName, delivery: Delivery, err: DecodeError) {
         self.counters.dead.fetch_add(1, Ordering::Relaxed);
         let Some(id) = err.job_id else {
             tracing::warn!(queue = %queue, reason = %err, "message without a job id; dead-lettering it");
             let reason = err.to_string();
-            match self.dead_letters.publish_dead_letter(&delivery.raw, queue.as_str(), &reason).await {
+            match self
+                .dead_letters
+                .publish_dead_letter(&delivery.raw, queue.as_str(), &reason)
+                .await
+            {
                 Ok(()) => return self.ack(&delivery).await,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot republish to the dead-letter queue; rejecting to the broker's dead-lettering instead");
@@ -309,7 +332,10 @@ impl Executor {
         };
         tracing::warn!(job.id = %id, queue = %queue, reason = %err, "bad input; recording the job as dead");
         let now = Utc::now();
-        let attempt = err.attempt.unwrap_or(1).clamp(1, warren_core::message::MAX_ATTEMPTS_LIMIT);
+        let attempt = err
+            .attempt
+            .unwrap_or(1)
+            .clamp(1, warren_core::message::MAX_ATTEMPTS_LIMIT);
         let row = RecordRow {
             id,
             queue: queue.to_string(),

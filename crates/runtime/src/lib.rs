@@ -14,6 +14,7 @@
 mod context;
 mod error;
 mod execute;
+mod intake;
 mod promoter;
 mod registry;
 mod signal;

@@ -139,7 +139,10 @@ impl Promoter {
         }
         let requests: Vec<PublishRequest<'_>> = prepared
             .iter()
-            .map(|(_, queue, raw)| PublishRequest { queue, message: raw })
+            .map(|(_, queue, raw)| PublishRequest {
+                queue,
+                message: raw,
+            })
             .collect();
         let outcomes = self.publisher.publish_many(&requests).await;
         let mut published = Vec::with_capacity(n);
@@ -160,7 +163,12 @@ impl Promoter {
         promotion
             .finish(&published, &deferred, self.config.defer_on_failure)
             .await?;
-        tracing::debug!(published = published.len(), deferred = deferred.len(), max_lateness_ms = lateness_ms.iter().max().copied().unwrap_or(0), "promoted due jobs");
+        tracing::debug!(
+            published = published.len(),
+            deferred = deferred.len(),
+            max_lateness_ms = lateness_ms.iter().max().copied().unwrap_or(0),
+            "promoted due jobs"
+        );
         Ok(n)
     }
 }

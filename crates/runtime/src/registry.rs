@@ -48,7 +48,12 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    pub(crate) fn insert<T, R, F, Fut>(&mut self, task: TaskName, options: TaskOptions, handler: F) -> bool
+    pub(crate) fn insert<T, R, F, Fut>(
+        &mut self,
+        task: TaskName,
+        options: TaskOptions,
+        handler: F,
+    ) -> bool
     where
         T: DeserializeOwned + Send + 'static,
         R: Serialize + Send + 'static,

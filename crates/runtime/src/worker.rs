@@ -121,7 +121,12 @@ impl WorkerBuilder {
     }
 
     /// Registers a handler with its own timeout and retry policy.
-    pub fn register_with<T, R, F, Fut>(mut self, task: &str, options: TaskOptions, handler: F) -> Self
+    pub fn register_with<T, R, F, Fut>(
+        mut self,
+        task: &str,
+        options: TaskOptions,
+        handler: F,
+    ) -> Self
     where
         T: DeserializeOwned + Send + 'static,
         R: Serialize + Send + 'static,
@@ -139,7 +144,8 @@ impl WorkerBuilder {
             self.errors.push(format!("task `{task}`: {e}"));
         }
         if !self.registry.insert(name, options, handler) {
-            self.errors.push(format!("task `{task}` is registered twice"));
+            self.errors
+                .push(format!("task `{task}` is registered twice"));
         }
         self
     }
@@ -181,7 +187,12 @@ impl Worker {
 
     /// Runs until `shutdown` is cancelled, then shuts down gracefully and returns totals.
     /// Returns early with an error if the broker or database fails for good.
-    pub async fn run(self, broker: Broker, store: Store, shutdown: CancellationToken) -> Result<WorkerStats, Error> {
+    pub async fn run(
+        self,
+        broker: Broker,
+        store: Store,
+        shutdown: CancellationToken,
+    ) -> Result<WorkerStats, Error> {
         let cfg = self.config;
         broker.declare(&cfg.queues).await?;
         let info = WorkerInfo {
@@ -231,9 +242,27 @@ impl Worker {
                 failed.clone(),
             ));
         }
+        // The intake queue is a scheduler's duty, like promotion: the same processes do both.
+        if cfg.promoter.is_some() {
+            let tag = format!("{}/intake", cfg.worker_id);
+            let consumer = Arc::new(tokio::sync::Mutex::new(
+                broker.consume_intake(64, &tag).await?,
+            ));
+            consumers.push(consumer.clone());
+            loops.spawn(crate::intake::intake_loop(
+                consumer,
+                store.clone(),
+                executor.clone(),
+                stop_consuming.clone(),
+            ));
+        }
         loops.close();
 
-        let cancel_listener = tokio::spawn(cancel_loop(store.clone(), executor.clone(), stop_consuming.clone()));
+        let cancel_listener = tokio::spawn(cancel_loop(
+            store.clone(),
+            executor.clone(),
+            stop_consuming.clone(),
+        ));
         let heartbeat = tokio::spawn(heartbeat_loop(
             store.clone(),
             cfg.worker_id.clone(),
@@ -271,11 +300,17 @@ impl Worker {
         }
         jobs.close();
         let mut abandoned = 0;
-        if tokio::time::timeout_at(deadline - close_budget, jobs.wait()).await.is_err() {
+        if tokio::time::timeout_at(deadline - close_budget, jobs.wait())
+            .await
+            .is_err()
+        {
             // Hard phase: cancel handlers; their deliveries stay unacked and return to the
             // queue when the channels close.
             abandoned = (cfg.concurrency - slots.available_permits()) as u64;
-            tracing::warn!(abandoned, "grace period over; cancelling the jobs still running");
+            tracing::warn!(
+                abandoned,
+                "grace period over; cancelling the jobs still running"
+            );
             hard_stop.cancel();
             let _ = tokio::time::timeout_at(deadline, jobs.wait()).await;
         }
@@ -293,11 +328,20 @@ impl Worker {
         drop(executor);
         let _ = heartbeat.await;
         let _ = cancel_listener.await;
-        let flush = tokio::time::timeout_at(deadline.max(tokio::time::Instant::now() + close_budget), recorder_task).await;
+        let flush = tokio::time::timeout_at(
+            deadline.max(tokio::time::Instant::now() + close_budget),
+            recorder_task,
+        )
+        .await;
         if flush.is_err() {
-            tracing::warn!("recorder did not flush in time; unrecorded deliveries will be redelivered");
+            tracing::warn!(
+                "recorder did not flush in time; unrecorded deliveries will be redelivered"
+            );
         }
-        if let Err(e) = store.heartbeat(&cfg.worker_id, "stopped", 0, stats.succeeded + stats.dead).await {
+        if let Err(e) = store
+            .heartbeat(&cfg.worker_id, "stopped", 0, stats.succeeded + stats.dead)
+            .await
+        {
             tracing::warn!(error = %e, "cannot mark the worker stopped");
         }
         for consumer in consumers {
@@ -383,14 +427,19 @@ async fn heartbeat_loop(
         let c = &executor.counters;
         let processed = c.succeeded.load(Ordering::Relaxed) + c.dead.load(Ordering::Relaxed);
         let in_flight = (concurrency - slots.available_permits()) as u32;
-        if let Err(e) = store.heartbeat(&worker_id, "running", in_flight, processed).await {
+        if let Err(e) = store
+            .heartbeat(&worker_id, "running", in_flight, processed)
+            .await
+        {
             tracing::warn!(error = %e, "heartbeat failed");
         }
     }
     let c = &executor.counters;
     let processed = c.succeeded.load(Ordering::Relaxed) + c.dead.load(Ordering::Relaxed);
     let in_flight = (concurrency - slots.available_permits()) as u32;
-    let _ = store.heartbeat(&worker_id, "stopping", in_flight, processed).await;
+    let _ = store
+        .heartbeat(&worker_id, "stopping", in_flight, processed)
+        .await;
 }
 
 /// Listens for admin cancels and fires the tokens of jobs running here.
@@ -413,7 +462,9 @@ async fn cancel_loop(store: Store, executor: Arc<Executor>, stop: CancellationTo
             };
             match payload.map(|p| p.parse::<warren_core::JobId>()) {
                 Ok(Ok(id)) => executor.cancels.cancel(id),
-                Ok(Err(e)) => tracing::warn!(error = %e, "ignoring a malformed cancel notification"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "ignoring a malformed cancel notification")
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cancel listener lost its connection; reconnecting");
                     break;
