@@ -8,7 +8,10 @@ use warren_core::QueueName;
 use warren_runtime::{Worker, WorkerBuilder, WorkerConfig, WorkerStats};
 use warren_store::{Store, StoreConfig, provision};
 
-#[allow(clippy::disallowed_methods, reason = "test-only: where the shared test services are")]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "test-only: where the shared test services are"
+)]
 fn service_url(var: &str, default: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| default.to_owned())
 }
@@ -33,14 +36,25 @@ impl TestEnv {
         Self::with_delivery_limit(queues, 5).await
     }
 
-    pub async fn with_delivery_limit(queues: &[&str], delivery_limit: u32) -> anyhow::Result<TestEnv> {
+    pub async fn with_delivery_limit(
+        queues: &[&str],
+        delivery_limit: u32,
+    ) -> anyhow::Result<TestEnv> {
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
             .with_test_writer()
             .try_init();
-        let amqp_url = service_url("WARREN_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
-        let admin_database_url =
-            service_url("WARREN_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres");
+        let amqp_url = service_url(
+            "WARREN_TEST_AMQP_URL",
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+        );
+        let admin_database_url = service_url(
+            "WARREN_TEST_DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/postgres",
+        );
         // The tail of a UUIDv7 is random; its head is the clock, shared by parallel tests.
         let id = uuid::Uuid::now_v7().simple().to_string();
         let short = id[id.len() - 12..].to_owned();
@@ -95,7 +109,11 @@ impl TestEnv {
     }
 
     /// Starts an in-process worker on its own connections.
-    pub async fn start_worker(&self, builder: WorkerBuilder, config: WorkerConfig) -> anyhow::Result<RunningWorker> {
+    pub async fn start_worker(
+        &self,
+        builder: WorkerBuilder,
+        config: WorkerConfig,
+    ) -> anyhow::Result<RunningWorker> {
         let worker: Worker = builder.build(config)?;
         let broker = Broker::connect(self.broker_config.clone()).await?;
         let store = Store::connect(&self.store_config).await?;
