@@ -18,7 +18,13 @@ log "building (release)"
 cargo build --release -q -p warren-worker -p warren-cli
 warren=target/release/warren
 
-log "migrating the demo database"
+log "migrating a fresh demo database"
+# Start from an empty database so the summary counts this run only (only the demo's own
+# database is ever dropped).
+db=${WARREN_DATABASE_URL##*/}
+if [ "${db%%\?*}" = warren_demo ] && command -v psql >/dev/null; then
+  psql -q "${WARREN_DATABASE_URL%/*}/postgres" -c 'DROP DATABASE IF EXISTS warren_demo WITH (FORCE)' 2>/dev/null || true
+fi
 $warren migrate --create-database
 
 log "starting two workers (logs in .demo/worker-*.log)"
@@ -63,4 +69,6 @@ echo
 
 log "summary from Postgres"
 $warren jobs summary --since 10m
+stop_workers
+trap - EXIT
 $warren workers
