@@ -32,7 +32,9 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("warren-worker: {e:#}");
-            ExitCode::from(1)
+            // Exit without tearing the runtime down: after a failure, lapin's I/O thread may
+            // still hold timers of this runtime and would panic while it shuts down.
+            std::process::exit(1)
         }
     }
 }

@@ -114,6 +114,22 @@ impl Broker {
                 format!(" (vhost {})", uri.vhost)
             }
         );
+        // Find out at once whether anything listens there: lapin's reconnect backoff, meant
+        // for recovering an established connection, would otherwise retry a refused first
+        // connection until the timeout and then only say that nothing answered.
+        let addr = (uri.authority.host.clone(), uri.authority.port);
+        match tokio::time::timeout(config.connect_timeout, tokio::net::TcpStream::connect(addr))
+            .await
+        {
+            Ok(Ok(_probe)) => {}
+            Ok(Err(source)) => return Err(Error::Unreachable { endpoint, source }),
+            Err(_) => {
+                return Err(Error::ConnectTimeout {
+                    endpoint,
+                    timeout: config.connect_timeout,
+                });
+            }
+        }
         let props = ConnectionProperties::default()
             .with_connection_name(config.connection_name.clone().into())
             .enable_auto_recover();

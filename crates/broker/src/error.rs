@@ -16,6 +16,13 @@ pub enum Error {
         source: Box<lapin::Error>,
     },
 
+    #[error("cannot reach RabbitMQ at {endpoint}; is it running, and is that its address?")]
+    Unreachable {
+        endpoint: String,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error(
         "no answer from RabbitMQ at {endpoint} within {timeout:?}; is it running and reachable?"
     )]

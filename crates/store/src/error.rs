@@ -13,6 +13,13 @@ pub enum Error {
         source: sqlx::Error,
     },
 
+    #[error("cannot reach Postgres at {endpoint}; is it running, and is that its address?")]
+    Unreachable {
+        endpoint: String,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("migration {version} ({name}) failed; the database is left at the previous version")]
     Migrate {
         version: i64,

@@ -78,6 +78,23 @@ impl Store {
             options.get_port(),
             options.get_database().unwrap_or("(default)")
         );
+        // A refused connection is reported at once and as such, instead of after the pool's
+        // acquire timeout as "pool timed out". Unix-socket hosts skip the probe.
+        if !options.get_host().starts_with('/') {
+            let addr = (options.get_host().to_owned(), options.get_port());
+            match tokio::time::timeout(config.acquire_timeout, tokio::net::TcpStream::connect(addr))
+                .await
+            {
+                Ok(Ok(_probe)) => {}
+                Ok(Err(source)) => return Err(Error::Unreachable { endpoint, source }),
+                Err(_) => {
+                    return Err(Error::Unreachable {
+                        endpoint,
+                        source: std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"),
+                    });
+                }
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections.max(1))
             .acquire_timeout(config.acquire_timeout)
