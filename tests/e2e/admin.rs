@@ -10,7 +10,7 @@ use warren_store::{CancelOutcome, RetryOutcome};
 use warren_testkit::{TestEnv, wait_until};
 use warren_worker::tasks::register_builtins;
 
-use crate::support::wait_all_terminal;
+use crate::support::{wait_all_terminal, wait_state};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_scheduled_job_never_runs_and_running_job_stops() -> anyhow::Result<()> {
@@ -38,19 +38,7 @@ async fn cancelled_scheduled_job_never_runs_and_running_job_stops() -> anyhow::R
     let long = client
         .enqueue(NewJob::new("warren.sleep", &json!({ "ms": 60_000 }))?)
         .await?;
-    wait_until(
-        Duration::from_secs(30),
-        "the sleep job to be running",
-        || async {
-            let state = env.store.job(long).await?.map(|r| r.state);
-            Ok(if state == Some(JobState::Running) {
-                Ok(())
-            } else {
-                Err(format!("{state:?}"))
-            })
-        },
-    )
-    .await?;
+    wait_state(&env.store, long, JobState::Running).await?;
     let outcome = env.store.cancel_job(long).await?;
     assert!(
         matches!(outcome, CancelOutcome::Signalled { worker: Some(_) }),

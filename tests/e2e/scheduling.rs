@@ -10,7 +10,7 @@ use warren_runtime::{JobContext, JobError, Worker, WorkerBuilder};
 use warren_testkit::TestEnv;
 use warren_worker::tasks::register_builtins;
 
-use crate::support::{count_state, wait_all_terminal};
+use crate::support::{count_state, wait_all_terminal, wait_state};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delayed_job_runs_on_time_not_early() -> anyhow::Result<()> {
@@ -161,15 +161,7 @@ async fn broker_only_producer_delays_jobs_through_the_intake_queue() -> anyhow::
         .collect::<Result<Vec<_>, _>>()?;
 
     // A worker turns the intake message into a scheduled row well before it is due.
-    warren_testkit::wait_until(Duration::from_secs(10), "the intake row", || async {
-        let state = env.store.job(id).await?.map(|r| r.state);
-        Ok(if state == Some(JobState::Scheduled) {
-            Ok(())
-        } else {
-            Err(format!("{state:?}"))
-        })
-    })
-    .await?;
+    wait_state(&env.store, id, JobState::Scheduled).await?;
     let mut all = many.clone();
     all.push(id);
     let rows = wait_all_terminal(&env.store, &all, Duration::from_secs(30)).await?;

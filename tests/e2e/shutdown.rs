@@ -8,7 +8,7 @@ use warren_core::{JobId, JobState};
 use warren_runtime::{JobContext, JobError, Worker, WorkerBuilder};
 use warren_testkit::{TestEnv, WorkerProcess, wait_until};
 
-use crate::support::{count_state, wait_all_terminal};
+use crate::support::{count_in, count_state, wait_all_terminal, wait_count};
 
 type Runs = Arc<Mutex<HashMap<JobId, usize>>>;
 
@@ -106,25 +106,7 @@ async fn sigterm_finishes_in_flight_jobs_and_exits_within_the_grace_period() -> 
         "proc",
         &["--concurrency", "8", "--shutdown-grace", "3s"],
     )?;
-    wait_until(
-        Duration::from_secs(30),
-        "the worker process to finish a first job",
-        || async {
-            let done = env
-                .store
-                .state_counts(None)
-                .await?
-                .iter()
-                .find(|c| c.state == JobState::Succeeded)
-                .map_or(0, |c| c.count);
-            Ok(if done >= 8 {
-                Ok(())
-            } else {
-                Err(format!("{done} succeeded"))
-            })
-        },
-    )
-    .await?;
+    wait_count(&env.store, JobState::Succeeded, 8).await?;
     worker.signal("TERM").await?;
     let signalled = Instant::now();
     let code = worker.wait(Duration::from_secs(10)).await?;
@@ -134,13 +116,7 @@ async fn sigterm_finishes_in_flight_jobs_and_exits_within_the_grace_period() -> 
         took < Duration::from_secs(3),
         "exited {took:?} after SIGTERM; grace is 3s"
     );
-    let running = env
-        .store
-        .state_counts(None)
-        .await?
-        .iter()
-        .find(|c| c.state == JobState::Running)
-        .map_or(0, |c| c.count);
+    let running = count_in(&env.store, JobState::Running).await?;
     assert_eq!(
         running, 0,
         "in-flight jobs were finished and recorded, not left running"
@@ -173,25 +149,7 @@ async fn jobs_outliving_the_grace_period_go_back_to_the_queue_unrecorded() -> an
         "short-grace",
         &["--concurrency", "4", "--shutdown-grace", "1s"],
     )?;
-    wait_until(
-        Duration::from_secs(30),
-        "all four jobs to be running",
-        || async {
-            let running = env
-                .store
-                .state_counts(None)
-                .await?
-                .iter()
-                .find(|c| c.state == JobState::Running)
-                .map_or(0, |c| c.count);
-            Ok(if running == 4 {
-                Ok(())
-            } else {
-                Err(format!("{running} running"))
-            })
-        },
-    )
-    .await?;
+    wait_count(&env.store, JobState::Running, 4).await?;
     worker.signal("TERM").await?;
     let signalled = Instant::now();
     let code = worker.wait(Duration::from_secs(10)).await?;

@@ -33,3 +33,49 @@ pub(crate) fn count_state(
 ) -> usize {
     rows.values().filter(|r| r.state == state).count()
 }
+
+/// How many jobs are in `state`.
+pub(crate) async fn count_in(store: &Store, state: JobState) -> anyhow::Result<i64> {
+    Ok(store
+        .state_counts(None)
+        .await?
+        .iter()
+        .find(|c| c.state == state)
+        .map_or(0, |c| c.count))
+}
+
+/// Waits until at least `n` jobs are in `state`.
+pub(crate) async fn wait_count(store: &Store, state: JobState, n: i64) -> anyhow::Result<()> {
+    wait_until(
+        Duration::from_secs(30),
+        &format!("{n} jobs {state}"),
+        || async {
+            let have = count_in(store, state).await?;
+            Ok(if have >= n {
+                Ok(())
+            } else {
+                Err(format!("{have} {state}"))
+            })
+        },
+    )
+    .await
+}
+
+/// Waits until job `id` is in `state`; returns its row.
+pub(crate) async fn wait_state(
+    store: &Store,
+    id: JobId,
+    state: JobState,
+) -> anyhow::Result<warren_store::JobRecord> {
+    wait_until(
+        Duration::from_secs(30),
+        &format!("job {id} to be {state}"),
+        || async {
+            Ok(match store.job(id).await? {
+                Some(row) if row.state == state => Ok(row),
+                other => Err(format!("{:?}", other.map(|r| r.state))),
+            })
+        },
+    )
+    .await
+}
