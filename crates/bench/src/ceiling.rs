@@ -14,20 +14,26 @@ use anyhow::Context;
 use chrono::Utc;
 use serde_json::value::RawValue;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use warren_broker::{Consumer, PublishRequest, Publisher};
 use warren_core::message::HEADER_ENQUEUED_AT;
 use warren_core::{HeaderValue, RawMessage, TaskName};
 
 use crate::report::{CEILING, Latency, Measure, Phase};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Sandbox, stoppable};
 use crate::settings::Settings;
 use crate::workload::{CHUNK, TASK, noop_message, payload};
 
-/// Publishes and consumes `settings.jobs` messages after a warm-up, in `sandbox`.
-pub(crate) async fn measure(settings: &Settings, sandbox: &Sandbox) -> anyhow::Result<Phase> {
+/// Publishes and consumes `settings.jobs` messages after a warm-up, in `sandbox`, until done
+/// or `stop`ped.
+pub(crate) async fn measure(
+    settings: &Settings,
+    sandbox: &Sandbox,
+    stop: &CancellationToken,
+) -> anyhow::Result<Phase> {
     let producer = sandbox.connect("producer").await?;
     let consumer = sandbox.connect("consumer").await?;
-    let measured = async {
+    let measured = stoppable(stop, async {
         let publisher = producer
             .publisher()
             .await
@@ -76,7 +82,7 @@ pub(crate) async fn measure(settings: &Settings, sandbox: &Sandbox) -> anyhow::R
                 ),
             ],
         })
-    }
+    })
     .await;
     producer.close().await;
     consumer.close().await;
@@ -139,7 +145,9 @@ async fn drain(mut consumer: Consumer, count: u64, concurrency: usize) -> anyhow
         let delivery = consumer
             .next()
             .await
-            .with_context(|| format!("the broker cancelled the consumer after {received} of {count} deliveries"))?
+            .with_context(|| {
+                format!("the broker cancelled the consumer after {received} of {count} deliveries")
+            })?
             .context("receiving a delivery")?;
         if let Some(HeaderValue::Int(enqueued)) = delivery.raw.headers.get(HEADER_ENQUEUED_AT) {
             delivered_ms.push((Utc::now().timestamp_millis() - enqueued) as f64);

@@ -19,14 +19,19 @@ use warren_testkit::{RunningWorker, wait_until};
 use warren_worker::tasks::register_builtins;
 
 use crate::report::{END_TO_END, Latency, Measure, Phase};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Sandbox, stoppable};
 use crate::settings::Settings;
 use crate::workload::{CHUNK, QUEUE, TASK, payload};
 
-/// Runs `settings.jobs` jobs through an in-process worker after a warm-up, in `sandbox`.
-pub(crate) async fn measure(settings: &Settings, sandbox: &Sandbox) -> anyhow::Result<Phase> {
+/// Runs `settings.jobs` jobs through an in-process worker after a warm-up, in `sandbox`,
+/// until done or `stop`ped.
+pub(crate) async fn measure(
+    settings: &Settings,
+    sandbox: &Sandbox,
+    stop: &CancellationToken,
+) -> anyhow::Result<Phase> {
     let worker = start_worker(settings, sandbox).await?;
-    let measured = drive(settings, sandbox).await;
+    let measured = stoppable(stop, drive(settings, sandbox)).await;
     // Stopped as on SIGTERM, whether or not the measurement succeeded, so its last writes
     // and acks finish before the sandbox is removed.
     let stats = worker.stop().await.context("stopping the worker");
@@ -70,7 +75,12 @@ async fn drive(settings: &Settings, sandbox: &Sandbox) -> anyhow::Result<Phase> 
     let start = Instant::now();
     enqueue(&client, &job, settings.jobs).await?;
     let enqueued = start.elapsed();
-    wait_for_succeeded(&probe, settings.warmup + settings.jobs, settings.phase_timeout).await?;
+    wait_for_succeeded(
+        &probe,
+        settings.warmup + settings.jobs,
+        settings.phase_timeout,
+    )
+    .await?;
     let elapsed = start.elapsed();
 
     let summary = probe

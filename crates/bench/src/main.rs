@@ -4,7 +4,7 @@
 //! Wiring only: flags become [`settings::Settings`], each phase runs in a [`sandbox::Sandbox`]
 //! of its own (a RabbitMQ namespace, and a database when it needs one) that is removed
 //! afterwards, and [`report::Report`] prints what the phases measured. A new phase is a module
-//! with a `measure(&Settings, &Sandbox) -> Phase` function and one line below.
+//! with a `measure(&Settings, &Sandbox, &stop) -> Phase` function and one line below.
 //!
 //! Exit codes: 0 after a complete run, 1 when a phase fails or is interrupted, 2 on bad flags.
 
@@ -77,12 +77,16 @@ async fn run(settings: &Settings) -> anyhow::Result<Report<'_>> {
 
     let ceiling = Sandbox::create(settings, run_id, "ceiling", false)
         .await?
-        .run(limit, &shutdown, async |s| ceiling::measure(settings, s).await)
+        .run(limit, &shutdown, async |s, stop| {
+            ceiling::measure(settings, s, stop).await
+        })
         .await
         .context("broker ceiling phase")?;
     let end_to_end = Sandbox::create(settings, run_id, "warren", true)
         .await?
-        .run(limit, &shutdown, async |s| end_to_end::measure(settings, s).await)
+        .run(limit, &shutdown, async |s, stop| {
+            end_to_end::measure(settings, s, stop).await
+        })
         .await
         .context("Warren end-to-end phase")?;
 

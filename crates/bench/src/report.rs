@@ -5,7 +5,6 @@
 //! headline throughput plus named figures), so a new phase (the retry path, the promoter's
 //! lateness) is a new module returning a [`Phase`], and nothing here changes.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -58,7 +57,12 @@ pub(crate) struct Measure {
 }
 
 impl Measure {
-    pub(crate) fn rate(key: &'static str, label: &'static str, jobs: u64, elapsed: Duration) -> Self {
+    pub(crate) fn rate(
+        key: &'static str,
+        label: &'static str,
+        jobs: u64,
+        elapsed: Duration,
+    ) -> Self {
         Measure {
             key,
             label,
@@ -67,7 +71,11 @@ impl Measure {
         }
     }
 
-    pub(crate) fn latency(key: &'static str, label: &'static str, latency: Option<Latency>) -> Self {
+    pub(crate) fn latency(
+        key: &'static str,
+        label: &'static str,
+        latency: Option<Latency>,
+    ) -> Self {
         Measure {
             key,
             label,
@@ -92,6 +100,15 @@ impl Phase {
     pub(crate) fn jobs_per_sec(&self) -> f64 {
         rate(self.jobs, self.elapsed)
     }
+}
+
+/// One table line: a label, then four right-aligned columns; no trailing blanks.
+fn row(label: &str, cells: [String; 4]) -> String {
+    let mut line = format!("{label:<32}");
+    for cell in cells {
+        line.push_str(&format!(" {cell:>9}"));
+    }
+    line.trim_end().to_owned()
 }
 
 fn rate(jobs: u64, elapsed: Duration) -> f64 {
@@ -120,42 +137,46 @@ impl Report<'_> {
     /// The table for people: a phase's headline row, then its figures indented under it.
     pub(crate) fn table(&self) -> String {
         let s = self.settings;
-        let mut out = String::new();
-        // Writing to a String cannot fail; the results are discarded for that reason.
-        let _ = writeln!(
-            out,
-            "warren-bench  jobs={} payload={}B concurrency={} prefetch={} warmup={} ({} cores)",
-            s.jobs, s.payload_bytes, s.concurrency, s.prefetch, s.warmup, s.cores
-        );
-        let _ = writeln!(out, "{:<32} {:>9} {:>9} {:>9} {:>9}", "phase", "jobs/s", "p50 ms", "p99 ms", "secs");
+        let mut lines = vec![
+            format!(
+                "warren-bench  jobs={} payload={}B concurrency={} prefetch={} warmup={} ({} cores)",
+                s.jobs, s.payload_bytes, s.concurrency, s.prefetch, s.warmup, s.cores
+            ),
+            row(
+                "phase",
+                ["jobs/s", "p50 ms", "p99 ms", "secs"].map(str::to_owned),
+            ),
+        ];
+        let cell = |v: Option<f64>, decimals: usize| {
+            v.map_or_else(String::new, |v| format!("{v:.decimals$}"))
+        };
         for phase in &self.phases {
-            let _ = writeln!(
-                out,
-                "{:<32} {:>9.0} {:>9} {:>9} {:>9.2}",
-                phase.title,
-                phase.jobs_per_sec(),
-                "",
-                "",
-                phase.elapsed.as_secs_f64()
-            );
+            let rate = Some(phase.jobs_per_sec());
+            let secs = Some(phase.elapsed.as_secs_f64());
+            let cells = [cell(rate, 0), String::new(), String::new(), cell(secs, 2)];
+            lines.push(row(phase.title, cells));
             for m in &phase.measures {
-                let cell = |v: Option<f64>, decimals: usize| {
-                    v.map_or_else(String::new, |v| format!("{v:.decimals$}"))
-                };
-                let _ = writeln!(
-                    out,
-                    "  {:<30} {:>9} {:>9} {:>9}",
-                    m.label,
+                let cells = [
                     cell(m.jobs_per_sec, 0),
                     cell(m.latency.map(|l| l.p50_ms), 1),
                     cell(m.latency.map(|l| l.p99_ms), 1),
-                );
+                    String::new(),
+                ];
+                lines.push(row(&format!("  {}", m.label), cells));
             }
         }
         if let Some(ratio) = self.ratio_percent() {
-            let _ = writeln!(out, "{:<32} {:>8.1}%", "ratio warren/ceiling", ratio);
+            lines.push(row(
+                "ratio warren/ceiling",
+                [
+                    format!("{ratio:.1}%"),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                ],
+            ));
         }
-        out
+        lines.iter().map(|l| format!("{l}\n")).collect()
     }
 
     /// The same results as one JSON object, for scripts comparing runs.
@@ -213,7 +234,13 @@ mod tests {
         let l = Latency::of(&mut [10.0, 1.0, 3.0, 2.0]).expect("has samples");
         assert!((l.p50_ms - 2.5).abs() < 1e-9);
         assert!((l.p99_ms - 9.79).abs() < 1e-9);
-        assert_eq!(Latency::of(&mut [7.0]), Some(Latency { p50_ms: 7.0, p99_ms: 7.0 }));
+        assert_eq!(
+            Latency::of(&mut [7.0]),
+            Some(Latency {
+                p50_ms: 7.0,
+                p99_ms: 7.0
+            })
+        );
         assert_eq!(Latency::of(&mut []), None);
     }
 
@@ -223,7 +250,11 @@ mod tests {
             title: key,
             jobs,
             elapsed: Duration::from_secs(secs),
-            measures: vec![Measure::latency("lat", "latency", Latency::of(&mut [1.0, 2.0]))],
+            measures: vec![Measure::latency(
+                "lat",
+                "latency",
+                Latency::of(&mut [1.0, 2.0]),
+            )],
         }
     }
 
@@ -235,11 +266,18 @@ mod tests {
             .expect("defaults are valid");
         let report = Report {
             settings: &settings,
-            phases: vec![phase(CEILING, 1000, 1), phase(END_TO_END, 1000, 4), phase("later", 10, 1)],
+            phases: vec![
+                phase(CEILING, 1000, 1),
+                phase(END_TO_END, 1000, 4),
+                phase("later", 10, 1),
+            ],
         };
         assert_eq!(report.ratio_percent(), Some(25.0));
         let table = report.table();
-        assert!(table.contains("later") && table.contains("25.0%"), "{table}");
+        assert!(
+            table.contains("later") && table.contains("25.0%"),
+            "{table}"
+        );
         assert_eq!(report.json()["phases"][2]["measures"]["lat"]["p50_ms"], 1.5);
     }
 }

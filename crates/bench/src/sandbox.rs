@@ -22,7 +22,7 @@ use crate::workload::QUEUE;
 pub(crate) struct Database {
     admin_url: String,
     name: String,
-    pub(crate) config: StoreConfig,
+    config: StoreConfig,
 }
 
 /// A namespace (and maybe a database) that exists until [`Sandbox::remove`].
@@ -84,19 +84,36 @@ impl Sandbox {
             .context("this phase's sandbox was created without a database")
     }
 
-    /// Runs `phase` in this sandbox, then removes the sandbox however the phase ended:
-    /// finished, failed, over its time `limit`, or interrupted by `shutdown`.
+    /// Runs `phase` in this sandbox, then removes the sandbox however the phase ended.
+    ///
+    /// The phase is given a `stop` token, cancelled on a signal or when it overruns `limit`.
+    /// It is never simply dropped: it must wind down what it started (the end-to-end phase
+    /// stops its worker gracefully) before the database and queues go, or the worker would
+    /// spend its last moments logging errors about both.
     pub(crate) async fn run<T>(
         self,
         limit: Duration,
         shutdown: &CancellationToken,
-        phase: impl AsyncFnOnce(&Sandbox) -> anyhow::Result<T>,
+        phase: impl AsyncFnOnce(&Sandbox, &CancellationToken) -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
-        let outcome = tokio::select! {
-            outcome = tokio::time::timeout(limit, phase(&self)) => outcome
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("the phase took longer than {limit:?} (see --timeout-secs)"))),
-            () = shutdown.cancelled() => Err(anyhow::anyhow!("interrupted by a signal")),
+        let stop = shutdown.child_token();
+        let timer = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                tokio::time::sleep(limit).await;
+                stop.cancel();
+            }
+        });
+        let outcome = match phase(&self, &stop).await {
+            Err(e) if e.is::<Stopped>() && shutdown.is_cancelled() => {
+                Err(anyhow::anyhow!("interrupted by a signal"))
+            }
+            Err(e) if e.is::<Stopped>() => Err(anyhow::anyhow!(
+                "the phase took longer than {limit:?} (see --timeout-secs)"
+            )),
+            other => other,
         };
+        timer.abort();
         let removed = self.remove().await;
         let value = outcome?;
         removed?;
@@ -196,4 +213,28 @@ async fn declare(
         return Err(e).with_context(|| format!("declaring RabbitMQ namespace `{namespace}`"));
     }
     Ok((admin, config, queue))
+}
+
+/// A phase's work ended early because its `stop` token was cancelled; [`Sandbox::run`] says
+/// why (a signal or the time limit).
+#[derive(Debug)]
+pub(crate) struct Stopped;
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stopped before the phase finished")
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+/// Runs `work` until it ends or `stop` is cancelled, whichever comes first.
+pub(crate) async fn stoppable<T>(
+    stop: &CancellationToken,
+    work: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::select! {
+        outcome = work => outcome,
+        () = stop.cancelled() => Err(Stopped.into()),
+    }
 }
