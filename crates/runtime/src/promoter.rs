@@ -12,10 +12,13 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::value::RawValue;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use warren_broker::{PublishRequest, Publisher};
 use warren_core::{JobId, JobMessage, RawMessage, TaskName};
-use warren_store::{DUE_CHANNEL, Listener, Store};
+
+use tokio::sync::Notify;
+use warren_store::Store;
 
 /// Tuning of the promoter.
 #[derive(Clone, Copy, Debug)]
@@ -45,6 +48,8 @@ pub struct Promoter {
     store: Store,
     publisher: Publisher,
     config: PromoterConfig,
+    /// Notified when a job becomes scheduled (the worker forwards `warren_due` to it).
+    wakeup: Arc<Notify>,
 }
 
 impl Promoter {
@@ -53,23 +58,21 @@ impl Promoter {
             store,
             publisher,
             config,
+            wakeup: Arc::new(Notify::new()),
         }
     }
 
+    /// Shares a wake-up signal: whoever holds it calls `notify_one` when a job may have
+    /// become due sooner than the promoter expects. Without one it polls.
+    pub fn with_wakeup(mut self, wakeup: Arc<Notify>) -> Self {
+        self.wakeup = wakeup;
+        self
+    }
+
     pub async fn run(self, stop: CancellationToken) {
-        let mut listener: Option<Listener> = None;
         loop {
             if stop.is_cancelled() {
                 break;
-            }
-            if listener.is_none() {
-                listener = match self.store.listen(DUE_CHANNEL).await {
-                    Ok(l) => Some(l),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "promoter cannot LISTEN; polling only");
-                        None
-                    }
-                };
             }
             match self.promote_once().await {
                 // A full batch means more may be due right now.
@@ -79,8 +82,7 @@ impl Promoter {
             }
             let wait = match self.store.next_due_at().await {
                 Ok(Some(at)) => (at - Utc::now()).to_std().unwrap_or(Duration::ZERO),
-                Ok(None) => self.config.poll_interval,
-                Err(_) => self.config.poll_interval,
+                Ok(None) | Err(_) => self.config.poll_interval,
             }
             .min(self.config.poll_interval);
             if wait.is_zero() {
@@ -88,18 +90,9 @@ impl Promoter {
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 continue;
             }
-            let notified = async {
-                match listener.as_mut() {
-                    Some(l) => l.recv().await.map(drop),
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                r = notified => if let Err(e) = r {
-                    tracing::warn!(error = %e, "due-job listener failed; reconnecting");
-                    listener = None;
-                },
+                () = self.wakeup.notified() => {}
                 () = stop.cancelled() => break,
             }
         }

@@ -258,9 +258,11 @@ impl Worker {
         }
         loops.close();
 
-        let cancel_listener = tokio::spawn(cancel_loop(
+        let due = Arc::new(tokio::sync::Notify::new());
+        let listener = tokio::spawn(notification_loop(
             store.clone(),
             executor.clone(),
+            due.clone(),
             stop_consuming.clone(),
         ));
         let heartbeat = tokio::spawn(heartbeat_loop(
@@ -274,7 +276,8 @@ impl Worker {
         ));
         let promoter = match cfg.promoter {
             Some(pc) => {
-                let promoter = Promoter::new(store.clone(), broker.publisher().await?, pc);
+                let promoter = Promoter::new(store.clone(), broker.publisher().await?, pc)
+                    .with_wakeup(due.clone());
                 Some(tokio::spawn(promoter.run(stop_consuming.clone())))
             }
             None => None,
@@ -327,7 +330,7 @@ impl Worker {
         };
         drop(executor);
         let _ = heartbeat.await;
-        let _ = cancel_listener.await;
+        let _ = listener.await;
         let flush = tokio::time::timeout_at(
             deadline.max(tokio::time::Instant::now() + close_budget),
             recorder_task,
@@ -442,13 +445,20 @@ async fn heartbeat_loop(
         .await;
 }
 
-/// Listens for admin cancels and fires the tokens of jobs running here.
-async fn cancel_loop(store: Store, executor: Arc<Executor>, stop: CancellationToken) {
+/// One LISTEN connection for the whole worker: `warren_due` wakes the promoter, and
+/// `warren_cancel` fires the token of a job running here.
+async fn notification_loop(
+    store: Store,
+    executor: Arc<Executor>,
+    due: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
+) {
+    use warren_store::{CANCEL_CHANNEL, DUE_CHANNEL};
     while !stop.is_cancelled() {
-        let mut listener = match store.listen(warren_store::CANCEL_CHANNEL).await {
+        let mut listener = match store.listen(&[DUE_CHANNEL, CANCEL_CHANNEL]).await {
             Ok(l) => l,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for cancels; retrying in 5s");
+                tracing::warn!(error = %e, "cannot LISTEN for notifications; the promoter polls meanwhile; retrying in 5s");
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(5)) => continue,
                     () = stop.cancelled() => break,
@@ -456,17 +466,20 @@ async fn cancel_loop(store: Store, executor: Arc<Executor>, stop: CancellationTo
             }
         };
         loop {
-            let payload = tokio::select! {
-                p = listener.recv() => p,
+            let notification = tokio::select! {
+                n = listener.recv() => n,
                 () = stop.cancelled() => return,
             };
-            match payload.map(|p| p.parse::<warren_core::JobId>()) {
-                Ok(Ok(id)) => executor.cancels.cancel(id),
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "ignoring a malformed cancel notification")
-                }
+            match notification {
+                Ok(n) if n.channel == DUE_CHANNEL => due.notify_one(),
+                Ok(n) => match n.payload.parse::<warren_core::JobId>() {
+                    Ok(id) => executor.cancels.cancel(id),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ignoring a malformed cancel notification")
+                    }
+                },
                 Err(e) => {
-                    tracing::warn!(error = %e, "cancel listener lost its connection; reconnecting");
+                    tracing::warn!(error = %e, "notification listener lost its connection; reconnecting");
                     break;
                 }
             }

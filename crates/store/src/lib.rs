@@ -22,7 +22,7 @@ pub use admin::{CancelOutcome, RetryOutcome};
 pub use error::Error;
 pub use jobs::{Claim, JobProgress, JobRecord, LatencySummary, StateCount};
 pub use migrate::SCHEMA_VERSION;
-pub use promotion::{CANCEL_CHANNEL, DUE_CHANNEL, DueJob, Listener, Promotion};
+pub use promotion::{CANCEL_CHANNEL, DUE_CHANNEL, DueJob, Listener, Notification, Promotion};
 pub use recorder::{RecordRow, Recorder, RecorderConfig};
 pub use schedule::{PgTransaction, ScheduledJob, schedule_in};
 pub use store::{Store, StoreConfig};

@@ -75,20 +75,30 @@ pub const DUE_CHANNEL: &str = "warren_due";
 /// Postgres channel carrying the id of a running job an admin cancelled.
 pub const CANCEL_CHANNEL: &str = "warren_cancel";
 
-/// A LISTEN connection on one channel.
+/// A LISTEN connection on some channels. It holds one pooled connection while it lives.
 #[derive(Debug)]
 pub struct Listener {
     listener: PgListener,
 }
 
+/// One notification: its channel and payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notification {
+    pub channel: String,
+    pub payload: String,
+}
+
 impl Listener {
-    /// Waits for the next notification and returns its payload. An error means the
-    /// listening connection broke; callers reconnect, and fall back to polling meanwhile.
-    pub async fn recv(&mut self) -> Result<String, Error> {
+    /// Waits for the next notification. An error means the listening connection broke;
+    /// callers reconnect, and fall back to polling meanwhile.
+    pub async fn recv(&mut self) -> Result<Notification, Error> {
         self.listener
             .recv()
             .await
-            .map(|n| n.payload().to_owned())
+            .map(|n| Notification {
+                channel: n.channel().to_owned(),
+                payload: n.payload().to_owned(),
+            })
             .map_err(Error::query("listening for notifications"))
     }
 }
@@ -147,16 +157,16 @@ impl Store {
             .map_err(Error::query("finding the next due job"))
     }
 
-    /// A listener on `channel` ([`DUE_CHANNEL`] or [`CANCEL_CHANNEL`]), on a connection of
-    /// its own.
-    pub async fn listen(&self, channel: &'static str) -> Result<Listener, Error> {
+    /// A listener on `channels` (such as [`DUE_CHANNEL`] and [`CANCEL_CHANNEL`]), on one
+    /// connection taken from the pool for as long as it lives.
+    pub async fn listen(&self, channels: &[&str]) -> Result<Listener, Error> {
         let mut listener = PgListener::connect_with(&self.pool)
             .await
             .map_err(Error::query("opening a LISTEN connection"))?;
         listener
-            .listen(channel)
+            .listen_all(channels.iter().copied())
             .await
-            .map_err(Error::query("subscribing to a notification channel"))?;
+            .map_err(Error::query("subscribing to notification channels"))?;
         Ok(Listener { listener })
     }
 }

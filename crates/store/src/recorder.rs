@@ -15,11 +15,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinSet;
 use warren_core::{FailureRecord, JobId, JobState};
 
 use crate::error::is_transient;
@@ -70,6 +72,8 @@ pub struct RecorderConfig {
     /// Rows waiting to be written before senders wait: backpressure from a slow database
     /// reaches the handlers (and through unacked deliveries, the broker) instead of memory.
     pub capacity: usize,
+    /// Batches written at once, each on its own pooled connection.
+    pub max_in_flight: usize,
 }
 
 impl Default for RecorderConfig {
@@ -77,6 +81,7 @@ impl Default for RecorderConfig {
         Self {
             max_batch: 500,
             capacity: 4_096,
+            max_in_flight: 2,
         }
     }
 }
@@ -133,32 +138,51 @@ impl Recorder {
 }
 
 async fn run(store: Store, config: RecorderConfig, mut rx: mpsc::Receiver<Item>) {
+    // Up to `max_in_flight` batches are written at once, on different connections, so one
+    // slow round trip does not hold up the next batch. Order between batches does not matter:
+    // the fence decides every conflict the same way whichever write lands first.
+    let slots = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+    let mut flushes = JoinSet::new();
     let mut buf = Vec::with_capacity(config.max_batch);
     while rx.recv_many(&mut buf, config.max_batch).await > 0 {
         let batch = std::mem::take(&mut buf);
-        let n = batch.len();
-        let (rows, waiters) = coalesce(batch);
-        let result = write_with_retry(&store, &rows).await;
-        tracing::debug!(
-            items = n,
-            rows = rows.len(),
-            ok = result.is_ok(),
-            "recorder batch"
-        );
-        match result {
-            Ok(()) => {
-                for w in waiters {
-                    let _ = w.send(Ok(()));
-                }
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let store = store.clone();
+        flushes.spawn(async move {
+            flush(&store, batch).await;
+            drop(permit);
+        });
+        // Reap finished flushes so the set does not grow with the run.
+        while flushes.try_join_next().is_some() {}
+    }
+    while flushes.join_next().await.is_some() {}
+}
+
+async fn flush(store: &Store, batch: Vec<Item>) {
+    let n = batch.len();
+    let (rows, waiters) = coalesce(batch);
+    let result = write_with_retry(store, &rows).await;
+    tracing::debug!(
+        items = n,
+        rows = rows.len(),
+        ok = result.is_ok(),
+        "recorder batch"
+    );
+    match result {
+        Ok(()) => {
+            for w in waiters {
+                let _ = w.send(Ok(()));
             }
-            Err(e) => {
-                tracing::error!(error = %e, rows = rows.len(), "outcomes not recorded; their deliveries will be redelivered");
-                let reason = format!("{e}: {}", source_chain(&e));
-                for w in waiters {
-                    let _ = w.send(Err(Error::Unrecorded {
-                        reason: reason.clone(),
-                    }));
-                }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, rows = rows.len(), "outcomes not recorded; their deliveries will be redelivered");
+            let reason = format!("{e}: {}", source_chain(&e));
+            for w in waiters {
+                let _ = w.send(Err(Error::Unrecorded {
+                    reason: reason.clone(),
+                }));
             }
         }
     }

@@ -12,9 +12,9 @@ pub struct StoreConfig {
     /// `postgres://user:pass@host:port/db`. `Debug` and [`StoreConfig::redacted_url`] hide the
     /// password.
     pub url: String,
-    /// Pool size. The recorder needs one connection most of the time, the promoter and
-    /// heartbeats one more; four leaves room. The local server allows 100 in total, shared by
-    /// every process.
+    /// Pool size. A worker keeps one connection for LISTEN, the recorder writes up to two
+    /// batches at once, and the promoter, heartbeats and idempotency claims share the rest.
+    /// The local server allows 100 in total, shared by every process.
     pub max_connections: u32,
     pub acquire_timeout: Duration,
     pub application_name: String,
@@ -24,7 +24,7 @@ impl StoreConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
-            max_connections: 4,
+            max_connections: 5,
             acquire_timeout: Duration::from_secs(10),
             application_name: "warren".to_owned(),
         }
