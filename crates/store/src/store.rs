@@ -2,7 +2,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 
 use crate::Error;
 
@@ -72,6 +72,16 @@ impl Store {
                 reason: e.to_string(),
             })?
             .application_name(&config.application_name);
+        // On loopback, TLS protects nothing, and with sqlx 0.9.0 it costs dearly: sqlx no
+        // longer sets TCP_NODELAY (transact-rs/sqlx#4335, fixed after 0.9.0), so TLS records
+        // split across writes wait out a delayed ACK, about 40 ms per recorder batch. Unless
+        // the URL chooses an sslmode itself, loopback connections go without TLS.
+        let is_loopback = matches!(options.get_host(), "localhost" | "127.0.0.1" | "::1" | "[::1]");
+        let options = if is_loopback && !config.url.contains("sslmode=") {
+            options.ssl_mode(PgSslMode::Disable)
+        } else {
+            options
+        };
         let endpoint = format!(
             "{}:{}/{}",
             options.get_host(),
