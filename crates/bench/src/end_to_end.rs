@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 use warren_client::{Client, NewJob};
 use warren_core::JobState;
-use warren_runtime::{Worker, WorkerConfig};
+use warren_runtime::{Worker, WorkerBuilder, WorkerConfig};
 use warren_store::{LatencySummary, Store};
 use warren_testkit::{RunningWorker, wait_until};
 use warren_worker::tasks::register_builtins;
@@ -30,7 +30,7 @@ pub(crate) async fn measure(
     sandbox: &Sandbox,
     stop: &CancellationToken,
 ) -> anyhow::Result<Phase> {
-    let worker = start_worker(settings, sandbox).await?;
+    let worker = start_worker(settings, sandbox, register_builtins(Worker::builder())).await?;
     let measured = stoppable(stop, drive(settings, sandbox)).await;
     // Stopped as on SIGTERM, whether or not the measurement succeeded, so its last writes
     // and acks finish before the sandbox is removed.
@@ -41,7 +41,12 @@ pub(crate) async fn measure(
     Ok(phase)
 }
 
-async fn start_worker(settings: &Settings, sandbox: &Sandbox) -> anyhow::Result<RunningWorker> {
+/// Starts an in-process worker with `builder`'s handlers on the sandbox's queue.
+pub(crate) async fn start_worker(
+    settings: &Settings,
+    sandbox: &Sandbox,
+    builder: WorkerBuilder,
+) -> anyhow::Result<RunningWorker> {
     let database = sandbox.database()?;
     let mut config = WorkerConfig::new(
         format!("{}-worker", sandbox.broker_config.topology.namespace),
@@ -49,9 +54,7 @@ async fn start_worker(settings: &Settings, sandbox: &Sandbox) -> anyhow::Result<
     );
     config.concurrency = settings.concurrency;
     config.prefetch = settings.prefetch;
-    let worker: Worker = register_builtins(Worker::builder())
-        .build(config)
-        .context("configuring the worker")?;
+    let worker: Worker = builder.build(config).context("configuring the worker")?;
     let broker = sandbox.connect("worker").await?;
     let store = database.connect("worker", None).await?;
     let shutdown = CancellationToken::new();
@@ -116,7 +119,7 @@ async fn drive(settings: &Settings, sandbox: &Sandbox) -> anyhow::Result<Phase> 
 }
 
 /// Enqueues `count` copies of `job` (each with a fresh id) in chunks, each confirmed.
-async fn enqueue(client: &Client, job: &NewJob, count: u64) -> anyhow::Result<()> {
+pub(crate) async fn enqueue(client: &Client, job: &NewJob, count: u64) -> anyhow::Result<()> {
     let mut left = count;
     while left > 0 {
         let n = left.min(CHUNK as u64);
@@ -132,7 +135,11 @@ async fn enqueue(client: &Client, job: &NewJob, count: u64) -> anyhow::Result<()
 /// Polls Postgres (every 50 ms, `wait_until`'s pace) until `target` jobs have succeeded.
 /// A dead job fails the run at once: the benchmark is of the happy path, and waiting for the
 /// timeout would only hide why.
-async fn wait_for_succeeded(store: &Store, target: u64, timeout: Duration) -> anyhow::Result<()> {
+pub(crate) async fn wait_for_succeeded(
+    store: &Store,
+    target: u64,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     if target == 0 {
         return Ok(());
     }
@@ -167,12 +174,12 @@ async fn wait_for_succeeded(store: &Store, target: u64, timeout: Duration) -> an
 /// Now, cut to whole milliseconds. Jobs carry their enqueue time in milliseconds, so a job
 /// enqueued in the same millisecond as a sub-millisecond `since` would otherwise look older
 /// than the measurement and be left out of the summary.
-fn now_to_the_millisecond() -> DateTime<Utc> {
+pub(crate) fn now_to_the_millisecond() -> DateTime<Utc> {
     let now = Utc::now();
     DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
 }
 
-fn latencies(summary: &LatencySummary) -> (Option<Latency>, Option<Latency>) {
+pub(crate) fn latencies(summary: &LatencySummary) -> (Option<Latency>, Option<Latency>) {
     let pair = |p50: Option<f64>, p99: Option<f64>| {
         Some(Latency {
             p50_ms: p50?,

@@ -10,7 +10,9 @@
 
 mod ceiling;
 mod end_to_end;
+mod promotion;
 mod report;
+mod retry_path;
 mod sandbox;
 mod settings;
 mod workload;
@@ -90,9 +92,24 @@ async fn run(settings: &Settings) -> anyhow::Result<Report<'_>> {
         .await
         .context("Warren end-to-end phase")?;
 
+    let retry_path = Sandbox::create(settings, run_id, "retry", true)
+        .await?
+        .run(limit, &shutdown, async |s, stop| {
+            retry_path::measure(settings, s, stop).await
+        })
+        .await
+        .context("retry-path phase")?;
+    let promoter = Sandbox::create(settings, run_id, "delayed", true)
+        .await?
+        .run(limit, &shutdown, async |s, stop| {
+            promotion::measure(settings, s, stop).await
+        })
+        .await
+        .context("promoter lateness phase")?;
+
     Ok(Report {
         settings,
-        phases: vec![ceiling, end_to_end],
+        phases: vec![ceiling, end_to_end, retry_path, promoter],
     })
 }
 

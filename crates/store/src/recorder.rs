@@ -218,6 +218,10 @@ fn coalesce(batch: Vec<Item>) -> (Vec<RecordRow>, Vec<oneshot::Sender<Result<(),
             }
         }
     }
+    // Every batch locks its rows in id order, so two batches written at once that share
+    // jobs (a running mark in one, the outcome in the other) can wait for each other but
+    // never deadlock.
+    rows.sort_unstable_by_key(|r| r.id);
     (rows, waiters)
 }
 

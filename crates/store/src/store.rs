@@ -76,7 +76,10 @@ impl Store {
         // longer sets TCP_NODELAY (transact-rs/sqlx#4335, fixed after 0.9.0), so TLS records
         // split across writes wait out a delayed ACK, about 40 ms per recorder batch. Unless
         // the URL chooses an sslmode itself, loopback connections go without TLS.
-        let is_loopback = matches!(options.get_host(), "localhost" | "127.0.0.1" | "::1" | "[::1]");
+        let is_loopback = matches!(
+            options.get_host(),
+            "localhost" | "127.0.0.1" | "::1" | "[::1]"
+        );
         let options = if is_loopback && !config.url.contains("sslmode=") {
             options.ssl_mode(PgSslMode::Disable)
         } else {
