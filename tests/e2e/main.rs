@@ -6,6 +6,7 @@ mod bad_input;
 mod crash_loop;
 mod fencing;
 mod idempotency;
+mod migrations;
 mod pipeline;
 mod redelivery;
 mod retries;

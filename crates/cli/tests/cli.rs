@@ -458,23 +458,24 @@ async fn a_finished_job_shows_in_show_summary_and_workers() -> anyhow::Result<()
 #[tokio::test]
 async fn jobs_are_cancelled_and_retried_from_the_command_line() -> anyhow::Result<()> {
     with_env(&["default"], async |env| {
-        let builder = Worker::builder()
-            .register("sleep", |ctx: JobContext, _p: Value| async move {
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(60)) => Ok::<_, JobError>("slept"),
-                    () = ctx.cancelled() => Err(JobError::retryable("stopped early")),
-                }
-            })
-            .register("doomed", |_ctx: JobContext, _p: Value| async move {
+        // The worker binary's own tasks: `warren.sleep` stops when its job is cancelled.
+        let builder = warren_worker::tasks::register_builtins(Worker::builder()).register(
+            "doomed",
+            |_ctx: JobContext, _p: Value| async move {
                 Err::<(), _>(JobError::permanent("never works"))
-            });
+            },
+        );
         let worker = env.start_worker(builder, env.worker_config("w")).await?;
         let result = async {
             let state_of = |id: JobId| async move {
                 Ok::<_, anyhow::Error>(env.store.job(id).await?.map(|j| j.state))
             };
             // A running job: the CLI signals its worker, which records it cancelled.
-            let run = warren(env, &["enqueue", "sleep", "--payload", "{}"]).await?;
+            let run = warren(
+                env,
+                &["enqueue", "warren.sleep", "--payload", r#"{"ms": 60000}"#],
+            )
+            .await?;
             let running: JobId = run.stdout.trim().parse()?;
             wait_until(Duration::from_secs(30), "the sleep job to run", || async {
                 let s = state_of(running).await?;
@@ -512,7 +513,14 @@ async fn jobs_are_cancelled_and_retried_from_the_command_line() -> anyhow::Resul
             // A delayed job: cancelled while it waits in Postgres.
             let run = warren(
                 env,
-                &["enqueue", "sleep", "--payload", "{}", "--delay", "1h"],
+                &[
+                    "enqueue",
+                    "warren.sleep",
+                    "--payload",
+                    r#"{"ms": 1}"#,
+                    "--delay",
+                    "1h",
+                ],
             )
             .await?;
             ensure!(run.code == Some(0), "{run:?}");

@@ -11,6 +11,7 @@
 pub mod duration;
 mod error;
 mod id;
+mod intake;
 pub mod lifecycle;
 pub mod message;
 mod name;
@@ -18,8 +19,9 @@ mod retry;
 
 pub use error::{FailureKind, FailureRecord, JobError, JobErrorKind};
 pub use id::{JobId, ParseJobIdError};
+pub use intake::IntakeMessage;
 pub use lifecycle::{Event, IllegalTransition, JobState};
-pub use message::{DecodeError, DecodeReason, HeaderValue, IntakeMessage, JobMessage, RawMessage};
+pub use message::{DecodeError, DecodeReason, HeaderValue, JobMessage, RawMessage};
 pub use name::{InvalidName, QueueName, TaskName};
 pub use retry::{InvalidPolicy, RetryPolicy, SplitMix64};
 

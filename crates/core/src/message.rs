@@ -23,7 +23,7 @@
 //! The queue is not in a work message: the routing key on the work exchange is the queue name.
 //! An *intake* message (a delayed job from a producer without database access) goes to the
 //! `<namespace>.intake` queue instead and names its queue and due time in the two intake
-//! headers; see [`IntakeMessage`].
+//! headers; see [`crate::IntakeMessage`].
 //! `schemas/message.schema.json` is the same contract for producers in other languages; a test
 //! fails when the two drift apart.
 
@@ -361,54 +361,6 @@ impl JobMessage {
     }
 }
 
-/// A delayed job sent through the intake queue: the job, where it goes, and when.
-#[derive(Clone, Debug, PartialEq)]
-pub struct IntakeMessage {
-    pub job: JobMessage,
-    pub queue: crate::QueueName,
-    pub run_at: DateTime<Utc>,
-}
-
-impl IntakeMessage {
-    pub fn encode(&self) -> RawMessage {
-        let mut raw = self.job.encode();
-        raw.headers.insert(
-            HEADER_QUEUE.to_owned(),
-            HeaderValue::Str(self.queue.to_string()),
-        );
-        raw.headers.insert(
-            HEADER_RUN_AT.to_owned(),
-            HeaderValue::Int(self.run_at.timestamp_millis()),
-        );
-        raw
-    }
-
-    /// Reads an intake message: a valid job message plus a valid queue and due time.
-    pub fn decode(raw: &RawMessage, max_body: usize) -> Result<IntakeMessage, DecodeError> {
-        let job = JobMessage::decode(raw, max_body)?;
-        let fail = |reason| DecodeError {
-            job_id: Some(job.id),
-            task: Some(job.task.to_string()),
-            attempt: Some(job.attempt),
-            reason,
-        };
-        let queue = required_str(raw, HEADER_QUEUE).map_err(fail)?;
-        let queue = crate::QueueName::new(queue)
-            .map_err(|e| fail(DecodeReason::BadQueue(e.reason.to_string())))?;
-        let ms =
-            required_int(raw, HEADER_RUN_AT, 946_684_800_000, 7_258_118_400_000).map_err(fail)?;
-        let run_at = DateTime::from_timestamp_millis(ms).ok_or_else(|| {
-            fail(DecodeReason::OutOfRange {
-                header: HEADER_RUN_AT,
-                value: ms,
-                min: 946_684_800_000,
-                max: 7_258_118_400_000,
-            })
-        })?;
-        Ok(IntakeMessage { job, queue, run_at })
-    }
-}
-
 /// Whether `s` is a W3C `traceparent` of version 00: `00-<32 hex>-<16 hex>-<2 hex>`, with
 /// neither id all zeros.
 pub fn is_traceparent(s: &str) -> bool {
@@ -425,7 +377,10 @@ pub fn is_traceparent(s: &str) -> bool {
         && parts[2].bytes().any(|b| b != b'0')
 }
 
-fn required_str<'a>(raw: &'a RawMessage, header: &'static str) -> Result<&'a str, DecodeReason> {
+pub(crate) fn required_str<'a>(
+    raw: &'a RawMessage,
+    header: &'static str,
+) -> Result<&'a str, DecodeReason> {
     optional_str(raw, header)?.ok_or(DecodeReason::MissingHeader(header))
 }
 
@@ -444,7 +399,7 @@ fn optional_str<'a>(
     }
 }
 
-fn required_int(
+pub(crate) fn required_int(
     raw: &RawMessage,
     header: &'static str,
     min: i64,
@@ -584,29 +539,6 @@ mod tests {
 
     fn sample_id(raw: &RawMessage) -> JobId {
         raw.message_id.as_deref().unwrap().parse().unwrap()
-    }
-
-    #[test]
-    fn intake_messages_round_trip_and_need_queue_and_time() {
-        let intake = IntakeMessage {
-            job: sample(),
-            queue: crate::QueueName::new("emails").unwrap(),
-            run_at: DateTime::from_timestamp_millis(1_800_000_000_000).unwrap(),
-        };
-        let raw = intake.encode();
-        assert_eq!(IntakeMessage::decode(&raw, LIMIT), Ok(intake.clone()));
-        let mut m = raw.clone();
-        m.headers.remove(HEADER_QUEUE);
-        assert_eq!(
-            IntakeMessage::decode(&m, LIMIT).unwrap_err().reason,
-            DecodeReason::MissingHeader(HEADER_QUEUE)
-        );
-        let mut m = raw;
-        m.headers.insert(HEADER_RUN_AT.into(), HeaderValue::Int(5));
-        assert!(matches!(
-            IntakeMessage::decode(&m, LIMIT).unwrap_err().reason,
-            DecodeReason::OutOfRange { .. }
-        ));
     }
 
     #[test]

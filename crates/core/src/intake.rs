@@ -1,0 +1,107 @@
+//! Intake messages: delayed jobs from producers without database access. They go to the
+//! `<namespace>.intake` queue with the two intake headers, and a worker writes them to
+//! Postgres as scheduled jobs (see `warren_runtime`'s intake loop).
+
+use chrono::{DateTime, Utc};
+
+use crate::QueueName;
+use crate::message::{
+    DecodeError, DecodeReason, HEADER_QUEUE, HEADER_RUN_AT, HeaderValue, JobMessage, RawMessage,
+    required_int, required_str,
+};
+
+/// A delayed job sent through the intake queue: the job, where it goes, and when.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IntakeMessage {
+    pub job: JobMessage,
+    pub queue: QueueName,
+    pub run_at: DateTime<Utc>,
+}
+
+impl IntakeMessage {
+    pub fn encode(&self) -> RawMessage {
+        let mut raw = self.job.encode();
+        raw.headers.insert(
+            HEADER_QUEUE.to_owned(),
+            HeaderValue::Str(self.queue.to_string()),
+        );
+        raw.headers.insert(
+            HEADER_RUN_AT.to_owned(),
+            HeaderValue::Int(self.run_at.timestamp_millis()),
+        );
+        raw
+    }
+
+    /// Reads an intake message: a valid job message plus a valid queue and due time.
+    pub fn decode(raw: &RawMessage, max_body: usize) -> Result<IntakeMessage, DecodeError> {
+        let job = JobMessage::decode(raw, max_body)?;
+        let fail = |reason| DecodeError {
+            job_id: Some(job.id),
+            task: Some(job.task.to_string()),
+            attempt: Some(job.attempt),
+            reason,
+        };
+        let queue = required_str(raw, HEADER_QUEUE).map_err(fail)?;
+        let queue = QueueName::new(queue)
+            .map_err(|e| fail(DecodeReason::BadQueue(e.reason.to_string())))?;
+        let ms =
+            required_int(raw, HEADER_RUN_AT, 946_684_800_000, 7_258_118_400_000).map_err(fail)?;
+        let run_at = DateTime::from_timestamp_millis(ms).ok_or_else(|| {
+            fail(DecodeReason::OutOfRange {
+                header: HEADER_RUN_AT,
+                value: ms,
+                min: 946_684_800_000,
+                max: 7_258_118_400_000,
+            })
+        })?;
+        Ok(IntakeMessage { job, queue, run_at })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::value::RawValue;
+
+    use super::*;
+    use crate::{JobId, TaskName};
+
+    const LIMIT: usize = 1 << 20;
+
+    fn sample() -> JobMessage {
+        JobMessage {
+            id: JobId::new(),
+            task: TaskName::new("email.send").unwrap(),
+            attempt: 1,
+            max_attempts: Some(5),
+            timeout_ms: None,
+            idempotency_key: None,
+            enqueued_at: DateTime::from_timestamp_millis(1_764_000_000_123).unwrap(),
+            traceparent: None,
+            tracestate: None,
+            payload: RawValue::from_string("{}".into()).unwrap(),
+        }
+    }
+
+    #[test]
+    fn intake_messages_round_trip_and_need_queue_and_time() {
+        let intake = IntakeMessage {
+            job: sample(),
+            queue: QueueName::new("emails").unwrap(),
+            run_at: DateTime::from_timestamp_millis(1_800_000_000_000).unwrap(),
+        };
+        let raw = intake.encode();
+        assert_eq!(IntakeMessage::decode(&raw, LIMIT), Ok(intake.clone()));
+        let mut m = raw.clone();
+        m.headers.remove(HEADER_QUEUE);
+        assert_eq!(
+            IntakeMessage::decode(&m, LIMIT).unwrap_err().reason,
+            DecodeReason::MissingHeader(HEADER_QUEUE)
+        );
+        let mut m = raw;
+        m.headers.insert(HEADER_RUN_AT.into(), HeaderValue::Int(5));
+        assert!(matches!(
+            IntakeMessage::decode(&m, LIMIT).unwrap_err().reason,
+            DecodeReason::OutOfRange { .. }
+        ));
+    }
+}
