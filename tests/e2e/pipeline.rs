@@ -222,3 +222,25 @@ async fn a_per_job_timeout_overrides_the_task_and_is_retried() -> anyhow::Result
     worker.stop().await?;
     env.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_queue_is_deleted_stops_with_a_clear_error() -> anyhow::Result<()> {
+    let env = TestEnv::new(&["default"]).await?;
+    let worker = env
+        .start_worker(register_builtins(Worker::builder()), env.worker_config("w1"))
+        .await?;
+    // Let it settle into consuming, then pull the queue out from under it.
+    let client = Client::from_broker(env.broker.clone()).await?;
+    let id = client.enqueue(NewJob::new("warren.noop", &json!({}))?).await?;
+    wait_all_terminal(&env.store, &[id], Duration::from_secs(30)).await?;
+    env.broker.delete_topology(&env.queues).await?;
+
+    let outcome = tokio::time::timeout(Duration::from_secs(30), worker.handle).await??;
+    let err = outcome.expect_err("a worker without its queue must not carry on half-deaf");
+    assert!(
+        matches!(&err, warren_runtime::Error::ConsumerLost { queue } if queue == "default"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("restart the worker"), "{err}");
+    env.cleanup().await
+}

@@ -4,6 +4,9 @@ pub enum Error {
     #[error("invalid worker configuration: {0}")]
     Config(String),
 
+    #[error("the consumer of queue `{queue}` stopped and could not recover; restart the worker")]
+    ConsumerLost { queue: String },
+
     #[error("RabbitMQ failed")]
     Broker(#[from] warren_broker::Error),
 

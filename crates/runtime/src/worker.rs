@@ -224,7 +224,7 @@ impl Worker {
         let loops = TaskTracker::new();
         // A consumer that fails for good stops the whole worker: better to exit and be
         // restarted by the supervisor than to run half-deaf.
-        let failed = CancellationToken::new();
+        let (failed, mut lost) = tokio::sync::mpsc::channel::<String>(cfg.queues.len());
         let stop_consuming = CancellationToken::new();
         let mut consumers = Vec::new();
         for queue in &cfg.queues {
@@ -287,7 +287,7 @@ impl Worker {
         let mut fatal = None;
         tokio::select! {
             () = shutdown.cancelled() => {}
-            () = failed.cancelled() => fatal = Some(Error::Config("a consumer failed for good; see the log above".into())),
+            Some(queue) = lost.recv() => fatal = Some(Error::ConsumerLost { queue }),
         }
 
         // Soft phase: stop taking deliveries, let in-flight jobs finish, record and ack them.
@@ -366,7 +366,7 @@ async fn consume_loop(
     jobs: TaskTracker,
     executor: Arc<Executor>,
     stop: CancellationToken,
-    failed: CancellationToken,
+    failed: tokio::sync::mpsc::Sender<String>,
 ) {
     let mut consumer = consumer.lock().await;
     loop {
@@ -394,13 +394,13 @@ async fn consume_loop(
             }
             Some(Err(e)) => {
                 tracing::error!(queue = %queue, error = %e, "consumer failed and could not recover");
-                failed.cancel();
+                let _ = failed.try_send(queue.to_string());
                 break;
             }
             None => {
                 if !stop.is_cancelled() {
                     tracing::error!(queue = %queue, "consumer was cancelled by the broker (queue deleted?)");
-                    failed.cancel();
+                    let _ = failed.try_send(queue.to_string());
                 }
                 break;
             }

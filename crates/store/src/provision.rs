@@ -48,15 +48,20 @@ fn check_name(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Creates database `name` on the server of `admin_url` if it does not exist.
-pub async fn create_database(admin_url: &str, name: &str) -> Result<(), Error> {
+/// A connection to the server of `admin_url`, after checking that `name` is a safe database
+/// name to quote into DDL.
+async fn admin_connection(admin_url: &str, name: &str) -> Result<sqlx::PgConnection, Error> {
     check_name(name)?;
     let opts = options(admin_url)?;
     let endpoint = format!("{}:{}", opts.get_host(), opts.get_port());
-    let mut conn = opts
-        .connect()
+    opts.connect()
         .await
-        .map_err(|source| Error::Connect { endpoint, source })?;
+        .map_err(|source| Error::Connect { endpoint, source })
+}
+
+/// Creates database `name` on the server of `admin_url` if it does not exist.
+pub async fn create_database(admin_url: &str, name: &str) -> Result<(), Error> {
+    let mut conn = admin_connection(admin_url, name).await?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(name)
@@ -64,9 +69,9 @@ pub async fn create_database(admin_url: &str, name: &str) -> Result<(), Error> {
             .await
             .map_err(Error::query("checking whether the database exists"))?;
     if !exists {
-        let result = // The name was checked to be [A-Za-z0-9_]+ above, so quoting it is safe.
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut conn).await;
-        match result {
+        // The name was checked to be [A-Za-z0-9_]+, so quoting it is safe.
+        let ddl = sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""));
+        match sqlx::raw_sql(ddl).execute(&mut conn).await {
             Ok(_) => {}
             // Another process created it between our check and our create.
             Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P04") => {}
@@ -84,20 +89,13 @@ pub async fn create_database(admin_url: &str, name: &str) -> Result<(), Error> {
 
 /// Drops database `name`, disconnecting its sessions first.
 pub async fn drop_database(admin_url: &str, name: &str) -> Result<(), Error> {
-    check_name(name)?;
-    let opts = options(admin_url)?;
-    let endpoint = format!("{}:{}", opts.get_host(), opts.get_port());
-    let mut conn = opts
-        .connect()
+    let mut conn = admin_connection(admin_url, name).await?;
+    // The name was checked to be [A-Za-z0-9_]+, so quoting it is safe.
+    let ddl = sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"));
+    sqlx::raw_sql(ddl)
+        .execute(&mut conn)
         .await
-        .map_err(|source| Error::Connect { endpoint, source })?;
-    // The name was checked to be [A-Za-z0-9_]+ above, so quoting it is safe.
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-    )))
-    .execute(&mut conn)
-    .await
-    .map_err(Error::query("dropping the database"))?;
+        .map_err(Error::query("dropping the database"))?;
     let _ = conn.close().await;
     Ok(())
 }
