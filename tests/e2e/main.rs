@@ -4,6 +4,7 @@
 mod admin;
 mod bad_input;
 mod crash_loop;
+mod faults;
 mod fencing;
 mod idempotency;
 mod migrations;

@@ -227,11 +227,16 @@ async fn a_per_job_timeout_overrides_the_task_and_is_retried() -> anyhow::Result
 async fn a_worker_whose_queue_is_deleted_stops_with_a_clear_error() -> anyhow::Result<()> {
     let env = TestEnv::new(&["default"]).await?;
     let worker = env
-        .start_worker(register_builtins(Worker::builder()), env.worker_config("w1"))
+        .start_worker(
+            register_builtins(Worker::builder()),
+            env.worker_config("w1"),
+        )
         .await?;
     // Let it settle into consuming, then pull the queue out from under it.
     let client = Client::from_broker(env.broker.clone()).await?;
-    let id = client.enqueue(NewJob::new("warren.noop", &json!({}))?).await?;
+    let id = client
+        .enqueue(NewJob::new("warren.noop", &json!({}))?)
+        .await?;
     wait_all_terminal(&env.store, &[id], Duration::from_secs(30)).await?;
     env.broker.delete_topology(&env.queues).await?;
 
