@@ -179,3 +179,32 @@ async fn jobs_outliving_the_grace_period_go_back_to_the_queue_unrecorded() -> an
     );
     env.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once_and_the_jobs_come_back() -> anyhow::Result<()> {
+    let env = TestEnv::new(&["default"]).await?;
+    let client = Client::from_broker(env.broker.clone()).await?;
+    let jobs = (0..2)
+        .map(|_| NewJob::new("warren.sleep", &json!({ "ms": 2000 })))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ids = client
+        .enqueue_many(jobs)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut worker = WorkerProcess::spawn(&env, "impatient", &["--shutdown-grace", "60s"])?;
+    wait_count(&env.store, JobState::Running, 2).await?;
+    worker.signal("TERM").await?;
+    // Give the first signal time to start the graceful shutdown, then insist.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    worker.signal("TERM").await?;
+    let code = worker.wait(Duration::from_secs(5)).await?;
+    assert_eq!(code, Some(130), "the second signal cuts the 60 s grace short");
+
+    let mut next = WorkerProcess::spawn(&env, "next", &[])?;
+    let rows = wait_all_terminal(&env.store, &ids, Duration::from_secs(60)).await?;
+    next.signal("TERM").await?;
+    next.wait(Duration::from_secs(30)).await?;
+    assert_eq!(count_state(&rows, JobState::Succeeded), 2);
+    env.cleanup().await
+}

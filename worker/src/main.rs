@@ -1,12 +1,13 @@
 //! `warren-worker`: wiring only. Exit codes: 0 after a clean shutdown, 1 on a runtime
-//! failure, 2 on bad flags or configuration.
+//! failure, 2 on bad flags or configuration, 130 when a second SIGINT/SIGTERM cut the
+//! graceful shutdown short.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
 use warren_broker::Broker;
-use warren_runtime::{Worker, shutdown_on_signal};
+use warren_runtime::{Worker, shutdown_on_signal, wait_for_signal};
 use warren_store::Store;
 use warren_worker::settings::{Args, LogFormat};
 use warren_worker::tasks::{register_builtins, register_crash_task};
@@ -42,6 +43,17 @@ fn main() -> ExitCode {
 async fn run(settings: warren_worker::settings::Settings) -> anyhow::Result<()> {
     tracing::info!(broker = ?settings.broker, store = ?settings.store, worker = ?settings.worker, "starting");
     let shutdown = shutdown_on_signal();
+    // A second signal means "now": exit without waiting for in-flight jobs. Nothing is lost;
+    // their deliveries are unacked and the broker hands them to another worker.
+    let second = shutdown.clone();
+    tokio::spawn(async move {
+        second.cancelled().await;
+        wait_for_signal().await;
+        eprintln!(
+            "warren-worker: second signal; exiting at once, unacked jobs return to their queues"
+        );
+        std::process::exit(130);
+    });
     let store = Store::connect(&settings.store)
         .await
         .context("connecting to Postgres")?;

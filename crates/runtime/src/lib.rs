@@ -24,6 +24,6 @@ pub use context::JobContext;
 pub use error::Error;
 pub use promoter::{Promoter, PromoterConfig};
 pub use registry::TaskOptions;
-pub use signal::shutdown_on_signal;
+pub use signal::{shutdown_on_signal, wait_for_signal};
 pub use warren_core::{JobError, RetryPolicy};
 pub use worker::{Worker, WorkerBuilder, WorkerConfig, WorkerStats};

@@ -1,8 +1,7 @@
 use tokio_util::sync::CancellationToken;
 
 /// A token cancelled on the first SIGINT or SIGTERM: the start of a graceful shutdown.
-/// A second signal is left to its default action (ending the process at once) by restoring
-/// nothing: tokio keeps handling, so the binary decides; see warren-worker's main.
+/// What a second signal means is the binary's to decide (see [`wait_for_signal`]).
 pub fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let trigger = token.clone();
@@ -14,8 +13,9 @@ pub fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
+/// Waits for the next SIGINT or SIGTERM.
 #[cfg(unix)]
-async fn wait_for_signal() {
+pub async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match (
         signal(SignalKind::terminate()),
@@ -34,7 +34,8 @@ async fn wait_for_signal() {
     }
 }
 
+/// Waits for the next Ctrl-C.
 #[cfg(not(unix))]
-async fn wait_for_signal() {
+pub async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
