@@ -199,7 +199,11 @@ async fn a_second_signal_exits_at_once_and_the_jobs_come_back() -> anyhow::Resul
     tokio::time::sleep(Duration::from_millis(300)).await;
     worker.signal("TERM").await?;
     let code = worker.wait(Duration::from_secs(5)).await?;
-    assert_eq!(code, Some(130), "the second signal cuts the 60 s grace short");
+    assert_eq!(
+        code,
+        Some(130),
+        "the second signal cuts the 60 s grace short"
+    );
 
     let mut next = WorkerProcess::spawn(&env, "next", &[])?;
     let rows = wait_all_terminal(&env.store, &ids, Duration::from_secs(60)).await?;

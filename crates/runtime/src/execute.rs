@@ -18,6 +18,11 @@ use warren_store::{Claim, RecordRow, Recorder, Store};
 use crate::JobContext;
 use crate::registry::{HandlerFailure, Registry};
 
+/// How long a job runs before its `running` mark is written. Shorter jobs never get one:
+/// their row is written once, with the outcome, which keeps the hot path at one row write per
+/// job; longer ones show as `running` (with worker and start time) a moment after they start.
+const MARK_AFTER: Duration = Duration::from_millis(200);
+
 /// Outcome counters, for heartbeats and the final log line.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -210,7 +215,7 @@ impl Executor {
         if row.idempotency_key.is_some() {
             match self.store.claim_key(&row).await {
                 Ok(Claim::Claimed) => {}
-                Ok(Claim::Ours) => self.recorder.mark(row.clone()).await,
+                Ok(Claim::Ours) => {}
                 Ok(Claim::HeldBy(original)) => {
                     return self.record_duplicate(row, original, &delivery).await;
                 }
@@ -222,9 +227,17 @@ impl Executor {
                     return;
                 }
             }
-        } else {
-            self.recorder.mark(row.clone()).await;
         }
+        // The `running` mark is written only for a job still running after MARK_AFTER: a
+        // fast job's row is written once, with its outcome.
+        let mark = {
+            let recorder = self.recorder.clone();
+            let row = row.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(MARK_AFTER).await;
+                recorder.mark(row).await;
+            })
+        };
 
         let cancel = self.hard_stop.child_token();
         let ctx = JobContext {
@@ -247,6 +260,7 @@ impl Executor {
         )
         .await;
         self.cancels.finish(message.id);
+        mark.abort();
         // A handler that stopped because an admin cancelled it ends the job as cancelled,
         // whatever error it returned on the way out.
         let ended = match ended {
