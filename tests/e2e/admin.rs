@@ -5,22 +5,15 @@ use std::time::Duration;
 use serde_json::json;
 use warren_client::{Client, NewJob};
 use warren_core::{FailureKind, JobState};
-use warren_runtime::Worker;
 use warren_store::{CancelOutcome, RetryOutcome};
 use warren_testkit::{TestEnv, wait_until};
-use warren_worker::tasks::register_builtins;
 
-use crate::support::{wait_all_terminal, wait_state};
+use crate::support::{builtin_worker, wait_all_terminal, wait_state};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_scheduled_job_never_runs_and_running_job_stops() -> anyhow::Result<()> {
     let env = TestEnv::new(&["default"]).await?;
-    let worker = env
-        .start_worker(
-            register_builtins(Worker::builder()),
-            env.worker_config("w1"),
-        )
-        .await?;
+    let worker = builtin_worker(&env).await?;
     let client = Client::from_broker(env.broker.clone())
         .await?
         .with_store(env.store.clone());
@@ -70,12 +63,7 @@ async fn cancelled_scheduled_job_never_runs_and_running_job_stops() -> anyhow::R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retrying_a_dead_job_runs_it_again_with_its_history() -> anyhow::Result<()> {
     let env = TestEnv::new(&["default"]).await?;
-    let worker = env
-        .start_worker(
-            register_builtins(Worker::builder()),
-            env.worker_config("w1"),
-        )
-        .await?;
+    let worker = builtin_worker(&env).await?;
     let client = Client::from_broker(env.broker.clone()).await?;
 
     let job = client

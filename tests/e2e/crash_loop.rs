@@ -5,7 +5,7 @@ use warren_client::{Client, NewJob};
 use warren_core::{JobId, JobState};
 use warren_testkit::{TestEnv, WorkerProcess, wait_until};
 
-use crate::support::{count_state, wait_all_terminal};
+use crate::support::{count_state, enqueue_all, wait_all_terminal};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_that_kills_its_worker_is_dead_lettered_after_the_delivery_limit()
@@ -19,11 +19,7 @@ async fn a_message_that_kills_its_worker_is_dead_lettered_after_the_delivery_lim
     let jobs = (0..20)
         .map(|i| NewJob::new("warren.echo", &json!(i)))
         .collect::<Result<Vec<_>, _>>()?;
-    let ids = client
-        .enqueue_many(jobs)
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+    let ids = enqueue_all(&client, jobs).await?;
 
     // Restart the worker every time it dies, as a supervisor would, counting the deaths.
     // Prefetch 1: a crash returns every unacked delivery of the process, and RabbitMQ charges

@@ -7,7 +7,7 @@ use warren_client::{Client, NewJob};
 use warren_core::JobState;
 use warren_testkit::{TestEnv, WorkerProcess};
 
-use crate::support::{count_state, wait_all_terminal, wait_count};
+use crate::support::{count_state, enqueue_all, wait_all_terminal, wait_count};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_a_worker_under_load_loses_no_job() -> anyhow::Result<()> {
@@ -16,11 +16,7 @@ async fn kill_9_of_a_worker_under_load_loses_no_job() -> anyhow::Result<()> {
     let jobs = (0..300)
         .map(|i| NewJob::new("warren.sleep", &json!({ "ms": 20 + i % 30 })))
         .collect::<Result<Vec<_>, _>>()?;
-    let ids = client
-        .enqueue_many(jobs)
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+    let ids = enqueue_all(&client, jobs).await?;
 
     let mut victim = WorkerProcess::spawn(&env, "victim", &["--concurrency", "16"])?;
     wait_count(&env.store, JobState::Succeeded, 50).await?;

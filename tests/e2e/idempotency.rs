@@ -9,7 +9,7 @@ use warren_runtime::{JobContext, JobError, Worker};
 use warren_testkit::TestEnv;
 use warren_worker::tasks::register_builtins;
 
-use crate::support::wait_all_terminal;
+use crate::support::{enqueue_all, wait_all_terminal};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_held_by_a_live_or_succeeded_job_is_not_run_again() -> anyhow::Result<()> {
@@ -35,11 +35,7 @@ async fn a_key_held_by_a_live_or_succeeded_job_is_not_run_again() -> anyhow::Res
 
     // Five copies at once: they run concurrently, and exactly one may claim the key.
     let copies = (0..5).map(|_| charge()).collect::<Result<Vec<_>, _>>()?;
-    let ids = client
-        .enqueue_many(copies)
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+    let ids = enqueue_all(&client, copies).await?;
     let rows = wait_all_terminal(&env.store, &ids, Duration::from_secs(30)).await?;
     let winners: Vec<_> = rows
         .values()

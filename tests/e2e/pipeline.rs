@@ -9,7 +9,7 @@ use warren_runtime::{JobContext, JobError, TaskOptions, Worker};
 use warren_testkit::TestEnv;
 use warren_worker::tasks::register_builtins;
 
-use crate::support::{count_state, wait_all_terminal};
+use crate::support::{builtin_worker, count_state, enqueue_all, wait_all_terminal};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_jobs_each_succeed_exactly_once_with_results() -> anyhow::Result<()> {
@@ -29,11 +29,7 @@ async fn thousand_jobs_each_succeed_exactly_once_with_results() -> anyhow::Resul
     let jobs = (0..1000)
         .map(|i| NewJob::new("count.echo", &json!({ "i": i })))
         .collect::<Result<Vec<_>, _>>()?;
-    let ids = client
-        .enqueue_many(jobs)
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+    let ids = enqueue_all(&client, jobs).await?;
     assert_eq!(ids.len(), 1000);
 
     let rows = wait_all_terminal(&env.store, &ids, Duration::from_secs(60)).await?;
@@ -161,12 +157,7 @@ async fn panic_and_timeout_are_recorded_as_readable_failures() -> anyhow::Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payload_of_the_wrong_type_fails_clearly_without_running() -> anyhow::Result<()> {
     let env = TestEnv::new(&["default"]).await?;
-    let worker = env
-        .start_worker(
-            register_builtins(Worker::builder()),
-            env.worker_config("w1"),
-        )
-        .await?;
+    let worker = builtin_worker(&env).await?;
     let client = Client::from_broker(env.broker.clone()).await?;
     let bad = client
         .enqueue(NewJob::new("warren.sleep", &json!({ "ms": "soon" }))?)
@@ -199,12 +190,7 @@ async fn payload_of_the_wrong_type_fails_clearly_without_running() -> anyhow::Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_per_job_timeout_overrides_the_task_and_is_retried() -> anyhow::Result<()> {
     let env = TestEnv::new(&["default"]).await?;
-    let worker = env
-        .start_worker(
-            register_builtins(Worker::builder()),
-            env.worker_config("w1"),
-        )
-        .await?;
+    let worker = builtin_worker(&env).await?;
     let client = Client::from_broker(env.broker.clone()).await?;
     let job = NewJob::new("warren.sleep", &json!({ "ms": 10_000 }))?
         .timeout(Duration::from_millis(200))?
@@ -226,12 +212,7 @@ async fn a_per_job_timeout_overrides_the_task_and_is_retried() -> anyhow::Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_queue_is_deleted_stops_with_a_clear_error() -> anyhow::Result<()> {
     let env = TestEnv::new(&["default"]).await?;
-    let worker = env
-        .start_worker(
-            register_builtins(Worker::builder()),
-            env.worker_config("w1"),
-        )
-        .await?;
+    let worker = builtin_worker(&env).await?;
     // Let it settle into consuming, then pull the queue out from under it.
     let client = Client::from_broker(env.broker.clone()).await?;
     let id = client

@@ -8,19 +8,13 @@ use warren_client::{Client, NewJob};
 use warren_core::{JobId, JobState};
 use warren_runtime::{JobContext, JobError, Worker, WorkerBuilder};
 use warren_testkit::TestEnv;
-use warren_worker::tasks::register_builtins;
 
-use crate::support::{count_state, wait_all_terminal, wait_state};
+use crate::support::{builtin_worker, count_state, enqueue_all, wait_all_terminal, wait_state};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delayed_job_runs_on_time_not_early() -> anyhow::Result<()> {
     let env = TestEnv::new(&["default"]).await?;
-    let worker = env
-        .start_worker(
-            register_builtins(Worker::builder()),
-            env.worker_config("w1"),
-        )
-        .await?;
+    let worker = builtin_worker(&env).await?;
     let client = Client::from_broker(env.broker.clone())
         .await?
         .with_store(env.store.clone());
@@ -57,12 +51,7 @@ async fn delayed_job_runs_on_time_not_early() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactional_enqueue_runs_only_if_the_transaction_commits() -> anyhow::Result<()> {
     let env = TestEnv::new(&["default"]).await?;
-    let worker = env
-        .start_worker(
-            register_builtins(Worker::builder()),
-            env.worker_config("w1"),
-        )
-        .await?;
+    let worker = builtin_worker(&env).await?;
     let client = Client::from_broker(env.broker.clone()).await?;
 
     let mut tx = env.store.begin().await?;
@@ -116,11 +105,7 @@ async fn two_promoters_run_each_scheduled_job_exactly_once() -> anyhow::Result<(
     let jobs = (0..1000)
         .map(|i| NewJob::new("counted", &json!({ "i": i })).map(|j| j.run_at(at)))
         .collect::<Result<Vec<_>, _>>()?;
-    let ids = client
-        .enqueue_many(jobs)
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+    let ids = enqueue_all(&client, jobs).await?;
     let rows = wait_all_terminal(&env.store, &ids, Duration::from_secs(60)).await?;
     w1.stop().await?;
     w2.stop().await?;
@@ -139,26 +124,21 @@ async fn two_promoters_run_each_scheduled_job_exactly_once() -> anyhow::Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_only_producer_delays_jobs_through_the_intake_queue() -> anyhow::Result<()> {
     let env = TestEnv::new(&["default"]).await?;
-    let worker = env
-        .start_worker(
-            register_builtins(Worker::builder()),
-            env.worker_config("w1"),
-        )
-        .await?;
+    let worker = builtin_worker(&env).await?;
     // No store: this client can only talk to RabbitMQ.
     let client = Client::from_broker(env.broker.clone()).await?;
     let due = Utc::now() + chrono::Duration::seconds(2);
     let id = client
         .enqueue(NewJob::new("warren.echo", &json!("via intake"))?.run_at(due))
         .await?;
-    let many = client
-        .enqueue_many(vec![
+    let many = enqueue_all(
+        &client,
+        vec![
             NewJob::new("warren.echo", &json!(1))?.run_at(due),
             NewJob::new("warren.echo", &json!(2))?,
-        ])
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+        ],
+    )
+    .await?;
 
     // A worker turns the intake message into a scheduled row well before it is due.
     wait_state(&env.store, id, JobState::Scheduled).await?;

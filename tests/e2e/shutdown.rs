@@ -8,7 +8,7 @@ use warren_core::{JobId, JobState};
 use warren_runtime::{JobContext, JobError, Worker, WorkerBuilder};
 use warren_testkit::{TestEnv, WorkerProcess, wait_until};
 
-use crate::support::{count_in, count_state, wait_all_terminal, wait_count};
+use crate::support::{count_in, count_state, enqueue_all, wait_all_terminal, wait_count};
 
 type Runs = Arc<Mutex<HashMap<JobId, usize>>>;
 
@@ -31,11 +31,7 @@ async fn graceful_shutdown_under_load_loses_nothing_and_runs_nothing_twice() -> 
     let jobs = (0..400)
         .map(|i| NewJob::new("slow.counted", &json!({ "i": i })))
         .collect::<Result<Vec<_>, _>>()?;
-    let ids = client
-        .enqueue_many(jobs)
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+    let ids = enqueue_all(&client, jobs).await?;
 
     let mut cfg = env.worker_config("first");
     cfg.concurrency = 16;
@@ -95,11 +91,7 @@ async fn sigterm_finishes_in_flight_jobs_and_exits_within_the_grace_period() -> 
     let jobs = (0..60)
         .map(|_| NewJob::new("warren.sleep", &json!({ "ms": 300 })))
         .collect::<Result<Vec<_>, _>>()?;
-    let ids = client
-        .enqueue_many(jobs)
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+    let ids = enqueue_all(&client, jobs).await?;
 
     let mut worker = WorkerProcess::spawn(
         &env,
@@ -138,11 +130,7 @@ async fn jobs_outliving_the_grace_period_go_back_to_the_queue_unrecorded() -> an
     let jobs = (0..4)
         .map(|_| NewJob::new("warren.sleep", &json!({ "ms": 3000 })))
         .collect::<Result<Vec<_>, _>>()?;
-    let ids = client
-        .enqueue_many(jobs)
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+    let ids = enqueue_all(&client, jobs).await?;
 
     let mut worker = WorkerProcess::spawn(
         &env,
@@ -187,11 +175,7 @@ async fn a_second_signal_exits_at_once_and_the_jobs_come_back() -> anyhow::Resul
     let jobs = (0..2)
         .map(|_| NewJob::new("warren.sleep", &json!({ "ms": 2000 })))
         .collect::<Result<Vec<_>, _>>()?;
-    let ids = client
-        .enqueue_many(jobs)
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+    let ids = enqueue_all(&client, jobs).await?;
     let mut worker = WorkerProcess::spawn(&env, "impatient", &["--shutdown-grace", "60s"])?;
     wait_count(&env.store, JobState::Running, 2).await?;
     worker.signal("TERM").await?;

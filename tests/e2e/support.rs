@@ -1,9 +1,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use warren_client::{Client, NewJob};
 use warren_core::{JobId, JobState};
+use warren_runtime::Worker;
 use warren_store::Store;
-use warren_testkit::wait_until;
+use warren_testkit::{RunningWorker, TestEnv, wait_until};
+use warren_worker::tasks::register_builtins;
 
 /// Waits until every job in `ids` has a row in a terminal state; returns the rows by id.
 pub(crate) async fn wait_all_terminal(
@@ -78,4 +81,22 @@ pub(crate) async fn wait_state(
         },
     )
     .await
+}
+
+/// An in-process worker running the worker binary's built-in tasks on `env`'s queues.
+pub(crate) async fn builtin_worker(env: &TestEnv) -> anyhow::Result<RunningWorker> {
+    env.start_worker(
+        register_builtins(Worker::builder()),
+        env.worker_config("w1"),
+    )
+    .await
+}
+
+/// Enqueues `jobs`, failing the test on the first that is refused; returns their ids.
+pub(crate) async fn enqueue_all(client: &Client, jobs: Vec<NewJob>) -> anyhow::Result<Vec<JobId>> {
+    Ok(client
+        .enqueue_many(jobs)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?)
 }
