@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 use warren_client::{Client, NewJob};
 use warren_core::JobState;
-use warren_runtime::{Worker, WorkerBuilder, WorkerConfig};
+use warren_runtime::{Worker, WorkerBuilder, WorkerConfig, WorkerStats};
 use warren_store::{LatencySummary, Store};
 use warren_testkit::{RunningWorker, wait_until};
 use warren_worker::tasks::register_builtins;
@@ -30,19 +30,34 @@ pub(crate) async fn measure(
     sandbox: &Sandbox,
     stop: &CancellationToken,
 ) -> anyhow::Result<Phase> {
-    let worker = start_worker(settings, sandbox, register_builtins(Worker::builder())).await?;
-    let measured = stoppable(stop, drive(settings, sandbox)).await;
+    let builder = register_builtins(Worker::builder());
+    let (phase, _stats) =
+        with_worker(settings, sandbox, builder, stop, drive(settings, sandbox)).await?;
+    Ok(phase)
+}
+
+/// Runs `drive` (until done or `stop`ped) while an in-process worker with `builder`'s
+/// handlers serves the sandbox's queue; returns what `drive` measured and the worker's totals.
+pub(crate) async fn with_worker(
+    settings: &Settings,
+    sandbox: &Sandbox,
+    builder: WorkerBuilder,
+    stop: &CancellationToken,
+    drive: impl Future<Output = anyhow::Result<Phase>>,
+) -> anyhow::Result<(Phase, WorkerStats)> {
+    let worker = start_worker(settings, sandbox, builder).await?;
+    let measured = stoppable(stop, drive).await;
     // Stopped as on SIGTERM, whether or not the measurement succeeded, so its last writes
     // and acks finish before the sandbox is removed.
     let stats = worker.stop().await.context("stopping the worker");
     let phase = measured?;
     let stats = stats?;
     tracing::info!(?stats, "worker stopped");
-    Ok(phase)
+    Ok((phase, stats))
 }
 
 /// Starts an in-process worker with `builder`'s handlers on the sandbox's queue.
-pub(crate) async fn start_worker(
+async fn start_worker(
     settings: &Settings,
     sandbox: &Sandbox,
     builder: WorkerBuilder,

@@ -14,9 +14,9 @@ use warren_client::{Client, NewJob};
 use warren_runtime::Worker;
 use warren_worker::tasks::register_builtins;
 
-use crate::end_to_end::{start_worker, wait_for_succeeded};
+use crate::end_to_end::{wait_for_succeeded, with_worker};
 use crate::report::{Latency, Measure, Phase};
-use crate::sandbox::{Sandbox, stoppable};
+use crate::sandbox::Sandbox;
 use crate::settings::Settings;
 use crate::workload::{QUEUE, TASK, payload};
 
@@ -30,11 +30,9 @@ pub(crate) async fn measure(
     sandbox: &Sandbox,
     stop: &CancellationToken,
 ) -> anyhow::Result<Phase> {
-    let worker = start_worker(settings, sandbox, register_builtins(Worker::builder())).await?;
-    let measured = stoppable(stop, drive(settings, sandbox)).await;
-    let stats = worker.stop().await.context("stopping the worker");
-    let phase = measured?;
-    stats?;
+    let builder = register_builtins(Worker::builder());
+    let (phase, _stats) =
+        with_worker(settings, sandbox, builder, stop, drive(settings, sandbox)).await?;
     Ok(phase)
 }
 

@@ -14,10 +14,10 @@ use warren_runtime::{TaskOptions, Worker};
 use warren_worker::tasks::{fail, register_builtins};
 
 use crate::end_to_end::{
-    enqueue, latencies, now_to_the_millisecond, start_worker, wait_for_succeeded,
+    enqueue, latencies, now_to_the_millisecond, wait_for_succeeded, with_worker,
 };
 use crate::report::{Measure, Phase};
-use crate::sandbox::{Sandbox, stoppable};
+use crate::sandbox::Sandbox;
 use crate::settings::Settings;
 use crate::workload::{CHUNK, QUEUE, TASK, payload};
 
@@ -42,11 +42,8 @@ pub(crate) async fn measure(
         },
     };
     let builder = register_builtins(Worker::builder()).register_with(FLAKY, fast_retry, fail);
-    let worker = start_worker(settings, sandbox, builder).await?;
-    let measured = stoppable(stop, drive(settings, sandbox)).await;
-    let stats = worker.stop().await.context("stopping the worker");
-    let phase = measured?;
-    let stats = stats?;
+    let (phase, stats) =
+        with_worker(settings, sandbox, builder, stop, drive(settings, sandbox)).await?;
     anyhow::ensure!(
         stats.retried >= settings.jobs / EVERY,
         "expected at least {} retries, the worker counted {}",
