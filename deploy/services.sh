@@ -33,7 +33,8 @@ ensure_postgres() {
   if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
     apt_install postgresql
     # A fresh Debian cluster asks TCP clients for a password: give postgres the one the
-    # demo's URL carries. Trust-auth servers ignore it.
+    # demo's, the tests' and the benchmark's default URLs carry (postgres:postgres).
+    # Trust-auth servers ignore it.
     local fresh=1
   fi
   log "starting PostgreSQL"

@@ -52,7 +52,7 @@ pub(crate) struct Args {
         long,
         env = "WARREN_DATABASE_URL",
         hide_env_values = true,
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        default_value = "postgres://postgres:postgres@127.0.0.1:5432/postgres"
     )]
     pub(crate) database_url: String,
 

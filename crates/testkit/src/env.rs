@@ -53,7 +53,7 @@ impl TestEnv {
         );
         let admin_database_url = service_url(
             "WARREN_TEST_DATABASE_URL",
-            "postgres://postgres@127.0.0.1:5432/postgres",
+            "postgres://postgres:postgres@127.0.0.1:5432/postgres",
         );
         // The tail of a UUIDv7 is random; its head is the clock, shared by parallel tests.
         let id = uuid::Uuid::now_v7().simple().to_string();
