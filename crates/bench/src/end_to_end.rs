@@ -135,14 +135,23 @@ async fn drive(settings: &Settings, sandbox: &Sandbox) -> anyhow::Result<Phase> 
 
 /// Enqueues `count` copies of `job` (each with a fresh id) in chunks, each confirmed.
 pub(crate) async fn enqueue(client: &Client, job: &NewJob, count: u64) -> anyhow::Result<()> {
-    let mut left = count;
-    while left > 0 {
-        let n = left.min(CHUNK as u64);
-        let jobs = (0..n).map(|_| job.clone()).collect();
+    enqueue_each(client, count, |_| job.clone()).await
+}
+
+/// Enqueues `job_for(0..count)` in chunks, each confirmed.
+pub(crate) async fn enqueue_each(
+    client: &Client,
+    count: u64,
+    job_for: impl Fn(u64) -> NewJob,
+) -> anyhow::Result<()> {
+    let mut sent = 0;
+    while sent < count {
+        let n = (count - sent).min(CHUNK as u64);
+        let jobs = (sent..sent + n).map(&job_for).collect();
         for outcome in client.enqueue_many(jobs).await {
             outcome.context("enqueueing a benchmark job")?;
         }
-        left -= n;
+        sent += n;
     }
     Ok(())
 }

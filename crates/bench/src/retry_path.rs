@@ -14,12 +14,12 @@ use warren_runtime::{TaskOptions, Worker};
 use warren_worker::tasks::{fail, register_builtins};
 
 use crate::end_to_end::{
-    enqueue, latencies, now_to_the_millisecond, wait_for_succeeded, with_worker,
+    enqueue, enqueue_each, latencies, now_to_the_millisecond, wait_for_succeeded, with_worker,
 };
 use crate::report::{Measure, Phase};
 use crate::sandbox::Sandbox;
 use crate::settings::Settings;
-use crate::workload::{CHUNK, QUEUE, TASK, payload};
+use crate::workload::{QUEUE, TASK, payload};
 
 /// The task that fails its first attempt.
 const FLAKY: &str = "bench.flaky";
@@ -66,23 +66,14 @@ async fn drive(settings: &Settings, sandbox: &Sandbox) -> anyhow::Result<Phase> 
 
     let since = now_to_the_millisecond();
     let start = Instant::now();
-    let mut sent = 0;
-    while sent < settings.jobs {
-        let n = (settings.jobs - sent).min(CHUNK as u64);
-        let jobs = (sent..sent + n)
-            .map(|i| {
-                if i % EVERY == 0 {
-                    flaky.clone()
-                } else {
-                    noop.clone()
-                }
-            })
-            .collect();
-        for outcome in client.enqueue_many(jobs).await {
-            outcome.context("enqueueing a benchmark job")?;
+    enqueue_each(&client, settings.jobs, |i| {
+        if i % EVERY == 0 {
+            flaky.clone()
+        } else {
+            noop.clone()
         }
-        sent += n;
-    }
+    })
+    .await?;
     wait_for_succeeded(
         &probe,
         settings.warmup + settings.jobs,

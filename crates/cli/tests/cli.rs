@@ -73,6 +73,21 @@ async fn warren(env: &TestEnv, args: &[&str]) -> anyhow::Result<Run> {
     warren_with(&vars, args).await
 }
 
+/// Waits until job `id` has a row in `state`.
+async fn wait_for_state(env: &TestEnv, id: JobId, state: JobState) -> anyhow::Result<()> {
+    wait_until(
+        Duration::from_secs(30),
+        &format!("job {id} to be {state}"),
+        || async {
+            Ok(match env.store.job(id).await? {
+                Some(job) if job.state == state => Ok(()),
+                other => Err(format!("{:?}", other.map(|j| j.state))),
+            })
+        },
+    )
+    .await
+}
+
 /// Runs `body`, then cleans `env` up whether or not it failed.
 async fn with_env(
     queues: &[&str],
@@ -380,17 +395,7 @@ async fn a_finished_job_shows_in_show_summary_and_workers() -> anyhow::Result<()
             .await?;
             ensure!(run.code == Some(0), "{run:?}");
             let id: JobId = run.stdout.trim().parse()?;
-            wait_until(
-                Duration::from_secs(30),
-                "the echo job to succeed",
-                || async {
-                    Ok(match env.store.job(id).await? {
-                        Some(job) if job.state == JobState::Succeeded => Ok(()),
-                        other => Err(format!("{:?}", other.map(|j| j.state))),
-                    })
-                },
-            )
-            .await?;
+            wait_for_state(env, id, JobState::Succeeded).await?;
 
             let show = warren(env, &["jobs", "show", &id.to_string()]).await?;
             ensure!(show.code == Some(0), "{show:?}");
@@ -467,9 +472,6 @@ async fn jobs_are_cancelled_and_retried_from_the_command_line() -> anyhow::Resul
         );
         let worker = env.start_worker(builder, env.worker_config("w")).await?;
         let result = async {
-            let state_of = |id: JobId| async move {
-                Ok::<_, anyhow::Error>(env.store.job(id).await?.map(|j| j.state))
-            };
             // A running job: the CLI signals its worker, which records it cancelled.
             let run = warren(
                 env,
@@ -477,33 +479,13 @@ async fn jobs_are_cancelled_and_retried_from_the_command_line() -> anyhow::Resul
             )
             .await?;
             let running: JobId = run.stdout.trim().parse()?;
-            wait_until(Duration::from_secs(30), "the sleep job to run", || async {
-                let s = state_of(running).await?;
-                Ok(if s == Some(JobState::Running) {
-                    Ok(())
-                } else {
-                    Err(format!("{s:?}"))
-                })
-            })
-            .await?;
+            wait_for_state(env, running, JobState::Running).await?;
             let cancel = warren(env, &["jobs", "cancel", &running.to_string()]).await?;
             ensure!(
                 cancel.code == Some(0) && cancel.stdout.contains("told to cancel it"),
                 "{cancel:?}"
             );
-            wait_until(
-                Duration::from_secs(30),
-                "the sleep job to be cancelled",
-                || async {
-                    let s = state_of(running).await?;
-                    Ok(if s == Some(JobState::Cancelled) {
-                        Ok(())
-                    } else {
-                        Err(format!("{s:?}"))
-                    })
-                },
-            )
-            .await?;
+            wait_for_state(env, running, JobState::Cancelled).await?;
             let again = warren(env, &["jobs", "cancel", &running.to_string()]).await?;
             ensure!(
                 again.code == Some(4) && again.stderr.contains("already cancelled"),
@@ -525,7 +507,8 @@ async fn jobs_are_cancelled_and_retried_from_the_command_line() -> anyhow::Resul
             .await?;
             ensure!(run.code == Some(0), "{run:?}");
             let later: JobId = run.stdout.trim().parse()?;
-            ensure!(state_of(later).await? == Some(JobState::Scheduled));
+            let waiting = env.store.job(later).await?.map(|j| j.state);
+            ensure!(waiting == Some(JobState::Scheduled), "{waiting:?}");
             let cancel = warren(env, &["jobs", "cancel", &later.to_string(), "--json"])
                 .await?
                 .json()?;
@@ -537,15 +520,7 @@ async fn jobs_are_cancelled_and_retried_from_the_command_line() -> anyhow::Resul
             // A dead job: retried, it runs again as attempt 2 and dies again.
             let run = warren(env, &["enqueue", "doomed", "--payload", "{}"]).await?;
             let dead: JobId = run.stdout.trim().parse()?;
-            wait_until(Duration::from_secs(30), "the doomed job to die", || async {
-                let s = state_of(dead).await?;
-                Ok(if s == Some(JobState::Dead) {
-                    Ok(())
-                } else {
-                    Err(format!("{s:?}"))
-                })
-            })
-            .await?;
+            wait_for_state(env, dead, JobState::Dead).await?;
             let retry = warren(env, &["jobs", "retry", &dead.to_string()]).await?;
             ensure!(
                 retry.code == Some(0) && retry.stdout.contains("runs as attempt 2"),

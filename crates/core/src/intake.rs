@@ -60,27 +60,10 @@ impl IntakeMessage {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::value::RawValue;
-
     use super::*;
-    use crate::{JobId, TaskName};
+    use crate::message::tests::sample;
 
     const LIMIT: usize = 1 << 20;
-
-    fn sample() -> JobMessage {
-        JobMessage {
-            id: JobId::new(),
-            task: TaskName::new("email.send").unwrap(),
-            attempt: 1,
-            max_attempts: Some(5),
-            timeout_ms: None,
-            idempotency_key: None,
-            enqueued_at: DateTime::from_timestamp_millis(1_764_000_000_123).unwrap(),
-            traceparent: None,
-            tracestate: None,
-            payload: RawValue::from_string("{}".into()).unwrap(),
-        }
-    }
 
     #[test]
     fn intake_messages_round_trip_and_need_queue_and_time() {

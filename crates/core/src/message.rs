@@ -432,12 +432,13 @@ fn optional_int(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const LIMIT: usize = 1 << 20;
 
-    fn sample() -> JobMessage {
+    /// A valid message with every optional field set; other modules' tests use it too.
+    pub(crate) fn sample() -> JobMessage {
         JobMessage {
             id: JobId::new(),
             task: TaskName::new("email.send").unwrap(),

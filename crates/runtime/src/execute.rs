@@ -228,17 +228,6 @@ impl Executor {
                 }
             }
         }
-        // The `running` mark is written only for a job still running after MARK_AFTER: a
-        // fast job's row is written once, with its outcome.
-        let mark = {
-            let recorder = self.recorder.clone();
-            let row = row.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(MARK_AFTER).await;
-                recorder.mark(row).await;
-            })
-        };
-
         let cancel = self.hard_stop.child_token();
         let ctx = JobContext {
             id: message.id,
@@ -252,15 +241,17 @@ impl Executor {
             cancel: cancel.clone(),
         };
         let admin = self.cancels.start(message.id, cancel.clone());
+        // The `running` mark is written only for a job still running after MARK_AFTER: a
+        // fast job's row is written once, with its outcome.
         let ended = run_attempt(
             (registered.handler)(ctx, &message.payload),
             timeout,
+            self.recorder.mark(row.clone()),
             &cancel,
             &self.hard_stop,
         )
         .await;
         self.cancels.finish(message.id);
-        mark.abort();
         // A handler that stopped because an admin cancelled it ends the job as cancelled,
         // whatever error it returned on the way out.
         let ended = match ended {
@@ -440,27 +431,38 @@ fn transition_from_none(event: Event) -> JobState {
 async fn run_attempt(
     fut: crate::registry::HandlerFuture,
     timeout: Duration,
+    mark_running: impl Future<Output = ()>,
     cancel: &CancellationToken,
     hard_stop: &CancellationToken,
 ) -> Ended {
     let mut handle = tokio::spawn(fut);
-    let ended = tokio::select! {
-        joined = &mut handle => match joined {
-            Ok(Ok(result)) => Ended::Ok(result),
-            Ok(Err(HandlerFailure::Job(e))) => {
-                let kind = if e.is_retryable() { FailureKind::Error } else { FailureKind::Permanent };
-                Ended::Failed(kind, e.message)
+    let deadline = tokio::time::sleep(timeout);
+    let mark = async {
+        tokio::time::sleep(MARK_AFTER).await;
+        mark_running.await;
+    };
+    tokio::pin!(deadline, mark);
+    let mut marked = false;
+    let ended = loop {
+        tokio::select! {
+            joined = &mut handle => break match joined {
+                Ok(Ok(result)) => Ended::Ok(result),
+                Ok(Err(HandlerFailure::Job(e))) => {
+                    let kind = if e.is_retryable() { FailureKind::Error } else { FailureKind::Permanent };
+                    Ended::Failed(kind, e.message)
+                }
+                Ok(Err(HandlerFailure::Payload(msg))) => Ended::Failed(FailureKind::BadInput, msg),
+                Ok(Err(HandlerFailure::Result(msg))) => Ended::Failed(FailureKind::Permanent, msg),
+                Err(e) if e.is_panic() => Ended::Failed(FailureKind::Panic, format!("handler panicked: {}", panic_message(e.into_panic()))),
+                Err(_) => Ended::Failed(FailureKind::Error, "handler task was cancelled".to_owned()),
+            },
+            () = &mut mark, if !marked => marked = true,
+            () = &mut deadline => {
+                cancel.cancel();
+                break Ended::Failed(FailureKind::Timeout, format!("timed out after {timeout:?}; the attempt was cancelled"));
             }
-            Ok(Err(HandlerFailure::Payload(msg))) => Ended::Failed(FailureKind::BadInput, msg),
-            Ok(Err(HandlerFailure::Result(msg))) => Ended::Failed(FailureKind::Permanent, msg),
-            Err(e) if e.is_panic() => Ended::Failed(FailureKind::Panic, format!("handler panicked: {}", panic_message(e.into_panic()))),
-            Err(_) => Ended::Failed(FailureKind::Error, "handler task was cancelled".to_owned()),
-        },
-        () = tokio::time::sleep(timeout) => {
-            cancel.cancel();
-            Ended::Failed(FailureKind::Timeout, format!("timed out after {timeout:?}; the attempt was cancelled"))
+            () = hard_stop.cancelled() => break Ended::Abandoned,
         }
-        () = hard_stop.cancelled() => Ended::Abandoned,
     };
     if !handle.is_finished() {
         cancel.cancel();
