@@ -97,6 +97,21 @@ fn corpus_with_ids() -> Vec<(RawMessage, JobState, &'static str)> {
             dead,
             "it is empty",
         ),
+        // NUL cannot be stored in Postgres `text`: the row must still be written.
+        (
+            with(good("x", b"{}"), HEADER_TASK, s("bad\u{0}task")),
+            dead,
+            "header `warren-task`",
+        ),
+        (
+            with(
+                good("warren.echo", b"{}"),
+                HEADER_IDEMPOTENCY_KEY,
+                s("key\u{0}with-nul"),
+            ),
+            dead,
+            "without control characters",
+        ),
         (
             with(
                 good("x", b"{}"),

@@ -13,6 +13,7 @@ use warren_worker::settings::{Args, LogFormat};
 use warren_worker::tasks::{register_builtins, register_crash_task};
 
 fn main() -> ExitCode {
+    ensure_io_thread_stack();
     let settings = match Args::parse().validate() {
         Ok(s) => s,
         Err(e) => {
@@ -77,6 +78,38 @@ async fn run(settings: warren_worker::settings::Settings) -> anyhow::Result<()> 
         .context("running the worker")?;
     store.close().await;
     Ok(())
+}
+
+/// Makes sure lapin's I/O thread has the stack it needs for the deepest header table a frame
+/// can carry (see `warren_broker::IO_THREAD_STACK`). lapin spawns that thread without a stack
+/// size, so `RUST_MIN_STACK` decides it; the standard library reads that variable once per
+/// process, and setting it from inside would need `unsafe`. So the binary re-executes itself
+/// with the variable set, before any thread exists. The process keeps its pid, so supervisors
+/// and signals are unaffected. An operator's own larger value is kept.
+fn ensure_io_thread_stack() {
+    use std::os::unix::process::CommandExt;
+    let need = warren_broker::IO_THREAD_STACK;
+    let have = std::env::var_os("RUST_MIN_STACK")
+        .and_then(|v| v.to_str().and_then(|v| v.trim().parse::<usize>().ok()));
+    if have.is_some_and(|have| have >= need) {
+        return;
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!(
+                "warren-worker: cannot find its own executable to raise the I/O thread's stack ({e}); set RUST_MIN_STACK={need}"
+            );
+            return;
+        }
+    };
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("RUST_MIN_STACK", need.to_string())
+        .exec();
+    eprintln!(
+        "warren-worker: cannot re-execute with RUST_MIN_STACK={need} ({err}); a deeply nested message header could overflow lapin's I/O thread; set the variable yourself"
+    );
 }
 
 fn init_logging(format: LogFormat) {

@@ -93,57 +93,12 @@ impl fmt::Debug for Broker {
 }
 
 impl Broker {
+    /// Connects for publishing and administration. Consumers open connections of their own
+    /// (see [`Broker::consume`]), so that a broker alarm blocking this publishing connection
+    /// never blocks their acks, and a connection killed by one malformed delivery takes only
+    /// that consumer's deliveries with it.
     pub async fn connect(config: BrokerConfig) -> Result<Self, Error> {
-        let mut uri: AMQPUri = config.url.parse().map_err(|reason: String| Error::Url {
-            url: config.redacted_url(),
-            reason,
-        })?;
-        if uri.query.heartbeat.is_none() {
-            uri.query.heartbeat = Some(config.heartbeat.as_secs().clamp(1, 600) as u16);
-        }
-        if uri.query.connection_timeout.is_none() {
-            uri.query.connection_timeout = Some(config.connect_timeout.as_millis() as u64);
-        }
-        let endpoint = format!(
-            "{}:{}{}",
-            uri.authority.host,
-            uri.authority.port,
-            if uri.vhost == "/" {
-                String::new()
-            } else {
-                format!(" (vhost {})", uri.vhost)
-            }
-        );
-        // Find out at once whether anything listens there: lapin's reconnect backoff, meant
-        // for recovering an established connection, would otherwise retry a refused first
-        // connection until the timeout and then only say that nothing answered.
-        let addr = (uri.authority.host.clone(), uri.authority.port);
-        match tokio::time::timeout(config.connect_timeout, tokio::net::TcpStream::connect(addr))
-            .await
-        {
-            Ok(Ok(_probe)) => {}
-            Ok(Err(source)) => return Err(Error::Unreachable { endpoint, source }),
-            Err(_) => {
-                return Err(Error::ConnectTimeout {
-                    endpoint,
-                    timeout: config.connect_timeout,
-                });
-            }
-        }
-        let props = ConnectionProperties::default()
-            .with_connection_name(config.connection_name.clone().into())
-            .enable_auto_recover();
-        let connection =
-            tokio::time::timeout(config.connect_timeout, Connection::connect_uri(uri, props))
-                .await
-                .map_err(|_| Error::ConnectTimeout {
-                    endpoint: endpoint.clone(),
-                    timeout: config.connect_timeout,
-                })?
-                .map_err(|source| Error::Connect {
-                    endpoint,
-                    source: Box::new(source),
-                })?;
+        let connection = open_connection(&config, "publish").await?;
         Ok(Self {
             connection: Arc::new(connection),
             config,
@@ -160,11 +115,12 @@ impl Broker {
 
     /// Declares Warren's exchanges and these work queues (idempotent).
     pub async fn declare(&self, queues: &[QueueName]) -> Result<(), Error> {
-        let channel = self
-            .connection
-            .create_channel()
-            .await
-            .map_err(Error::channel)?;
+        let channel = within(
+            self.config.connect_timeout,
+            "opening a channel",
+            self.connection.create_channel(),
+        )
+        .await?;
         let result = self.config.topology.declare(&channel, queues).await;
         let _ = channel.close(200, "declared".into()).await;
         result
@@ -175,7 +131,7 @@ impl Broker {
         Publisher::open(&self.connection, &self.config).await
     }
 
-    /// A consumer of one work queue on its own channel, with at most `prefetch` unacked
+    /// A consumer of one work queue on a connection of its own, with at most `prefetch` unacked
     /// deliveries outstanding.
     pub async fn consume(
         &self,
@@ -184,19 +140,19 @@ impl Broker {
         tag: &str,
     ) -> Result<Consumer, Error> {
         let name = self.config.topology.queue(queue);
-        Consumer::open(&self.connection, &name, prefetch, tag).await
+        Consumer::open(&self.config, &name, prefetch, tag).await
     }
 
     /// A consumer of the intake queue (delayed jobs from producers without database access).
     pub async fn consume_intake(&self, prefetch: u16, tag: &str) -> Result<Consumer, Error> {
         let name = self.config.topology.intake_queue();
-        Consumer::open(&self.connection, &name, prefetch, tag).await
+        Consumer::open(&self.config, &name, prefetch, tag).await
     }
 
     /// A consumer of the dead-letter queue (for inspection tools and tests).
     pub async fn consume_dead_letters(&self, prefetch: u16, tag: &str) -> Result<Consumer, Error> {
         let name = self.config.topology.dead_letter_queue();
-        Consumer::open(&self.connection, &name, prefetch, tag).await
+        Consumer::open(&self.config, &name, prefetch, tag).await
     }
 
     /// Ready messages and consumers of a work queue, or `None` if it does not exist. Uses a
@@ -212,11 +168,12 @@ impl Broker {
     }
 
     async fn depth_of(&self, name: &str) -> Result<Option<QueueDepth>, Error> {
-        let channel = self
-            .connection
-            .create_channel()
-            .await
-            .map_err(Error::channel)?;
+        let channel = within(
+            self.config.connect_timeout,
+            "opening a channel",
+            self.connection.create_channel(),
+        )
+        .await?;
         let options = QueueDeclareOptions {
             passive: true,
             ..QueueDeclareOptions::default()
@@ -243,11 +200,12 @@ impl Broker {
     /// Deletes these work queues, the dead-letter queue and both exchanges of the namespace.
     /// For tests and teardown; running workers lose their consumers.
     pub async fn delete_topology(&self, queues: &[QueueName]) -> Result<(), Error> {
-        let channel = self
-            .connection
-            .create_channel()
-            .await
-            .map_err(Error::channel)?;
+        let channel = within(
+            self.config.connect_timeout,
+            "opening a channel",
+            self.connection.create_channel(),
+        )
+        .await?;
         let t = &self.config.topology;
         let names = queues
             .iter()
@@ -281,6 +239,79 @@ impl Broker {
             .connection
             .close(200, "warren shutting down".into())
             .await;
+    }
+}
+
+/// Opens one AMQP connection with auto-recovery, named `<connection_name> <role>` in the
+/// broker's connection list.
+pub(crate) async fn open_connection(
+    config: &BrokerConfig,
+    role: &str,
+) -> Result<Connection, Error> {
+    let mut uri: AMQPUri = config.url.parse().map_err(|reason: String| Error::Url {
+        url: config.redacted_url(),
+        reason,
+    })?;
+    if uri.query.heartbeat.is_none() {
+        uri.query.heartbeat = Some(config.heartbeat.as_secs().clamp(1, 600) as u16);
+    }
+    if uri.query.connection_timeout.is_none() {
+        uri.query.connection_timeout = Some(config.connect_timeout.as_millis() as u64);
+    }
+    let endpoint = format!(
+        "{}:{}{}",
+        uri.authority.host,
+        uri.authority.port,
+        if uri.vhost == "/" {
+            String::new()
+        } else {
+            format!(" (vhost {})", uri.vhost)
+        }
+    );
+    // Find out at once whether anything listens there: lapin's reconnect backoff, meant
+    // for recovering an established connection, would otherwise retry a refused first
+    // connection until the timeout and then only say that nothing answered.
+    let addr = (uri.authority.host.clone(), uri.authority.port);
+    match tokio::time::timeout(config.connect_timeout, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(_probe)) => {}
+        Ok(Err(source)) => return Err(Error::Unreachable { endpoint, source }),
+        Err(_) => {
+            return Err(Error::ConnectTimeout {
+                endpoint,
+                timeout: config.connect_timeout,
+            });
+        }
+    }
+    let props = ConnectionProperties::default()
+        .with_connection_name(format!("{} {role}", config.connection_name).into())
+        .enable_auto_recover();
+    tokio::time::timeout(config.connect_timeout, Connection::connect_uri(uri, props))
+        .await
+        .map_err(|_| Error::ConnectTimeout {
+            endpoint: endpoint.clone(),
+            timeout: config.connect_timeout,
+        })?
+        .map_err(|source| Error::Connect {
+            endpoint,
+            source: Box::new(source),
+        })
+}
+
+/// Runs one channel-level step (open, qos, consume, confirm mode) within `timeout`. Without
+/// it, a connection that dies while the step waits for its answer leaves the caller waiting
+/// for good: lapin does not fail pending requests of a connection it cannot recover.
+pub(crate) async fn within<T>(
+    timeout: Duration,
+    what: &'static str,
+    step: impl Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(timeout, step).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(Error::Step {
+            what,
+            source: Box::new(source),
+        }),
+        Err(_) => Err(Error::StepTimeout { what, timeout }),
     }
 }
 

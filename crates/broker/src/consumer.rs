@@ -8,113 +8,263 @@ use lapin::types::FieldTable;
 use lapin::{Acker, Channel, Connection};
 use warren_core::RawMessage;
 
-use crate::Error;
+use crate::connection::{open_connection, within};
 use crate::headers::from_field_table;
+use crate::{BrokerConfig, Error};
 
-/// Deliveries from one queue, on a channel of its own with a prefetch window.
+/// Deliveries from one queue, on a connection and channel of its own, with a prefetch window.
+///
+/// The connection is the consumer's own for two reasons. A broker alarm blocks connections
+/// that publish; acks on a consume-only connection keep flowing. And lapin treats a frame it
+/// cannot parse (a `message_id` that is not UTF-8, say) as fatal to the whole connection: on
+/// its own connection, such a poison message takes only this consumer's unacked deliveries
+/// with it.
+///
+/// After such an unrecoverable failure the consumer reconnects by itself in *careful mode*:
+/// prefetch 1, so the broker has at most one unacked message out with it. If that message is
+/// the poison, the connection dies again and only that message is charged a delivery; after
+/// `x-delivery-limit` of those the broker dead-letters it. Careful mode ends after
+/// [`CAREFUL_CLEAN_DELIVERIES`] deliveries in a row were read cleanly, and the prefetch
+/// window is restored.
 pub struct Consumer {
-    channel: Channel,
-    inner: lapin::Consumer,
+    config: BrokerConfig,
     queue: String,
     tag: String,
+    prefetch: u16,
+    /// Clean deliveries since careful mode began; `None` outside careful mode.
+    careful: Option<u32>,
+    connection: Connection,
+    channel: Channel,
+    inner: lapin::Consumer,
 }
+
+/// Deliveries read cleanly, in a row, that end careful mode. Quorum queues hand returned
+/// messages out before fresh ones, so by then the poison and every neighbour returned with it
+/// have come round again.
+pub const CAREFUL_CLEAN_DELIVERIES: u32 = 64;
 
 impl fmt::Debug for Consumer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Consumer")
             .field("queue", &self.queue)
             .field("tag", &self.tag)
+            .field("prefetch", &self.prefetch)
+            .field("careful", &self.careful)
             .finish_non_exhaustive()
     }
 }
 
 impl Consumer {
     pub(crate) async fn open(
-        connection: &Connection,
+        config: &BrokerConfig,
         queue: &str,
         prefetch: u16,
         tag: &str,
     ) -> Result<Self, Error> {
-        let consume_err = |source| Error::Consume {
-            queue: queue.to_owned(),
-            source: Box::new(source),
-        };
-        let channel = connection.create_channel().await.map_err(Error::channel)?;
-        channel
-            .basic_qos(prefetch.max(1), BasicQosOptions::default())
-            .await
-            .map_err(consume_err)?;
-        let inner = channel
-            .basic_consume(
-                queue.into(),
-                tag.into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(consume_err)?;
+        let prefetch = prefetch.max(1);
+        let (connection, channel, inner) = subscribe(config, queue, prefetch, tag).await?;
         Ok(Self {
-            channel,
-            inner,
+            config: config.clone(),
             queue: queue.to_owned(),
             tag: tag.to_owned(),
+            prefetch,
+            careful: None,
+            connection,
+            channel,
+            inner,
         })
     }
 
-    /// The next delivery, or `None` once the consumer is cancelled. A connection loss is
-    /// waited out (lapin recovers the channel and the consumer); deliveries received before
-    /// it can no longer be acked and will be redelivered by the broker.
+    /// The next delivery, or `None` once the consumer is cancelled (by [`Consumer::cancel`]
+    /// or by the broker, e.g. because the queue was deleted). A connection loss is waited out
+    /// (lapin recovers the channel and the consumer); a failure lapin cannot recover from is
+    /// met with a new connection in careful mode. Deliveries received before either can no
+    /// longer be acked and will be redelivered by the broker.
     pub async fn next(&mut self) -> Option<Result<Delivery, Error>> {
         loop {
-            match self.inner.next().await? {
-                Ok(d) => {
-                    let p = &d.properties;
-                    let raw = RawMessage {
-                        message_id: p.message_id().as_ref().map(|s| s.as_str().to_owned()),
-                        content_type: p.content_type().as_ref().map(|s| s.as_str().to_owned()),
-                        timestamp: *p.timestamp(),
-                        headers: from_field_table(p.headers().as_ref()),
-                        body: d.data,
-                    };
-                    return Some(Ok(Delivery {
-                        raw,
-                        redelivered: d.redelivered,
-                        tag: d.delivery_tag,
-                        acker: d.acker,
-                    }));
+            let error = match self.inner.next().await {
+                Some(Ok(d)) => {
+                    self.count_clean().await;
+                    return Some(Ok(self.delivery(d)));
                 }
-                Err(e) => {
-                    tracing::warn!(queue = %self.queue, error = %e, "consumer interrupted; waiting for recovery");
-                    if let Err(source) = self.channel.wait_for_recovery(e).await {
-                        return Some(Err(Error::Consume {
-                            queue: self.queue.clone(),
-                            source: Box::new(source),
-                        }));
+                Some(Err(e)) => Some(e),
+                // The stream also ends when the connection under it died for good; only a
+                // live connection means the broker really cancelled this consumer.
+                None if self.connection.status().connected() => return None,
+                None => None,
+            };
+            match error {
+                Some(error)
+                    if error.can_be_recovered() && self.connection.status().reconnecting() =>
+                {
+                    tracing::warn!(queue = %self.queue, error = %error, "consumer interrupted; waiting for the connection to recover");
+                    match self.channel.wait_for_recovery(error).await {
+                        Ok(()) => continue,
+                        Err(e) => {
+                            tracing::warn!(queue = %self.queue, error = %e, "connection recovery failed")
+                        }
                     }
                 }
+                Some(error) => {
+                    tracing::warn!(queue = %self.queue, error = %error, "consumer connection failed beyond recovery (a malformed frame from the broker?)");
+                }
+                None => {
+                    tracing::warn!(queue = %self.queue, "consumer connection closed under it");
+                }
+            }
+            if let Err(e) = self.reopen_carefully().await {
+                return Some(Err(e));
             }
         }
+    }
+
+    /// A new connection, channel and subscription with prefetch 1, retried with backoff while
+    /// the broker cannot be reached. Refusals that another try would not change (the queue is
+    /// gone, the credentials are wrong) are returned.
+    async fn reopen_carefully(&mut self) -> Result<(), Error> {
+        self.careful = Some(0);
+        let _ = self.connection.close(200, "reopening".into()).await;
+        let mut delay = std::time::Duration::from_millis(100);
+        let mut logged = false;
+        loop {
+            match subscribe(&self.config, &self.queue, 1, &self.tag).await {
+                Ok((connection, channel, inner)) => {
+                    tracing::warn!(queue = %self.queue, "consumer reconnected in careful mode: prefetch 1 until {CAREFUL_CLEAN_DELIVERIES} deliveries in a row are read cleanly");
+                    self.connection = connection;
+                    self.channel = channel;
+                    self.inner = inner;
+                    return Ok(());
+                }
+                Err(e) if e.is_transient() => {
+                    if !logged {
+                        tracing::warn!(queue = %self.queue, error = %warren_core::ErrorChain(&e), "cannot reconnect the consumer yet; retrying with backoff");
+                        logged = true;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Counts a clean delivery in careful mode and restores the prefetch window after enough.
+    async fn count_clean(&mut self) {
+        let Some(clean) = self.careful.as_mut() else {
+            return;
+        };
+        *clean += 1;
+        if *clean < CAREFUL_CLEAN_DELIVERIES {
+            return;
+        }
+        match self
+            .channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(queue = %self.queue, prefetch = self.prefetch, "careful mode over; prefetch window restored");
+                self.careful = None;
+            }
+            Err(e) => {
+                tracing::warn!(queue = %self.queue, error = %e, "cannot restore the prefetch window; staying careful")
+            }
+        }
+    }
+
+    fn delivery(&self, d: lapin::message::Delivery) -> Delivery {
+        let p = &d.properties;
+        let raw = RawMessage {
+            message_id: p.message_id().as_ref().map(|s| s.as_str().to_owned()),
+            content_type: p.content_type().as_ref().map(|s| s.as_str().to_owned()),
+            timestamp: *p.timestamp(),
+            headers: from_field_table(p.headers().as_ref()),
+            body: d.data,
+        };
+        Delivery {
+            raw,
+            redelivered: d.redelivered,
+            tag: d.delivery_tag,
+            acker: d.acker,
+        }
+    }
+
+    /// True while the consumer runs with prefetch 1 after a failure lapin could not recover.
+    pub fn is_careful(&self) -> bool {
+        self.careful.is_some()
     }
 
     /// Stops new deliveries. Deliveries already received stay valid until acked or the
     /// channel closes.
     pub async fn cancel(&self) -> Result<(), Error> {
-        self.channel
-            .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default())
-            .await
-            .map_err(|source| Error::Consume {
-                queue: self.queue.clone(),
-                source: Box::new(source),
-            })
+        within(
+            self.config.connect_timeout,
+            "cancelling a consumer",
+            self.channel
+                .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default()),
+        )
+        .await
     }
 
-    /// Closes the channel: every unacked delivery of this consumer returns to the queue.
+    /// Closes the channel and the connection: every unacked delivery of this consumer returns
+    /// to the queue.
     pub async fn close(&self) {
-        let _ = self.channel.close(200, "consumer closed".into()).await;
+        let _ = tokio::time::timeout(
+            self.config.connect_timeout,
+            self.connection.close(200, "consumer closed".into()),
+        )
+        .await;
     }
 
     pub fn queue(&self) -> &str {
         &self.queue
+    }
+}
+
+/// Connects and subscribes to `queue` with `prefetch`, every step bounded in time.
+async fn subscribe(
+    config: &BrokerConfig,
+    queue: &str,
+    prefetch: u16,
+    tag: &str,
+) -> Result<(Connection, Channel, lapin::Consumer), Error> {
+    let connection = open_connection(config, &format!("consume {queue}")).await?;
+    let opened = async {
+        let t = config.connect_timeout;
+        let channel = within(t, "opening a channel", connection.create_channel()).await?;
+        within(
+            t,
+            "setting the prefetch window",
+            channel.basic_qos(prefetch, BasicQosOptions::default()),
+        )
+        .await?;
+        let inner = within(
+            t,
+            "subscribing",
+            channel.basic_consume(
+                queue.into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+        Ok::<_, Error>((channel, inner))
+    }
+    .await;
+    match opened {
+        Ok((channel, inner)) => Ok((connection, channel, inner)),
+        Err(e) => {
+            let _ = tokio::time::timeout(
+                config.connect_timeout,
+                connection.close(200, "subscribe failed".into()),
+            )
+            .await;
+            Err(Error::Subscribe {
+                queue: queue.to_owned(),
+                source: Box::new(e),
+            })
+        }
     }
 }
 

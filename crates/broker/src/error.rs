@@ -28,9 +28,6 @@ pub enum Error {
     )]
     ConnectTimeout { endpoint: String, timeout: Duration },
 
-    #[error("cannot open an AMQP channel")]
-    Channel(#[source] Box<lapin::Error>),
-
     #[error("cannot declare {what} `{name}`{hint}")]
     Declare {
         what: &'static str,
@@ -72,6 +69,31 @@ pub enum Error {
         timeout: Duration,
     },
 
+    #[error("{what} failed")]
+    Step {
+        what: &'static str,
+        #[source]
+        source: Box<lapin::Error>,
+    },
+
+    #[error("{what}: no answer from RabbitMQ within {timeout:?}; is the connection alive?")]
+    StepTimeout {
+        what: &'static str,
+        timeout: Duration,
+    },
+
+    #[error("cannot subscribe to queue `{queue}`")]
+    Subscribe {
+        queue: String,
+        #[source]
+        source: Box<Error>,
+    },
+
+    #[error(
+        "job {job} for queue `{queue}` was not sent: the connection to RabbitMQ was lost before it; it is not enqueued"
+    )]
+    NotSent { job: String, queue: String },
+
     #[error("cannot consume from queue `{queue}`")]
     Consume {
         queue: String,
@@ -96,7 +118,33 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn channel(source: lapin::Error) -> Self {
-        Error::Channel(Box::new(source))
+    /// True when trying again later may succeed: the broker is unreachable, slow or
+    /// restarting. False for refusals a retry would not change: a missing queue, wrong
+    /// credentials, a bad URL.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Unreachable { .. }
+            | Error::ConnectTimeout { .. }
+            | Error::StepTimeout { .. } => true,
+            Error::Connect { source, .. } | Error::Step { source, .. } => !is_refusal(source),
+            Error::Subscribe { source, .. } => source.is_transient(),
+            _ => false,
+        }
     }
+}
+
+/// A broker answer that says "no" rather than "not now".
+fn is_refusal(e: &lapin::Error) -> bool {
+    if matches!(e.kind(), lapin::ErrorKind::AuthProviderError(_)) {
+        return true;
+    }
+    let text = e.to_string();
+    [
+        "NOT_FOUND",
+        "ACCESS_REFUSED",
+        "NOT_ALLOWED",
+        "PRECONDITION_FAILED",
+    ]
+    .iter()
+    .any(|code| text.contains(code))
 }

@@ -14,12 +14,14 @@ mod consumer;
 mod error;
 mod headers;
 mod publisher;
+mod stack;
 mod topology;
 
 pub use connection::{Broker, BrokerConfig, QueueDepth};
-pub use consumer::{Consumer, Delivery};
+pub use consumer::{CAREFUL_CLEAN_DELIVERIES, Consumer, Delivery};
 pub use error::Error;
 pub use publisher::{PublishRequest, Publisher};
+pub use stack::{IO_THREAD_STACK, MAX_HEADER_DEPTH};
 pub use topology::Topology;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -2,12 +2,15 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection, PublisherConfirm};
 use warren_core::HeaderValue;
 use warren_core::message::{HEADER_DEAD_REASON, RawMessage};
 
+use crate::connection::within;
 use crate::headers::to_field_table;
 use crate::{BrokerConfig, Error};
 
@@ -57,11 +60,19 @@ impl Publisher {
         connection: &Connection,
         config: &BrokerConfig,
     ) -> Result<Self, Error> {
-        let channel = connection.create_channel().await.map_err(Error::channel)?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(Error::channel)?;
+        let t = config.connect_timeout;
+        let channel = within(
+            t,
+            "opening a publishing channel",
+            connection.create_channel(),
+        )
+        .await?;
+        within(
+            t,
+            "switching the channel to confirm mode",
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
         Ok(Self {
             channel,
             exchange: config.topology.work_exchange(),
@@ -82,27 +93,61 @@ impl Publisher {
     pub async fn publish(&self, queue: &str, message: &RawMessage) -> Result<(), Error> {
         let req = PublishRequest { queue, message };
         let confirm = self.send(&self.exchange, req).await?;
-        self.settle(&self.exchange, req, confirm).await
+        self.settle(
+            &self.exchange,
+            req,
+            confirm,
+            Instant::now() + self.confirm_timeout,
+        )
+        .await
     }
 
     /// Publishes many messages with their confirms pipelined, and reports each one's outcome
-    /// in order. A failure of one message does not stop the others.
+    /// in order. A failure of one message does not stop the others, except that once the
+    /// connection is lost for good the rest are reported [`Error::NotSent`] at once.
+    ///
+    /// Every confirm is waited for until its own deadline, `confirm_timeout` after its
+    /// message was sent, never `confirm_timeout` after the one before it settled: a broker
+    /// that dies with a full window of confirms pending costs one timeout, not one per
+    /// message.
     pub async fn publish_many(&self, batch: &[PublishRequest<'_>]) -> Vec<Result<(), Error>> {
         let mut results: Vec<Option<Result<(), Error>>> = batch.iter().map(|_| None).collect();
-        let mut pending: VecDeque<(usize, PublisherConfirm)> = VecDeque::with_capacity(self.window);
+        let mut pending: VecDeque<(usize, Instant, PublisherConfirm)> =
+            VecDeque::with_capacity(self.window);
+        let mut lost = false;
         for (i, req) in batch.iter().enumerate() {
+            if lost {
+                results[i] = Some(Err(Error::NotSent {
+                    job: job_of(req.message),
+                    queue: req.queue.to_owned(),
+                }));
+                continue;
+            }
             if pending.len() >= self.window
-                && let Some((j, confirm)) = pending.pop_front()
+                && let Some((j, deadline, confirm)) = pending.pop_front()
             {
-                results[j] = Some(self.settle(&self.exchange, batch[j], confirm).await);
+                results[j] = Some(
+                    self.settle(&self.exchange, batch[j], confirm, deadline)
+                        .await,
+                );
             }
             match self.send(&self.exchange, *req).await {
-                Ok(confirm) => pending.push_back((i, confirm)),
-                Err(e) => results[i] = Some(Err(e)),
+                Ok(confirm) => {
+                    pending.push_back((i, Instant::now() + self.confirm_timeout, confirm));
+                }
+                Err(e) => {
+                    // `send` already waited (bounded) for a recovery; a channel still down
+                    // after that will not take the rest either.
+                    lost = !self.channel.status().connected();
+                    results[i] = Some(Err(e));
+                }
             }
         }
-        for (j, confirm) in pending {
-            results[j] = Some(self.settle(&self.exchange, batch[j], confirm).await);
+        for (j, deadline, confirm) in pending {
+            results[j] = Some(
+                self.settle(&self.exchange, batch[j], confirm, deadline)
+                    .await,
+            );
         }
         results
             .into_iter()
@@ -118,7 +163,13 @@ impl Publisher {
             message,
         };
         let confirm = self.send("", req).await?;
-        self.settle("(default)", req, confirm).await
+        self.settle(
+            "(default)",
+            req,
+            confirm,
+            Instant::now() + self.confirm_timeout,
+        )
+        .await
     }
 
     /// Publishes a message straight to the dead-letter queue with `warren-dead-reason` set.
@@ -139,7 +190,13 @@ impl Publisher {
             message: &message,
         };
         let confirm = self.send(&self.dead_letter_exchange, req).await?;
-        self.settle(&self.dead_letter_exchange, req, confirm).await
+        self.settle(
+            &self.dead_letter_exchange,
+            req,
+            confirm,
+            Instant::now() + self.confirm_timeout,
+        )
+        .await
     }
 
     async fn send(
@@ -166,21 +223,24 @@ impl Publisher {
         };
         let mut retried = false;
         loop {
-            let sent = self
-                .channel
-                .basic_publish(
+            // Writing the frame waits for lapin's I/O loop; a connection that died without
+            // lapin noticing would leave this waiting for good, so it is bounded too.
+            let sent = tokio::time::timeout(
+                self.confirm_timeout,
+                self.channel.basic_publish(
                     exchange.into(),
                     req.queue.into(),
                     options,
                     &m.body,
                     props.clone(),
-                )
-                .await;
+                ),
+            )
+            .await;
             match sent {
-                Ok(confirm) => return Ok(confirm),
+                Ok(Ok(confirm)) => return Ok(confirm),
                 // After a connection loss lapin recovers the channel (confirm mode included);
                 // wait for that once, bounded, then try this message again.
-                Err(e) if !retried => {
+                Ok(Err(e)) if !retried => {
                     retried = true;
                     let recovered = tokio::time::timeout(
                         self.confirm_timeout,
@@ -195,11 +255,18 @@ impl Publisher {
                         });
                     }
                 }
-                Err(source) => {
+                Ok(Err(source)) => {
                     return Err(Error::Publish {
                         job: job_of(m),
                         queue: req.queue.to_owned(),
                         source: Box::new(source),
+                    });
+                }
+                Err(_) => {
+                    return Err(Error::ConfirmTimeout {
+                        job: job_of(m),
+                        queue: req.queue.to_owned(),
+                        timeout: self.confirm_timeout,
                     });
                 }
             }
@@ -211,9 +278,10 @@ impl Publisher {
         exchange: &str,
         req: PublishRequest<'_>,
         confirm: PublisherConfirm,
+        deadline: Instant,
     ) -> Result<(), Error> {
         let job = || job_of(req.message);
-        match tokio::time::timeout(self.confirm_timeout, confirm).await {
+        match tokio::time::timeout_at(deadline, confirm).await {
             Err(_) => Err(Error::ConfirmTimeout {
                 job: job(),
                 queue: req.queue.to_owned(),

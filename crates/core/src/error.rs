@@ -135,3 +135,39 @@ mod tests {
         assert_eq!(json["attempt"], 2);
     }
 }
+
+/// Displays an error with its whole `source()` chain, `outer: inner: innermost`, for logs
+/// that would otherwise show only the outermost message (which by convention does not repeat
+/// its source).
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::ErrorChain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer step failed")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn the_chain_names_every_cause() {
+        let e = Outer(std::io::Error::other("connection refused"));
+        assert_eq!(
+            ErrorChain(&e).to_string(),
+            "outer step failed: connection refused"
+        );
+    }
+}

@@ -17,7 +17,7 @@ pub mod message;
 mod name;
 mod retry;
 
-pub use error::{FailureKind, FailureRecord, JobError, JobErrorKind};
+pub use error::{ErrorChain, FailureKind, FailureRecord, JobError, JobErrorKind};
 pub use id::{JobId, ParseJobIdError};
 pub use intake::IntakeMessage;
 pub use lifecycle::{Event, IllegalTransition, JobState};

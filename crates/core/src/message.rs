@@ -167,6 +167,8 @@ pub enum DecodeReason {
     NotUtf8(usize),
     #[error("body is not JSON: {0}")]
     NotJson(String),
+    #[error("the database refused to store it: {0}")]
+    Unstorable(String),
 }
 
 /// A message that is not a valid job, with whatever identity could still be read from it so
@@ -287,6 +289,18 @@ impl JobMessage {
                         header: HEADER_IDEMPOTENCY_KEY,
                         expected: "a string of 1 to 255 bytes",
                         found: format!("{} bytes", k.len()),
+                    },
+                );
+            }
+            // Postgres `text` cannot hold NUL, and no other control character belongs in a
+            // key a person may have to type into `warren jobs` to find a job.
+            Ok(Some(k)) if k.chars().any(char::is_control) => {
+                return fail(
+                    err,
+                    DecodeReason::HeaderType {
+                        header: HEADER_IDEMPOTENCY_KEY,
+                        expected: "a string without control characters",
+                        found: format!("{:?}", k.chars().take(80).collect::<String>()),
                     },
                 );
             }

@@ -213,18 +213,28 @@ impl Executor {
         // A job with an idempotency key claims it before running: one synchronous insert,
         // paid only by keyed jobs. The unique index makes the claim atomic across workers.
         if row.idempotency_key.is_some() {
-            match self.store.claim_key(&row).await {
-                Ok(Claim::Claimed) => {}
-                Ok(Claim::Ours) => {}
-                Ok(Claim::HeldBy(original)) => {
+            let claim = self
+                .through_outage("claiming the idempotency key", &self.hard_stop, || {
+                    self.store.claim_key(&row)
+                })
+                .await;
+            match claim {
+                Ok(Some(Claim::Claimed | Claim::Ours)) => {}
+                Ok(Some(Claim::HeldBy(original))) => {
                     return self.record_duplicate(row, original, &delivery).await;
                 }
+                // The hard stop ended the wait: the delivery returns to the broker unsettled.
+                Ok(None) => return,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot claim the idempotency key; requeueing");
-                    if let Err(e) = delivery.requeue().await {
-                        tracing::warn!(error = %e, "requeue failed");
-                    }
-                    return;
+                    let err = DecodeError {
+                        job_id: Some(message.id),
+                        task: Some(message.task.to_string()),
+                        attempt: Some(message.attempt),
+                        reason: warren_core::DecodeReason::Unstorable(
+                            warren_core::ErrorChain(&e).to_string(),
+                        ),
+                    };
+                    return self.reject(&queue, delivery, err).await;
                 }
             }
         }
@@ -341,12 +351,20 @@ impl Executor {
             .attempt
             .unwrap_or(1)
             .clamp(1, warren_core::message::MAX_ATTEMPTS_LIMIT);
+        // A body that is valid JSON stays the payload, so that `warren jobs retry` can run the
+        // job once the cause is fixed (a task deployed after its producer, say). Anything
+        // else is kept as raw bytes, at most a bounded prefix of them.
+        let payload = std::str::from_utf8(&delivery.raw.body)
+            .ok()
+            .filter(|_| delivery.raw.body.len() <= self.max_body)
+            .and_then(|text| serde_json::from_str::<Box<serde_json::value::RawValue>>(text).ok());
+        let raw_body = payload.is_none().then(|| delivery.raw.body.clone());
         let row = RecordRow {
             id,
             queue: queue.to_string(),
             task: err.task.clone().unwrap_or_else(|| "(unknown)".to_owned()),
-            payload: None,
-            raw_body: Some(delivery.raw.body.clone()),
+            payload,
+            raw_body,
             state: transition_from_none(Event::Reject),
             attempt,
             max_attempts: attempt,
@@ -403,6 +421,48 @@ impl Executor {
                 if let Err(e) = delivery.requeue().await {
                     tracing::warn!(error = %e, "requeue failed; the broker will redeliver when the channel closes");
                 }
+            }
+        }
+    }
+
+    /// Runs a database call and holds the message through an outage: a transient failure is
+    /// retried with backoff while the delivery stays unacked, because a requeue would spend
+    /// one of its deliveries and the broker dead-letters a message after `x-delivery-limit`
+    /// of those, job and all. The prefetch window meanwhile stops the broker from sending
+    /// more. Returns `Ok(None)` when `give_up` ends the wait (the delivery goes back to the
+    /// broker as the channel closes) and `Err` for a failure no retry would change.
+    pub(crate) async fn through_outage<T, F, Fut>(
+        &self,
+        what: &'static str,
+        give_up: &CancellationToken,
+        mut call: F,
+    ) -> Result<Option<T>, warren_store::Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, warren_store::Error>>,
+    {
+        let mut delay = Duration::from_millis(100);
+        let mut degraded = false;
+        loop {
+            match call().await {
+                Ok(v) => {
+                    if degraded {
+                        tracing::info!("{what}: the database answers again; going on");
+                    }
+                    return Ok(Some(v));
+                }
+                Err(e) if e.is_transient() => {
+                    if !degraded {
+                        tracing::warn!(error = %warren_core::ErrorChain(&e), "{what} failed; holding the message unacked and retrying until the database is back");
+                        degraded = true;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = give_up.cancelled() => return Ok(None),
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
             }
         }
     }

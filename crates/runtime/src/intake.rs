@@ -2,11 +2,10 @@
 //! the intake queue into `scheduled` rows, acking each message only once its row is committed.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use warren_broker::Consumer;
-use warren_core::{IntakeMessage, QueueName, RetryPolicy};
+use warren_core::{DecodeError, DecodeReason, ErrorChain, IntakeMessage, QueueName, RetryPolicy};
 use warren_store::{ScheduledJob, Store};
 
 use crate::execute::Executor;
@@ -57,19 +56,31 @@ pub(crate) async fn intake_loop(
             idempotency_key: job.idempotency_key.clone(),
             traceparent: job.traceparent.clone(),
         };
-        match store.schedule(std::slice::from_ref(&row)).await {
-            Ok(_) => {
+        // An outage is waited out with the message held unacked: a requeue would spend a
+        // delivery, and enough of them dead-letter the job.
+        let scheduled = executor
+            .through_outage(
+                "scheduling a delayed job from the intake queue",
+                &stop,
+                || store.schedule(std::slice::from_ref(&row)),
+            )
+            .await;
+        match scheduled {
+            Ok(Some(_)) => {
                 if let Err(e) = delivery.ack().await {
                     tracing::warn!(error = %e, "intake ack failed; the redelivery is a harmless repeat insert");
                 }
             }
+            // Shutdown ended the wait; the message returns to the intake queue.
+            Ok(None) => break,
             Err(e) => {
-                tracing::warn!(job.id = %row.id, error = %e, "cannot schedule an intake job; requeueing it");
-                // Give the database a moment rather than spinning on the same failure.
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                if let Err(e) = delivery.requeue().await {
-                    tracing::warn!(error = %e, "intake requeue failed; the broker redelivers on close");
-                }
+                let err = DecodeError {
+                    job_id: Some(row.id),
+                    task: Some(row.task.clone()),
+                    attempt: Some(1),
+                    reason: DecodeReason::Unstorable(ErrorChain(&e).to_string()),
+                };
+                executor.reject(&intake, delivery, err).await;
             }
         }
     }

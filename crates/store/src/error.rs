@@ -64,6 +64,19 @@ pub enum Error {
 }
 
 impl Error {
+    /// True when the same call may succeed later as it is: the database was unreachable,
+    /// restarting or out of connections, not refusing the data. Callers hold their work
+    /// (and its delivery) and retry these; anything else is final for that data.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Unreachable { .. } | Error::RecorderStopped { .. } => true,
+            Error::Connect { source, .. }
+            | Error::Query { source, .. }
+            | Error::Record { source, .. } => is_transient(source),
+            _ => false,
+        }
+    }
+
     pub(crate) fn query(what: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
         move |source| Error::Query { what, source }
     }

@@ -279,6 +279,17 @@ async fn write_with_retry(store: &Store, rows: &[RecordRow]) -> Result<(), Error
     }
 }
 
+/// Text as Postgres can store it: `text` and `jsonb` reject NUL, so each is replaced by
+/// U+FFFD. Bad input names itself with whatever bytes it carried, and a row that cannot be
+/// written would send its delivery round until the broker dead-letters it with no record.
+pub(crate) fn storable(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
 const UPSERT: &str = r#"
 INSERT INTO warren_jobs AS j (
     id, queue, task, payload, raw_body, state, attempt, max_attempts, timeout_ms, run_at,
@@ -338,8 +349,8 @@ async fn write(store: &Store, rows: &[RecordRow]) -> Result<(), sqlx::Error> {
     let mut duplicates = Vec::with_capacity(n);
     for r in rows {
         ids.push(r.id.as_uuid());
-        queues.push(r.queue.as_str());
-        tasks.push(r.task.as_str());
+        queues.push(storable(&r.queue));
+        tasks.push(storable(&r.task));
         payloads.push(r.payload.as_deref().map(RawValue::get));
         raw_bodies.push(r.raw_body.as_deref());
         states.push(r.state.as_str());
@@ -351,10 +362,14 @@ async fn write(store: &Store, rows: &[RecordRow]) -> Result<(), sqlx::Error> {
         started_ats.push(r.started_at);
         finished_ats.push(r.finished_at);
         results.push(r.result.as_deref().map(RawValue::get));
-        errors.push(r.error.as_ref().and_then(|e| serde_json::to_string(e).ok()));
-        workers.push(r.worker_id.as_str());
-        keys.push(r.idempotency_key.as_deref());
-        traces.push(r.traceparent.as_deref());
+        errors.push(r.error.as_ref().and_then(|e| {
+            let mut e = e.clone();
+            e.message = storable(&e.message).into_owned();
+            serde_json::to_string(&e).ok()
+        }));
+        workers.push(storable(&r.worker_id));
+        keys.push(r.idempotency_key.as_deref().map(storable));
+        traces.push(r.traceparent.as_deref().map(storable));
         duplicates.push(r.duplicate_of.map(|d| d.as_uuid()));
     }
     let mut tx = store.pool.begin().await?;

@@ -122,6 +122,23 @@ impl TestEnv {
         Ok(RunningWorker { shutdown, handle })
     }
 
+    /// Starts an in-process worker that reaches the services through these configs, e.g.
+    /// through a [`Proxy`](crate::Proxy) that a fault test cuts.
+    pub async fn start_worker_via(
+        &self,
+        builder: WorkerBuilder,
+        config: WorkerConfig,
+        broker_config: BrokerConfig,
+        store_config: &StoreConfig,
+    ) -> anyhow::Result<RunningWorker> {
+        let worker: Worker = builder.build(config)?;
+        let broker = Broker::connect(broker_config).await?;
+        let store = Store::connect(store_config).await?;
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(worker.run(broker, store, shutdown.clone()));
+        Ok(RunningWorker { shutdown, handle })
+    }
+
     /// Deletes the namespace's queues and exchanges and drops the database.
     pub async fn cleanup(self) -> anyhow::Result<()> {
         self.broker.delete_topology(&self.queues).await?;

@@ -13,8 +13,11 @@
 
 mod env;
 mod process;
+mod proxy;
+pub mod raw_amqp;
 mod wait;
 
 pub use env::{RunningWorker, TestEnv};
 pub use process::{WorkerProcess, bin_path};
+pub use proxy::Proxy;
 pub use wait::wait_until;

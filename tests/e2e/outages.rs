@@ -1,0 +1,109 @@
+//! Outages of one worker's own connections, made with a proxy the test controls (never by
+//! stopping the shared services): an infrastructure failure must never spend a delivery, and
+//! a producer whose broker dies mid-publish must return promptly saying what was confirmed.
+
+use std::time::Duration;
+
+use serde_json::json;
+use warren_client::{Client, NewJob};
+use warren_core::JobState;
+use warren_testkit::{Proxy, TestEnv};
+use warren_worker::tasks::register_builtins;
+
+use crate::support::{count_state, enqueue_all, wait_all_terminal};
+
+const POSTGRES: &str = "127.0.0.1:5432";
+const RABBITMQ: &str = "127.0.0.1:5672";
+
+/// Keyed jobs (which claim their key in Postgres before running) and delayed jobs from the
+/// intake queue (which become rows) arrive while the worker's database is cut off. Before
+/// the fix both were requeued at once on every failure, and the broker dead-lettered them
+/// after `x-delivery-limit` tries, with no row.
+#[tokio::test]
+async fn a_database_outage_never_spends_a_delivery() -> anyhow::Result<()> {
+    let env = TestEnv::with_delivery_limit(&["default"], 2).await?;
+    let proxy = Proxy::start(POSTGRES).await?;
+    let mut store_config = env.store_config.clone();
+    store_config.url = proxy.url_through(&env.database_url, POSTGRES);
+    store_config.acquire_timeout = Duration::from_secs(1);
+    let worker = env
+        .start_worker_via(
+            register_builtins(warren_runtime::Worker::builder()),
+            env.worker_config("w1"),
+            env.broker_config.clone(),
+            &store_config,
+        )
+        .await?;
+    // Let the worker finish starting (it registers itself in Postgres) before the cut.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.cut();
+
+    let client = Client::connect(env.broker_config.clone()).await?;
+    let mut jobs = Vec::new();
+    for i in 0..3 {
+        jobs.push(
+            NewJob::new("warren.noop", &json!({ "i": i }))?.idempotency_key(format!("k{i}"))?,
+        );
+    }
+    // Without a store, a delayed job travels through the intake queue.
+    for i in 0..3 {
+        jobs.push(
+            NewJob::new("warren.noop", &json!({ "d": i }))?.delay(Duration::from_millis(200)),
+        );
+    }
+    let ids = enqueue_all(&client, jobs).await?;
+    // Long enough for the old code to spend every delivery many times over.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    proxy.restore();
+
+    let rows = wait_all_terminal(&env.store, &ids, Duration::from_secs(60)).await?;
+    assert_eq!(count_state(&rows, JobState::Succeeded), 6, "{rows:?}");
+    assert_eq!(
+        env.broker.dead_letter_depth().await?.map(|d| d.ready),
+        Some(0),
+        "nothing may be dead-lettered because of an outage"
+    );
+    worker.stop().await?;
+    env.cleanup().await
+}
+
+/// The broker connection dies while 20,000 confirms are pending. Before the fix each pending
+/// confirm waited out its own timeout in turn, so the call hung for hours; now it returns
+/// within about one confirm timeout, and every job it reports confirmed is in the queue.
+#[tokio::test]
+async fn a_broker_lost_mid_publish_ends_the_enqueue_promptly() -> anyhow::Result<()> {
+    let env = TestEnv::new(&["default"]).await?;
+    let proxy = Proxy::start(RABBITMQ).await?;
+    let mut config = env.broker_config.clone();
+    config.url = proxy.url_through(&env.amqp_url, RABBITMQ);
+    config.confirm_timeout = Duration::from_secs(3);
+    config.connect_timeout = Duration::from_secs(2);
+    let client = Client::connect(config).await?;
+    let jobs = (0..20_000)
+        .map(|i| NewJob::new("warren.noop", &json!({ "i": i })))
+        .collect::<Result<Vec<_>, _>>()?;
+    let publishing = tokio::spawn(async move { client.enqueue_many(jobs).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.cut();
+    // A guard against a hang, not a speed target: the publisher's own bounds end it far
+    // sooner (one confirm timeout and one recovery wait).
+    let results = tokio::time::timeout(Duration::from_secs(120), publishing)
+        .await
+        .map_err(|_| anyhow::anyhow!("enqueue_many still waiting 120 s after the broker died"))??;
+    let confirmed = results.iter().filter(|r| r.is_ok()).count();
+    let failed = results.len() - confirmed;
+    assert_eq!(results.len(), 20_000);
+    assert!(failed > 0, "the cut must fail some jobs");
+    // Every job reported confirmed really is in the queue (more may be: unconfirmed ones
+    // the broker took before the cut).
+    let depth = env
+        .broker
+        .queue_depth(&env.queues[0])
+        .await?
+        .map_or(0, |d| d.ready as usize);
+    assert!(
+        depth >= confirmed,
+        "{confirmed} confirmed but only {depth} in the queue"
+    );
+    env.cleanup().await
+}
