@@ -73,8 +73,12 @@ pub async fn create_database(admin_url: &str, name: &str) -> Result<(), Error> {
         let ddl = sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""));
         match sqlx::raw_sql(ddl).execute(&mut conn).await {
             Ok(_) => {}
-            // Another process created it between our check and our create.
-            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P04") => {}
+            // Another process created it between our check and our create. Postgres reports
+            // that as 42P04 (duplicate_database) when the other CREATE has committed, but as
+            // 23505 (unique_violation on pg_database's name index) when both were in flight
+            // at once; CREATE DATABASE creates nothing else that could be duplicated.
+            Err(sqlx::Error::Database(db))
+                if matches!(db.code().as_deref(), Some("42P04" | "23505")) => {}
             Err(source) => {
                 return Err(Error::Query {
                     what: "creating the database",
