@@ -15,6 +15,7 @@ mod intake;
 pub mod lifecycle;
 pub mod message;
 mod name;
+pub mod redact;
 mod retry;
 
 pub use error::{FailureKind, FailureRecord, JobError, JobErrorKind};

@@ -10,7 +10,7 @@ use crate::Error;
 
 fn options(url: &str) -> Result<PgConnectOptions, Error> {
     PgConnectOptions::from_str(url).map_err(|e| Error::Url {
-        url: crate::store::redact(url),
+        url: warren_core::redact::redact_url(url),
         reason: e.to_string(),
     })
 }

@@ -10,7 +10,7 @@ use crate::Error;
 #[derive(Clone)]
 pub struct StoreConfig {
     /// `postgres://user:pass@host:port/db`. `Debug` and [`StoreConfig::redacted_url`] hide the
-    /// password.
+    /// password, in the user info or in a `password=` parameter.
     pub url: String,
     /// Pool size. A worker keeps one connection for LISTEN, the recorder writes up to two
     /// batches at once, and the promoter, heartbeats and idempotency claims share the rest.
@@ -30,21 +30,10 @@ impl StoreConfig {
         }
     }
 
+    /// The URL with every secret it can carry replaced by `***`: the password in the user
+    /// info, `password=` and other secret query parameters (see `warren_core::redact`).
     pub fn redacted_url(&self) -> String {
-        redact(&self.url)
-    }
-}
-
-pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
+        warren_core::redact::redact_url(&self.url)
     }
 }
 
@@ -122,6 +111,12 @@ impl Store {
         crate::migrate::run(&self.pool).await
     }
 
+    /// Checks, read-only, that the schema is at [`crate::SCHEMA_VERSION`]: `NotMigrated`,
+    /// `SchemaTooOld` or `SchemaTooNew` otherwise, each saying what to run.
+    pub async fn check_schema(&self) -> Result<(), Error> {
+        crate::migrate::check(&self.pool).await
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -133,8 +128,36 @@ mod tests {
 
     #[test]
     fn passwords_never_show() {
-        assert_eq!(redact("postgres://u:pw@h/db"), "postgres://u:***@h/db");
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
-        assert!(!format!("{:?}", StoreConfig::new("postgres://u:pw@h/db")).contains("pw"));
+        for url in [
+            "postgres://u:s3cret@h/db",
+            "postgres://u@h/db?password=s3cret",
+            "postgres://u@h/db?sslmode=require&sslpassword=s3cret",
+            "postgres://u@h/db?pass%77ord=s3cret",
+        ] {
+            let config = StoreConfig::new(url);
+            assert!(!format!("{config:?}").contains("s3cret"), "{url}");
+            assert!(!config.redacted_url().contains("s3cret"), "{url}");
+        }
+        assert_eq!(
+            StoreConfig::new("postgres://u@h/db").redacted_url(),
+            "postgres://u@h/db"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_url_that_does_not_parse_is_not_echoed() {
+        for url in [
+            "postgres://u:s3/cret@h/db",
+            "postgres://u@h:notaport/db?password=s3cret",
+            "s3cret",
+        ] {
+            let err = Store::connect(&StoreConfig::new(url)).await.unwrap_err();
+            let shown = format!("{err} {err:?}");
+            assert!(matches!(err, Error::Url { .. }), "{url}: {shown}");
+            assert!(
+                !shown.contains("s3cret") && !shown.contains("cret"),
+                "{url}: {shown}"
+            );
+        }
     }
 }
