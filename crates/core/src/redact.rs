@@ -100,6 +100,20 @@ fn redact_query(query: &str) -> String {
         .join("&")
 }
 
+/// The names of `url`'s query parameters, percent-decoded, in order: for checking them
+/// against what a driver understands without handing it the values.
+pub fn query_keys(url: &str) -> Vec<String> {
+    let Some((_, query)) = url.split_once('?') else {
+        return Vec::new();
+    };
+    let query = query.split_once('#').map_or(query, |(q, _)| q);
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| percent_decode(pair.split_once('=').map_or(pair, |(key, _)| key)))
+        .collect()
+}
+
 fn is_secret_key(key: &str) -> bool {
     let key = percent_decode(key).to_ascii_lowercase();
     SECRET_KEY_PARTS.iter().any(|part| key.contains(part))
@@ -189,6 +203,15 @@ mod tests {
                 assert!(!shown.contains(piece), "{url} shows {piece} in {shown}");
             }
         }
+    }
+
+    #[test]
+    fn query_keys_are_decoded() {
+        assert_eq!(
+            query_keys("postgres://h/db?sslmode=x&pass%77ord=y&options[a]=b&flag#frag"),
+            ["sslmode", "password", "options[a]", "flag"]
+        );
+        assert!(query_keys("postgres://h/db").is_empty());
     }
 
     #[test]

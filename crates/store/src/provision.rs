@@ -1,18 +1,13 @@
 //! Creating and dropping whole databases: for `warren migrate --create-database`, the demo and
 //! test isolation (each test gets a database of its own).
 
-use std::str::FromStr;
-
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection};
 
 use crate::Error;
 
 fn options(url: &str) -> Result<PgConnectOptions, Error> {
-    PgConnectOptions::from_str(url).map_err(|e| Error::Url {
-        url: warren_core::redact::redact_url(url),
-        reason: e.to_string(),
-    })
+    crate::store::connect_options(url)
 }
 
 /// The same server and credentials as `url`, but database `name`.

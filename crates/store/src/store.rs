@@ -37,6 +37,54 @@ impl StoreConfig {
     }
 }
 
+/// The query parameters sqlx 0.9 understands (`sqlx_postgres::options::parse`). It logs any
+/// other one at WARN *with its value*, which would print a secret given under a name it does
+/// not know (`sslpassword=`, a misspelt `pasword=`); so unknown ones are refused before sqlx
+/// sees the URL.
+const KNOWN_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// Parses a Postgres URL into sqlx's options, refusing parameters sqlx would ignore (and log
+/// with their values). Errors show the URL redacted.
+pub(crate) fn connect_options(url: &str) -> Result<PgConnectOptions, Error> {
+    let fail = |reason: String| Error::Url {
+        url: warren_core::redact::redact_url(url),
+        reason,
+    };
+    for (n, key) in warren_core::redact::query_keys(url).iter().enumerate() {
+        let known = KNOWN_PARAMETERS.contains(&key.as_str())
+            || (key.starts_with("options[") && key.ends_with(']'));
+        if !known {
+            // The name is not shown: a secret pasted without `name=` would be one.
+            return Err(fail(format!(
+                "query parameter {} is not one that Warren's Postgres driver understands \
+                 (its name is not shown, in case it is a secret); use only {}",
+                n + 1,
+                KNOWN_PARAMETERS.join(", ")
+            )));
+        }
+    }
+    PgConnectOptions::from_str(url).map_err(|e| fail(e.to_string()))
+}
+
 impl fmt::Debug for StoreConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StoreConfig")
@@ -55,12 +103,7 @@ pub struct Store {
 
 impl Store {
     pub async fn connect(config: &StoreConfig) -> Result<Self, Error> {
-        let options = PgConnectOptions::from_str(&config.url)
-            .map_err(|e| Error::Url {
-                url: config.redacted_url(),
-                reason: e.to_string(),
-            })?
-            .application_name(&config.application_name);
+        let options = connect_options(&config.url)?.application_name(&config.application_name);
         // On loopback, TLS protects nothing, and with sqlx 0.9.0 it costs dearly: sqlx no
         // longer sets TCP_NODELAY (transact-rs/sqlx#4335, fixed after 0.9.0), so TLS records
         // split across writes wait out a delayed ACK, about 40 ms per recorder batch. Unless
@@ -150,6 +193,9 @@ mod tests {
             "postgres://u:s3/cret@h/db",
             "postgres://u@h:notaport/db?password=s3cret",
             "s3cret",
+            // sqlx would log these at WARN, values and all.
+            "postgres://u@h/db?sslpassword=s3cret",
+            "postgres://u@h/db?s3cret",
         ] {
             let err = Store::connect(&StoreConfig::new(url)).await.unwrap_err();
             let shown = format!("{err} {err:?}");
