@@ -9,6 +9,7 @@ mod fencing;
 mod idempotency;
 mod migrations;
 mod pipeline;
+mod privileges;
 mod redelivery;
 mod retries;
 mod scheduling;

@@ -1,5 +1,6 @@
 //! Creating and dropping whole databases: for `warren migrate --create-database`, the demo and
-//! test isolation (each test gets a database of its own).
+//! test isolation (each test gets a database of its own); and running provisioning scripts
+//! (roles and grants, see `docs/operations.md`).
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection};
@@ -82,6 +83,24 @@ pub async fn create_database(admin_url: &str, name: &str) -> Result<(), Error> {
             }
         }
     }
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// Runs `script`, one or more SQL statements, on the database of `url`: for provisioning done
+/// by an administrator (creating roles, granting privileges), never with untrusted input.
+pub async fn execute_script(url: &str, script: &str) -> Result<(), Error> {
+    let opts = options(url)?;
+    let endpoint = format!("{}:{}", opts.get_host(), opts.get_port());
+    let mut conn = opts
+        .connect()
+        .await
+        .map_err(|source| Error::Connect { endpoint, source })?;
+    // The caller vouches for the script: it is an administrator's, as the name says.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(script.to_owned()))
+        .execute(&mut conn)
+        .await
+        .map_err(Error::query("running a provisioning script"))?;
     let _ = conn.close().await;
     Ok(())
 }
