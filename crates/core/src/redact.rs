@@ -80,21 +80,15 @@ fn has_punctuation(s: &str) -> bool {
 }
 
 fn redact_query(query: &str) -> String {
-    let mut hiding = false;
     query
         .split('&')
         .map(|pair| match pair.split_once('=') {
-            Some((key, _)) if is_secret_key(key) => {
-                hiding = true;
-                format!("{key}=***")
-            }
-            // A piece without `=` right after a secret is most likely the rest of that secret,
-            // cut at an unencoded `&`.
-            None if hiding => "***".to_owned(),
-            _ => {
-                hiding = false;
-                pair.to_owned()
-            }
+            Some((key, _)) if is_secret_key(key) => format!("{key}=***"),
+            Some(_) => pair.to_owned(),
+            // No parameter Warren's drivers take is a bare word, so one is most likely the
+            // rest of a secret cut at an unencoded `&`, or a secret pasted on its own.
+            None if pair.is_empty() => String::new(),
+            None => "***".to_owned(),
         })
         .collect::<Vec<_>>()
         .join("&")
@@ -178,6 +172,7 @@ mod tests {
                 "postgres://h/db?password=***&***&x=1",
             ),
             ("postgres://h/db#s3cr3t", "postgres://h/db#***"),
+            ("postgres://h/db?s3cr3t", "postgres://h/db?***"),
             (
                 "amqp://guest:s3cr3t@127.0.0.1:5672/%2f",
                 "amqp://guest:***@127.0.0.1:5672/%2f",
