@@ -19,7 +19,7 @@ async fn cancelled_scheduled_job_never_runs_and_running_job_stops() -> anyhow::R
         .with_store(env.store.clone());
 
     let later = client
-        .enqueue(NewJob::new("warren.echo", &json!(1))?.delay(Duration::from_secs(2)))
+        .enqueue(NewJob::new("warren.echo", &json!(1))?.delay(Duration::from_secs(2))?)
         .await?;
     assert_eq!(
         env.store.cancel_job(later).await?,

@@ -63,7 +63,7 @@ async fn a_key_held_by_a_live_or_succeeded_job_is_not_run_again() -> anyhow::Res
     assert_eq!(rows[&later].duplicate_of, Some(original));
     // ...and a delayed copy through Postgres is answered with the original's id at once.
     let delayed = client
-        .enqueue(charge()?.delay(Duration::from_secs(60)))
+        .enqueue(charge()?.delay(Duration::from_secs(60))?)
         .await?;
     assert_eq!(delayed, original);
     assert_eq!(runs.load(Ordering::SeqCst), 1, "charged exactly once");

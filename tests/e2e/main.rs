@@ -11,6 +11,7 @@ mod migrations;
 mod outages;
 mod pipeline;
 mod poison;
+mod privileges;
 mod redelivery;
 mod retries;
 mod scheduling;

@@ -48,7 +48,7 @@ async fn a_database_outage_never_spends_a_delivery() -> anyhow::Result<()> {
     // Without a store, a delayed job travels through the intake queue.
     for i in 0..3 {
         jobs.push(
-            NewJob::new("warren.noop", &json!({ "d": i }))?.delay(Duration::from_millis(200)),
+            NewJob::new("warren.noop", &json!({ "d": i }))?.delay(Duration::from_millis(200))?,
         );
     }
     let ids = enqueue_all(&client, jobs).await?;

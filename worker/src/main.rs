@@ -58,8 +58,16 @@ async fn run(settings: warren_worker::settings::Settings) -> anyhow::Result<()> 
     let store = Store::connect(&settings.store)
         .await
         .context("connecting to Postgres")?;
+    // Migrating is an explicit step (`warren migrate`, or --migrate here) because it needs
+    // DDL rights a worker's role should not have. Without it the schema is only checked, so
+    // that an unmigrated database stops the worker now, saying what to run.
     if settings.migrate {
         store.migrate().await.context("migrating the database")?;
+    } else {
+        store
+            .check_schema()
+            .await
+            .context("checking the database schema")?;
     }
     let broker = Broker::connect(settings.broker)
         .await

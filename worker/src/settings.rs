@@ -9,6 +9,11 @@ use warren_core::duration::parse_duration;
 use warren_runtime::WorkerConfig;
 use warren_store::StoreConfig;
 
+/// The longest timeout or grace period accepted: 2^31 - 1 ms, about 24 days, the most a job
+/// message's `warren-timeout-ms` header carries. Longer ones are typos, and added to a clock
+/// they can overflow it.
+const MAX_DURATION: Duration = Duration::from_millis(i32::MAX as u64);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -80,8 +85,21 @@ pub struct Args {
     #[arg(long, env = "WARREN_ENABLE_CRASH_TASK")]
     pub enable_crash_task: bool,
 
-    /// Do not apply database migrations at start-up.
-    #[arg(long, env = "WARREN_NO_MIGRATE")]
+    /// Apply pending database migrations at start-up. Off by default: migrating needs a role
+    /// allowed to change the schema, which a worker should not have; run `warren migrate`
+    /// once per deploy instead (see docs/operations.md). Without it the worker checks that
+    /// the schema is current and refuses to start otherwise.
+    #[arg(long, env = "WARREN_MIGRATE")]
+    pub migrate: bool,
+
+    /// No effect: migrations are off unless --migrate is given. Accepted so that existing
+    /// deployments that pass it keep starting.
+    #[arg(
+        long,
+        env = "WARREN_NO_MIGRATE",
+        hide = true,
+        conflicts_with = "migrate"
+    )]
     pub no_migrate: bool,
 
     /// Log format.
@@ -139,15 +157,18 @@ impl Args {
         if self.max_body_bytes == 0 {
             return Err("--max-body-bytes / WARREN_MAX_BODY_BYTES must be at least 1".to_owned());
         }
-        if self.default_timeout.is_zero() {
-            return Err(
-                "--default-timeout / WARREN_DEFAULT_TIMEOUT must be more than zero".to_owned(),
-            );
+        if self.default_timeout.is_zero() || self.default_timeout > MAX_DURATION {
+            return Err(format!(
+                "--default-timeout / WARREN_DEFAULT_TIMEOUT must be between 1ms and 24 days (the \
+                 longest timeout a job message can carry), got {:?}",
+                self.default_timeout
+            ));
         }
-        if self.shutdown_grace < Duration::from_millis(100) {
-            return Err(
-                "--shutdown-grace / WARREN_SHUTDOWN_GRACE must be at least 100ms".to_owned(),
-            );
+        if self.shutdown_grace < Duration::from_millis(100) || self.shutdown_grace > MAX_DURATION {
+            return Err(format!(
+                "--shutdown-grace / WARREN_SHUTDOWN_GRACE must be between 100ms and 24 days, got {:?}",
+                self.shutdown_grace
+            ));
         }
         let worker_id = self.worker_id.unwrap_or_else(default_worker_id);
 
@@ -173,7 +194,7 @@ impl Args {
             broker,
             store,
             worker,
-            migrate: !self.no_migrate,
+            migrate: self.migrate,
             log_format: self.log_format,
             crash_task: self.enable_crash_task,
         })
@@ -210,7 +231,9 @@ mod tests {
         let s = parse(&[]).unwrap();
         assert_eq!(s.worker.queues[0].as_str(), "default");
         assert_eq!(s.worker.prefetch, 128);
-        assert!(s.migrate);
+        assert!(!s.migrate, "migrating is an explicit step");
+        assert!(parse(&["--migrate"]).unwrap().migrate);
+        assert!(!parse(&["--no-migrate"]).unwrap().migrate, "still accepted");
         assert!(
             !format!("{s:?}").contains("secret"),
             "the password never reaches logs"
@@ -233,6 +256,19 @@ mod tests {
             parse(&["--shutdown-grace", "30"])
                 .unwrap_err()
                 .contains("no unit")
+        );
+        for (flag, value) in [
+            ("--shutdown-grace", "100000000d"),
+            ("--default-timeout", "100000000d"),
+            ("--default-timeout", "25d"),
+        ] {
+            let err = parse(&[flag, value]).unwrap_err();
+            assert!(err.contains(flag) && err.contains("24 days"), "{err}");
+        }
+        assert!(
+            parse(&["--shutdown-grace", "213503982334602d"])
+                .unwrap_err()
+                .contains("too long")
         );
         assert!(
             parse(&["--namespace", "a b"])

@@ -49,7 +49,11 @@ async fn drive(settings: &Settings, sandbox: &Sandbox) -> anyhow::Result<Phase> 
     let due: Vec<_> = (0..JOBS as i64)
         .map(|i| first + chrono::Duration::microseconds(i * step))
         .collect();
-    let jobs: Vec<NewJob> = due.iter().map(|&at| job.clone().run_at(at)).collect();
+    let jobs: Vec<NewJob> = due
+        .iter()
+        .map(|&at| job.clone().run_at(at))
+        .collect::<Result<_, _>>()
+        .context("scheduling times")?;
     let start = Instant::now();
     let ids = client
         .enqueue_many(jobs)

@@ -39,9 +39,10 @@ impl BrokerConfig {
         }
     }
 
-    /// The URL with its password replaced by `***`, safe for logs and errors.
+    /// The URL with its password (and any secret query parameter) replaced by `***`, safe
+    /// for logs and errors; see `warren_core::redact`.
     pub fn redacted_url(&self) -> String {
-        redact(&self.url)
+        warren_core::redact::redact_url(&self.url)
     }
 }
 
@@ -54,17 +55,6 @@ impl fmt::Debug for BrokerConfig {
             .field("confirm_timeout", &self.confirm_timeout)
             .field("heartbeat", &self.heartbeat)
             .finish()
-    }
-}
-
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..])
-        }
-        _ => url.to_owned(),
     }
 }
 
@@ -326,6 +316,7 @@ mod tests {
 
     #[test]
     fn passwords_never_show() {
+        let redact = |url: &str| BrokerConfig::new(url).redacted_url();
         assert_eq!(
             redact("amqp://guest:secret@h:5672/%2f"),
             "amqp://guest:***@h:5672/%2f"
@@ -333,5 +324,19 @@ mod tests {
         assert_eq!(redact("amqp://h:5672"), "amqp://h:5672");
         let cfg = BrokerConfig::new("amqp://u:p4ss@h/v");
         assert!(!format!("{cfg:?}").contains("p4ss"));
+    }
+
+    #[tokio::test]
+    async fn a_url_that_does_not_parse_is_not_echoed() {
+        for url in [
+            "amqp://u:p4/ss@h:5672/%2f",
+            "amqp://u:p4ss@h:port/%2f",
+            "p4ss",
+        ] {
+            let err = Broker::connect(BrokerConfig::new(url)).await.unwrap_err();
+            let shown = format!("{err} {err:?}");
+            assert!(matches!(err, Error::Url { .. }), "{url}: {shown}");
+            assert!(!shown.contains("p4"), "{url}: {shown}");
+        }
     }
 }

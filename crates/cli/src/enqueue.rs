@@ -8,12 +8,12 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use warren_client::{Client, NewJob};
 use warren_core::duration::parse_duration;
-use warren_core::message::MAX_ATTEMPTS_LIMIT;
+use warren_core::message::{MAX_ATTEMPTS_LIMIT, check_payload};
 use warren_core::{DEFAULT_QUEUE, JobId, QueueName, TaskName};
 
 use crate::connection::ConnectionArgs;
 use crate::exit::Usage;
-use crate::output::{emit, emit_json};
+use crate::output::{emit, emit_json, printable_line, printable_width};
 
 /// Jobs handed to `enqueue_many` at once: enough to keep the publisher's confirm window full,
 /// few enough that progress moves and a run that starts failing stops soon.
@@ -28,9 +28,13 @@ pub struct EnqueueArgs {
     /// Task to run, e.g. email.send.
     pub task: TaskName,
 
-    /// The job's payload as JSON, e.g. '{"to": "a@example.com"}'.
-    #[arg(long, value_name = "JSON", value_parser = parse_payload)]
-    pub payload: Box<RawValue>,
+    /// The job's payload as JSON, e.g. '{"to": "a@example.com"}'. It must be JSON a worker
+    /// can read: numbers within a 64-bit float, no lone \uD800-style surrogate escapes, at
+    /// most 127 levels of nesting.
+    // Checked in `plan`, not by clap: clap would repeat the whole value in its error, and a
+    // payload can be megabytes.
+    #[arg(long, value_name = "JSON")]
+    pub payload: String,
 
     /// Queue to publish to. It must exist: a worker declares its queues when it starts, or run
     /// `warren queues declare`.
@@ -65,18 +69,29 @@ pub struct EnqueueArgs {
     pub json: bool,
 }
 
-/// Parses `--payload`, and when it is not JSON says where, pointing at the spot.
+/// Parses `--payload` and checks it exactly as a worker will read it
+/// (`warren_core::message::check_payload`, shared with `warren-client` and the workers'
+/// decoding). When it is not JSON, or JSON no worker can read, says what and where, pointing
+/// at the spot.
 fn parse_payload(input: &str) -> Result<Box<RawValue>, String> {
-    serde_json::from_str(input).map_err(|e| {
+    let payload: Box<RawValue> = serde_json::from_str(input).map_err(|e| {
         format!(
             "not valid JSON: {e}\n{}",
             point_at(input, e.line(), e.column())
         )
-    })
+    })?;
+    check_payload(input).map_err(|e| {
+        format!(
+            "JSON that no worker can read: {e}\n{}",
+            point_at(input, e.line, e.column)
+        )
+    })?;
+    Ok(payload)
 }
 
 /// The text around `line`:`column` (both 1-based, as serde_json counts them) with a caret
-/// under the column. Long lines are cut to a window around the spot.
+/// under the column. Long lines are cut to a window around the spot; control characters are
+/// shown escaped, and the caret counts them as printed.
 fn point_at(input: &str, line: usize, column: usize) -> String {
     const CONTEXT: usize = 30;
     let text = input.lines().nth(line.saturating_sub(1)).unwrap_or("");
@@ -91,7 +106,12 @@ fn point_at(input: &str, line: usize, column: usize) -> String {
     let snippet: String = chars[start..end].iter().map(|(_, c)| c).collect();
     let lead = if start > 0 { "…" } else { "" };
     let tail = if end < chars.len() { "…" } else { "" };
-    let caret_at = lead.chars().count() + (at - start);
+    let caret_at = lead.chars().count()
+        + chars[start..at]
+            .iter()
+            .map(|(_, c)| printable_width(*c))
+            .sum::<usize>();
+    let snippet = printable_line(&snippet);
     format!("  {lead}{snippet}{tail}\n  {}^", " ".repeat(caret_at))
 }
 
@@ -109,6 +129,7 @@ struct Plan {
 
 impl EnqueueArgs {
     fn plan(self) -> Result<Plan, Usage> {
+        let payload = parse_payload(&self.payload).map_err(|e| Usage(format!("--payload: {e}")))?;
         if self.count > 1 && self.idempotency_key.is_some() {
             return Err(Usage(format!(
                 "--idempotency-key cannot be combined with --count {}: every copy would carry the same key",
@@ -118,7 +139,7 @@ impl EnqueueArgs {
         let invalid = |flag: &'static str| {
             move |e: warren_client::Error| Usage(format!("{flag}: {:#}", anyhow::Error::new(e)))
         };
-        let mut job = NewJob::new(self.task.as_str(), &self.payload)
+        let mut job = NewJob::new(self.task.as_str(), &payload)
             .map_err(invalid("--payload"))?
             .queue(self.queue.as_str())
             .map_err(invalid("--queue"))?;
@@ -135,7 +156,7 @@ impl EnqueueArgs {
         }
         let delayed = self.delay.is_some_and(|d| !d.is_zero());
         if let Some(delay) = self.delay {
-            job = job.delay(delay);
+            job = job.delay(delay).map_err(invalid("--delay"))?;
         }
         Ok(Plan {
             delayed,
@@ -383,14 +404,41 @@ mod tests {
             .map_err(|e| e.to_string())
     }
 
+    fn plan_error(argv: &[&str]) -> String {
+        parse(argv).unwrap().plan().unwrap_err().0
+    }
+
     #[test]
     fn bad_json_says_where() {
-        let err = parse(&["t", "--payload", r#"{"to": "x",}"#]).unwrap_err();
+        let err = plan_error(&["t", "--payload", r#"{"to": "x",}"#]);
         assert!(
             err.contains("not valid JSON") && err.contains("line 1 column 12"),
             "{err}"
         );
         assert!(err.contains("  {\"to\": \"x\",}\n             ^"), "{err}");
+    }
+
+    #[test]
+    fn json_no_worker_can_read_is_refused_with_the_spot() {
+        let err = plan_error(&["t", "--payload", r#"{"n":1e400}"#]);
+        assert!(
+            err.starts_with("--payload: JSON that no worker can read: number out of range")
+                && err.contains("at line 1, column 10"),
+            "{err}"
+        );
+        assert!(err.ends_with("  {\"n\":1e400}\n           ^"), "{err}");
+        let err = plan_error(&["t", "--payload", r#"["\ud800"]"#]);
+        assert!(err.contains("surrogate"), "{err}");
+        let deep = format!("{}{}", "[".repeat(60_000), "]".repeat(60_000));
+        let err = plan_error(&["t", "--payload", &deep]);
+        assert!(err.contains("nested deeper than 127"), "{err}");
+        assert!(err.len() < 300, "the payload is not repeated: {err}");
+    }
+
+    #[test]
+    fn the_caret_counts_escaped_control_characters() {
+        // ESC shows as `\u{1b}`, six characters: the caret moves along with it.
+        assert_eq!(point_at("\u{1b}[}", 1, 3), "  \\u{1b}[}\n         ^");
     }
 
     #[test]

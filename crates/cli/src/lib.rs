@@ -71,6 +71,12 @@ pub enum Command {
     Workers(WorkersArgs),
 }
 
+/// An error as `warren` prints it: the chain on one line, with any control characters from job
+/// data escaped so that they cannot drive the terminal.
+pub fn error_text(error: &anyhow::Error) -> String {
+    output::printable_text(&format!("{error:#}")).into_owned()
+}
+
 /// Runs one command. Its output goes to stdout; an error is returned for the caller to print
 /// once, and [`Status::of`] says which exit status it deserves.
 pub async fn run(args: Args) -> anyhow::Result<()> {

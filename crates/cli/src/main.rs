@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     let status = match runtime.block_on(warren_cli::run(args)) {
         Ok(()) => Status::Ok,
         Err(e) => {
-            eprintln!("warren: {e:#}");
+            eprintln!("warren: {}", warren_cli::error_text(&e));
             Status::of(&e)
         }
     };

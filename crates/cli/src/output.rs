@@ -1,6 +1,7 @@
 //! How results reach the terminal: stdout writing that tolerates a closed pipe, JSON, aligned
 //! tables, and the human forms of times and durations every command shares.
 
+use std::borrow::Cow;
 use std::io::{self, Write};
 use std::time::Duration;
 
@@ -8,21 +9,102 @@ use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use serde::Serialize;
 
+/// Job data (task names, payloads, error messages, worker ids) comes from anyone who can
+/// enqueue or run a handler, and a terminal obeys the control characters in what it prints:
+/// `ESC]0;…` retitles the window, `ESC[2J` clears it, others rewrite what the admin sees. So
+/// everything printed for people goes through [`printable_line`] or [`printable_text`], which show control
+/// characters as escapes (`\u{1b}`, `\r`, `\t`) instead of sending them:
+///
+/// - C0 controls (U+0000 to U+001F), DEL (U+007F) and C1 controls (U+0080 to U+009F, which some
+///   terminals obey as ESC sequences), and the bidirectional overrides and isolates (U+202A to
+///   U+202E, U+2066 to U+2069) that make text read in another order than it is stored.
+/// - A newline is escaped in a one-line value ([`printable_line`]: table cells, names, ids), so it cannot
+///   forge a row or a field; it is kept in multi-line text ([`printable_text`]: error messages,
+///   pretty-printed JSON), whose lines the caller indents.
+///
+/// An escape sequence is defused by its ESC; the harmless rest (`[2J`) is printed as text. A
+/// backslash is printed as it is, so `\u{1b}` in the output may also be those six characters
+/// in the data: `--json` output is the unambiguous form. JSON output is escaped by serde_json
+/// for C0 and by [`emit_json`] for the rest.
+fn escaped(c: char, keep_newline: bool) -> Option<String> {
+    match c {
+        '\n' if keep_newline => None,
+        '\n' => Some("\\n".to_owned()),
+        '\r' => Some("\\r".to_owned()),
+        '\t' => Some("\\t".to_owned()),
+        c if c.is_control() || is_bidi_control(c) => Some(format!("\\u{{{:x}}}", u32::from(c))),
+        _ => None,
+    }
+}
+
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+fn escape(text: &str, keep_newline: bool) -> Cow<'_, str> {
+    if !text.chars().any(|c| escaped(c, keep_newline).is_some()) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match escaped(c, keep_newline) {
+            Some(e) => out.push_str(&e),
+            None => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A one-line value from job data, safe to print: every control character escaped, newlines
+/// included. See [`escaped`].
+pub(crate) fn printable_line(value: &str) -> Cow<'_, str> {
+    escape(value, false)
+}
+
+/// Multi-line text from job data, safe to print: control characters escaped, newlines kept.
+pub(crate) fn printable_text(value: &str) -> Cow<'_, str> {
+    escape(value, true)
+}
+
+/// How many characters `c` takes once printed through [`printable_line`], for aligning a caret under it.
+pub(crate) fn printable_width(c: char) -> usize {
+    escaped(c, false).map_or(1, |e| e.chars().count())
+}
+
 /// Writes `text` to stdout. A reader that went away (`warren workers | head -1`) is not an
 /// error worth reporting, so a broken pipe counts as success; `println!` would panic instead.
-pub(crate) fn emit(text: &str) -> anyhow::Result<()> {
+///
+/// As a last line of defence, control characters other than newlines are escaped here too:
+/// every human-readable output passes through, and none of it means to send any.
+pub(crate) fn emit(output: &str) -> anyhow::Result<()> {
+    write_stdout(&printable_text(output))
+}
+
+/// Writes `value` to stdout as pretty JSON followed by a newline.
+///
+/// serde_json escapes C0 controls in strings but sends DEL, C1 controls and bidirectional
+/// overrides as they are; they are written as `\u00XX` escapes here, which is the same JSON
+/// to any parser and inert on a terminal. (Outside strings JSON has no such characters.)
+pub(crate) fn emit_json(value: &impl Serialize) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(value).context("serialising the output as JSON")?;
+    let mut text = String::with_capacity(json.len() + 1);
+    for c in json.chars() {
+        if c.is_control() && c != '\n' || is_bidi_control(c) {
+            text.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            text.push(c);
+        }
+    }
+    text.push('\n');
+    write_stdout(&text)
+}
+
+fn write_stdout(text: &str) -> anyhow::Result<()> {
     let mut out = io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
         _ => Ok(()),
     }
-}
-
-/// Writes `value` to stdout as pretty JSON followed by a newline.
-pub(crate) fn emit_json(value: &impl Serialize) -> anyhow::Result<()> {
-    let mut text = serde_json::to_string_pretty(value).context("serialising the output as JSON")?;
-    text.push('\n');
-    emit(&text)
 }
 
 /// Which side of its column a cell sticks to. Numbers go right so their digits line up.
@@ -48,8 +130,15 @@ impl Table {
     }
 
     /// Adds a row; missing cells are blank and extra cells are dropped.
+    /// Cells are one-line values and are escaped as such (see [`printable_line`]): a cell from job
+    /// data can neither move the cursor nor start a row of its own.
     pub(crate) fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows.push(
+            cells
+                .into_iter()
+                .map(|c| printable_line(&c).into_owned())
+                .collect(),
+        );
     }
 
     pub(crate) fn render(&self) -> String {
@@ -193,6 +282,26 @@ mod tests {
     fn timestamps_are_utc_with_milliseconds() {
         let at = DateTime::from_timestamp_millis(1_738_314_902_137).unwrap();
         assert_eq!(timestamp(at), "2025-01-31T09:15:02.137Z");
+    }
+
+    #[test]
+    fn control_characters_are_shown_not_sent() {
+        let hostile = "a\u{1b}]0;owned\u{7}b\u{1b}[2Jc\rd\te\u{7f}f\u{9b}g\u{202e}h\ni";
+        assert_eq!(
+            printable_line(hostile),
+            "a\\u{1b}]0;owned\\u{7}b\\u{1b}[2Jc\\rd\\te\\u{7f}f\\u{9b}g\\u{202e}h\\ni"
+        );
+        assert_eq!(printable_text("x\ny\u{1b}"), "x\ny\\u{1b}");
+        assert!(matches!(
+            printable_line("plain ünïcode ✓"),
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(printable_width('\u{1b}'), 6);
+        assert_eq!(printable_width('é'), 1);
+
+        let mut t = Table::new(&[("TASK", Align::Left)]);
+        t.row(vec!["evil\nFAKE ROW\u{1b}[2J".into()]);
+        assert_eq!(t.render(), "TASK\nevil\\nFAKE ROW\\u{1b}[2J\n");
     }
 
     #[test]

@@ -550,3 +550,349 @@ async fn jobs_are_cancelled_and_retried_from_the_command_line() -> anyhow::Resul
     })
     .await
 }
+
+#[tokio::test]
+async fn payloads_no_worker_can_read_and_endless_delays_are_bad_usage() -> anyhow::Result<()> {
+    // A broker address is given but nothing listens there: the input must be refused first.
+    let amqp = [("WARREN_AMQP_URL", "amqp://127.0.0.1:1")];
+    let deep = format!("{}{}", "[".repeat(60_000), "]".repeat(60_000));
+    for (payload, reason) in [
+        (r#"{"n":1e400}"#, "number out of range"),
+        (r#"{"s":"\ud800"}"#, "surrogate"),
+        (deep.as_str(), "nested deeper than 127"),
+    ] {
+        let run = warren_with(&amqp, &["enqueue", "t", "--payload", payload]).await?;
+        ensure!(run.code == Some(2), "{payload:.40}: {run:?}");
+        ensure!(
+            run.stderr
+                .starts_with("warren: --payload: JSON that no worker can read: ")
+                && run.stderr.contains(reason)
+                && run.stderr.contains("at line 1, column "),
+            "{run:?}"
+        );
+        ensure!(run.stderr.len() < 400, "the payload is not echoed: {run:?}");
+    }
+
+    let run = warren_with(
+        &amqp,
+        &["enqueue", "t", "--payload", "{}", "--delay", "100000000d"],
+    )
+    .await?;
+    ensure!(run.code == Some(2), "a panic exits 101: {run:?}");
+    ensure!(
+        run.stderr.starts_with("warren: --delay: ") && run.stderr.contains("reaches past 2200"),
+        "{run:?}"
+    );
+    let run = warren_with(
+        &amqp,
+        &[
+            "enqueue",
+            "t",
+            "--payload",
+            "{}",
+            "--delay",
+            "213503982334602d",
+        ],
+    )
+    .await?;
+    ensure!(
+        run.code == Some(2) && run.stderr.contains("too long"),
+        "{run:?}"
+    );
+    Ok(())
+}
+
+/// A scheduled row written straight to the store, as a producer in another language could.
+fn scheduled(task: &str, payload: &str) -> warren_store::ScheduledJob {
+    let now = chrono::Utc::now();
+    warren_store::ScheduledJob {
+        id: JobId::new(),
+        queue: "default".into(),
+        task: task.into(),
+        payload: payload.into(),
+        max_attempts: 1,
+        timeout_ms: None,
+        // Far enough ahead that no promoter touches it during the test.
+        run_at: now + chrono::Duration::hours(1),
+        enqueued_at: now,
+        idempotency_key: None,
+        traceparent: None,
+    }
+}
+
+#[tokio::test]
+async fn show_prints_a_stored_payload_serde_json_cannot_read() -> anyhow::Result<()> {
+    with_env(&["default"], async |env| {
+        let row = scheduled("t", r#"{"n":1e400}"#);
+        env.store.schedule(std::slice::from_ref(&row)).await?;
+        let show = warren(env, &["jobs", "show", &row.id.to_string()]).await?;
+        ensure!(show.code == Some(0), "{show:?}");
+        ensure!(
+            show.stdout
+                .contains("payload      (not readable as JSON, shown as text) {\"n\": 1000"),
+            "{show:?}"
+        );
+        let json = warren(env, &["jobs", "show", &row.id.to_string(), "--json"]).await?;
+        ensure!(json.code == Some(0), "{json:?}");
+        let json = json.json()?;
+        ensure!(json["payload"].is_null(), "{json}");
+        ensure!(
+            json["raw_body"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("{\"n\": 1000")),
+            "{json}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// Bytes a terminal would obey: ESC, BEL, CR, and the C1 CSI.
+fn has_terminal_controls(text: &str) -> bool {
+    text.contains(['\u{1b}', '\u{7}', '\r', '\u{9b}'])
+}
+
+#[tokio::test]
+async fn job_data_is_shown_with_its_control_characters_escaped() -> anyhow::Result<()> {
+    with_env(&["default"], async |env| {
+        let hostile = "boom\u{1b}]0;pwned\u{7}\u{1b}[2J\rspoof\u{9b}";
+        let builder = Worker::builder()
+            .register("hostile", move |_ctx: JobContext, _p: Value| async move {
+                Err::<(), _>(JobError::permanent(hostile))
+            });
+        let worker = env.start_worker(builder, env.worker_config("w")).await?;
+        let result = async {
+            // JSON escapes in the argument become real control characters in the payload.
+            let run = warren(
+                env,
+                &[
+                    "enqueue",
+                    "hostile",
+                    "--payload",
+                    r#"{"s":"\u001b[2J\u009b\u0007"}"#,
+                ],
+            )
+            .await?;
+            ensure!(run.code == Some(0), "{run:?}");
+            let id: JobId = run.stdout.trim().parse()?;
+            wait_for_state(env, id, JobState::Dead).await?;
+
+            let show = warren(env, &["jobs", "show", &id.to_string()]).await?;
+            ensure!(show.code == Some(0), "{show:?}");
+            ensure!(!has_terminal_controls(&show.stdout), "{show:?}");
+            ensure!(
+                show.stdout
+                    .contains("payload      {\"s\":\"\\u001b[2J\\u{9b}\\u0007\"}\n"),
+                "{show:?}"
+            );
+            ensure!(
+                show.stdout
+                    .contains("    boom\\u{1b}]0;pwned\\u{7}\\u{1b}[2J\\rspoof\\u{9b}\n"),
+                "{show:?}"
+            );
+            let json = warren(env, &["jobs", "show", &id.to_string(), "--json"]).await?;
+            ensure!(!has_terminal_controls(&json.stdout), "{json:?}");
+            let json = json.json()?;
+            ensure!(json["payload"]["s"] == "\u{1b}[2J\u{9b}\u{7}", "{json}");
+            ensure!(json["errors"][0]["message"] == hostile, "{json}");
+
+            // A task name no Warren producer would accept, written by one that skipped the
+            // checks.
+            let row = scheduled("evil\u{1b}]0;owned\u{7}\nstate        succeeded", "{}");
+            env.store.schedule(std::slice::from_ref(&row)).await?;
+            let show = warren(env, &["jobs", "show", &row.id.to_string()]).await?;
+            ensure!(show.code == Some(0), "{show:?}");
+            ensure!(!has_terminal_controls(&show.stdout), "{show:?}");
+            ensure!(
+                show.stdout
+                    .contains("task         evil\\u{1b}]0;owned\\u{7}\\nstate        succeeded\n")
+                    && show.stdout.contains("state        scheduled\n"),
+                "a newline in a name cannot forge a field: {show:?}"
+            );
+            let json = warren(env, &["jobs", "show", &row.id.to_string(), "--json"]).await?;
+            ensure!(!has_terminal_controls(&json.stdout), "{json:?}");
+            ensure!(json.json()?["task"] == row.task.as_str(), "{json:?}");
+            Ok(())
+        }
+        .await;
+        worker.stop().await?;
+        result
+    })
+    .await
+}
+
+#[tokio::test]
+async fn concurrent_create_database_all_succeed() -> anyhow::Result<()> {
+    with_env(&["default"], async |env| {
+        let fresh = format!("{}_c", env.name);
+        let url = provision::url_for_database(&env.admin_database_url, &fresh)?;
+        let runs = futures_join_all((0..5).map(|_| {
+            let url = url.clone();
+            async move {
+                warren_with(
+                    &[],
+                    &["--database-url", &url, "migrate", "--create-database"],
+                )
+                .await
+            }
+        }))
+        .await;
+        provision::drop_database(&env.admin_database_url, &fresh).await?;
+        for run in runs {
+            let run = run?;
+            ensure!(run.code == Some(0), "{run:?}");
+            ensure!(
+                run.stdout.contains(&format!("database `{fresh}` exists")),
+                "{run:?}"
+            );
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Runs all futures at once and returns their outputs in order.
+async fn futures_join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut outputs = Vec::with_capacity(handles.len());
+    for handle in handles {
+        outputs.push(handle.await.expect("a spawned command panicked"));
+    }
+    outputs
+}
+
+/// Every way a secret can ride in a URL; none of these parts may ever be printed.
+const SECRET: &str = "Hunter2Sekrit";
+
+#[tokio::test]
+async fn passwords_in_urls_are_never_printed() -> anyhow::Result<()> {
+    // Dead ports: every command fails fast, and prints what it prints about the URL.
+    let urls = [
+        format!("postgres://warren@127.0.0.1:1/warren?password={SECRET}"),
+        format!("postgres://warren:{SECRET}@127.0.0.1:1/warren"),
+        format!("postgres://warren@127.0.0.1:1/warren?sslmode=disable&pass%77ord={SECRET}"),
+        format!("postgres://warren@127.0.0.1:1/warren?sslpassword={SECRET}&sslmode=disable"),
+        // Unparseable: a `/` in the password, a bad port.
+        "postgres://warren:Hun/ter2Sekrit@127.0.0.1:1/warren".to_owned(),
+        format!("postgres://warren@127.0.0.1:port/warren?password={SECRET}"),
+    ];
+    let leaks = |text: &str| text.contains(SECRET) || text.contains("ter2Sekrit");
+    for url in &urls {
+        for args in [
+            vec!["--database-url", url, "migrate"],
+            vec!["--database-url", url, "migrate", "--create-database"],
+            vec!["--database-url", url, "jobs", "summary"],
+        ] {
+            let run = warren_with(&[("RUST_LOG", "debug")], &args).await?;
+            ensure!(run.code == Some(1), "{args:?}: {run:?}");
+            ensure!(
+                !leaks(&run.stdout) && !leaks(&run.stderr),
+                "{args:?}: {run:?}"
+            );
+        }
+        // The same forms in a RabbitMQ URL.
+        let amqp = url.replacen("postgres://warren", "amqp://guest", 1);
+        for args in [
+            vec!["--amqp-url", &amqp, "queues", "declare", "default"],
+            vec!["--amqp-url", &amqp, "enqueue", "t", "--payload", "{}"],
+        ] {
+            let run = warren_with(&[("RUST_LOG", "debug")], &args).await?;
+            ensure!(run.code == Some(1), "{args:?}: {run:?}");
+            ensure!(
+                !leaks(&run.stdout) && !leaks(&run.stderr),
+                "{args:?}: {run:?}"
+            );
+        }
+        // The worker logs its settings at start-up (info), then fails on Postgres.
+        let worker = Command::new(warren_testkit::bin_path("warren-worker")?)
+            .args(["--database-url", url])
+            .args([
+                "--amqp-url",
+                &format!("amqp://guest:{SECRET}@127.0.0.1:1/%2f?keyfile={SECRET}"),
+            ])
+            .env_remove("WARREN_AMQP_URL")
+            .env_remove("WARREN_DATABASE_URL")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(COMMAND_TIMEOUT, worker)
+            .await
+            .context("warren-worker did not exit")??;
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+        ensure!(
+            output.status.code() == Some(1),
+            "{url}: {:?} {stderr}",
+            output.status
+        );
+        ensure!(
+            stderr.contains("starting") || stderr.contains("invalid Postgres URL"),
+            "the start-up line is there to check: {stderr}"
+        );
+        ensure!(!leaks(&stdout) && !leaks(&stderr), "{url}: {stderr}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_worker_refuses_an_unmigrated_database_and_says_what_to_run() -> anyhow::Result<()> {
+    with_env(&["default"], async |env| {
+        let fresh = format!("{}_u", env.name);
+        provision::create_database(&env.admin_database_url, &fresh).await?;
+        let url = provision::url_for_database(&env.admin_database_url, &fresh)?;
+        let result = async {
+            let mut worker = Command::new(warren_testkit::bin_path("warren-worker")?);
+            worker
+                .args(["--database-url", &url, "--amqp-url", &env.amqp_url])
+                .args(["--namespace", env.namespace()])
+                .env_remove("WARREN_MIGRATE")
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .kill_on_drop(true);
+            let output = tokio::time::timeout(COMMAND_TIMEOUT, worker.output())
+                .await
+                .context("warren-worker did not exit on an unmigrated database")??;
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            ensure!(output.status.code() == Some(1), "{stderr}");
+            ensure!(
+                stderr.contains(
+                    "warren-worker: checking the database schema: the database has no Warren schema"
+                ) && stderr.contains("run `warren migrate`"),
+                "{stderr}"
+            );
+            ensure!(!stderr.contains("relation"), "no raw SQL error: {stderr}");
+
+            // `--migrate` is the explicit opt-in: the same database is migrated, then served.
+            let mut worker = warren_testkit::WorkerProcess::spawn_with_database(
+                env,
+                "migrating",
+                &url,
+                &["--migrate"],
+            )?;
+            let store = warren_store::Store::connect(&warren_store::StoreConfig::new(&url)).await?;
+            let migrated = wait_until(
+                Duration::from_secs(30),
+                "the worker to migrate the database",
+                || async { Ok(store.check_schema().await.map_err(|e| e.to_string())) },
+            )
+            .await;
+            store.close().await;
+            worker.signal("TERM").await?;
+            let code = worker.wait(Duration::from_secs(30)).await?;
+            migrated?;
+            ensure!(code == Some(0), "clean shutdown: {code:?}");
+            Ok(())
+        }
+        .await;
+        provision::drop_database(&env.admin_database_url, &fresh).await?;
+        result
+    })
+    .await
+}

@@ -13,7 +13,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use warren_broker::{Broker, BrokerConfig, PublishRequest, Publisher};
-use warren_core::message::{MAX_ATTEMPTS_LIMIT, MAX_IDEMPOTENCY_KEY_LEN, is_traceparent};
+use warren_core::message::{
+    MAX_ATTEMPTS_LIMIT, MAX_IDEMPOTENCY_KEY_LEN, MAX_TIME_MS, PayloadError, check_payload,
+    is_traceparent,
+};
 use warren_core::{
     DEFAULT_QUEUE, IntakeMessage, InvalidName, JobId, JobMessage, QueueName, RetryPolicy, TaskName,
 };
@@ -30,6 +33,15 @@ pub enum Error {
         task: String,
         #[source]
         source: serde_json::Error,
+    },
+
+    #[error(
+        "payload of task `{task}` is JSON that no worker can read; fix the value at the spot named"
+    )]
+    Unreadable {
+        task: String,
+        #[source]
+        source: PayloadError,
     },
 
     #[error("invalid option for task `{task}`: {reason}")]
@@ -64,6 +76,10 @@ pub struct NewJob {
 
 impl NewJob {
     /// A job for `task` with `payload` serialised as JSON, on the default queue.
+    ///
+    /// The payload must be JSON that workers can read, checked exactly as they read it
+    /// ([`check_payload`]): a `RawValue` holding `1e400`, a lone surrogate escape or arrays
+    /// nested more than 127 deep is refused here instead of dying at the worker.
     pub fn new(task: &str, payload: &impl Serialize) -> Result<Self, Error> {
         let task = TaskName::new(task)?;
         let payload =
@@ -71,6 +87,10 @@ impl NewJob {
                 task: task.to_string(),
                 source,
             })?;
+        check_payload(payload.get()).map_err(|source| Error::Unreadable {
+            task: task.to_string(),
+            source,
+        })?;
         Ok(Self {
             task,
             payload,
@@ -87,15 +107,31 @@ impl NewJob {
 
     /// Run no earlier than `delay` from now. Delayed jobs wait in Postgres (see
     /// [`Client::with_store`]) and are published by a worker's promoter when due.
-    pub fn delay(self, delay: Duration) -> Self {
-        let at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-        self.run_at(at)
+    ///
+    /// A delay reaching past [`NewJob::run_at`]'s limit (the year 2200) is an error.
+    pub fn delay(self, delay: Duration) -> Result<Self, Error> {
+        let at = chrono::Duration::from_std(delay)
+            .ok()
+            .and_then(|d| Utc::now().checked_add_signed(d));
+        match at {
+            Some(at) if at.timestamp_millis() <= MAX_TIME_MS => self.run_at(at),
+            _ => Err(self.invalid(format!(
+                "a delay of {delay:?} reaches past 2200-01-01, the latest time a job can be \
+                 scheduled; use a shorter delay"
+            ))),
+        }
     }
 
-    /// Run no earlier than `at`.
-    pub fn run_at(mut self, at: DateTime<Utc>) -> Self {
+    /// Run no earlier than `at`. A time after 2200-01-01 is refused: the message contract
+    /// cannot carry it, so it is a mistake (seconds taken for milliseconds, say), not a plan.
+    pub fn run_at(mut self, at: DateTime<Utc>) -> Result<Self, Error> {
+        if at.timestamp_millis() > MAX_TIME_MS {
+            return Err(self.invalid(format!(
+                "run at {at} is after 2200-01-01, the latest time a job can be scheduled"
+            )));
+        }
         self.run_at = Some(at);
-        self
+        Ok(self)
     }
 
     /// The row of this job as a scheduled job due at `run_at` (or now). Jobs kept in Postgres
@@ -375,6 +411,53 @@ mod tests {
         assert_eq!(queue.as_str(), DEFAULT_QUEUE);
         assert_eq!(msg.attempt, 1);
         assert_eq!(msg.max_attempts, Some(3));
+    }
+
+    #[test]
+    fn payloads_no_worker_can_read_are_refused_at_construction() {
+        let deep = format!("{}{}", "[".repeat(60_000), "]".repeat(60_000));
+        for (text, spot) in [
+            (r#"{"n":1e400}"#.to_owned(), "line 1, column 10"),
+            (r#""\ud800""#.to_owned(), "line 1, column 8"),
+            (deep, "line 1, column 128"),
+        ] {
+            let raw = RawValue::from_string(text).unwrap();
+            let err = NewJob::new("t", &raw).unwrap_err();
+            assert!(matches!(err, Error::Unreadable { .. }), "{err}");
+            let chain = anyhow_like(&err);
+            assert!(
+                chain.contains("no worker can read") && chain.contains(spot),
+                "{chain}"
+            );
+        }
+        assert!(NewJob::new("t", &RawValue::from_string("[1e300]".into()).unwrap()).is_ok());
+    }
+
+    /// The error and its sources, as a binary prints them.
+    fn anyhow_like(err: &Error) -> String {
+        let mut text = err.to_string();
+        let mut source = std::error::Error::source(err);
+        while let Some(s) = source {
+            text.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        text
+    }
+
+    #[test]
+    fn delays_that_overflow_are_errors_not_panics() {
+        let job = NewJob::new("t", &1).unwrap();
+        let err = job
+            .clone()
+            .delay(Duration::from_secs(100_000_000 * 86_400))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("reaches past 2200-01-01"), "{err}");
+        assert!(job.clone().delay(Duration::MAX).is_err());
+        let far = DateTime::<Utc>::MAX_UTC;
+        assert!(job.clone().run_at(far).is_err());
+        let soon = job.delay(Duration::from_secs(60)).unwrap();
+        assert!(soon.is_delayed(Utc::now()));
     }
 
     #[test]

@@ -29,12 +29,18 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
             .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
+        let too_long = || format!("`{input}` is too long a duration to represent");
+        let secs = |factor: u64| {
+            n.checked_mul(factor)
+                .map(Duration::from_secs)
+                .ok_or_else(too_long)
+        };
         let part = match unit {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.saturating_mul(60)),
-            "h" => Duration::from_secs(n.saturating_mul(3600)),
-            "d" => Duration::from_secs(n.saturating_mul(86_400)),
+            "m" => secs(60)?,
+            "h" => secs(3_600)?,
+            "d" => secs(86_400)?,
             "" => return Err(format!("`{input}` has no unit: write e.g. {n}s or {n}ms")),
             other => {
                 return Err(format!(
@@ -42,7 +48,9 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
                 ));
             }
         };
-        total = total.saturating_add(part);
+        // Saturating here would turn a typo into an "almost forever" that overflows later,
+        // wherever the duration is added to a clock.
+        total = total.checked_add(part).ok_or_else(too_long)?;
     }
     Ok(total)
 }
@@ -73,5 +81,15 @@ mod tests {
                 .contains("expected a number")
         );
         assert!(parse_duration("").unwrap_err().contains("empty"));
+        for huge in [
+            "213503982334602d",
+            "18446744073709551615s18446744073709551615s",
+        ] {
+            assert!(
+                parse_duration(huge).unwrap_err().contains("too long"),
+                "{huge}"
+            );
+        }
+        assert!(parse_duration("99999999999999999999s").is_err());
     }
 }

@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 
 use crate::QueueName;
 use crate::message::{
-    DecodeError, DecodeReason, HEADER_QUEUE, HEADER_RUN_AT, HeaderValue, JobMessage, RawMessage,
-    required_int, required_str,
+    DecodeError, DecodeReason, HEADER_QUEUE, HEADER_RUN_AT, HeaderValue, JobMessage, MAX_TIME_MS,
+    MIN_TIME_MS, RawMessage, required_int, required_str,
 };
 
 /// A delayed job sent through the intake queue: the job, where it goes, and when.
@@ -44,14 +44,13 @@ impl IntakeMessage {
         let queue = required_str(raw, HEADER_QUEUE).map_err(fail)?;
         let queue = QueueName::new(queue)
             .map_err(|e| fail(DecodeReason::BadQueue(e.reason.to_string())))?;
-        let ms =
-            required_int(raw, HEADER_RUN_AT, 946_684_800_000, 7_258_118_400_000).map_err(fail)?;
+        let ms = required_int(raw, HEADER_RUN_AT, MIN_TIME_MS, MAX_TIME_MS).map_err(fail)?;
         let run_at = DateTime::from_timestamp_millis(ms).ok_or_else(|| {
             fail(DecodeReason::OutOfRange {
                 header: HEADER_RUN_AT,
                 value: ms,
-                min: 946_684_800_000,
-                max: 7_258_118_400_000,
+                min: MIN_TIME_MS,
+                max: MAX_TIME_MS,
             })
         })?;
         Ok(IntakeMessage { job, queue, run_at })

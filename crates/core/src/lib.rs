@@ -15,6 +15,7 @@ mod intake;
 pub mod lifecycle;
 pub mod message;
 mod name;
+pub mod redact;
 mod retry;
 
 pub use error::{ErrorChain, FailureKind, FailureRecord, JobError, JobErrorKind};
@@ -23,7 +24,7 @@ pub use intake::IntakeMessage;
 pub use lifecycle::{Event, IllegalTransition, JobState};
 pub use message::{DecodeError, DecodeReason, HeaderValue, JobMessage, RawMessage};
 pub use name::{InvalidName, QueueName, TaskName};
-pub use retry::{InvalidPolicy, RetryPolicy, SplitMix64};
+pub use retry::{InvalidPolicy, MAX_RETRY_DELAY, RetryPolicy, SplitMix64};
 
 /// The queue a job goes to when its producer names none.
 pub const DEFAULT_QUEUE: &str = "default";

@@ -28,8 +28,10 @@
 //! fails when the two drift apart.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use chrono::{DateTime, Utc};
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::{JobId, TaskName};
@@ -68,6 +70,17 @@ pub const HEADERS: &[(&str, &str, bool)] = &[
 pub const MAX_ATTEMPTS_LIMIT: u32 = 1_000;
 /// Longest idempotency key accepted.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+/// The earliest time a message may carry (enqueued at, run at): 2000-01-01, in unix
+/// milliseconds.
+pub const MIN_TIME_MS: i64 = 946_684_800_000;
+/// The latest time a message may carry (enqueued at, run at): 2200-01-01, in unix
+/// milliseconds. Wider than any real schedule, narrow enough to catch seconds-for-milliseconds
+/// mistakes and durations that overflow.
+pub const MAX_TIME_MS: i64 = 7_258_118_400_000;
+/// How deeply arrays and objects may nest in a payload: what serde_json's recursion limit,
+/// which every handler's deserialisation runs into, lets through. Stated here so that error
+/// messages can name it; a test pins it to serde_json's behaviour.
+pub const MAX_PAYLOAD_DEPTH: usize = 127;
 
 /// A header value as it arrives, with AMQP's many integer and string encodings folded into
 /// the few shapes the contract cares about.
@@ -169,6 +182,112 @@ pub enum DecodeReason {
     NotJson(String),
     #[error("the database refused to store it: {0}")]
     Unstorable(String),
+    #[error("body is JSON that no handler can read: {0}")]
+    Unreadable(PayloadError),
+}
+
+/// Why a payload, though well-formed JSON, cannot be read by a worker, and where.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{reason} at line {line}, column {column}")]
+pub struct PayloadError {
+    /// What is wrong, with a hint when serde_json's own words are terse.
+    pub reason: String,
+    /// 1-based, as serde_json counts.
+    pub line: usize,
+    /// 1-based, in bytes, as serde_json counts.
+    pub column: usize,
+}
+
+/// Checks that `text` is one JSON value that workers can read: exactly the parse a handler's
+/// payload goes through (serde_json's `from_str`, walking every value with `deserialize_any`,
+/// the way `serde_json::Value` and any typed payload are read). Well-formed JSON can still fail
+/// it: a number beyond `f64` (`1e400`), a string with a lone UTF-16 surrogate (`"\ud800"`),
+/// or arrays and objects nested deeper than [`MAX_PAYLOAD_DEPTH`].
+///
+/// Producers call it before enqueueing (`warren-client`, `warren enqueue`) and [`JobMessage::decode`]
+/// calls it on every message, so the two can never disagree. It allocates nothing beyond
+/// serde_json's scratch buffer for escaped strings.
+pub fn check_payload(text: &str) -> Result<(), PayloadError> {
+    serde_json::from_str::<Readable>(text)
+        .map(|Readable| ())
+        .map_err(|e| {
+            let full = e.to_string();
+            let position = format!(" at line {} column {}", e.line(), e.column());
+            let bare = full.strip_suffix(&position).unwrap_or(&full);
+            let reason = if bare.starts_with("number out of range") {
+                "number out of range: larger than a 64-bit float can hold".to_owned()
+            } else if bare.starts_with("recursion limit exceeded") {
+                format!(
+                    "nested deeper than {MAX_PAYLOAD_DEPTH} arrays or objects, the most a worker reads"
+                )
+            } else if bare.contains("surrogate") || bare.contains("hex escape") {
+                format!(
+                    "{bare}: a \\u escape of half a UTF-16 surrogate pair (such as \\ud800 alone) is no character"
+                )
+            } else {
+                bare.to_owned()
+            };
+            PayloadError {
+                reason,
+                line: e.line(),
+                column: e.column(),
+            }
+        })
+}
+
+/// Any JSON value, read in full and thrown away: the checks of a real parse without keeping
+/// anything. (`serde::de::IgnoredAny` would not do: serde_json skips it without parsing
+/// numbers or escapes.)
+struct Readable;
+
+impl<'de> Deserialize<'de> for Readable {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ReadableVisitor)
+    }
+}
+
+struct ReadableVisitor;
+
+impl<'de> Visitor<'de> for ReadableVisitor {
+    type Value = Readable;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Readable, A::Error> {
+        while seq.next_element::<Readable>()?.is_some() {}
+        Ok(Readable)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Readable, A::Error> {
+        while map.next_entry::<Readable, Readable>()?.is_some() {}
+        Ok(Readable)
+    }
 }
 
 /// A message that is not a valid job, with whatever identity could still be read from it so
@@ -309,15 +428,14 @@ impl JobMessage {
         };
         // Year 2000 to year 2200 in unix milliseconds: wider than any real clock, narrow
         // enough to catch seconds-for-milliseconds mistakes.
-        let enqueued_at =
-            match optional_int(raw, HEADER_ENQUEUED_AT, 946_684_800_000, 7_258_118_400_000) {
-                Ok(Some(ms)) => DateTime::from_timestamp_millis(ms),
-                Ok(None) => raw
-                    .timestamp
-                    .and_then(|s| DateTime::from_timestamp(i64::try_from(s).ok()?, 0)),
-                Err(r) => return fail(err, r),
-            }
-            .unwrap_or_else(Utc::now);
+        let enqueued_at = match optional_int(raw, HEADER_ENQUEUED_AT, MIN_TIME_MS, MAX_TIME_MS) {
+            Ok(Some(ms)) => DateTime::from_timestamp_millis(ms),
+            Ok(None) => raw
+                .timestamp
+                .and_then(|s| DateTime::from_timestamp(i64::try_from(s).ok()?, 0)),
+            Err(r) => return fail(err, r),
+        }
+        .unwrap_or_else(Utc::now);
         let traceparent = match optional_str(raw, HEADER_TRACEPARENT) {
             Ok(tp) => tp.filter(|tp| is_traceparent(tp)).map(str::to_owned),
             Err(_) => None,
@@ -345,6 +463,11 @@ impl JobMessage {
             Ok(p) => p,
             Err(e) => return fail(err, DecodeReason::NotJson(e.to_string())),
         };
+        // Well-formed is not enough: a payload no handler can read is bad input now, with
+        // the reason and the spot, rather than a confusing failure inside the handler.
+        if let Err(e) = check_payload(text) {
+            return fail(err, DecodeReason::Unreadable(e));
+        }
         Ok(JobMessage {
             id,
             task,
@@ -554,6 +677,50 @@ pub(crate) mod tests {
 
     fn sample_id(raw: &RawMessage) -> JobId {
         raw.message_id.as_deref().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn payloads_no_worker_can_read_are_refused_with_the_spot() {
+        let deep = format!("{}{}", "[".repeat(60_000), "]".repeat(60_000));
+        let cases = [
+            (r#"{"n":1e400}"#, "number out of range", 1, 10),
+            (r#"{"n":-1e400}"#, "number out of range", 1, 11),
+            (r#"["\ud800"]"#, "hex escape", 1, 9),
+            (r#"{"\udc00":1}"#, "surrogate", 1, 8),
+            (&deep, "nested deeper than", 1, 128),
+        ];
+        for (text, reason, line, column) in cases {
+            // serde_json's RawValue, which is all decoding used to check, lets them all pass.
+            assert!(serde_json::from_str::<Box<RawValue>>(text).is_ok());
+            let err = check_payload(text).unwrap_err();
+            assert!(err.reason.contains(reason), "{err}");
+            assert_eq!((err.line, err.column), (line, column), "{err}");
+            // And they really are what handlers choke on.
+            assert!(serde_json::from_str::<serde_json::Value>(text).is_err());
+        }
+        let ok = format!(
+            "{}1{}",
+            "[".repeat(MAX_PAYLOAD_DEPTH),
+            "]".repeat(MAX_PAYLOAD_DEPTH)
+        );
+        for text in [r#"{"n":1e300,"s":"\ud83d\ude00"}"#, "null", " 1 ", &ok] {
+            assert_eq!(check_payload(text), Ok(()), "{text}");
+            assert!(serde_json::from_str::<serde_json::Value>(text).is_ok());
+        }
+        assert!(check_payload("[1] x").is_err(), "one value only");
+    }
+
+    #[test]
+    fn decode_refuses_an_unreadable_payload_as_bad_input() {
+        let mut m = sample().encode();
+        m.body = br#"{"n":1e400}"#.to_vec();
+        let e = JobMessage::decode(&m, LIMIT).unwrap_err();
+        assert!(matches!(e.reason, DecodeReason::Unreadable(_)), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "body is JSON that no handler can read: number out of range: larger than a 64-bit \
+             float can hold at line 1, column 10"
+        );
     }
 
     #[test]

@@ -37,6 +37,9 @@ impl Default for RetryPolicy {
     }
 }
 
+/// The longest retry delay a policy may allow.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(365 * 86_400);
+
 /// A policy whose numbers make no sense, with what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("invalid retry policy: {0}")]
@@ -55,6 +58,11 @@ impl RetryPolicy {
         }
         if self.base > self.max_delay {
             return Err(InvalidPolicy("base delay must not exceed max_delay"));
+        }
+        // The worker adds the delay to the clock to schedule the retry; a delay near
+        // Duration::MAX would overflow there (and is no plan anyway).
+        if self.max_delay > MAX_RETRY_DELAY {
+            return Err(InvalidPolicy("max_delay must be at most 365 days"));
         }
         Ok(())
     }
@@ -137,6 +145,23 @@ mod tests {
             max_delay: Duration::from_secs(1),
             jitter,
         }
+    }
+
+    #[test]
+    fn a_delay_that_would_overflow_the_clock_is_refused() {
+        let p = RetryPolicy {
+            max_delay: Duration::MAX,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(
+            p.validate(),
+            Err(InvalidPolicy("max_delay must be at most 365 days"))
+        );
+        let p = RetryPolicy {
+            max_delay: MAX_RETRY_DELAY,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(p.validate(), Ok(()));
     }
 
     #[test]

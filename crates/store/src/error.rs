@@ -33,6 +33,16 @@ pub enum Error {
     )]
     SchemaTooNew { found: i64, known: i64 },
 
+    #[error(
+        "the database has no Warren schema (this binary needs version {known}); run `warren migrate` against it first, with a role allowed to create tables, or start one worker with --migrate"
+    )]
+    NotMigrated { known: i64 },
+
+    #[error(
+        "the database schema is at version {found}, older than the {known} this binary needs; run `warren migrate` from this release against it first"
+    )]
+    SchemaTooOld { found: i64, known: i64 },
+
     #[error("cannot record the outcomes of {jobs} jobs")]
     Record {
         jobs: usize,

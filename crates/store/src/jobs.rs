@@ -19,7 +19,8 @@ pub struct JobRecord {
     pub attempt: u32,
     pub max_attempts: u32,
     pub payload: Option<serde_json::Value>,
-    /// The original body, lossily as text, when it was not storable JSON.
+    /// The original body, lossily as text, when it was not storable JSON; or the stored
+    /// payload as text, when it is JSON that serde_json cannot read (`payload` is then `None`).
     pub raw_body: Option<String>,
     pub result: Option<serde_json::Value>,
     pub errors: Vec<FailureRecord>,
@@ -96,6 +97,18 @@ fn job_from_row(row: &PgRow) -> Result<JobRecord, Error> {
         reason: e.to_string(),
     })?;
     let raw: Option<Vec<u8>> = row.try_get("raw_body").map_err(get)?;
+    let (payload, unreadable) = match row.try_get::<Option<serde_json::Value>, _>("payload") {
+        Ok(payload) => (payload, None),
+        // jsonb holds some JSON that serde_json cannot (`1e400` is a fine numeric to
+        // Postgres): such a payload is returned as its text, rather than failing the row and
+        // with it `warren jobs show`, which is how an admin finds out what is wrong with it.
+        Err(sqlx::Error::ColumnDecode { .. }) => {
+            let text: Option<sqlx::types::Json<Box<serde_json::value::RawValue>>> =
+                row.try_get("payload").map_err(get)?;
+            (None, text.map(|t| t.0.get().to_owned()))
+        }
+        Err(e) => return Err(get(e)),
+    };
     Ok(JobRecord {
         id,
         queue: row.try_get("queue").map_err(get)?,
@@ -103,8 +116,10 @@ fn job_from_row(row: &PgRow) -> Result<JobRecord, Error> {
         state: state_of(id, &state)?,
         attempt: row.try_get::<i32, _>("attempt").map_err(get)?.max(0) as u32,
         max_attempts: row.try_get::<i32, _>("max_attempts").map_err(get)?.max(0) as u32,
-        payload: row.try_get("payload").map_err(get)?,
-        raw_body: raw.map(|b| String::from_utf8_lossy(&b).into_owned()),
+        payload,
+        raw_body: raw
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .or(unreadable),
         result: row.try_get("result").map_err(get)?,
         errors,
         timeout_ms: row.try_get("timeout_ms").map_err(get)?,

@@ -50,6 +50,37 @@ pub(crate) async fn run(pool: &PgPool) -> Result<(), Error> {
     result
 }
 
+/// Checks that the database's schema is exactly the version this binary knows, without
+/// changing anything: what a worker does at start-up when it does not migrate, so that an
+/// unmigrated database stops it at once with the command to run, not at its first query with
+/// a raw SQL error. Needs only `SELECT` on `warren_migrations`.
+pub(crate) async fn check(pool: &PgPool) -> Result<(), Error> {
+    let current: Option<i64> =
+        match sqlx::query_scalar("SELECT max(version) FROM warren_migrations")
+            .fetch_one(pool)
+            .await
+        {
+            Ok(v) => v,
+            // 42P01: undefined table. Warren's migrations never ran in this database.
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P01") => None,
+            Err(e) => return Err(Error::query("reading the schema version")(e)),
+        };
+    match current.unwrap_or(0) {
+        0 => Err(Error::NotMigrated {
+            known: SCHEMA_VERSION,
+        }),
+        v if v < SCHEMA_VERSION => Err(Error::SchemaTooOld {
+            found: v,
+            known: SCHEMA_VERSION,
+        }),
+        v if v > SCHEMA_VERSION => Err(Error::SchemaTooNew {
+            found: v,
+            known: SCHEMA_VERSION,
+        }),
+        _ => Ok(()),
+    }
+}
+
 async fn apply_pending(conn: &mut sqlx::PgConnection) -> Result<(), Error> {
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS warren_migrations (

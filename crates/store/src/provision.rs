@@ -1,7 +1,6 @@
 //! Creating and dropping whole databases: for `warren migrate --create-database`, the demo and
-//! test isolation (each test gets a database of its own).
-
-use std::str::FromStr;
+//! test isolation (each test gets a database of its own); and running provisioning scripts
+//! (roles and grants, see `docs/operations.md`).
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection};
@@ -9,10 +8,7 @@ use sqlx::{ConnectOptions, Connection};
 use crate::Error;
 
 fn options(url: &str) -> Result<PgConnectOptions, Error> {
-    PgConnectOptions::from_str(url).map_err(|e| Error::Url {
-        url: crate::store::redact(url),
-        reason: e.to_string(),
-    })
+    crate::store::connect_options(url)
 }
 
 /// The same server and credentials as `url`, but database `name`.
@@ -73,8 +69,12 @@ pub async fn create_database(admin_url: &str, name: &str) -> Result<(), Error> {
         let ddl = sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""));
         match sqlx::raw_sql(ddl).execute(&mut conn).await {
             Ok(_) => {}
-            // Another process created it between our check and our create.
-            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P04") => {}
+            // Another process created it between our check and our create. Postgres reports
+            // that as 42P04 (duplicate_database) when the other CREATE has committed, but as
+            // 23505 (unique_violation on pg_database's name index) when both were in flight
+            // at once; CREATE DATABASE creates nothing else that could be duplicated.
+            Err(sqlx::Error::Database(db))
+                if matches!(db.code().as_deref(), Some("42P04" | "23505")) => {}
             Err(source) => {
                 return Err(Error::Query {
                     what: "creating the database",
@@ -83,6 +83,24 @@ pub async fn create_database(admin_url: &str, name: &str) -> Result<(), Error> {
             }
         }
     }
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// Runs `script`, one or more SQL statements, on the database of `url`: for provisioning done
+/// by an administrator (creating roles, granting privileges), never with untrusted input.
+pub async fn execute_script(url: &str, script: &str) -> Result<(), Error> {
+    let opts = options(url)?;
+    let endpoint = format!("{}:{}", opts.get_host(), opts.get_port());
+    let mut conn = opts
+        .connect()
+        .await
+        .map_err(|source| Error::Connect { endpoint, source })?;
+    // The caller vouches for the script: it is an administrator's, as the name says.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(script.to_owned()))
+        .execute(&mut conn)
+        .await
+        .map_err(Error::query("running a provisioning script"))?;
     let _ = conn.close().await;
     Ok(())
 }

@@ -10,7 +10,7 @@ use crate::Error;
 #[derive(Clone)]
 pub struct StoreConfig {
     /// `postgres://user:pass@host:port/db`. `Debug` and [`StoreConfig::redacted_url`] hide the
-    /// password.
+    /// password, in the user info or in a `password=` parameter.
     pub url: String,
     /// Pool size. A worker keeps one connection for LISTEN, the recorder writes up to two
     /// batches at once, and the promoter, heartbeats and idempotency claims share the rest.
@@ -30,22 +30,59 @@ impl StoreConfig {
         }
     }
 
+    /// The URL with every secret it can carry replaced by `***`: the password in the user
+    /// info, `password=` and other secret query parameters (see `warren_core::redact`).
     pub fn redacted_url(&self) -> String {
-        redact(&self.url)
+        warren_core::redact::redact_url(&self.url)
     }
 }
 
-pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..]),
-                None => url.to_owned(),
-            }
+/// The query parameters sqlx 0.9 understands (`sqlx_postgres::options::parse`). It logs any
+/// other one at WARN *with its value*, which would print a secret given under a name it does
+/// not know (`sslpassword=`, a misspelt `pasword=`); so unknown ones are refused before sqlx
+/// sees the URL.
+const KNOWN_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// Parses a Postgres URL into sqlx's options, refusing parameters sqlx would ignore (and log
+/// with their values). Errors show the URL redacted.
+pub(crate) fn connect_options(url: &str) -> Result<PgConnectOptions, Error> {
+    let fail = |reason: String| Error::Url {
+        url: warren_core::redact::redact_url(url),
+        reason,
+    };
+    for (n, key) in warren_core::redact::query_keys(url).iter().enumerate() {
+        let known = KNOWN_PARAMETERS.contains(&key.as_str())
+            || (key.starts_with("options[") && key.ends_with(']'));
+        if !known {
+            // The name is not shown: a secret pasted without `name=` would be one.
+            return Err(fail(format!(
+                "query parameter {} is not one that Warren's Postgres driver understands \
+                 (its name is not shown, in case it is a secret); use only {}",
+                n + 1,
+                KNOWN_PARAMETERS.join(", ")
+            )));
         }
-        _ => url.to_owned(),
     }
+    PgConnectOptions::from_str(url).map_err(|e| fail(e.to_string()))
 }
 
 impl fmt::Debug for StoreConfig {
@@ -66,12 +103,7 @@ pub struct Store {
 
 impl Store {
     pub async fn connect(config: &StoreConfig) -> Result<Self, Error> {
-        let options = PgConnectOptions::from_str(&config.url)
-            .map_err(|e| Error::Url {
-                url: config.redacted_url(),
-                reason: e.to_string(),
-            })?
-            .application_name(&config.application_name);
+        let options = connect_options(&config.url)?.application_name(&config.application_name);
         // On loopback, TLS protects nothing, and with sqlx 0.9.0 it costs dearly: sqlx no
         // longer sets TCP_NODELAY (transact-rs/sqlx#4335, fixed after 0.9.0), so TLS records
         // split across writes wait out a delayed ACK, about 40 ms per recorder batch. Unless
@@ -122,6 +154,12 @@ impl Store {
         crate::migrate::run(&self.pool).await
     }
 
+    /// Checks, read-only, that the schema is at [`crate::SCHEMA_VERSION`]: `NotMigrated`,
+    /// `SchemaTooOld` or `SchemaTooNew` otherwise, each saying what to run.
+    pub async fn check_schema(&self) -> Result<(), Error> {
+        crate::migrate::check(&self.pool).await
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -133,8 +171,39 @@ mod tests {
 
     #[test]
     fn passwords_never_show() {
-        assert_eq!(redact("postgres://u:pw@h/db"), "postgres://u:***@h/db");
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
-        assert!(!format!("{:?}", StoreConfig::new("postgres://u:pw@h/db")).contains("pw"));
+        for url in [
+            "postgres://u:s3cret@h/db",
+            "postgres://u@h/db?password=s3cret",
+            "postgres://u@h/db?sslmode=require&sslpassword=s3cret",
+            "postgres://u@h/db?pass%77ord=s3cret",
+        ] {
+            let config = StoreConfig::new(url);
+            assert!(!format!("{config:?}").contains("s3cret"), "{url}");
+            assert!(!config.redacted_url().contains("s3cret"), "{url}");
+        }
+        assert_eq!(
+            StoreConfig::new("postgres://u@h/db").redacted_url(),
+            "postgres://u@h/db"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_url_that_does_not_parse_is_not_echoed() {
+        for url in [
+            "postgres://u:Zq9/Xw7@h/db",
+            "postgres://u@h:notaport/db?password=Zq9Xw7",
+            "Zq9Xw7",
+            // sqlx would log these at WARN, values and all.
+            "postgres://u@h/db?sslpassword=Zq9Xw7",
+            "postgres://u@h/db?Zq9Xw7",
+        ] {
+            let err = Store::connect(&StoreConfig::new(url)).await.unwrap_err();
+            let shown = format!("{err} {err:?}");
+            assert!(matches!(err, Error::Url { .. }), "{url}: {shown}");
+            assert!(
+                !shown.contains("Zq9") && !shown.contains("Xw7"),
+                "{url}: {shown}"
+            );
+        }
     }
 }

@@ -28,14 +28,26 @@ pub struct WorkerProcess {
 }
 
 impl WorkerProcess {
-    /// Starts `warren-worker` against `env` with extra flags.
+    /// Starts `warren-worker` against `env` with extra flags. It does not migrate: the
+    /// env's database already is, as an operator's would be after `warren migrate`.
     pub fn spawn(env: &crate::TestEnv, id: &str, extra: &[&str]) -> anyhow::Result<WorkerProcess> {
+        Self::spawn_with_database(env, id, &env.database_url, extra)
+    }
+
+    /// Starts `warren-worker` against `env`'s broker namespace but another database URL: one
+    /// not migrated yet, or the same database reached as a less privileged role.
+    pub fn spawn_with_database(
+        env: &crate::TestEnv,
+        id: &str,
+        database_url: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<WorkerProcess> {
         let queues: Vec<String> = env.queues.iter().map(ToString::to_string).collect();
         let child = Command::new(bin_path("warren-worker")?)
             .arg("--amqp-url")
             .arg(&env.amqp_url)
             .arg("--database-url")
-            .arg(&env.database_url)
+            .arg(database_url)
             .arg("--namespace")
             .arg(env.namespace())
             .arg("--delivery-limit")
@@ -45,6 +57,9 @@ impl WorkerProcess {
             .arg("--worker-id")
             .arg(format!("{}-{id}", env.name))
             .args(extra)
+            // The developer's own settings must not change what the test runs.
+            .env_remove("WARREN_MIGRATE")
+            .env_remove("WARREN_NO_MIGRATE")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .kill_on_drop(true)

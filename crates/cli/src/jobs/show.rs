@@ -8,7 +8,7 @@ use warren_store::JobRecord;
 
 use crate::connection::ConnectionArgs;
 use crate::exit::NotFound;
-use crate::output::{delta, duration, emit, emit_json, timestamp};
+use crate::output::{delta, duration, emit, emit_json, printable_line, printable_text, timestamp};
 
 /// JSON values up to this long are printed on the label's line; longer ones are indented
 /// below it, pretty-printed, so that nesting stays readable.
@@ -43,15 +43,17 @@ pub(super) async fn run(args: ShowArgs, connection: &ConnectionArgs) -> anyhow::
     }
 }
 
-/// The human form: one `label  value` line per field, then the error history.
+/// The human form: one `label  value` line per field, then the error history. Everything
+/// from job data is escaped for the terminal (see `output::printable_line`).
 fn render(job: &JobRecord) -> String {
     let mut out = String::new();
     let mut line = |label: &str, value: &str| {
-        // A value that starts on its own line (long JSON) leaves no blanks after the label.
+        // A value that starts on its own line (long JSON) leaves no blanks after the label,
+        // and keeps its newlines; any other value is one line, whatever it contains.
         let _ = if value.starts_with('\n') {
-            writeln!(out, "{label}{value}")
+            writeln!(out, "{label}{}", printable_text(value))
         } else {
-            writeln!(out, "{label:<12} {value}")
+            writeln!(out, "{label:<12} {}", printable_line(value))
         };
     };
     line("id", &job.id.to_string());
@@ -97,7 +99,10 @@ fn render(job: &JobRecord) -> String {
     }
     match (&job.payload, &job.raw_body) {
         (Some(payload), _) => line("payload", &json_value(payload)),
-        (None, Some(raw)) => line("payload", &format!("(not JSON, kept as text) {raw}")),
+        (None, Some(raw)) => line(
+            "payload",
+            &format!("(not readable as JSON, shown as text) {raw}"),
+        ),
         (None, None) => line("payload", "-"),
     }
     line(
@@ -117,8 +122,8 @@ fn render(job: &JobRecord) -> String {
                 e.attempt,
                 kind(e.kind),
                 timestamp(e.at),
-                e.worker,
-                e.message.replace('\n', "\n    ")
+                printable_line(&e.worker),
+                printable_text(&e.message).replace('\n', "\n    ")
             );
         }
     }
@@ -243,7 +248,7 @@ errors       1
             "{text}"
         );
         assert!(
-            text.contains("payload      (not JSON, kept as text) not json\n"),
+            text.contains("payload      (not readable as JSON, shown as text) not json\n"),
             "{text}"
         );
         assert!(text.contains("errors       none\n"), "{text}");
@@ -262,6 +267,37 @@ errors       1
         assert!(
             render(&j).contains("\nresult\n  {\n"),
             "the label has no trailing blank"
+        );
+    }
+
+    #[test]
+    fn job_data_cannot_drive_the_terminal() {
+        let mut j = job();
+        j.task = "evil\u{1b}]0;pwned\u{7}\u{1b}[2J".into();
+        j.worker_id = Some("w\nstate        succeeded".into());
+        j.payload = Some(json!({"k": "\u{1b}[31mred\u{9b}2J"}));
+        j.errors[0].message = "line one\u{1b}[2J\nline two\r".into();
+        let text = render(&j);
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{9b}'),
+            "{text:?}"
+        );
+        assert!(!text.contains('\r') && !text.contains('\u{7}'), "{text:?}");
+        assert!(
+            text.contains("task         evil\\u{1b}]0;pwned\\u{7}\\u{1b}[2J\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("worker       w\\nstate        succeeded\n"),
+            "a newline cannot forge a field: {text}"
+        );
+        assert!(
+            text.contains("payload      {\"k\":\"\\u001b[31mred\\u{9b}2J\"}\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    line one\\u{1b}[2J\n    line two\\r\n"),
+            "error messages keep their lines: {text}"
         );
     }
 
