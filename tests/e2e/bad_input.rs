@@ -350,3 +350,34 @@ async fn every_broken_message_is_accounted_for_and_valid_jobs_still_succeed() ->
     assert_eq!(stats.unrecorded, 0);
     env.cleanup().await
 }
+
+/// A body far over the limit is recorded dead with a bounded prefix of it, its full size and
+/// its SHA-256: before, a 20 MiB body was stored whole in the row and printed whole.
+#[tokio::test]
+async fn an_oversized_body_keeps_a_bounded_prefix_its_size_and_digest() -> anyhow::Result<()> {
+    use sha2::Digest;
+    let env = TestEnv::new(&["default"]).await?;
+    let worker = crate::support::builtin_worker(&env).await?;
+    let body: Vec<u8> = (0..5 * 1024 * 1024)
+        .map(|i| b'a' + (i % 26) as u8)
+        .collect();
+    let message = good("warren.echo", &body);
+    let id: JobId = message.message_id.as_deref().unwrap_or_default().parse()?;
+    env.broker
+        .publisher()
+        .await?
+        .publish("default", &message)
+        .await?;
+    let row = crate::support::wait_state(&env.store, id, JobState::Dead).await?;
+    let kept = row.raw_body.as_deref().unwrap_or_default();
+    assert_eq!(kept.len(), warren_store::RAW_BODY_KEPT);
+    assert!(body.starts_with(kept.as_bytes()));
+    assert_eq!(row.body_size, Some(body.len() as i64));
+    let digest: String = sha2::Sha256::digest(&body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(row.body_sha256.as_deref(), Some(digest.as_str()));
+    worker.stop().await?;
+    env.cleanup().await
+}

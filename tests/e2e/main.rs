@@ -12,6 +12,7 @@ mod outages;
 mod pipeline;
 mod poison;
 mod privileges;
+mod promotion_faults;
 mod redelivery;
 mod retries;
 mod scheduling;

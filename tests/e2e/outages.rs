@@ -107,3 +107,98 @@ async fn a_broker_lost_mid_publish_ends_the_enqueue_promptly() -> anyhow::Result
     );
     env.cleanup().await
 }
+
+/// Starts a worker running the built-in tasks whose Postgres connections go through `proxy`.
+async fn worker_behind(
+    env: &TestEnv,
+    proxy: &Proxy,
+    grace: Duration,
+) -> anyhow::Result<warren_testkit::RunningWorker> {
+    let mut store_config = env.store_config.clone();
+    store_config.url = proxy.url_through(&env.database_url, POSTGRES);
+    let mut config = env.worker_config("w1");
+    config.shutdown_grace = grace;
+    env.start_worker_via(
+        register_builtins(warren_runtime::Worker::builder()),
+        config,
+        env.broker_config.clone(),
+        &store_config,
+    )
+    .await
+}
+
+/// A cancel whose NOTIFY is sent while the worker's LISTEN connection is down is read back
+/// from the row when the worker reconnects. Before the fix the job ran to its end and was
+/// recorded `succeeded`, although the admin had been told its worker would cancel it.
+#[tokio::test]
+async fn a_cancel_sent_while_the_worker_cannot_listen_still_stops_the_job() -> anyhow::Result<()> {
+    let env = TestEnv::new(&["default"]).await?;
+    let proxy = Proxy::start(POSTGRES).await?;
+    let worker = worker_behind(&env, &proxy, Duration::from_secs(10)).await?;
+    let client = Client::connect(env.broker_config.clone()).await?;
+    let id = client
+        .enqueue(NewJob::new("warren.sleep", &json!({ "ms": 20_000 }))?)
+        .await?;
+    crate::support::wait_state(&env.store, id, JobState::Running).await?;
+
+    proxy.cut();
+    let outcome = env.store.cancel_job(id).await?;
+    assert!(
+        matches!(outcome, warren_store::CancelOutcome::Signalled { .. }),
+        "{outcome:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.restore();
+
+    // Well before the job's own 20 s are up.
+    let rows = wait_all_terminal(&env.store, &[id], Duration::from_secs(12)).await?;
+    assert_eq!(rows[&id].state, JobState::Cancelled);
+    assert!(rows[&id].cancel_requested_at.is_some());
+    worker.stop().await?;
+    env.cleanup().await
+}
+
+/// With Postgres partitioned away (connections hang rather than fail), the worker's whole
+/// shutdown still fits its grace period, counts nothing it could not record, and loses
+/// nothing: the jobs run again once the database is back. Before the fix each call made
+/// during shutdown waited out a 10 s pool timeout in turn (38.8 s for a 3 s grace period),
+/// and the outcomes were counted as succeeded although none was recorded.
+#[tokio::test]
+async fn shutdown_fits_its_grace_period_while_postgres_is_unreachable() -> anyhow::Result<()> {
+    let env = TestEnv::new(&["default"]).await?;
+    let proxy = Proxy::start(POSTGRES).await?;
+    let grace = Duration::from_secs(3);
+    let worker = worker_behind(&env, &proxy, grace).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.blackhole();
+
+    let client = Client::connect(env.broker_config.clone()).await?;
+    let ids = enqueue_all(
+        &client,
+        (0..4)
+            .map(|i| NewJob::new("warren.noop", &json!({ "i": i })))
+            .collect::<Result<Vec<_>, _>>()?,
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let started = tokio::time::Instant::now();
+    let stats = worker.stop().await?;
+    let took = started.elapsed();
+    // The grace period is the contract; a second on top covers scheduling on a busy machine.
+    assert!(
+        took <= grace + Duration::from_secs(1),
+        "shutdown took {took:?} with a {grace:?} grace period"
+    );
+    assert_eq!(
+        stats.succeeded, 0,
+        "nothing was recorded, so nothing succeeded: {stats:?}"
+    );
+
+    proxy.restore();
+    let again = crate::support::builtin_worker(&env).await?;
+    let rows = wait_all_terminal(&env.store, &ids, Duration::from_secs(30)).await?;
+    assert_eq!(count_state(&rows, JobState::Succeeded), 4);
+    again.stop().await?;
+    env.cleanup().await
+}

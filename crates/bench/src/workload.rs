@@ -43,6 +43,7 @@ pub(crate) fn noop_message(task: &TaskName, payload: &RawValue) -> RawMessage {
         enqueued_at: Utc::now(),
         traceparent: None,
         tracestate: None,
+        has_row: false,
         payload: payload.to_owned(),
     }
     .encode()

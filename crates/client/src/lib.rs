@@ -236,6 +236,7 @@ impl NewJob {
             enqueued_at: Utc::now(),
             traceparent: self.traceparent,
             tracestate: self.tracestate,
+            has_row: false,
             payload: self.payload,
         };
         (self.queue, message)

@@ -15,6 +15,7 @@
 //! | header | `warren-timeout-ms` | integer ≥ 1 | no | per-attempt timeout; the task's default when absent |
 //! | header | `warren-idempotency-key` | string | no | at most one live or succeeded job per key |
 //! | header | `warren-enqueued-at` | integer, unix ms | no | when the job was first enqueued |
+//! | header | `warren-has-row` | integer 1 | no | set by Warren's promoter: the job has a row in Postgres to check before running |
 //! | header | `traceparent` | string | no | W3C trace context; a malformed value is dropped |
 //! | header | `tracestate` | string | no | W3C trace state, passed through |
 //! | header | `warren-queue` | string | intake only | the Warren queue the job goes to when due |
@@ -42,6 +43,11 @@ pub const HEADER_MAX_ATTEMPTS: &str = "warren-max-attempts";
 pub const HEADER_TIMEOUT_MS: &str = "warren-timeout-ms";
 pub const HEADER_IDEMPOTENCY_KEY: &str = "warren-idempotency-key";
 pub const HEADER_ENQUEUED_AT: &str = "warren-enqueued-at";
+/// Set on messages published from a Postgres row (delayed jobs, retries, transactional
+/// enqueues). Such a job can be cancelled while queued, and a promoter that died between
+/// publishing and committing publishes it twice, so a worker reads its row before running
+/// it. Hot-path messages have no row yet and skip that round trip.
+pub const HEADER_HAS_ROW: &str = "warren-has-row";
 pub const HEADER_TRACEPARENT: &str = "traceparent";
 pub const HEADER_TRACESTATE: &str = "tracestate";
 pub const HEADER_QUEUE: &str = "warren-queue";
@@ -59,6 +65,7 @@ pub const HEADERS: &[(&str, &str, bool)] = &[
     (HEADER_TIMEOUT_MS, "integer", false),
     (HEADER_IDEMPOTENCY_KEY, "string", false),
     (HEADER_ENQUEUED_AT, "integer", false),
+    (HEADER_HAS_ROW, "integer", false),
     (HEADER_TRACEPARENT, "string", false),
     (HEADER_TRACESTATE, "string", false),
     (HEADER_QUEUE, "string", false),
@@ -127,6 +134,8 @@ pub struct JobMessage {
     pub enqueued_at: DateTime<Utc>,
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
+    /// The job has a row in Postgres (see [`HEADER_HAS_ROW`]).
+    pub has_row: bool,
     /// The payload, checked to be one well-formed JSON value.
     pub payload: Box<RawValue>,
 }
@@ -142,6 +151,7 @@ impl PartialEq for JobMessage {
             && self.enqueued_at == other.enqueued_at
             && self.traceparent == other.traceparent
             && self.tracestate == other.tracestate
+            && self.has_row == other.has_row
             && self.payload.get() == other.payload.get()
     }
 }
@@ -331,6 +341,9 @@ impl JobMessage {
         if let Some(ts) = &self.tracestate {
             h.push((HEADER_TRACESTATE, HeaderValue::Str(ts.clone())));
         }
+        if self.has_row {
+            h.push((HEADER_HAS_ROW, HeaderValue::Int(1)));
+        }
         h
     }
 
@@ -436,6 +449,10 @@ impl JobMessage {
             Err(r) => return fail(err, r),
         }
         .unwrap_or_else(Utc::now);
+        let has_row = match optional_int(raw, HEADER_HAS_ROW, 0, 1) {
+            Ok(v) => v == Some(1),
+            Err(r) => return fail(err, r),
+        };
         let traceparent = match optional_str(raw, HEADER_TRACEPARENT) {
             Ok(tp) => tp.filter(|tp| is_traceparent(tp)).map(str::to_owned),
             Err(_) => None,
@@ -478,6 +495,7 @@ impl JobMessage {
             enqueued_at,
             traceparent,
             tracestate,
+            has_row,
             payload,
         })
     }
@@ -586,6 +604,7 @@ pub(crate) mod tests {
             enqueued_at: DateTime::from_timestamp_millis(1_764_000_000_123).unwrap(),
             traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
             tracestate: None,
+            has_row: false,
             payload: RawValue::from_string(r#"{"to":"a@example.com"}"#.into()).unwrap(),
         }
     }

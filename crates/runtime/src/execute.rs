@@ -13,7 +13,7 @@ use warren_core::lifecycle::{self, Event};
 use warren_core::{
     DecodeError, FailureKind, FailureRecord, JobId, JobMessage, JobState, QueueName,
 };
-use warren_store::{Claim, RecordRow, Recorder, Store};
+use warren_store::{Claim, RecordRow, Recorded, Recorder, Store};
 
 use crate::JobContext;
 use crate::registry::{HandlerFailure, Registry};
@@ -31,6 +31,8 @@ pub(crate) struct Counters {
     pub(crate) dead: AtomicU64,
     pub(crate) skipped: AtomicU64,
     pub(crate) unrecorded: AtomicU64,
+    /// Outcomes the recorder's fence discarded: attempts that ran again for nothing.
+    pub(crate) duplicates: AtomicU64,
 }
 
 /// Admin cancellations this worker knows of: the tokens of the jobs it is running, and the
@@ -62,6 +64,14 @@ impl Cancels {
             admin.cancel();
             token.cancel();
         }
+    }
+
+    /// The jobs running in this worker now.
+    pub(crate) fn running_ids(&self) -> Vec<JobId> {
+        self.running
+            .lock()
+            .map(|r| r.keys().copied().collect())
+            .unwrap_or_default()
     }
 
     fn was_cancelled(&self, id: JobId) -> bool {
@@ -161,18 +171,31 @@ impl Executor {
         }
 
         // A redelivered message may belong to an attempt that already ended (its worker died
-        // between commit and ack). Look before running it again; fresh deliveries skip this
-        // round trip, and the recorder's fence covers them anyway.
-        if delivery.redelivered {
-            match self.store.progress(message.id).await {
-                Ok(Some(p)) if p.supersedes(message.attempt) => {
-                    tracing::info!(state = %p.state, recorded_attempt = p.attempt, "redelivered job already past this attempt; not running it again");
+        // between commit and ack), and a message published from a row may belong to a job
+        // cancelled while queued, or be the second copy from a promoter that died between
+        // publishing and committing. Look before running; fresh hot-path messages have no
+        // row yet, skip this round trip, and are covered by the recorder's fence anyway.
+        if delivery.redelivered || message.has_row {
+            let progress = self
+                .through_outage("checking the job's row", &self.hard_stop, || {
+                    self.store.progress(message.id)
+                })
+                .await;
+            match progress {
+                Ok(Some(Some(p))) if p.supersedes(message.attempt) => {
+                    tracing::info!(state = %p.state, recorded_attempt = p.attempt, "job already past this attempt; not running it again");
                     self.counters.skipped.fetch_add(1, Ordering::Relaxed);
                     return self.ack(&delivery).await;
                 }
-                Ok(_) => {}
+                Ok(Some(Some(p))) if p.cancel_requested => {
+                    tracing::info!("an admin cancelled this job; not running it");
+                    return self.record_unrun_cancel(&queue, &message, &delivery).await;
+                }
+                Ok(Some(_)) => {}
+                // The hard stop ended the wait: the delivery returns to the broker unsettled.
+                Ok(None) => return,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot check redelivered job; running it (the recorder's fence still applies)")
+                    tracing::warn!(error = %warren_core::ErrorChain(&e), "cannot check the job's row; running it (the recorder's fence still applies)")
                 }
             }
         }
@@ -292,7 +315,6 @@ impl Executor {
             Ended::Ok(result) => {
                 row.state = transition(JobState::Running, Event::Succeed);
                 row.result = Some(result);
-                self.counters.succeeded.fetch_add(1, Ordering::Relaxed);
             }
             Ended::Failed(kind, msg) => {
                 let event =
@@ -304,10 +326,8 @@ impl Executor {
                         now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX),
                     );
                     row.finished_at = None;
-                    self.counters.retried.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(kind = ?kind, error = %msg, delay_ms = delay.as_millis() as u64, "attempt failed; retry scheduled");
                 } else {
-                    self.counters.dead.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(kind = ?kind, error = %msg, "job is dead");
                 }
                 row.error = Some(FailureRecord {
@@ -326,7 +346,6 @@ impl Executor {
     /// when it names a job, or the broker's dead-letter queue with the reason in a header
     /// when it does not. Either way the delivery is settled and never retried.
     pub(crate) async fn reject(&self, queue: &QueueName, delivery: Delivery, err: DecodeError) {
-        self.counters.dead.fetch_add(1, Ordering::Relaxed);
         let Some(id) = err.job_id else {
             tracing::warn!(queue = %queue, reason = %err, "message without a job id; dead-lettering it");
             let reason = err.to_string();
@@ -335,9 +354,12 @@ impl Executor {
                 .publish_dead_letter(&delivery.raw, queue.as_str(), &reason)
                 .await
             {
-                Ok(()) => return self.ack(&delivery).await,
+                Ok(()) => {
+                    self.counters.dead.fetch_add(1, Ordering::Relaxed);
+                    return self.ack(&delivery).await;
+                }
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot republish to the dead-letter queue; rejecting to the broker's dead-lettering instead");
+                    tracing::error!(error = %warren_core::ErrorChain(&e), "cannot republish to the dead-letter queue; rejecting to the broker's dead-lettering instead");
                     if let Err(e) = delivery.dead_letter().await {
                         tracing::warn!(error = %e, "reject failed");
                     }
@@ -358,7 +380,9 @@ impl Executor {
             .ok()
             .filter(|_| delivery.raw.body.len() <= self.max_body)
             .and_then(|text| serde_json::from_str::<Box<serde_json::value::RawValue>>(text).ok());
-        let raw_body = payload.is_none().then(|| delivery.raw.body.clone());
+        let raw_body = payload
+            .is_none()
+            .then(|| warren_store::RawBody::of(&delivery.raw.body));
         let row = RecordRow {
             id,
             queue: queue.to_string(),
@@ -392,7 +416,6 @@ impl Executor {
     /// Records a job that was not run because `original` holds its idempotency key.
     async fn record_duplicate(&self, mut row: RecordRow, original: JobId, delivery: &Delivery) {
         tracing::info!(original = %original, "duplicate of a job holding the same idempotency key; not running it");
-        self.counters.skipped.fetch_add(1, Ordering::Relaxed);
         let now = Utc::now();
         row.state = JobState::Cancelled;
         row.finished_at = Some(now);
@@ -410,14 +433,73 @@ impl Executor {
         self.commit_then_ack(row, delivery).await;
     }
 
+    /// Records that a job an admin cancelled was not run.
+    async fn record_unrun_cancel(
+        &self,
+        queue: &QueueName,
+        message: &JobMessage,
+        delivery: &Delivery,
+    ) {
+        let now = Utc::now();
+        let row = RecordRow {
+            id: message.id,
+            queue: queue.to_string(),
+            task: message.task.to_string(),
+            payload: None,
+            raw_body: None,
+            state: JobState::Cancelled,
+            attempt: message.attempt,
+            max_attempts: message.max_attempts.unwrap_or(message.attempt),
+            timeout_ms: None,
+            run_at: None,
+            enqueued_at: message.enqueued_at,
+            started_at: None,
+            finished_at: Some(now),
+            result: None,
+            error: Some(FailureRecord {
+                attempt: message.attempt,
+                kind: FailureKind::Cancelled,
+                message: "cancelled by an admin before this attempt ran".to_owned(),
+                worker: self.worker_id.to_string(),
+                at: now,
+            }),
+            worker_id: self.worker_id.to_string(),
+            idempotency_key: None,
+            traceparent: None,
+            duplicate_of: None,
+        };
+        self.commit_then_ack(row, delivery).await;
+    }
+
     /// The invariant: ack only after the outcome's batch is committed. If it cannot be
-    /// committed, requeue so that the job is tried again rather than forgotten.
+    /// committed, requeue so that the job is tried again rather than forgotten. Outcomes are
+    /// counted here, once committed, never before.
     async fn commit_then_ack(&self, row: RecordRow, delivery: &Delivery) {
+        let state = row.state;
+        let duplicate = row.duplicate_of.is_some();
         match self.recorder.record(row).await {
-            Ok(()) => self.ack(delivery).await,
+            Ok(Recorded::Written) => {
+                let c = &self.counters;
+                let counter = match state {
+                    JobState::Succeeded => Some(&c.succeeded),
+                    JobState::Scheduled => Some(&c.retried),
+                    JobState::Dead => Some(&c.dead),
+                    JobState::Cancelled if duplicate => Some(&c.skipped),
+                    _ => None,
+                };
+                if let Some(counter) = counter {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                self.ack(delivery).await
+            }
+            Ok(Recorded::Fenced) => {
+                self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(outcome = %state, "this attempt ran although the job had already moved past it; its outcome was discarded and counted in the job's duplicate_runs");
+                self.ack(delivery).await
+            }
             Err(e) => {
                 self.counters.unrecorded.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "outcome not recorded; requeueing the delivery");
+                tracing::error!(error = %warren_core::ErrorChain(&e), "outcome not recorded; requeueing the delivery");
                 if let Err(e) = delivery.requeue().await {
                     tracing::warn!(error = %e, "requeue failed; the broker will redeliver when the channel closes");
                 }

@@ -18,7 +18,7 @@ use warren_broker::{PublishRequest, Publisher};
 use warren_core::{JobId, JobMessage, RawMessage, TaskName};
 
 use tokio::sync::Notify;
-use warren_store::Store;
+use warren_store::{DueJob, Store};
 
 /// Tuning of the promoter.
 #[derive(Clone, Copy, Debug)]
@@ -70,15 +70,28 @@ impl Promoter {
     }
 
     pub async fn run(self, stop: CancellationToken) {
+        // Entering and leaving the failing state are logged once each, not on every pass.
+        let mut failing = false;
         loop {
             if stop.is_cancelled() {
                 break;
             }
             match self.promote_once().await {
-                // A full batch means more may be due right now.
-                Ok(n) if n >= self.config.batch as usize => continue,
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "promotion failed; will try again"),
+                Ok(n) => {
+                    if failing {
+                        tracing::info!("promoting due jobs again");
+                        failing = false;
+                    }
+                    // A full batch means more may be due right now.
+                    if n >= self.config.batch as usize {
+                        continue;
+                    }
+                }
+                Err(e) if !failing => {
+                    tracing::warn!(error = %warren_core::ErrorChain(&e), "promoting due jobs failed; retrying every poll interval until it works");
+                    failing = true;
+                }
+                Err(_) => {}
             }
             let wait = match self.store.next_due_at().await {
                 Ok(Some(at)) => (at - Utc::now()).to_std().unwrap_or(Duration::ZERO),
@@ -105,9 +118,33 @@ impl Promoter {
         if n == 0 {
             return Ok(0);
         }
+        let (published, deferred) = self.publish_due(&promotion.jobs).await;
+        let lateness_ms: Vec<i64> = promotion
+            .jobs
+            .iter()
+            .map(|j| (Utc::now() - j.run_at).num_milliseconds())
+            .collect();
+        promotion
+            .finish(&published, &deferred, self.config.defer_on_failure)
+            .await?;
+        tracing::debug!(
+            published = published.len(),
+            deferred = deferred.len(),
+            max_lateness_ms = lateness_ms.iter().max().copied().unwrap_or(0),
+            "promoted due jobs"
+        );
+        Ok(n)
+    }
+
+    /// Publishes claimed due jobs, each as its next attempt and marked as having a row;
+    /// returns the ids published and the ids to defer (publish failed, or the row is
+    /// unreadable). Until the claim commits, the rows stay `scheduled`: a promoter that dies
+    /// here has published jobs that will be published again, which is why these messages
+    /// carry `warren-has-row` and workers check the row before running them.
+    pub async fn publish_due(&self, jobs: &[DueJob]) -> (Vec<JobId>, Vec<JobId>) {
         let mut deferred: Vec<JobId> = Vec::new();
-        let mut prepared: Vec<(JobId, String, RawMessage)> = Vec::with_capacity(n);
-        for job in &promotion.jobs {
+        let mut prepared: Vec<(JobId, String, RawMessage)> = Vec::with_capacity(jobs.len());
+        for job in jobs {
             let task = TaskName::new(job.task.clone());
             let payload = RawValue::from_string(job.payload.clone());
             let (Ok(task), Ok(payload)) = (task, payload) else {
@@ -126,6 +163,7 @@ impl Promoter {
                 enqueued_at: job.enqueued_at,
                 traceparent: job.traceparent.clone(),
                 tracestate: None,
+                has_row: true,
                 payload,
             };
             prepared.push((job.id, job.queue.clone(), message.encode()));
@@ -138,30 +176,16 @@ impl Promoter {
             })
             .collect();
         let outcomes = self.publisher.publish_many(&requests).await;
-        let mut published = Vec::with_capacity(n);
+        let mut published = Vec::with_capacity(jobs.len());
         for ((id, _, _), outcome) in prepared.iter().zip(outcomes) {
             match outcome {
                 Ok(()) => published.push(*id),
                 Err(e) => {
-                    tracing::warn!(job.id = %id, error = %e, "cannot publish due job; deferring it");
+                    tracing::warn!(job.id = %id, error = %warren_core::ErrorChain(&e), "cannot publish due job; deferring it");
                     deferred.push(*id);
                 }
             }
         }
-        let lateness_ms: Vec<i64> = promotion
-            .jobs
-            .iter()
-            .map(|j| (Utc::now() - j.run_at).num_milliseconds())
-            .collect();
-        promotion
-            .finish(&published, &deferred, self.config.defer_on_failure)
-            .await?;
-        tracing::debug!(
-            published = published.len(),
-            deferred = deferred.len(),
-            max_lateness_ms = lateness_ms.iter().max().copied().unwrap_or(0),
-            "promoted due jobs"
-        );
-        Ok(n)
+        (published, deferred)
     }
 }

@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warren_broker::{Broker, Consumer};
-use warren_core::{JobError, QueueName, TaskName};
+use warren_core::{ErrorChain, JobError, QueueName, TaskName};
 use warren_store::{Recorder, RecorderConfig, Store, WorkerInfo};
 
 use crate::execute::{Cancels, Counters, Executor};
@@ -91,6 +91,9 @@ pub struct WorkerStats {
     pub unrecorded: u64,
     /// Attempts still running when the grace period ended; the broker redelivers them.
     pub abandoned: u64,
+    /// Attempts that ran although their job had already moved past them; the fence
+    /// discarded their outcomes (see the job's `duplicate_runs`).
+    pub duplicates: u64,
 }
 
 /// Collects handlers, then builds a [`Worker`].
@@ -297,9 +300,20 @@ impl Worker {
         // shutdown fits in it.
         let close_budget = (cfg.shutdown_grace / 5).min(Duration::from_secs(1));
         stop_consuming.cancel();
-        loops.wait().await;
+        // Every step of the shutdown is bounded: with Postgres or RabbitMQ unreachable, each
+        // call would otherwise wait out its own connect or acquire timeout in turn.
+        let soft_end = deadline - close_budget;
+        bounded(soft_end, "stopping the consumers", loops.wait()).await;
         if let Some(p) = promoter {
-            let _ = p.await;
+            // A promotion in flight is let finish (aborting between its publish and its
+            // commit would publish those jobs twice), within the grace period.
+            let abort = p.abort_handle();
+            if bounded(soft_end, "finishing a promotion", p)
+                .await
+                .is_none()
+            {
+                abort.abort();
+            }
         }
         jobs.close();
         let mut abandoned = 0;
@@ -327,34 +341,51 @@ impl Worker {
             skipped: counters.skipped.load(Ordering::Relaxed),
             unrecorded: counters.unrecorded.load(Ordering::Relaxed),
             abandoned,
+            duplicates: counters.duplicates.load(Ordering::Relaxed),
         };
         drop(executor);
-        let _ = heartbeat.await;
-        let _ = listener.await;
-        let flush = tokio::time::timeout_at(
-            deadline.max(tokio::time::Instant::now() + close_budget),
-            recorder_task,
-        )
-        .await;
-        if flush.is_err() {
+        let closing = deadline.max(tokio::time::Instant::now() + close_budget);
+        let heartbeat_abort = heartbeat.abort_handle();
+        let listener_abort = listener.abort_handle();
+        bounded(closing, "stopping the heartbeat", heartbeat).await;
+        bounded(closing, "closing the LISTEN connection", listener).await;
+        heartbeat_abort.abort();
+        listener_abort.abort();
+        if bounded(closing, "flushing the recorder", recorder_task)
+            .await
+            .is_none()
+        {
             tracing::warn!(
                 "recorder did not flush in time; unrecorded deliveries will be redelivered"
             );
         }
-        if let Err(e) = store
-            .heartbeat(&cfg.worker_id, "stopped", 0, stats.succeeded + stats.dead)
-            .await
-        {
-            tracing::warn!(error = %e, "cannot mark the worker stopped");
+        let processed = stats.succeeded + stats.dead;
+        let stopped = store.heartbeat(&cfg.worker_id, "stopped", 0, processed);
+        if let Some(Err(e)) = bounded(closing, "marking the worker stopped", stopped).await {
+            tracing::warn!(error = %ErrorChain(&e), "cannot mark the worker stopped");
         }
-        for consumer in consumers {
-            consumer.lock().await.close().await;
-        }
-        broker.close().await;
+        let close_all = async {
+            for consumer in consumers {
+                consumer.lock().await.close().await;
+            }
+            broker.close().await;
+        };
+        bounded(closing, "closing the broker connections", close_all).await;
         tracing::info!(?stats, "worker stopped");
         match fatal {
             Some(e) => Err(e),
             None => Ok(stats),
+        }
+    }
+}
+
+/// Runs one shutdown step until `until`; `None` (and a warning) if it did not finish.
+async fn bounded<F: Future>(until: tokio::time::Instant, what: &str, step: F) -> Option<F::Output> {
+    match tokio::time::timeout_at(until, step).await {
+        Ok(out) => Some(out),
+        Err(_) => {
+            tracing::warn!("shutdown: {what} did not finish within the grace period; going on");
+            None
         }
     }
 }
@@ -422,6 +453,7 @@ async fn heartbeat_loop(
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut degraded = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -430,11 +462,27 @@ async fn heartbeat_loop(
         let c = &executor.counters;
         let processed = c.succeeded.load(Ordering::Relaxed) + c.dead.load(Ordering::Relaxed);
         let in_flight = (concurrency - slots.available_permits()) as u32;
-        if let Err(e) = store
-            .heartbeat(&worker_id, "running", in_flight, processed)
-            .await
-        {
-            tracing::warn!(error = %e, "heartbeat failed");
+        let beat = tokio::select! {
+            r = store.heartbeat(&worker_id, "running", in_flight, processed) => r,
+            () = stop.cancelled() => break,
+        };
+        match beat {
+            Ok(()) if degraded => {
+                tracing::info!("recording worker heartbeats again");
+                degraded = false;
+            }
+            Ok(()) => {}
+            Err(e) if !degraded => {
+                tracing::warn!(error = %ErrorChain(&e), "recording a worker heartbeat failed; retrying every beat");
+                degraded = true;
+            }
+            Err(_) => {}
+        }
+        if in_flight > 0 {
+            tokio::select! {
+                () = apply_cancel_requests(&store, &executor) => {}
+                () = stop.cancelled() => break,
+            }
         }
     }
     let c = &executor.counters;
@@ -446,7 +494,9 @@ async fn heartbeat_loop(
 }
 
 /// One LISTEN connection for the whole worker: `warren_due` wakes the promoter, and
-/// `warren_cancel` fires the token of a job running here.
+/// `warren_cancel` fires the token of a job running here. A NOTIFY sent while the connection
+/// is down is lost, so every time it is (re)established the running jobs' cancel requests are
+/// read back from their rows (the heartbeat reads them too, as a safety net).
 async fn notification_loop(
     store: Store,
     executor: Arc<Executor>,
@@ -454,17 +504,35 @@ async fn notification_loop(
     stop: CancellationToken,
 ) {
     use warren_store::{CANCEL_CHANNEL, DUE_CHANNEL};
+    let mut degraded = false;
     while !stop.is_cancelled() {
-        let mut listener = match store.listen(&[DUE_CHANNEL, CANCEL_CHANNEL]).await {
+        let listening = tokio::select! {
+            l = store.listen(&[DUE_CHANNEL, CANCEL_CHANNEL]) => l,
+            () = stop.cancelled() => break,
+        };
+        let mut listener = match listening {
             Ok(l) => l,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot LISTEN for notifications; the promoter polls meanwhile; retrying in 5s");
+                if !degraded {
+                    tracing::warn!(error = %ErrorChain(&e), "cannot LISTEN for notifications; the promoter polls and cancel requests are read on each heartbeat meanwhile; retrying every 5s");
+                    degraded = true;
+                }
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(5)) => continue,
                     () = stop.cancelled() => break,
                 }
             }
         };
+        if degraded {
+            tracing::info!("listening for notifications again");
+            degraded = false;
+        }
+        tokio::select! {
+            () = apply_cancel_requests(&store, &executor) => {}
+            () = stop.cancelled() => break,
+        }
+        // Anything that fell due while nobody listened is found by the promoter's next pass.
+        due.notify_one();
         loop {
             let notification = tokio::select! {
                 n = listener.recv() => n,
@@ -479,10 +547,25 @@ async fn notification_loop(
                     }
                 },
                 Err(e) => {
-                    tracing::warn!(error = %e, "notification listener lost its connection; reconnecting");
+                    tracing::warn!(error = %ErrorChain(&e), "notification listener lost its connection; reconnecting");
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Fires the tokens of running jobs whose rows say an admin asked them to stop.
+async fn apply_cancel_requests(store: &Store, executor: &Executor) {
+    let running = executor.cancels.running_ids();
+    match store.cancel_requests(&running).await {
+        Ok(ids) => {
+            for id in ids {
+                executor.cancels.cancel(id);
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %ErrorChain(&e), "cannot read cancel requests; trying again later")
         }
     }
 }

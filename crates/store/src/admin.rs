@@ -80,7 +80,19 @@ impl Store {
                 .map_err(Error::query("cancelling the job"))?;
                 CancelOutcome::Cancelled { previous: state }
             }
-            Ok(_) => CancelOutcome::Signalled { worker },
+            Ok(_) => {
+                // Remembered as well as notified: a worker whose LISTEN connection is down
+                // misses the NOTIFY, and reads this when it reconnects.
+                sqlx::query(
+                    "UPDATE warren_jobs SET cancel_requested_at = now(), updated_at = now()
+                     WHERE id = $1",
+                )
+                .bind(id.as_uuid())
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::query("recording the cancel request"))?;
+                CancelOutcome::Signalled { worker }
+            }
             Err(_) => CancelOutcome::AlreadyFinal { state },
         };
         // Notify in every case but a final one: a queued job's message may reach a worker

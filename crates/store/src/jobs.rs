@@ -35,6 +35,15 @@ pub struct JobRecord {
     pub traceparent: Option<String>,
     /// The job that held this job's idempotency key, when this one was not run for that.
     pub duplicate_of: Option<JobId>,
+    /// Attempts that ran although the job had already moved past them; their outcomes were
+    /// discarded by the fence. Handlers run at least once: this makes the extra runs visible.
+    pub duplicate_runs: u32,
+    /// When an admin asked the running job to stop, if one did.
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    /// Size of the whole message body when only a prefix of it is kept in `raw_body`.
+    pub body_size: Option<i64>,
+    /// SHA-256 of the whole message body, hex, alongside `body_size`.
+    pub body_sha256: Option<String>,
 }
 
 /// Where a job is, for deciding whether a redelivered message still needs to run.
@@ -42,6 +51,8 @@ pub struct JobRecord {
 pub struct JobProgress {
     pub state: JobState,
     pub attempt: u32,
+    /// An admin asked for the job to stop while it was running.
+    pub cancel_requested: bool,
 }
 
 impl JobProgress {
@@ -135,6 +146,13 @@ fn job_from_row(row: &PgRow) -> Result<JobRecord, Error> {
             .try_get::<Option<uuid::Uuid>, _>("duplicate_of")
             .map_err(get)?
             .map(JobId::from_uuid),
+        duplicate_runs: row.try_get::<i32, _>("duplicate_runs").map_err(get)?.max(0) as u32,
+        cancel_requested_at: row.try_get("cancel_requested_at").map_err(get)?,
+        body_size: row.try_get("body_size").map_err(get)?,
+        body_sha256: row
+            .try_get::<Option<Vec<u8>>, _>("body_sha256")
+            .map_err(get)?
+            .map(|d| d.iter().map(|b| format!("{b:02x}")).collect()),
     })
 }
 
@@ -219,19 +237,40 @@ impl Store {
 
     /// State and attempt of a job, or `None` without a row.
     pub async fn progress(&self, id: JobId) -> Result<Option<JobProgress>, Error> {
-        let row: Option<(String, i32)> =
-            sqlx::query_as("SELECT state, attempt FROM warren_jobs WHERE id = $1")
-                .bind(id.as_uuid())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(Error::query("reading a job's progress"))?;
-        row.map(|(state, attempt)| {
+        let row: Option<(String, i32, bool)> = sqlx::query_as(
+            "SELECT state, attempt, cancel_requested_at IS NOT NULL FROM warren_jobs WHERE id = $1",
+        )
+        .bind(id.as_uuid())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(Error::query("reading a job's progress"))?;
+        row.map(|(state, attempt, cancel_requested)| {
             Ok(JobProgress {
                 state: state_of(id, &state)?,
                 attempt: attempt.max(0) as u32,
+                cancel_requested,
             })
         })
         .transpose()
+    }
+
+    /// Which of `running` (jobs running in this worker) an admin asked to stop. Workers ask
+    /// whenever their LISTEN connection comes back and on every heartbeat, so a cancel whose
+    /// NOTIFY they missed still reaches its job.
+    pub async fn cancel_requests(&self, running: &[JobId]) -> Result<Vec<JobId>, Error> {
+        if running.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<uuid::Uuid> = running.iter().map(JobId::as_uuid).collect();
+        let requested: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "SELECT id FROM warren_jobs
+             WHERE id = ANY($1) AND cancel_requested_at IS NOT NULL AND state = 'running'",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(Error::query("reading cancel requests"))?;
+        Ok(requested.into_iter().map(JobId::from_uuid).collect())
     }
 
     /// Number of jobs per state, optionally in one queue. States with no jobs are omitted.
@@ -297,7 +336,11 @@ mod tests {
 
     #[test]
     fn a_delivery_is_obsolete_once_its_attempt_ended() {
-        let p = |state, attempt| JobProgress { state, attempt };
+        let p = |state, attempt| JobProgress {
+            state,
+            attempt,
+            cancel_requested: false,
+        };
         assert!(p(JobState::Succeeded, 1).supersedes(1));
         assert!(
             p(JobState::Scheduled, 1).supersedes(1),

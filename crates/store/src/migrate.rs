@@ -22,10 +22,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "promotion",
         sql: include_str!("../../../schemas/migrations/0002_promotion.sql"),
     },
+    Migration {
+        version: 3,
+        name: "hardening",
+        sql: include_str!("../../../schemas/migrations/0003_hardening.sql"),
+    },
 ];
 
 /// The schema version this binary creates and expects.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// An arbitrary constant naming Warren's migration lock among other advisory locks.
 const LOCK_KEY: i64 = 0x5741_5252_454E_0001;

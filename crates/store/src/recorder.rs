@@ -13,7 +13,7 @@
 //! newer attempt, or for the same attempt while that attempt is still `running`. The rules are
 //! in docs/job-lifecycle.md ("Fencing").
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,8 +35,8 @@ pub struct RecordRow {
     pub task: String,
     /// The payload as JSON text; `None` when there is no JSON to keep (bad input).
     pub payload: Option<Box<RawValue>>,
-    /// The raw message body, kept for bad input that is not JSON.
-    pub raw_body: Option<Vec<u8>>,
+    /// The raw message body, kept (bounded) for bad input that is not JSON.
+    pub raw_body: Option<RawBody>,
     pub state: JobState,
     pub attempt: u32,
     pub max_attempts: u32,
@@ -53,6 +53,41 @@ pub struct RecordRow {
     pub traceparent: Option<String>,
     /// The job holding this job's idempotency key, when this one was not run for that reason.
     pub duplicate_of: Option<JobId>,
+}
+
+/// Most bytes of a bad-input body kept in `raw_body`: enough to see what it was, while a
+/// 20 MiB body costs 64 KiB of storage, not 20 MiB.
+pub const RAW_BODY_KEPT: usize = 64 * 1024;
+
+/// A message body kept for people to inspect: a bounded prefix, with the whole body's size
+/// and SHA-256 so that it can still be identified and compared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawBody {
+    pub prefix: Vec<u8>,
+    pub size: u64,
+    pub sha256: [u8; 32],
+}
+
+impl RawBody {
+    pub fn of(body: &[u8]) -> Self {
+        use sha2::Digest;
+        Self {
+            prefix: body[..body.len().min(RAW_BODY_KEPT)].to_vec(),
+            size: body.len() as u64,
+            sha256: sha2::Sha256::digest(body).into(),
+        }
+    }
+}
+
+/// What became of a recorded row once its batch committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// The row now holds this write.
+    Written,
+    /// The fence discarded it: the job had already moved past this attempt (it ended, or a
+    /// later attempt was recorded). The attempt ran for nothing; the row's
+    /// `duplicate_runs` counts it.
+    Fenced,
 }
 
 impl RecordRow {
@@ -88,7 +123,15 @@ impl Default for RecorderConfig {
 
 struct Item {
     row: RecordRow,
-    done: Option<oneshot::Sender<Result<(), Error>>>,
+    done: Option<oneshot::Sender<Result<Recorded, Error>>>,
+}
+
+/// Someone waiting for a row's batch: the job, and where in the batch its write came from,
+/// to tell whether that write was the one kept when the batch was folded.
+struct Waiter {
+    job: JobId,
+    origin: usize,
+    done: oneshot::Sender<Result<Recorded, Error>>,
 }
 
 /// Handle to the recorder task. Clones share it; the task ends when every handle is dropped,
@@ -115,7 +158,7 @@ impl Recorder {
 
     /// Records a row and waits until its batch is committed. Only then may the delivery that
     /// produced it be acked.
-    pub async fn record(&self, row: RecordRow) -> Result<(), Error> {
+    pub async fn record(&self, row: RecordRow) -> Result<Recorded, Error> {
         let job = row.id;
         let (done, committed) = oneshot::channel();
         self.tx
@@ -162,8 +205,15 @@ async fn run(store: Store, config: RecorderConfig, mut rx: mpsc::Receiver<Item>)
 
 async fn flush(store: &Store, batch: Vec<Item>) {
     let n = batch.len();
-    let (rows, waiters) = coalesce(batch);
-    let result = write_with_retry(store, &rows).await;
+    let (rows, kept, waiters) = coalesce(batch);
+    // Outcomes folded away in this batch by another outcome of the same job ran for nothing
+    // too: they count as duplicate runs like the ones the fence discards.
+    let folded: Vec<JobId> = waiters
+        .iter()
+        .filter(|w| kept.get(&w.job) != Some(&w.origin))
+        .map(|w| w.job)
+        .collect();
+    let result = write_with_retry(store, &rows, &folded).await;
     tracing::debug!(
         items = n,
         rows = rows.len(),
@@ -171,16 +221,21 @@ async fn flush(store: &Store, batch: Vec<Item>) {
         "recorder batch"
     );
     match result {
-        Ok(()) => {
+        Ok(fenced) => {
             for w in waiters {
-                let _ = w.send(Ok(()));
+                let outcome = if kept.get(&w.job) != Some(&w.origin) || fenced.contains(&w.job) {
+                    Recorded::Fenced
+                } else {
+                    Recorded::Written
+                };
+                let _ = w.done.send(Ok(outcome));
             }
         }
         Err(e) => {
-            tracing::error!(error = %e, rows = rows.len(), "outcomes not recorded; their deliveries will be redelivered");
-            let reason = format!("{e}: {}", source_chain(&e));
+            let reason = warren_core::ErrorChain(&e).to_string();
+            tracing::error!(error = %reason, rows = rows.len(), "outcomes not recorded; their deliveries will be redelivered");
             for w in waiters {
-                let _ = w.send(Err(Error::Unrecorded {
+                let _ = w.done.send(Err(Error::Unrecorded {
                     reason: reason.clone(),
                 }));
             }
@@ -188,32 +243,29 @@ async fn flush(store: &Store, batch: Vec<Item>) {
     }
 }
 
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = Vec::new();
-    let mut source = e.source();
-    while let Some(s) = source {
-        parts.push(s.to_string());
-        source = s.source();
-    }
-    parts.join(": ")
-}
-
 /// Folds a batch to at most one row per job (an upsert may not touch a row twice), keeping
 /// every waiter: a superseded write is answered when the batch that superseded it commits.
-fn coalesce(batch: Vec<Item>) -> (Vec<RecordRow>, Vec<oneshot::Sender<Result<(), Error>>>) {
+/// Returns the rows, which batch item each job's kept row came from, and the waiters.
+fn coalesce(batch: Vec<Item>) -> (Vec<RecordRow>, HashMap<JobId, usize>, Vec<Waiter>) {
     let mut index: HashMap<JobId, usize> = HashMap::with_capacity(batch.len());
+    let mut kept: HashMap<JobId, usize> = HashMap::with_capacity(batch.len());
     let mut rows: Vec<RecordRow> = Vec::with_capacity(batch.len());
     let mut waiters = Vec::with_capacity(batch.len());
-    for item in batch {
-        waiters.extend(item.done);
-        match index.get(&item.row.id) {
+    for (origin, item) in batch.into_iter().enumerate() {
+        let job = item.row.id;
+        if let Some(done) = item.done {
+            waiters.push(Waiter { job, origin, done });
+        }
+        match index.get(&job) {
             Some(&i) => {
                 if item.row.supersedes(&rows[i]) {
                     rows[i] = item.row;
+                    kept.insert(job, origin);
                 }
             }
             None => {
-                index.insert(item.row.id, rows.len());
+                index.insert(job, rows.len());
+                kept.insert(job, origin);
                 rows.push(item.row);
             }
         }
@@ -222,14 +274,18 @@ fn coalesce(batch: Vec<Item>) -> (Vec<RecordRow>, Vec<oneshot::Sender<Result<(),
     // jobs (a running mark in one, the outcome in the other) can wait for each other but
     // never deadlock.
     rows.sort_unstable_by_key(|r| r.id);
-    (rows, waiters)
+    (rows, kept, waiters)
 }
 
 /// Writes the rows, retrying transient failures with backoff (the database restarting, a
 /// connection dropped). A data error that fails the whole statement (say a payload Postgres
 /// cannot store as jsonb) is isolated by writing row by row, storing an offending row's
 /// payload and result as raw bytes instead.
-async fn write_with_retry(store: &Store, rows: &[RecordRow]) -> Result<(), Error> {
+async fn write_with_retry(
+    store: &Store,
+    rows: &[RecordRow],
+    folded: &[JobId],
+) -> Result<HashSet<JobId>, Error> {
     let policy = backoff::ExponentialBackoff {
         initial_interval: Duration::from_millis(50),
         max_interval: Duration::from_secs(5),
@@ -238,33 +294,50 @@ async fn write_with_retry(store: &Store, rows: &[RecordRow]) -> Result<(), Error
         max_elapsed_time: None,
         ..backoff::ExponentialBackoff::default()
     };
-    let attempt = || async {
-        match write(store, rows).await {
-            Ok(()) => Ok(()),
-            Err(e) if is_transient(&e) => {
-                tracing::warn!(error = %e, rows = rows.len(), "recording outcomes failed; retrying");
-                Err(backoff::Error::transient(e))
+    // Entering and leaving the degraded state are logged once each, not every retry.
+    let degraded = std::sync::atomic::AtomicBool::new(false);
+    let attempt = || {
+        let degraded = &degraded;
+        async move {
+            match write(store, rows, folded).await {
+                Ok(fenced) => {
+                    if degraded.load(std::sync::atomic::Ordering::Relaxed) {
+                        tracing::info!(rows = rows.len(), "the database takes outcomes again");
+                    }
+                    Ok(fenced)
+                }
+                Err(e) if is_transient(&e) => {
+                    if !degraded.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::warn!(error = %warren_core::ErrorChain(&e), rows = rows.len(), "recording outcomes failed; holding their deliveries unacked and retrying until the database is back");
+                    }
+                    Err(backoff::Error::transient(e))
+                }
+                Err(e) => Err(backoff::Error::permanent(e)),
             }
-            Err(e) => Err(backoff::Error::permanent(e)),
         }
     };
     match backoff::future::retry(policy, attempt).await {
-        Ok(()) => Ok(()),
+        Ok(fenced) => Ok(fenced),
         Err(e) if rows.len() > 1 => {
-            tracing::warn!(error = %e, rows = rows.len(), "batch rejected by the database; writing row by row");
-            for row in rows {
-                Box::pin(write_with_retry(store, std::slice::from_ref(row))).await?;
+            tracing::warn!(error = %warren_core::ErrorChain(&e), rows = rows.len(), "batch rejected by the database; writing row by row");
+            let mut fenced = HashSet::new();
+            for (i, row) in rows.iter().enumerate() {
+                // Folded duplicates are counted once, with the first row.
+                let folded = if i == 0 { folded } else { &[] };
+                fenced.extend(
+                    Box::pin(write_with_retry(store, std::slice::from_ref(row), folded)).await?,
+                );
             }
-            Ok(())
+            Ok(fenced)
         }
         Err(e) => {
             let row = &rows[0];
             if row.payload.is_none() && row.result.is_none() && row.idempotency_key.is_none() {
                 return Err(Error::Record { jobs: 1, source: e });
             }
-            tracing::warn!(job = %row.id, error = %e, "row rejected; storing its payload as raw bytes");
+            tracing::warn!(job = %row.id, error = %warren_core::ErrorChain(&e), "row rejected; storing its payload as raw bytes");
             let mut raw = row.clone();
-            raw.raw_body = raw.payload.take().map(|p| p.get().as_bytes().to_vec());
+            raw.raw_body = raw.payload.take().map(|p| RawBody::of(p.get().as_bytes()));
             // A key another job holds (a race the claim did not see) must not block the
             // outcome: record it without the key.
             raw.idempotency_key = None;
@@ -272,7 +345,7 @@ async fn write_with_retry(store: &Store, rows: &[RecordRow]) -> Result<(), Error
                 let note = format!("result could not be stored as JSON: {e}");
                 raw.result = serde_json::value::to_raw_value(&note).ok();
             }
-            write(store, std::slice::from_ref(&raw))
+            write(store, std::slice::from_ref(&raw), folded)
                 .await
                 .map_err(|source| Error::Record { jobs: 1, source })
         }
@@ -294,18 +367,19 @@ const UPSERT: &str = r#"
 INSERT INTO warren_jobs AS j (
     id, queue, task, payload, raw_body, state, attempt, max_attempts, timeout_ms, run_at,
     enqueued_at, started_at, finished_at, result, errors, worker_id, idempotency_key,
-    traceparent, duplicate_of, updated_at)
+    traceparent, duplicate_of, body_size, body_sha256, updated_at)
 SELECT u.id, u.queue, u.task, u.payload::jsonb, u.raw_body, u.state, u.attempt, u.max_attempts,
        u.timeout_ms, u.run_at, u.enqueued_at, u.started_at, u.finished_at, u.result::jsonb,
        CASE WHEN u.error IS NULL THEN '[]'::jsonb ELSE jsonb_build_array(u.error::jsonb) END,
-       u.worker_id, u.idempotency_key, u.traceparent, u.duplicate_of, now()
+       u.worker_id, u.idempotency_key, u.traceparent, u.duplicate_of, u.body_size,
+       u.body_sha256, now()
 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[],
             $7::int4[], $8::int4[], $9::int8[], $10::timestamptz[], $11::timestamptz[],
             $12::timestamptz[], $13::timestamptz[], $14::text[], $15::text[], $16::text[],
-            $17::text[], $18::text[], $19::uuid[])
+            $17::text[], $18::text[], $19::uuid[], $20::int8[], $21::bytea[])
   AS u(id, queue, task, payload, raw_body, state, attempt, max_attempts, timeout_ms, run_at,
        enqueued_at, started_at, finished_at, result, error, worker_id, idempotency_key,
-       traceparent, duplicate_of)
+       traceparent, duplicate_of, body_size, body_sha256)
 ON CONFLICT (id) DO UPDATE SET
     state        = EXCLUDED.state,
     attempt      = EXCLUDED.attempt,
@@ -319,14 +393,28 @@ ON CONFLICT (id) DO UPDATE SET
     worker_id    = EXCLUDED.worker_id,
     payload      = COALESCE(j.payload, EXCLUDED.payload),
     raw_body     = COALESCE(j.raw_body, EXCLUDED.raw_body),
+    body_size    = COALESCE(j.body_size, EXCLUDED.body_size),
+    body_sha256  = COALESCE(j.body_sha256, EXCLUDED.body_sha256),
     traceparent  = COALESCE(j.traceparent, EXCLUDED.traceparent),
     duplicate_of = COALESCE(EXCLUDED.duplicate_of, j.duplicate_of),
     updated_at   = now()
 WHERE j.state NOT IN ('succeeded', 'dead', 'cancelled')
   AND (EXCLUDED.attempt > j.attempt OR (EXCLUDED.attempt = j.attempt AND j.state = 'running'))
+RETURNING j.id
 "#;
 
-async fn write(store: &Store, rows: &[RecordRow]) -> Result<(), sqlx::Error> {
+/// Counts discarded runs: outcomes the fence turned away, and outcomes folded away in the
+/// batch by another outcome of the same job.
+const COUNT_DUPLICATES: &str = "
+UPDATE warren_jobs SET duplicate_runs = duplicate_runs + 1, updated_at = now()
+WHERE id = ANY($1)";
+
+/// Writes the rows in one transaction; returns the jobs whose outcome the fence discarded.
+async fn write(
+    store: &Store,
+    rows: &[RecordRow],
+    folded: &[JobId],
+) -> Result<HashSet<JobId>, sqlx::Error> {
     let n = rows.len();
     let mut ids = Vec::with_capacity(n);
     let mut queues = Vec::with_capacity(n);
@@ -347,12 +435,20 @@ async fn write(store: &Store, rows: &[RecordRow]) -> Result<(), sqlx::Error> {
     let mut keys = Vec::with_capacity(n);
     let mut traces = Vec::with_capacity(n);
     let mut duplicates = Vec::with_capacity(n);
+    let mut body_sizes = Vec::with_capacity(n);
+    let mut body_digests = Vec::with_capacity(n);
     for r in rows {
         ids.push(r.id.as_uuid());
         queues.push(storable(&r.queue));
         tasks.push(storable(&r.task));
         payloads.push(r.payload.as_deref().map(RawValue::get));
-        raw_bodies.push(r.raw_body.as_deref());
+        raw_bodies.push(r.raw_body.as_ref().map(|b| b.prefix.as_slice()));
+        body_sizes.push(
+            r.raw_body
+                .as_ref()
+                .map(|b| b.size.min(i64::MAX as u64) as i64),
+        );
+        body_digests.push(r.raw_body.as_ref().map(|b| b.sha256.as_slice()));
         states.push(r.state.as_str());
         attempts.push(r.attempt as i32);
         max_attempts.push(r.max_attempts.max(1) as i32);
@@ -373,7 +469,7 @@ async fn write(store: &Store, rows: &[RecordRow]) -> Result<(), sqlx::Error> {
         duplicates.push(r.duplicate_of.map(|d| d.as_uuid()));
     }
     let mut tx = store.pool.begin().await?;
-    sqlx::query(UPSERT)
+    let written: Vec<uuid::Uuid> = sqlx::query_scalar(UPSERT)
         .bind(ids)
         .bind(queues)
         .bind(tasks)
@@ -393,9 +489,28 @@ async fn write(store: &Store, rows: &[RecordRow]) -> Result<(), sqlx::Error> {
         .bind(keys)
         .bind(traces)
         .bind(duplicates)
-        .execute(&mut *tx)
+        .bind(body_sizes)
+        .bind(body_digests)
+        .fetch_all(&mut *tx)
         .await?;
-    tx.commit().await
+    let fenced: HashSet<JobId> = if written.len() == rows.len() {
+        HashSet::new()
+    } else {
+        let written: HashSet<uuid::Uuid> = written.into_iter().collect();
+        rows.iter()
+            .filter(|r| r.state != JobState::Running && !written.contains(&r.id.as_uuid()))
+            .map(|r| r.id)
+            .collect()
+    };
+    if !fenced.is_empty() || !folded.is_empty() {
+        let ids: Vec<uuid::Uuid> = fenced.iter().chain(folded).map(JobId::as_uuid).collect();
+        sqlx::query(COUNT_DUPLICATES)
+            .bind(ids)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(fenced)
 }
 
 #[cfg(test)]
@@ -445,7 +560,7 @@ mod tests {
             });
             receivers.push(rx);
         }
-        let (rows, waiters) = coalesce(items);
+        let (rows, _kept, waiters) = coalesce(items);
         assert_eq!(rows.len(), 2);
         assert_eq!(waiters.len(), 4);
         let a_row = rows.iter().find(|r| r.id == a).unwrap();

@@ -43,6 +43,23 @@ pub(super) async fn run(args: ShowArgs, connection: &ConnectionArgs) -> anyhow::
     }
 }
 
+/// Most characters of a raw body printed for people; the row keeps up to 64 KiB and `--json`
+/// shows all of that.
+const RAW_SHOWN: usize = 2_000;
+
+fn raw_body_line(job: &JobRecord, raw: &str) -> String {
+    let shown: String = raw.chars().take(RAW_SHOWN).collect();
+    let cut = shown.len() < raw.len();
+    let mut text = format!("(not readable as JSON, shown as text) {shown}");
+    if cut {
+        text.push_str(" …");
+    }
+    if let (Some(size), Some(digest)) = (job.body_size, &job.body_sha256) {
+        let _ = write!(text, " [whole body: {size} bytes, sha256 {digest}]");
+    }
+    text
+}
+
 /// The human form: one `label  value` line per field, then the error history. Everything
 /// from job data is escaped for the terminal (see `output::printable_line`).
 fn render(job: &JobRecord) -> String {
@@ -94,15 +111,24 @@ fn render(job: &JobRecord) -> String {
             &format!("{original} (it held the same idempotency key, so this job was not run)"),
         );
     }
+    if job.duplicate_runs > 0 {
+        line(
+            "duplicates",
+            &format!(
+                "{} run(s) of an attempt the job had already moved past; their outcomes were discarded",
+                job.duplicate_runs
+            ),
+        );
+    }
+    if let Some(at) = job.cancel_requested_at {
+        line("cancel asked", &timestamp(at));
+    }
     if let Some(trace) = &job.traceparent {
         line("traceparent", trace);
     }
     match (&job.payload, &job.raw_body) {
         (Some(payload), _) => line("payload", &json_value(payload)),
-        (None, Some(raw)) => line(
-            "payload",
-            &format!("(not readable as JSON, shown as text) {raw}"),
-        ),
+        (None, Some(raw)) => line("payload", &raw_body_line(job, raw)),
         (None, None) => line("payload", "-"),
     }
     line(
@@ -206,6 +232,10 @@ mod tests {
             idempotency_key: None,
             traceparent: None,
             duplicate_of: None,
+            duplicate_runs: 0,
+            cancel_requested_at: None,
+            body_size: None,
+            body_sha256: None,
         }
     }
 
