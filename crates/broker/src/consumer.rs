@@ -99,7 +99,10 @@ impl Consumer {
                 {
                     tracing::warn!(queue = %self.queue, error = %error, "consumer interrupted; waiting for the connection to recover");
                     match self.channel.wait_for_recovery(error).await {
-                        Ok(()) => continue,
+                        Ok(()) => {
+                            tracing::info!(queue = %self.queue, "consumer connection recovered");
+                            continue;
+                        }
                         Err(e) => {
                             tracing::warn!(queue = %self.queue, error = %e, "connection recovery failed")
                         }
