@@ -51,6 +51,25 @@ pub struct ConnectionArgs {
         global = true
     )]
     pub delivery_limit: u32,
+
+    /// How long to wait for RabbitMQ to confirm a published job (and for a lost connection
+    /// to come back) before reporting it not enqueued, e.g. `30s`, `500ms`.
+    #[arg(
+        long,
+        env = "WARREN_CONFIRM_TIMEOUT",
+        default_value = "30s",
+        value_parser = parse_timeout,
+        global = true
+    )]
+    pub confirm_timeout: std::time::Duration,
+}
+
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let d = warren_core::duration::parse_duration(s)?;
+    if d.is_zero() {
+        return Err("must be more than zero".to_owned());
+    }
+    Ok(d)
 }
 
 /// Derived `Debug` would print the URLs with their passwords.
@@ -73,6 +92,7 @@ impl fmt::Debug for ConnectionArgs {
             )
             .field("namespace", &self.namespace)
             .field("delivery_limit", &self.delivery_limit)
+            .field("confirm_timeout", &self.confirm_timeout)
             .finish()
     }
 }
@@ -98,6 +118,7 @@ impl ConnectionArgs {
         }
         let mut config = BrokerConfig::new(url);
         config.connection_name = CONNECTION_NAME.to_owned();
+        config.confirm_timeout = self.confirm_timeout;
         config.topology = Topology {
             namespace: self.namespace.clone(),
             delivery_limit: self.delivery_limit,
@@ -167,6 +188,7 @@ mod tests {
             database_url: db.map(str::to_owned),
             namespace: "warren".to_owned(),
             delivery_limit: 5,
+            confirm_timeout: std::time::Duration::from_secs(30),
         }
     }
 

@@ -896,3 +896,47 @@ async fn a_worker_refuses_an_unmigrated_database_and_says_what_to_run() -> anyho
     })
     .await
 }
+
+/// The broker dies (its connection is cut) while `warren enqueue --count 100000` has
+/// thousands of confirms pending: the command returns promptly, prints how many jobs were
+/// enqueued and how many failed, and exits 1. Before the fix it waited, silent, for good.
+#[tokio::test]
+async fn enqueue_reports_counts_and_exits_1_when_the_broker_dies_mid_publish() -> anyhow::Result<()>
+{
+    let env = TestEnv::new(&["default"]).await?;
+    let proxy = warren_testkit::Proxy::start("127.0.0.1:5672").await?;
+    let url = proxy.url_through(&env.amqp_url, "127.0.0.1:5672");
+    let vars = [
+        ("WARREN_AMQP_URL", url.as_str()),
+        ("WARREN_NAMESPACE", env.namespace()),
+        ("WARREN_CONFIRM_TIMEOUT", "3s"),
+    ];
+    let run = async {
+        let enqueue = warren_with(
+            &vars,
+            &[
+                "enqueue",
+                "warren.noop",
+                "--payload",
+                "{}",
+                "--count",
+                "100000",
+            ],
+        );
+        let cut = async {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            proxy.cut();
+        };
+        let (run, ()) = tokio::join!(enqueue, cut);
+        let run = run?;
+        ensure!(run.code == Some(1), "exit 1 expected: {run:?}");
+        ensure!(
+            run.stdout.contains("enqueued") && run.stdout.contains("failed"),
+            "the counts are printed: {run:?}"
+        );
+        Ok(())
+    }
+    .await;
+    env.cleanup().await?;
+    run
+}
