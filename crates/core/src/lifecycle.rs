@@ -98,10 +98,12 @@ pub enum Event {
     CancelObserved,
     /// An admin asked to run the job again now.
     Retry,
+    /// Another job holds this job's idempotency key, so this one is not run.
+    Duplicate,
 }
 
 impl Event {
-    pub const ALL: [Event; 11] = [
+    pub const ALL: [Event; 12] = [
         Event::Enqueue,
         Event::Schedule,
         Event::Promote,
@@ -113,6 +115,7 @@ impl Event {
         Event::Cancel,
         Event::CancelObserved,
         Event::Retry,
+        Event::Duplicate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -128,6 +131,7 @@ impl Event {
             Event::Cancel => "cancel",
             Event::CancelObserved => "cancel_observed",
             Event::Retry => "retry",
+            Event::Duplicate => "duplicate",
         }
     }
 }
@@ -158,6 +162,7 @@ pub fn transition(from: Option<JobState>, event: Event) -> Result<JobState, Ille
         (Some(S::Running), E::Cancel) => S::Running,
         (Some(S::Running), E::CancelObserved) => S::Cancelled,
         (Some(S::Scheduled | S::Dead | S::Cancelled), E::Retry) => S::Scheduled,
+        (None | Some(S::Queued), E::Duplicate) => S::Cancelled,
         _ => return Err(IllegalTransition { from, event }),
     };
     Ok(to)

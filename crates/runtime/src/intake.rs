@@ -8,7 +8,7 @@ use warren_broker::Consumer;
 use warren_core::{DecodeError, DecodeReason, ErrorChain, IntakeMessage, QueueName, RetryPolicy};
 use warren_store::{ScheduledJob, Store};
 
-use crate::execute::Executor;
+use crate::executor::Executor;
 
 pub(crate) async fn intake_loop(
     consumer: Arc<tokio::sync::Mutex<Consumer>>,
@@ -37,7 +37,7 @@ pub(crate) async fn intake_loop(
         let message = match IntakeMessage::decode(&delivery.raw, executor.max_body) {
             Ok(m) => m,
             Err(e) => {
-                executor.reject(&intake, delivery, e).await;
+                executor.reject(&intake, &delivery, e).await;
                 continue;
             }
         };
@@ -80,7 +80,7 @@ pub(crate) async fn intake_loop(
                     attempt: Some(1),
                     reason: DecodeReason::Unstorable(ErrorChain(&e).to_string()),
                 };
-                executor.reject(&intake, delivery, err).await;
+                executor.reject(&intake, &delivery, err).await;
             }
         }
     }

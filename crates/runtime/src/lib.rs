@@ -13,7 +13,7 @@
 
 mod context;
 mod error;
-mod execute;
+mod executor;
 mod intake;
 mod promoter;
 mod registry;

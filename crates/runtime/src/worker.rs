@@ -14,7 +14,7 @@ use warren_broker::{Broker, Consumer};
 use warren_core::{ErrorChain, JobError, QueueName, TaskName};
 use warren_store::{Recorder, RecorderConfig, Store, WorkerInfo};
 
-use crate::execute::{Cancels, Counters, Executor};
+use crate::executor::{Cancels, Counters, Executor};
 use crate::registry::{Registry, TaskOptions};
 use crate::{Error, JobContext, Promoter, PromoterConfig};
 

@@ -23,7 +23,9 @@ pub use error::Error;
 pub use jobs::{Claim, JobProgress, JobRecord, LatencySummary, StateCount};
 pub use migrate::SCHEMA_VERSION;
 pub use promotion::{CANCEL_CHANNEL, DUE_CHANNEL, DueJob, Listener, Notification, Promotion};
-pub use recorder::{RAW_BODY_KEPT, RawBody, RecordRow, Recorded, Recorder, RecorderConfig};
+pub use recorder::{
+    BadInput, RAW_BODY_KEPT, RawBody, RecordRow, Recorded, Recorder, RecorderConfig,
+};
 pub use schedule::{PgTransaction, ScheduledJob, schedule_in};
 pub use store::{Store, StoreConfig};
 pub use workers::{WorkerInfo, WorkerRecord};

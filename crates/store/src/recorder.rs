@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
-use warren_core::{FailureRecord, JobId, JobState};
+use warren_core::{FailureRecord, JobId, JobMessage, JobState};
 
 use crate::error::is_transient;
 use crate::{Error, Store};
@@ -79,6 +79,21 @@ impl RawBody {
     }
 }
 
+/// What [`RecordRow::bad_input`] needs to know about a message that will never run.
+#[derive(Clone, Debug)]
+pub struct BadInput<'a> {
+    pub id: JobId,
+    pub queue: &'a str,
+    /// The task it named, if one could be read.
+    pub task: Option<&'a str>,
+    pub attempt: u32,
+    pub body: &'a [u8],
+    /// Bodies larger than this are never kept as the payload.
+    pub max_body: usize,
+    pub reason: String,
+    pub worker: &'a str,
+}
+
 /// What became of a recorded row once its batch committed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Recorded {
@@ -91,6 +106,116 @@ pub enum Recorded {
 }
 
 impl RecordRow {
+    /// The row of an attempt about to run: `running` since now, on `worker`. The outcome is
+    /// the same row moved on with [`RecordRow::end`], [`RecordRow::succeed`] or
+    /// [`RecordRow::retry_at`].
+    pub fn attempt(
+        message: &JobMessage,
+        queue: &str,
+        worker: &str,
+        max_attempts: u32,
+        timeout: Duration,
+    ) -> Self {
+        RecordRow {
+            id: message.id,
+            queue: queue.to_owned(),
+            task: message.task.to_string(),
+            payload: Some(message.payload.clone()),
+            raw_body: None,
+            state: JobState::Running,
+            attempt: message.attempt,
+            max_attempts,
+            timeout_ms: Some(timeout.as_millis().min(u128::from(u64::MAX)) as u64),
+            run_at: None,
+            enqueued_at: message.enqueued_at,
+            started_at: Some(Utc::now()),
+            finished_at: None,
+            result: None,
+            error: None,
+            worker_id: worker.to_owned(),
+            idempotency_key: message.idempotency_key.clone(),
+            traceparent: message.traceparent.clone(),
+            duplicate_of: None,
+        }
+    }
+
+    /// A message that will never run (bad input): `dead` now, with `reason`. A body that is
+    /// JSON within `max_body` stays the payload, so that `warren jobs retry` can run the job
+    /// once the cause is fixed (a task deployed after its producer, say); any other body is
+    /// kept as a bounded [`RawBody`].
+    pub fn bad_input(failure: BadInput<'_>) -> Self {
+        let now = Utc::now();
+        let body = failure.body;
+        let payload = std::str::from_utf8(body)
+            .ok()
+            .filter(|_| body.len() <= failure.max_body)
+            .and_then(|text| serde_json::from_str::<Box<RawValue>>(text).ok());
+        let raw_body = payload.is_none().then(|| RawBody::of(body));
+        RecordRow {
+            id: failure.id,
+            queue: failure.queue.to_owned(),
+            task: failure.task.unwrap_or("(unknown)").to_owned(),
+            payload,
+            raw_body,
+            state: JobState::Dead,
+            attempt: failure.attempt,
+            max_attempts: failure.attempt,
+            timeout_ms: None,
+            run_at: None,
+            enqueued_at: now,
+            started_at: None,
+            finished_at: Some(now),
+            result: None,
+            error: Some(FailureRecord {
+                attempt: failure.attempt,
+                kind: warren_core::FailureKind::BadInput,
+                message: failure.reason,
+                worker: failure.worker.to_owned(),
+                at: now,
+            }),
+            worker_id: failure.worker.to_owned(),
+            idempotency_key: None,
+            traceparent: None,
+            duplicate_of: None,
+        }
+    }
+
+    /// This attempt ended in `state` (dead, cancelled) with a failure of `kind` saying `text`.
+    pub fn end(mut self, state: JobState, kind: warren_core::FailureKind, text: String) -> Self {
+        let now = Utc::now();
+        self.state = state;
+        self.finished_at = Some(now);
+        self.error = Some(FailureRecord {
+            attempt: self.attempt,
+            kind,
+            message: text,
+            worker: self.worker_id.clone(),
+            at: now,
+        });
+        self
+    }
+
+    /// This attempt succeeded with `result`.
+    pub fn succeed(mut self, result: Box<RawValue>) -> Self {
+        self.state = JobState::Succeeded;
+        self.finished_at = Some(Utc::now());
+        self.result = Some(result);
+        self
+    }
+
+    /// This attempt failed with `kind` saying `text`, and the job runs again at `run_at`.
+    pub fn retry_at(
+        self,
+        run_at: DateTime<Utc>,
+        kind: warren_core::FailureKind,
+        text: String,
+    ) -> Self {
+        let mut row = self.end(JobState::Scheduled, kind, text);
+        row.finished_at = None;
+        row.run_at = Some(run_at);
+        row
+    }
+
     /// Which of two writes for the same job in one batch wins: the later attempt, and within an
     /// attempt an outcome over a `running` mark. The loser would be fenced off anyway.
     fn supersedes(&self, other: &RecordRow) -> bool {

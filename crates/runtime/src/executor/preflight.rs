@@ -1,0 +1,184 @@
+//! Step 1: whether a delivery runs at all, and what its attempt's row starts as.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use warren_broker::Delivery;
+use warren_core::message::HEADER_ATTEMPT;
+use warren_core::{DecodeError, DecodeReason, ErrorChain, JobMessage, QueueName};
+use warren_store::{Claim, JobProgress, RecordRow};
+
+use super::Executor;
+use crate::registry::Registered;
+
+/// What pre-flight decided.
+pub(super) enum Preflight {
+    /// Run the attempt.
+    Run(Ready),
+    /// The delivery is settled (acked, recorded or rejected), or deliberately left unsettled
+    /// for the broker to redeliver (the hard stop came first).
+    Settled,
+}
+
+/// An attempt cleared to run: its handler and the row it starts as.
+pub(super) struct Ready {
+    pub(super) registered: Registered,
+    pub(super) row: RecordRow,
+    pub(super) timeout: Duration,
+}
+
+/// A message that names a job but can never run.
+fn unrunnable(message: &JobMessage, reason: DecodeReason) -> DecodeError {
+    DecodeError {
+        job_id: Some(message.id),
+        task: Some(message.task.to_string()),
+        attempt: Some(message.attempt),
+        reason,
+    }
+}
+
+impl Executor {
+    pub(super) async fn preflight(
+        &self,
+        queue: &QueueName,
+        delivery: &Delivery,
+        message: &JobMessage,
+    ) -> Preflight {
+        let Some(registered) = self.registry.get(&message.task).cloned() else {
+            let reason = format!(
+                "no handler for task `{}` on this worker (it handles: {})",
+                message.task,
+                self.registry.names().join(", ")
+            );
+            let err = unrunnable(message, DecodeReason::BadTask(reason));
+            self.reject(queue, delivery, err).await;
+            return Preflight::Settled;
+        };
+        let max_attempts = message
+            .max_attempts
+            .unwrap_or(registered.options.retry.max_attempts);
+        if message.attempt > max_attempts {
+            let reason = DecodeReason::OutOfRange {
+                header: HEADER_ATTEMPT,
+                value: i64::from(message.attempt),
+                min: 1,
+                max: i64::from(max_attempts),
+            };
+            self.reject(queue, delivery, unrunnable(message, reason))
+                .await;
+            return Preflight::Settled;
+        }
+        if !self.check_row(queue, delivery, message).await {
+            return Preflight::Settled;
+        }
+        if self.cancels.was_cancelled(message.id) {
+            tracing::info!("job was cancelled before it ran; not running it");
+            self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+            self.ack(delivery).await;
+            return Preflight::Settled;
+        }
+
+        let timeout = message
+            .timeout_ms
+            .map(Duration::from_millis)
+            .or(registered.options.timeout)
+            .unwrap_or(self.default_timeout);
+        let row = RecordRow::attempt(
+            message,
+            queue.as_str(),
+            &self.worker_id,
+            max_attempts,
+            timeout,
+        );
+        if !self.claim_key(queue, delivery, message, &row).await {
+            return Preflight::Settled;
+        }
+        Preflight::Run(Ready {
+            registered,
+            row,
+            timeout,
+        })
+    }
+
+    /// A redelivered message may belong to an attempt that already ended (its worker died
+    /// between commit and ack), and a message published from a row may belong to a job
+    /// cancelled while queued, or be the second copy from a promoter that died between
+    /// publishing and committing. Look before running; fresh hot-path messages have no row
+    /// yet, skip this round trip, and are covered by the recorder's fence anyway. Returns
+    /// whether the attempt may go on.
+    async fn check_row(
+        &self,
+        queue: &QueueName,
+        delivery: &Delivery,
+        message: &JobMessage,
+    ) -> bool {
+        if !delivery.redelivered && !message.has_row {
+            return true;
+        }
+        let progress = self
+            .through_outage("checking the job's row", &self.hard_stop, || {
+                self.store.progress(message.id)
+            })
+            .await;
+        match progress {
+            Ok(Some(Some(p))) if p.supersedes(message.attempt) => {
+                tracing::info!(state = %p.state, recorded_attempt = p.attempt, "job already past this attempt; not running it again");
+                self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+                self.ack(delivery).await;
+                false
+            }
+            Ok(Some(Some(
+                p @ JobProgress {
+                    cancel_requested: true,
+                    ..
+                },
+            ))) => {
+                tracing::info!("an admin cancelled this job; not running it");
+                self.record_unrun_cancel(queue, message, p, delivery).await;
+                false
+            }
+            Ok(Some(_)) => true,
+            // The hard stop ended the wait: the delivery returns to the broker unsettled.
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(error = %ErrorChain(&e), "cannot check the job's row; running it (the recorder's fence still applies)");
+                true
+            }
+        }
+    }
+
+    /// A job with an idempotency key claims it before running: one synchronous insert, paid
+    /// only by keyed jobs; the unique index makes the claim atomic across workers. Returns
+    /// whether the attempt may go on.
+    async fn claim_key(
+        &self,
+        queue: &QueueName,
+        delivery: &Delivery,
+        message: &JobMessage,
+        row: &RecordRow,
+    ) -> bool {
+        if row.idempotency_key.is_none() {
+            return true;
+        }
+        let claim = self
+            .through_outage("claiming the idempotency key", &self.hard_stop, || {
+                self.store.claim_key(row)
+            })
+            .await;
+        match claim {
+            Ok(Some(Claim::Claimed | Claim::Ours)) => true,
+            Ok(Some(Claim::HeldBy(original))) => {
+                self.record_duplicate(row.clone(), original, delivery).await;
+                false
+            }
+            // The hard stop ended the wait: the delivery returns to the broker unsettled.
+            Ok(None) => false,
+            Err(e) => {
+                let reason = DecodeReason::Unstorable(ErrorChain(&e).to_string());
+                self.reject(queue, delivery, unrunnable(message, reason))
+                    .await;
+                false
+            }
+        }
+    }
+}
