@@ -92,6 +92,8 @@ pub(crate) struct Executor {
     pub(crate) worker_id: Arc<str>,
     pub(crate) default_timeout: Duration,
     pub(crate) max_body: usize,
+    /// The longest attempt the broker's consumer timeout leaves room for (`None`: no limit).
+    pub(crate) max_timeout: Option<Duration>,
     /// Cancelled when the shutdown grace period runs out: handlers are told to stop.
     pub(crate) hard_stop: CancellationToken,
     pub(crate) counters: Counters,
@@ -188,6 +190,23 @@ impl Executor {
             .map(Duration::from_millis)
             .or(registered.options.timeout)
             .unwrap_or(self.default_timeout);
+        // Run past RabbitMQ's consumer timeout, the job would be taken back and redelivered
+        // while still running: refuse it as bad input instead (task and default timeouts were
+        // checked against the same limit when the worker was built).
+        if let Some(limit) = self.max_timeout
+            && timeout > limit
+        {
+            let err = DecodeError {
+                job_id: Some(message.id),
+                task: Some(message.task.to_string()),
+                attempt: Some(message.attempt),
+                reason: warren_core::DecodeReason::TimeoutTooLong {
+                    timeout_ms: timeout.as_millis().min(u128::from(u64::MAX)) as u64,
+                    limit_ms: limit.as_millis().min(u128::from(u64::MAX)) as u64,
+                },
+            };
+            return self.reject(&queue, delivery, err).await;
+        }
         let started_at = Utc::now();
         let mut row = RecordRow {
             id: message.id,
