@@ -29,7 +29,15 @@ pub struct Args {
     #[arg(long, env = "WARREN_AMQP_URL", hide_env_values = true)]
     pub amqp_url: String,
 
-    /// PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/warren
+    /// PEM file of the CA certificates that sign RabbitMQ's certificate, for an amqps:// URL
+    /// and a private CA (the system's roots are trusted too). The certificate must name the
+    /// URL's host either way.
+    #[arg(long, env = "WARREN_AMQP_CA_FILE")]
+    pub amqp_ca_file: Option<std::path::PathBuf>,
+
+    /// PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/warren. TLS: none for a
+    /// loopback host, verify-full for any other, unless the URL sets sslmode=; a private CA
+    /// goes in sslrootcert=/path/to/ca.pem.
     #[arg(long, env = "WARREN_DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 
@@ -187,6 +195,7 @@ impl Args {
 
         let mut broker = BrokerConfig::new(self.amqp_url);
         broker.connection_name = format!("warren-worker {worker_id}");
+        broker.ca_file = self.amqp_ca_file;
         broker.topology = Topology {
             namespace: self.namespace,
             delivery_limit: self.delivery_limit,
@@ -277,6 +286,12 @@ mod tests {
         assert!(!s.migrate, "migrating is an explicit step");
         assert!(parse(&["--migrate"]).unwrap().migrate);
         assert!(!parse(&["--no-migrate"]).unwrap().migrate, "still accepted");
+        assert_eq!(s.broker.ca_file, None);
+        let with_ca = parse(&["--amqp-ca-file", "/etc/warren/ca.pem"]).unwrap();
+        assert_eq!(
+            with_ca.broker.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/warren/ca.pem"))
+        );
         assert!(
             !format!("{s:?}").contains("secret"),
             "the password never reaches logs"
