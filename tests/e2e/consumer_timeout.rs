@@ -20,6 +20,7 @@ async fn short_timeout_node() -> anyhow::Result<DisposableRabbit> {
     DisposableRabbit::start_with(RabbitOptions {
         conf: vec![format!("consumer_timeout = {}", BROKER_TIMEOUT.as_millis())],
         rabbit_env: vec!["{channel_tick_interval, 1000}".to_owned()],
+        ..RabbitOptions::default()
     })
     .await
 }

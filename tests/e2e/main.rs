@@ -18,3 +18,4 @@ mod retries;
 mod scheduling;
 mod shutdown;
 mod support;
+mod tls;

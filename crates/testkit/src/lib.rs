@@ -22,6 +22,6 @@ mod wait;
 
 pub use env::{RunningWorker, TestEnv};
 pub use process::{WorkerProcess, bin_path};
-pub use proxy::Proxy;
+pub use proxy::{Proxy, non_loopback_address};
 pub use rabbit_node::{DisposableRabbit, RabbitOptions};
 pub use wait::wait_until;

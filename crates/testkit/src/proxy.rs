@@ -6,11 +6,27 @@
 //! [`Proxy::blackhole`] keeps connections open but forwards nothing (a network partition), and
 //! [`Proxy::restore`] lets traffic through again.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+
+/// An address of this machine that is not loopback: the one its default route leaves from.
+/// Fails, saying so, on a machine without a network interface besides loopback.
+pub fn non_loopback_address() -> anyhow::Result<IpAddr> {
+    // Connecting a UDP socket sends nothing; it only picks the route and so the source address.
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    socket
+        .connect("192.0.2.1:9")
+        .or_else(|_| socket.connect("8.8.8.8:53"))?;
+    let ip = socket.local_addr()?.ip();
+    anyhow::ensure!(
+        !ip.is_loopback() && !ip.is_unspecified(),
+        "this machine has no network address besides loopback ({ip}); the test needs one"
+    );
+    Ok(ip)
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -26,7 +42,8 @@ struct State {
     generation: CancellationToken,
 }
 
-/// A proxy on a free loopback port in front of `upstream`.
+/// A proxy on a free port (of loopback, unless started with [`Proxy::start_on`]) in front of
+/// `upstream`.
 #[derive(Debug)]
 pub struct Proxy {
     addr: SocketAddr,
@@ -37,7 +54,13 @@ pub struct Proxy {
 impl Proxy {
     /// Starts forwarding from a new loopback port to `upstream` (`host:port`).
     pub async fn start(upstream: &str) -> anyhow::Result<Proxy> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(IpAddr::from([127, 0, 0, 1]), upstream).await
+    }
+
+    /// Starts forwarding from a new port on `ip` (say, [`non_loopback_address`], for a client
+    /// that must see a remote host) to `upstream` (`host:port`).
+    pub async fn start_on(ip: IpAddr, upstream: &str) -> anyhow::Result<Proxy> {
+        let listener = TcpListener::bind(SocketAddr::new(ip, 0)).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State {
             mode: Mode::Forward,
@@ -51,6 +74,11 @@ impl Proxy {
             stop.clone(),
         ));
         Ok(Proxy { addr, state, stop })
+    }
+
+    /// The address clients should connect to instead of the upstream's.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// The port clients should connect to instead of the upstream's.

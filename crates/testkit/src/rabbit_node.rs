@@ -33,6 +33,9 @@ pub struct RabbitOptions {
     /// Extra settings of the `rabbit` application for `advanced.config`, as Erlang terms,
     /// e.g. `{channel_tick_interval, 1000}` (settings `rabbitmq.conf` has no key for).
     pub rabbit_env: Vec<String>,
+    /// Also listen for AMQP over TLS (`amqps://`) on a port of its own, with this PEM
+    /// certificate (chain) and PEM private key.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// A RabbitMQ node started by a test. See the module documentation.
@@ -40,6 +43,7 @@ pub struct RabbitOptions {
 pub struct DisposableRabbit {
     node: String,
     port: u16,
+    tls_port: Option<u16>,
     dist_port: u16,
     dir: PathBuf,
     child: Option<Child>,
@@ -59,9 +63,11 @@ impl DisposableRabbit {
         let dir = std::env::temp_dir().join(format!("warren-rabbit-{short}"));
         let port = free_port()?;
         let dist_port = free_port()?;
+        let tls_port = options.tls.as_ref().map(|_| free_port()).transpose()?;
         let mut node = DisposableRabbit {
             node: format!("warren-test-{short}@localhost"),
             port,
+            tls_port,
             dist_port,
             dir,
             child: None,
@@ -75,6 +81,13 @@ impl DisposableRabbit {
     /// `amqp://guest:guest@127.0.0.1:<port>/%2f`.
     pub fn amqp_url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// `amqps://guest:guest@<host>:<tls port>/%2f`, if the node was started with TLS. `host`
+    /// is what the client checks the certificate against (the node listens on 127.0.0.1).
+    pub fn amqps_url(&self, host: &str) -> Option<String> {
+        self.tls_port
+            .map(|port| format!("amqps://guest:guest@{host}:{port}/%2f"))
     }
 
     /// The AMQP port on 127.0.0.1.
@@ -229,6 +242,13 @@ impl DisposableRabbit {
         std::fs::write(d.join("rabbitmq-env.conf"), "")?;
         std::fs::write(d.join("enabled_plugins"), "[].\n")?;
         let mut conf = format!("listeners.tcp.default = 127.0.0.1:{}\n", self.port);
+        if let (Some((cert, key)), Some(port)) = (&options.tls, self.tls_port) {
+            writeln!(conf, "listeners.ssl.default = 127.0.0.1:{port}")?;
+            writeln!(conf, "ssl_options.certfile = {}", cert.display())?;
+            writeln!(conf, "ssl_options.keyfile = {}", key.display())?;
+            writeln!(conf, "ssl_options.verify = verify_none")?;
+            writeln!(conf, "ssl_options.fail_if_no_peer_cert = false")?;
+        }
         for line in &options.conf {
             writeln!(conf, "{line}")?;
         }
