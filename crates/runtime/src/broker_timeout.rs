@@ -73,7 +73,7 @@ pub(crate) fn check<'a>(
 /// A duration the way the flags take it: `29m30s`, `2500ms`.
 fn human(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let s = ms / 1000;
