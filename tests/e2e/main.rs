@@ -3,6 +3,7 @@
 
 mod admin;
 mod bad_input;
+mod consumer_timeout;
 mod crash_loop;
 mod faults;
 mod fencing;
@@ -18,3 +19,4 @@ mod retries;
 mod scheduling;
 mod shutdown;
 mod support;
+mod tls;

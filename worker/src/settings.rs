@@ -29,7 +29,15 @@ pub struct Args {
     #[arg(long, env = "WARREN_AMQP_URL", hide_env_values = true)]
     pub amqp_url: String,
 
-    /// PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/warren
+    /// PEM file of the CA certificates that sign RabbitMQ's certificate, for an amqps:// URL
+    /// and a private CA (the system's roots are trusted too). The certificate must name the
+    /// URL's host either way.
+    #[arg(long, env = "WARREN_AMQP_CA_FILE")]
+    pub amqp_ca_file: Option<std::path::PathBuf>,
+
+    /// PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/warren. TLS: none for a
+    /// loopback host, verify-full for any other, unless the URL sets sslmode=; a private CA
+    /// goes in sslrootcert=/path/to/ca.pem.
     #[arg(long, env = "WARREN_DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 
@@ -57,6 +65,19 @@ pub struct Args {
     /// Per-attempt timeout of tasks that set none, e.g. 5m.
     #[arg(long, env = "WARREN_DEFAULT_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     pub default_timeout: Duration,
+
+    /// RabbitMQ's consumer_timeout (30m unless rabbitmq.conf sets another), or `0`/`off` if the
+    /// broker has none. The broker takes back a delivery unacked for longer and redelivers it
+    /// while its job still runs, so job timeouts must stay below it minus a margin (a minute
+    /// or 5%, whichever is larger): a longer --default-timeout is refused at start, and a job
+    /// asking for more is recorded dead as bad input.
+    #[arg(
+        long,
+        env = "WARREN_BROKER_CONSUMER_TIMEOUT",
+        default_value = "30m",
+        value_parser = parse_broker_timeout
+    )]
+    pub broker_consumer_timeout: BrokerTimeout,
 
     /// Largest accepted message body in bytes; larger ones are recorded dead as bad input.
     #[arg(long, env = "WARREN_MAX_BODY_BYTES", default_value_t = 1 << 20)]
@@ -174,6 +195,7 @@ impl Args {
 
         let mut broker = BrokerConfig::new(self.amqp_url);
         broker.connection_name = format!("warren-worker {worker_id}");
+        broker.ca_file = self.amqp_ca_file;
         broker.topology = Topology {
             namespace: self.namespace,
             delivery_limit: self.delivery_limit,
@@ -187,6 +209,22 @@ impl Args {
         worker.shutdown_grace = self.shutdown_grace;
         worker.default_timeout = self.default_timeout;
         worker.max_body_bytes = self.max_body_bytes;
+        worker.broker_consumer_timeout = self.broker_consumer_timeout.0;
+        // Checked here as well as by the runtime, so that the mistake exits 2 before any
+        // connection is made.
+        if let Some(limit) = worker.max_job_timeout()
+            && worker.default_timeout > limit
+        {
+            return Err(format!(
+                "--default-timeout / WARREN_DEFAULT_TIMEOUT is {:?}, but with \
+                 --broker-consumer-timeout / WARREN_BROKER_CONSUMER_TIMEOUT at {:?} jobs may run \
+                 at most {limit:?} (a margin is kept for the commit and ack): RabbitMQ would take \
+                 a longer job's delivery back while it still ran; lower --default-timeout, or \
+                 raise consumer_timeout in rabbitmq.conf and --broker-consumer-timeout with it",
+                worker.default_timeout,
+                worker.broker_consumer_timeout.unwrap_or_default(),
+            ));
+        }
         if self.no_promoter {
             worker.promoter = None;
         }
@@ -198,6 +236,20 @@ impl Args {
             log_format: self.log_format,
             crash_task: self.enable_crash_task,
         })
+    }
+}
+
+/// RabbitMQ's consumer timeout as a flag gives it: `None` when the broker has none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BrokerTimeout(pub Option<Duration>);
+
+fn parse_broker_timeout(input: &str) -> Result<BrokerTimeout, String> {
+    match input.trim() {
+        "0" | "off" => Ok(BrokerTimeout(None)),
+        other => match parse_duration(other)? {
+            d if d.is_zero() => Ok(BrokerTimeout(None)),
+            d => Ok(BrokerTimeout(Some(d))),
+        },
     }
 }
 
@@ -234,6 +286,12 @@ mod tests {
         assert!(!s.migrate, "migrating is an explicit step");
         assert!(parse(&["--migrate"]).unwrap().migrate);
         assert!(!parse(&["--no-migrate"]).unwrap().migrate, "still accepted");
+        assert_eq!(s.broker.ca_file, None);
+        let with_ca = parse(&["--amqp-ca-file", "/etc/warren/ca.pem"]).unwrap();
+        assert_eq!(
+            with_ca.broker.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/warren/ca.pem"))
+        );
         assert!(
             !format!("{s:?}").contains("secret"),
             "the password never reaches logs"
@@ -269,6 +327,27 @@ mod tests {
             parse(&["--shutdown-grace", "213503982334602d"])
                 .unwrap_err()
                 .contains("too long")
+        );
+        let err = parse(&["--default-timeout", "29m"]).unwrap_err();
+        assert!(
+            err.contains("--default-timeout") && err.contains("--broker-consumer-timeout"),
+            "{err}"
+        );
+        assert!(parse(&["--default-timeout", "28m"]).is_ok());
+        assert!(parse(&["--default-timeout", "2h", "--broker-consumer-timeout", "3h"]).is_ok());
+        for off in ["0", "off"] {
+            let s = parse(&["--default-timeout", "20d", "--broker-consumer-timeout", off]).unwrap();
+            assert_eq!(s.worker.broker_consumer_timeout, None, "{off}");
+        }
+        assert_eq!(
+            parse(&[]).unwrap().worker.broker_consumer_timeout,
+            Some(Duration::from_secs(1800)),
+            "RabbitMQ's default"
+        );
+        assert!(
+            parse(&["--broker-consumer-timeout", "30"])
+                .unwrap_err()
+                .contains("no unit")
         );
         assert!(
             parse(&["--namespace", "a b"])

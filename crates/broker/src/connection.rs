@@ -1,11 +1,13 @@
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::tcp::{AMQPUriTcpExt, OwnedTLSConfig};
 use lapin::types::FieldTable;
-use lapin::uri::AMQPUri;
-use lapin::{Connection, ConnectionProperties};
+use lapin::uri::{AMQPScheme, AMQPUri};
+use lapin::{Connect, Connection, ConnectionProperties};
 use warren_core::QueueName;
 
 use crate::{Consumer, Error, Publisher, Topology};
@@ -25,6 +27,10 @@ pub struct BrokerConfig {
     pub heartbeat: Duration,
     /// TCP and handshake timeout, unless the URL sets one.
     pub connect_timeout: Duration,
+    /// PEM file of the CA certificates (one or more) that sign the broker's certificate, for
+    /// an `amqps://` URL and a private CA; trusted in addition to the system's roots. With or
+    /// without it, `amqps://` verifies the certificate chain and that it names the URL's host.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl BrokerConfig {
@@ -36,6 +42,7 @@ impl BrokerConfig {
             confirm_timeout: Duration::from_secs(30),
             heartbeat: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            ca_file: None,
         }
     }
 
@@ -54,6 +61,7 @@ impl fmt::Debug for BrokerConfig {
             .field("topology", &self.topology)
             .field("confirm_timeout", &self.confirm_timeout)
             .field("heartbeat", &self.heartbeat)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -272,19 +280,87 @@ pub(crate) async fn open_connection(
             });
         }
     }
+    let tls = tls_config(config, &uri)?;
+    let runtime = lapin::runtime::default_runtime().map_err(|source| Error::Connect {
+        endpoint: endpoint.clone(),
+        source: Box::new(source),
+    })?;
+    // The same for the TLS handshake: lapin retries a failed one too, and would report only
+    // the timeout, not the certificate it refused.
+    if uri.scheme == AMQPScheme::AMQPS {
+        let handshake = uri.connect_with_config_async(tls.as_ref(), &runtime);
+        match tokio::time::timeout(config.connect_timeout, handshake).await {
+            Ok(Ok(_probe)) => {}
+            Ok(Err(source)) => {
+                return Err(Error::Tls {
+                    endpoint,
+                    ca_file: config.ca_file.clone(),
+                    source,
+                });
+            }
+            Err(_) => {
+                return Err(Error::ConnectTimeout {
+                    endpoint,
+                    timeout: config.connect_timeout,
+                });
+            }
+        }
+    }
     let props = ConnectionProperties::default()
         .with_connection_name(format!("{} {role}", config.connection_name).into())
         .enable_auto_recover();
-    tokio::time::timeout(config.connect_timeout, Connection::connect_uri(uri, props))
-        .await
-        .map_err(|_| Error::ConnectTimeout {
-            endpoint: endpoint.clone(),
-            timeout: config.connect_timeout,
-        })?
-        .map_err(|source| Error::Connect {
-            endpoint,
-            source: Box::new(source),
-        })
+    // amqps:// is verified by lapin's rustls connector: the chain must lead to a system root
+    // (rustls-native-certs) or to the CA file, and the certificate must name the URL's host.
+    // The same TLS settings serve auto-recovery's reconnects.
+    tokio::time::timeout(
+        config.connect_timeout,
+        uri.connect_with_config(props, tls, runtime),
+    )
+    .await
+    .map_err(|_| Error::ConnectTimeout {
+        endpoint: endpoint.clone(),
+        timeout: config.connect_timeout,
+    })?
+    .map_err(|source| Error::Connect {
+        endpoint,
+        source: Box::new(source),
+    })
+}
+
+/// The TLS settings for `uri`: the CA file's certificates, read now so that a missing or
+/// unreadable file is reported as such. A CA file with a plain `amqp://` URL is refused: the
+/// operator meant the connection to be verified, and it would not even be encrypted.
+fn tls_config(config: &BrokerConfig, uri: &AMQPUri) -> Result<OwnedTLSConfig, Error> {
+    let Some(path) = &config.ca_file else {
+        return Ok(OwnedTLSConfig::default());
+    };
+    if uri.scheme != AMQPScheme::AMQPS {
+        return Err(Error::Url {
+            url: config.redacted_url(),
+            reason: format!(
+                "a CA file ({}) is set but the URL is not amqps://, so the connection would \
+                 not use TLS; use amqps:// (port 5671 by default) or drop the CA file",
+                path.display()
+            ),
+        });
+    }
+    let pem = std::fs::read_to_string(path).map_err(|source| Error::CaFile {
+        path: path.clone(),
+        source,
+    })?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(Error::CaFile {
+            path: path.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
+            ),
+        });
+    }
+    Ok(OwnedTLSConfig {
+        identity: None,
+        cert_chain: Some(pem),
+    })
 }
 
 /// Runs one channel-level step (open, qos, consume, confirm mode) within `timeout`. Without

@@ -16,6 +16,28 @@ pub enum Error {
         source: Box<lapin::Error>,
     },
 
+    #[error(
+        "TLS with RabbitMQ at {endpoint} failed: its certificate must chain to a trusted root \
+         (the system's{}) and name the host of the URL exactly as written; for a private CA, \
+         give its certificate with --amqp-ca-file / WARREN_AMQP_CA_FILE",
+        match ca_file { Some(p) => format!(" or {}", p.display()), None => String::new() }
+    )]
+    Tls {
+        endpoint: String,
+        ca_file: Option<std::path::PathBuf>,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "cannot read the AMQP CA file {path} (--amqp-ca-file / WARREN_AMQP_CA_FILE): give a readable PEM file of the CA certificates that sign the broker's certificate"
+    )]
+    CaFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("cannot reach RabbitMQ at {endpoint}; is it running, and is that its address?")]
     Unreachable {
         endpoint: String,

@@ -23,8 +23,15 @@ pub struct ConnectionArgs {
     #[arg(long, env = "WARREN_AMQP_URL", hide_env_values = true, global = true)]
     pub amqp_url: Option<String>,
 
+    /// PEM file of the CA certificates that sign RabbitMQ's certificate, for an amqps:// URL
+    /// and a private CA (the system's roots are trusted too). The certificate must name the
+    /// URL's host either way.
+    #[arg(long, env = "WARREN_AMQP_CA_FILE", global = true)]
+    pub amqp_ca_file: Option<std::path::PathBuf>,
+
     /// PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/warren (needed by migrate, jobs
-    /// and workers).
+    /// and workers). TLS: none for a loopback host, verify-full for any other, unless the URL
+    /// sets sslmode=; a private CA goes in sslrootcert=/path/to/ca.pem.
     #[arg(
         long,
         env = "WARREN_DATABASE_URL",
@@ -90,6 +97,7 @@ impl fmt::Debug for ConnectionArgs {
                     .as_ref()
                     .map(|u| StoreConfig::new(u).redacted_url()),
             )
+            .field("amqp_ca_file", &self.amqp_ca_file)
             .field("namespace", &self.namespace)
             .field("delivery_limit", &self.delivery_limit)
             .field("confirm_timeout", &self.confirm_timeout)
@@ -119,6 +127,7 @@ impl ConnectionArgs {
         let mut config = BrokerConfig::new(url);
         config.connection_name = CONNECTION_NAME.to_owned();
         config.confirm_timeout = self.confirm_timeout;
+        config.ca_file = self.amqp_ca_file.clone();
         config.topology = Topology {
             namespace: self.namespace.clone(),
             delivery_limit: self.delivery_limit,
@@ -185,6 +194,7 @@ mod tests {
     fn args(amqp: Option<&str>, db: Option<&str>) -> ConnectionArgs {
         ConnectionArgs {
             amqp_url: amqp.map(str::to_owned),
+            amqp_ca_file: None,
             database_url: db.map(str::to_owned),
             namespace: "warren".to_owned(),
             delivery_limit: 5,

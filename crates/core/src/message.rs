@@ -194,6 +194,15 @@ pub enum DecodeReason {
     Unstorable(String),
     #[error("body is JSON that no handler can read: {0}")]
     Unreadable(PayloadError),
+    /// The job asks for a longer attempt than the broker lets a delivery stay unacked: run,
+    /// it would be redelivered by RabbitMQ (its `consumer_timeout`) while still running.
+    #[error(
+        "header `warren-timeout-ms` asks for {timeout_ms} ms, more than the {limit_ms} ms this \
+         worker allows: RabbitMQ's consumer_timeout would take the delivery back while the job \
+         still ran; enqueue it with a shorter timeout, or raise consumer_timeout on the broker \
+         and --broker-consumer-timeout on the workers"
+    )]
+    TimeoutTooLong { timeout_ms: u64, limit_ms: u64 },
 }
 
 /// Why a payload, though well-formed JSON, cannot be read by a worker, and where.

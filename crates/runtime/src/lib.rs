@@ -11,6 +11,7 @@
 //! It deliberately reads no flags or environment (the binary does) and holds no handlers of
 //! its own (the binary registers them).
 
+mod broker_timeout;
 mod context;
 mod error;
 mod executor;

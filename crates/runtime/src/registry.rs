@@ -100,6 +100,13 @@ impl Registry {
         self.tasks.keys().map(TaskName::as_str).collect()
     }
 
+    /// Each task with its own timeout, if it set one.
+    pub(crate) fn timeouts(&self) -> impl Iterator<Item = (&str, Option<Duration>)> {
+        self.tasks
+            .iter()
+            .map(|(name, r)| (name.as_str(), r.options.timeout))
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.tasks.is_empty()
     }

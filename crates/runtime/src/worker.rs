@@ -36,6 +36,11 @@ pub struct WorkerConfig {
     pub default_timeout: Duration,
     /// Largest message body accepted; larger ones are recorded dead as bad input.
     pub max_body_bytes: usize,
+    /// RabbitMQ's `consumer_timeout` (`None`: the broker has none). A delivery unacked for
+    /// longer is taken back and redelivered, so every job timeout must stay below it minus a
+    /// margin: `build` refuses a default or task timeout that does not, and a message asking
+    /// for a longer one is recorded dead as bad input.
+    pub broker_consumer_timeout: Option<Duration>,
     pub heartbeat_interval: Duration,
     pub recorder: RecorderConfig,
     /// Run a promoter in this process (`None`: another process does it).
@@ -52,13 +57,21 @@ impl WorkerConfig {
             shutdown_grace: Duration::from_secs(30),
             default_timeout: Duration::from_secs(300),
             max_body_bytes: 1 << 20,
+            // RabbitMQ's default.
+            broker_consumer_timeout: Some(Duration::from_secs(30 * 60)),
             heartbeat_interval: Duration::from_secs(5),
             recorder: RecorderConfig::default(),
             promoter: Some(PromoterConfig::default()),
         }
     }
 
-    fn validate(&self) -> Result<(), Error> {
+    /// The longest attempt timeout this worker accepts: the broker's consumer timeout minus a
+    /// margin (the larger of a minute and 5% of it, at most half of it); `None` without one.
+    pub fn max_job_timeout(&self) -> Option<Duration> {
+        crate::broker_timeout::max_job_timeout(self.broker_consumer_timeout)
+    }
+
+    fn validate(&self, registry: &Registry) -> Result<(), Error> {
         let fail = |msg: &str| Err(Error::Config(msg.to_owned()));
         if self.queues.is_empty() {
             return fail("no queues to consume: give at least one queue");
@@ -75,6 +88,12 @@ impl WorkerConfig {
         if self.shutdown_grace < Duration::from_millis(100) {
             return fail("the shutdown grace period must be at least 100ms");
         }
+        crate::broker_timeout::check(
+            self.broker_consumer_timeout,
+            self.default_timeout,
+            registry.timeouts(),
+        )
+        .map_err(Error::Config)?;
         Ok(())
     }
 }
@@ -160,7 +179,7 @@ impl WorkerBuilder {
         if self.registry.is_empty() {
             return Err(Error::Config("no handlers registered".to_owned()));
         }
-        config.validate()?;
+        config.validate(&self.registry)?;
         Ok(Worker {
             registry: self.registry,
             config,
@@ -217,6 +236,7 @@ impl Worker {
             worker_id: Arc::from(cfg.worker_id.as_str()),
             default_timeout: cfg.default_timeout,
             max_body: cfg.max_body_bytes,
+            max_timeout: crate::broker_timeout::max_job_timeout(cfg.broker_consumer_timeout),
             hard_stop: hard_stop.clone(),
             counters: Counters::default(),
             cancels: Cancels::default(),

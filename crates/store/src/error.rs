@@ -13,6 +13,20 @@ pub enum Error {
         source: sqlx::Error,
     },
 
+    #[error(
+        "TLS with Postgres at {endpoint} failed (sslmode={mode}): the server must offer TLS \
+         with a certificate that chains to a trusted root (the system's, or the URL's \
+         sslrootcert=) and, for verify-full, names the URL's host; for a private CA add \
+         sslrootcert=/path/to/ca.pem to the URL, or choose sslmode= yourself (require: \
+         encrypted, unverified; disable: plaintext) if the network is trusted"
+    )]
+    Tls {
+        endpoint: String,
+        mode: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+
     #[error("cannot reach Postgres at {endpoint}; is it running, and is that its address?")]
     Unreachable {
         endpoint: String,

@@ -62,8 +62,51 @@ const KNOWN_PARAMETERS: &[&str] = &[
     "options",
 ];
 
+/// The TLS mode for a connection whose URL sets no `sslmode`, from its host; `None` when the
+/// URL sets one (it is kept as given).
+///
+/// sqlx's own default, `prefer`, checks no certificate and falls back to plaintext without a
+/// word when the server declines TLS, so an attacker on the path can read and change
+/// everything. A remote host therefore gets `verify-full`: TLS is required, the certificate
+/// must chain to a trusted root (the system's, or the URL's `sslrootcert`) and name the host.
+/// Loopback hosts and Unix sockets get no TLS: it protects nothing there, and with sqlx 0.9.0
+/// it costs dearly (sqlx no longer sets TCP_NODELAY, transact-rs/sqlx#4335, so TLS records
+/// split across writes wait out a delayed ACK, about 40 ms per recorder batch).
+pub(crate) fn default_ssl_mode(host: &str, url_sets_mode: bool) -> Option<PgSslMode> {
+    if url_sets_mode {
+        return None;
+    }
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let local = host.starts_with('/')
+        || bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback());
+    Some(if local {
+        PgSslMode::Disable
+    } else {
+        PgSslMode::VerifyFull
+    })
+}
+
+/// The `sslmode=` value naming `mode`, for messages.
+fn ssl_mode_name(mode: PgSslMode) -> &'static str {
+    match mode {
+        PgSslMode::Disable => "disable",
+        PgSslMode::Allow => "allow",
+        PgSslMode::Prefer => "prefer",
+        PgSslMode::Require => "require",
+        PgSslMode::VerifyCa => "verify-ca",
+        PgSslMode::VerifyFull => "verify-full",
+    }
+}
+
 /// Parses a Postgres URL into sqlx's options, refusing parameters sqlx would ignore (and log
-/// with their values). Errors show the URL redacted.
+/// with their values), and chooses the TLS mode when the URL does not (see
+/// [`default_ssl_mode`]). Errors show the URL redacted.
 pub(crate) fn connect_options(url: &str) -> Result<PgConnectOptions, Error> {
     let fail = |reason: String| Error::Url {
         url: warren_core::redact::redact_url(url),
@@ -82,7 +125,14 @@ pub(crate) fn connect_options(url: &str) -> Result<PgConnectOptions, Error> {
             )));
         }
     }
-    PgConnectOptions::from_str(url).map_err(|e| fail(e.to_string()))
+    let options = PgConnectOptions::from_str(url).map_err(|e| fail(e.to_string()))?;
+    let url_sets_mode = warren_core::redact::query_keys(url)
+        .iter()
+        .any(|k| k == "sslmode" || k == "ssl-mode");
+    Ok(match default_ssl_mode(options.get_host(), url_sets_mode) {
+        Some(mode) => options.ssl_mode(mode),
+        None => options,
+    })
 }
 
 impl fmt::Debug for StoreConfig {
@@ -103,20 +153,9 @@ pub struct Store {
 
 impl Store {
     pub async fn connect(config: &StoreConfig) -> Result<Self, Error> {
+        // TLS: verify-full for remote hosts, none on loopback, unless the URL says otherwise.
         let options = connect_options(&config.url)?.application_name(&config.application_name);
-        // On loopback, TLS protects nothing, and with sqlx 0.9.0 it costs dearly: sqlx no
-        // longer sets TCP_NODELAY (transact-rs/sqlx#4335, fixed after 0.9.0), so TLS records
-        // split across writes wait out a delayed ACK, about 40 ms per recorder batch. Unless
-        // the URL chooses an sslmode itself, loopback connections go without TLS.
-        let is_loopback = matches!(
-            options.get_host(),
-            "localhost" | "127.0.0.1" | "::1" | "[::1]"
-        );
-        let options = if is_loopback && !config.url.contains("sslmode=") {
-            options.ssl_mode(PgSslMode::Disable)
-        } else {
-            options
-        };
+        let mode = options.get_ssl_mode();
         let endpoint = format!(
             "{}:{}/{}",
             options.get_host(),
@@ -145,7 +184,21 @@ impl Store {
             .acquire_timeout(config.acquire_timeout)
             .connect_with(options)
             .await
-            .map_err(|source| Error::Connect { endpoint, source })?;
+            .map_err(|source| {
+                // sqlx reports a server without TLS as `Tls`, a refused certificate as an I/O
+                // error of kind InvalidData (rustls' own errors).
+                let tls = matches!(&source, sqlx::Error::Tls(_))
+                    || matches!(&source, sqlx::Error::Io(e) if e.kind() == std::io::ErrorKind::InvalidData);
+                if tls {
+                    Error::Tls {
+                        endpoint,
+                        mode: ssl_mode_name(mode),
+                        source,
+                    }
+                } else {
+                    Error::Connect { endpoint, source }
+                }
+            })?;
         Ok(Self { pool })
     }
 
@@ -184,6 +237,67 @@ mod tests {
         assert_eq!(
             StoreConfig::new("postgres://u@h/db").redacted_url(),
             "postgres://u@h/db"
+        );
+    }
+
+    #[test]
+    fn tls_is_verified_for_remote_hosts_and_off_on_loopback() {
+        use PgSslMode::{Disable, VerifyFull};
+        for host in [
+            "localhost",
+            "LocalHost",
+            "127.0.0.1",
+            "127.0.0.2",
+            "::1",
+            "[::1]",
+            "::ffff:127.0.0.1",
+            "/var/run/postgresql",
+        ] {
+            assert!(
+                matches!(default_ssl_mode(host, false), Some(Disable)),
+                "{host}"
+            );
+        }
+        for host in [
+            "db.example.com",
+            "192.0.2.10",
+            "10.0.0.5",
+            "fd00::2",
+            "[2001:db8::1]",
+            "localhost.example.com",
+        ] {
+            assert!(
+                matches!(default_ssl_mode(host, false), Some(VerifyFull)),
+                "{host}"
+            );
+        }
+        // An sslmode in the URL is kept, whatever the host.
+        assert!(default_ssl_mode("db.example.com", true).is_none());
+        assert!(default_ssl_mode("127.0.0.1", true).is_none());
+    }
+
+    #[test]
+    fn the_url_decides_the_tls_mode_when_it_names_one() {
+        let mode = |url: &str| format!("{:?}", connect_options(url).unwrap().get_ssl_mode());
+        assert_eq!(mode("postgres://u@db.example.com/warren"), "VerifyFull");
+        assert_eq!(mode("postgres://u@127.0.0.1/warren"), "Disable");
+        assert_eq!(mode("postgres://u@[::1]:5432/warren"), "Disable");
+        assert_eq!(
+            mode("postgres://u@db.example.com/warren?sslmode=disable"),
+            "Disable"
+        );
+        assert_eq!(
+            mode("postgres://u@db.example.com/warren?ssl-mode=require"),
+            "Require"
+        );
+        assert_eq!(
+            mode("postgres://u@127.0.0.1/warren?sslmode=verify-ca"),
+            "VerifyCa"
+        );
+        assert_eq!(
+            mode("postgres://u@db.example.com/warren?sslrootcert=/etc/ca.pem"),
+            "VerifyFull",
+            "a CA file alone does not lower the mode"
         );
     }
 

@@ -4,7 +4,9 @@
 //! RabbitMQ namespace of its own (every exchange and queue name prefixed), so tests run in
 //! parallel against the shared services and leave nothing behind. [`wait_until`] waits for a
 //! condition and says what it waited for when it gives up. [`WorkerProcess`] runs the real
-//! `warren-worker` binary for tests that must kill or signal a process.
+//! `warren-worker` binary for tests that must kill or signal a process. [`DisposableRabbit`]
+//! starts a RabbitMQ node of the test's own, for broker settings or faults the shared node
+//! must not see.
 //!
 //! A missing service fails the test loudly; nothing here skips silently.
 //!
@@ -14,10 +16,12 @@
 mod env;
 mod process;
 mod proxy;
+mod rabbit_node;
 pub mod raw_amqp;
 mod wait;
 
 pub use env::{RunningWorker, TestEnv};
 pub use process::{WorkerProcess, bin_path};
 pub use proxy::Proxy;
+pub use rabbit_node::{DisposableRabbit, RabbitOptions};
 pub use wait::wait_until;

@@ -53,6 +53,11 @@ impl Proxy {
         Ok(Proxy { addr, state, stop })
     }
 
+    /// The address clients should connect to instead of the upstream's.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// The port clients should connect to instead of the upstream's.
     pub fn port(&self) -> u16 {
         self.addr.port()

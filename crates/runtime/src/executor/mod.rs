@@ -51,6 +51,8 @@ pub(crate) struct Executor {
     pub(crate) worker_id: Arc<str>,
     pub(crate) default_timeout: Duration,
     pub(crate) max_body: usize,
+    /// The longest attempt the broker's consumer timeout leaves room for (`None`: no limit).
+    pub(crate) max_timeout: Option<Duration>,
     /// Cancelled when the shutdown grace period runs out: handlers are told to stop.
     pub(crate) hard_stop: CancellationToken,
     pub(crate) counters: Counters,
@@ -83,7 +85,7 @@ impl Executor {
             Preflight::Settled => return,
         };
         let ended = self.attempt(&queue, &message, &ready).await;
-        self.report(&message, ready, ended, &delivery).await;
+        self.report(&message, *ready, ended, &delivery).await;
     }
 
     /// Runs a database call and holds the message through an outage: a transient failure is

@@ -13,8 +13,8 @@ use crate::registry::Registered;
 
 /// What pre-flight decided.
 pub(super) enum Preflight {
-    /// Run the attempt.
-    Run(Ready),
+    /// Run the attempt. Boxed: the row is large and most deliveries pass through here.
+    Run(Box<Ready>),
     /// The delivery is settled (acked, recorded or rejected), or deliberately left unsettled
     /// for the broker to redeliver (the hard stop came first).
     Settled,
@@ -83,6 +83,21 @@ impl Executor {
             .map(Duration::from_millis)
             .or(registered.options.timeout)
             .unwrap_or(self.default_timeout);
+        // Run past RabbitMQ's consumer timeout, the job would be taken back and redelivered
+        // while still running: refuse it as bad input instead (task and default timeouts were
+        // checked against the same limit when the worker was built).
+        if let Some(limit) = self.max_timeout
+            && timeout > limit
+        {
+            let millis = |d: Duration| d.as_millis().min(u128::from(u64::MAX)) as u64;
+            let reason = DecodeReason::TimeoutTooLong {
+                timeout_ms: millis(timeout),
+                limit_ms: millis(limit),
+            };
+            self.reject(queue, delivery, unrunnable(message, reason))
+                .await;
+            return Preflight::Settled;
+        }
         let row = RecordRow::attempt(
             message,
             queue.as_str(),
@@ -93,11 +108,11 @@ impl Executor {
         if !self.claim_key(queue, delivery, message, &row).await {
             return Preflight::Settled;
         }
-        Preflight::Run(Ready {
+        Preflight::Run(Box::new(Ready {
             registered,
             row,
             timeout,
-        })
+        }))
     }
 
     /// A redelivered message may belong to an attempt that already ended (its worker died
