@@ -19,7 +19,7 @@ async fn cancelled_scheduled_job_never_runs_and_running_job_stops() -> anyhow::R
         .with_store(env.store.clone());
 
     let later = client
-        .enqueue(NewJob::new("warren.echo", &json!(1))?.delay(Duration::from_secs(2))?)
+        .enqueue(NewJob::new("warren.echo", &json!(1)).delay(Duration::from_secs(2)))
         .await?;
     assert_eq!(
         env.store.cancel_job(later).await?,
@@ -29,7 +29,7 @@ async fn cancelled_scheduled_job_never_runs_and_running_job_stops() -> anyhow::R
     );
 
     let long = client
-        .enqueue(NewJob::new("warren.sleep", &json!({ "ms": 60_000 }))?)
+        .enqueue(NewJob::new("warren.sleep", &json!({ "ms": 60_000 })))
         .await?;
     wait_state(&env.store, long, JobState::Running).await?;
     let outcome = env.store.cancel_job(long).await?;
@@ -67,7 +67,7 @@ async fn retrying_a_dead_job_runs_it_again_with_its_history() -> anyhow::Result<
     let client = Client::from_broker(env.broker.clone()).await?;
 
     let job = client
-        .enqueue(NewJob::new("warren.fail", &json!({ "permanent": true }))?)
+        .enqueue(NewJob::new("warren.fail", &json!({ "permanent": true })))
         .await?;
     let rows = wait_all_terminal(&env.store, &[job], Duration::from_secs(30)).await?;
     assert_eq!((rows[&job].state, rows[&job].attempt), (JobState::Dead, 1));
@@ -101,7 +101,7 @@ async fn retrying_a_dead_job_runs_it_again_with_its_history() -> anyhow::Result<
     })?;
 
     let ok = client
-        .enqueue(NewJob::new("warren.noop", &json!({}))?)
+        .enqueue(NewJob::new("warren.noop", &json!({})))
         .await?;
     wait_all_terminal(&env.store, &[ok], Duration::from_secs(30)).await?;
     assert_eq!(

@@ -66,10 +66,10 @@ async fn long_jobs_are_refused_instead_of_redelivered_mid_run() -> anyhow::Resul
         )
         .await?;
     let long = client
-        .enqueue(NewJob::new("hold", &8u64)?.timeout(Duration::from_secs(20))?)
+        .enqueue(NewJob::new("hold", &8u64).timeout(Duration::from_secs(20)))
         .await?;
     let short = client
-        .enqueue(NewJob::new("hold", &0u64)?.timeout(Duration::from_secs(1))?)
+        .enqueue(NewJob::new("hold", &0u64).timeout(Duration::from_secs(1)))
         .await?;
     let rows =
         crate::support::wait_all_terminal(&env.store, &[long, short], Duration::from_secs(15))
@@ -113,7 +113,7 @@ async fn long_jobs_are_refused_instead_of_redelivered_mid_run() -> anyhow::Resul
         )
         .await?;
     client
-        .enqueue(NewJob::new("hold", &12u64)?.timeout(Duration::from_secs(20))?)
+        .enqueue(NewJob::new("hold", &12u64).timeout(Duration::from_secs(20)))
         .await?;
     let (first, second) = wait_until(
         Duration::from_secs(25),

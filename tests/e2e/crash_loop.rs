@@ -14,11 +14,11 @@ async fn a_message_that_kills_its_worker_is_dead_lettered_after_the_delivery_lim
     let env = TestEnv::with_delivery_limit(&["default"], delivery_limit).await?;
     let client = Client::from_broker(env.broker.clone()).await?;
     let killer = client
-        .enqueue(NewJob::new("warren.abort", &json!({}))?)
+        .enqueue(NewJob::new("warren.abort", &json!({})))
         .await?;
     let jobs = (0..20)
         .map(|i| NewJob::new("warren.echo", &json!(i)))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Vec<_>>();
     let ids = enqueue_all(&client, jobs).await?;
 
     // Restart the worker every time it dies, as a supervisor would, counting the deaths.

@@ -15,7 +15,7 @@ async fn kill_9_of_a_worker_under_load_loses_no_job() -> anyhow::Result<()> {
     let client = Client::from_broker(env.broker.clone()).await?;
     let jobs = (0..300)
         .map(|i| NewJob::new("warren.sleep", &json!({ "ms": 20 + i % 30 })))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Vec<_>>();
     let ids = enqueue_all(&client, jobs).await?;
 
     let mut victim = WorkerProcess::spawn(&env, "victim", &["--concurrency", "16"])?;

@@ -28,7 +28,7 @@ async fn thousand_jobs_each_succeed_exactly_once_with_results() -> anyhow::Resul
     let client = Client::from_broker(env.broker.clone()).await?;
     let jobs = (0..1000)
         .map(|i| NewJob::new("count.echo", &json!({ "i": i })))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Vec<_>>();
     let ids = enqueue_all(&client, jobs).await?;
     assert_eq!(ids.len(), 1000);
 
@@ -68,7 +68,7 @@ async fn thousand_jobs_each_succeed_exactly_once_with_results() -> anyhow::Resul
 async fn unroutable_enqueue_fails_and_records_nothing() -> anyhow::Result<()> {
     let env = TestEnv::new(&["default"]).await?;
     let client = Client::from_broker(env.broker.clone()).await?;
-    let job = NewJob::new("warren.noop", &json!({}))?.queue("nobody-declared-this")?;
+    let job = NewJob::new("warren.noop", &json!({})).queue("nobody-declared-this");
     let err = client
         .enqueue(job)
         .await
@@ -80,8 +80,8 @@ async fn unroutable_enqueue_fails_and_records_nothing() -> anyhow::Result<()> {
     );
 
     // enqueue_many reports the failure per job and still enqueues the routable one.
-    let ok = NewJob::new("warren.noop", &json!({}))?;
-    let bad = NewJob::new("warren.noop", &json!({}))?.queue("missing-too")?;
+    let ok = NewJob::new("warren.noop", &json!({}));
+    let bad = NewJob::new("warren.noop", &json!({})).queue("missing-too");
     let outcomes = client.enqueue_many(vec![ok, bad]).await;
     assert!(outcomes[0].is_ok());
     assert!(
@@ -118,9 +118,9 @@ async fn panic_and_timeout_are_recorded_as_readable_failures() -> anyhow::Result
     let worker = env.start_worker(builder, env.worker_config("w1")).await?;
     let client = Client::from_broker(env.broker.clone()).await?;
     let panicky = client
-        .enqueue(NewJob::new("warren.panic", &json!({}))?.max_attempts(1)?)
+        .enqueue(NewJob::new("warren.panic", &json!({})).max_attempts(1))
         .await?;
-    let slow = client.enqueue(NewJob::new("slow", &json!({}))?).await?;
+    let slow = client.enqueue(NewJob::new("slow", &json!({}))).await?;
 
     let rows = wait_all_terminal(&env.store, &[panicky, slow], Duration::from_secs(30)).await?;
     let p = &rows[&panicky];
@@ -146,7 +146,7 @@ async fn panic_and_timeout_are_recorded_as_readable_failures() -> anyhow::Result
 
     // The worker survived both and still runs jobs.
     let after = client
-        .enqueue(NewJob::new("warren.echo", &json!("still alive"))?)
+        .enqueue(NewJob::new("warren.echo", &json!("still alive")))
         .await?;
     let rows = wait_all_terminal(&env.store, &[after], Duration::from_secs(30)).await?;
     assert_eq!(rows[&after].result, Some(json!("still alive")));
@@ -160,7 +160,7 @@ async fn payload_of_the_wrong_type_fails_clearly_without_running() -> anyhow::Re
     let worker = builtin_worker(&env).await?;
     let client = Client::from_broker(env.broker.clone()).await?;
     let bad = client
-        .enqueue(NewJob::new("warren.sleep", &json!({ "ms": "soon" }))?)
+        .enqueue(NewJob::new("warren.sleep", &json!({ "ms": "soon" })))
         .await?;
     let rows = wait_all_terminal(&env.store, &[bad], Duration::from_secs(30)).await?;
     let row = &rows[&bad];
@@ -192,9 +192,9 @@ async fn a_per_job_timeout_overrides_the_task_and_is_retried() -> anyhow::Result
     let env = TestEnv::new(&["default"]).await?;
     let worker = builtin_worker(&env).await?;
     let client = Client::from_broker(env.broker.clone()).await?;
-    let job = NewJob::new("warren.sleep", &json!({ "ms": 10_000 }))?
-        .timeout(Duration::from_millis(200))?
-        .max_attempts(2)?;
+    let job = NewJob::new("warren.sleep", &json!({ "ms": 10_000 }))
+        .timeout(Duration::from_millis(200))
+        .max_attempts(2);
     let id = client.enqueue(job).await?;
     let rows = wait_all_terminal(&env.store, &[id], Duration::from_secs(30)).await?;
     let row = &rows[&id];
@@ -216,7 +216,7 @@ async fn a_worker_whose_queue_is_deleted_stops_with_a_clear_error() -> anyhow::R
     // Let it settle into consuming, then pull the queue out from under it.
     let client = Client::from_broker(env.broker.clone()).await?;
     let id = client
-        .enqueue(NewJob::new("warren.noop", &json!({}))?)
+        .enqueue(NewJob::new("warren.noop", &json!({})))
         .await?;
     wait_all_terminal(&env.store, &[id], Duration::from_secs(30)).await?;
     env.broker.delete_topology(&env.queues).await?;

@@ -77,22 +77,21 @@ async fn run_restricted(env: &TestEnv, role: &str, password: &str) -> anyhow::Re
         let ids = vec![
             // Recorded in a batch.
             client
-                .enqueue(NewJob::new("warren.echo", &json!({"hello": "grants"}))?)
+                .enqueue(NewJob::new("warren.echo", &json!({"hello": "grants"})))
                 .await?,
             // A retry: a scheduled row, the trigger, the promoter's claim and publish.
             client
-                .enqueue(NewJob::new("warren.fail", &json!({"times": 1}))?.max_attempts(3)?)
+                .enqueue(NewJob::new("warren.fail", &json!({"times": 1})).max_attempts(3))
                 .await?,
             // A delayed job through the intake queue: the worker inserts its row.
             client
                 .enqueue(
-                    NewJob::new("warren.echo", &json!("later"))?
-                        .delay(Duration::from_millis(300))?,
+                    NewJob::new("warren.echo", &json!("later")).delay(Duration::from_millis(300)),
                 )
                 .await?,
             // An idempotency key: a claim inserted before the run.
             client
-                .enqueue(NewJob::new("warren.noop", &json!({}))?.idempotency_key("once")?)
+                .enqueue(NewJob::new("warren.noop", &json!({})).idempotency_key("once"))
                 .await?,
         ];
         let rows = wait_all_terminal(&env.store, &ids, Duration::from_secs(60)).await?;

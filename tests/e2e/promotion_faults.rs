@@ -54,8 +54,7 @@ async fn due_jobs(env: &TestEnv, n: usize, ms: u64) -> anyhow::Result<Vec<JobId>
         .with_store(env.store.clone());
     let mut ids = Vec::new();
     for _ in 0..n {
-        let job =
-            NewJob::new("test.count", &json!({ "ms": ms }))?.delay(Duration::from_millis(1))?;
+        let job = NewJob::new("test.count", &json!({ "ms": ms })).delay(Duration::from_millis(1));
         ids.push(client.enqueue(job).await?);
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -70,7 +69,11 @@ async fn promoter(env: &TestEnv) -> anyhow::Result<Promoter> {
     ))
 }
 
-async fn wait_queue_empty(env: &TestEnv) -> anyhow::Result<()> {
+/// Waits until every message published so far has been taken and started: the queue is
+/// empty, and a sentinel job published after that has finished. The worker's consume loop
+/// starts deliveries in order, so by then every earlier one has started, and a graceful stop
+/// lets them finish and counts them.
+async fn drain(env: &TestEnv) -> anyhow::Result<()> {
     wait_until(
         Duration::from_secs(30),
         "the work queue to drain",
@@ -82,7 +85,13 @@ async fn wait_queue_empty(env: &TestEnv) -> anyhow::Result<()> {
             })
         },
     )
-    .await
+    .await?;
+    let client = Client::from_broker(env.broker.clone()).await?;
+    let sentinel = client
+        .enqueue(NewJob::new("test.count", &json!({ "ms": 0 })))
+        .await?;
+    wait_all_terminal(&env.store, &[sentinel], Duration::from_secs(30)).await?;
+    Ok(())
 }
 
 #[tokio::test]
@@ -103,7 +112,7 @@ async fn a_job_cancelled_while_queued_never_runs() -> anyhow::Result<()> {
     let marker = due_jobs(&env, 1, 0).await?;
     promoter(&env).await?.promote_once().await?;
     wait_all_terminal(&env.store, &marker, Duration::from_secs(30)).await?;
-    wait_queue_empty(&env).await?;
+    drain(&env).await?;
     let stats = worker.stop().await?;
 
     assert_eq!(
@@ -139,7 +148,7 @@ async fn the_second_copy_from_a_dead_promoter_does_not_run_again() -> anyhow::Re
     let runs: Runs = Arc::default();
     let worker = counting_worker(&env, &runs, 1).await?;
     let rows = wait_all_terminal(&env.store, &ids, Duration::from_secs(30)).await?;
-    wait_queue_empty(&env).await?;
+    drain(&env).await?;
     let stats = worker.stop().await?;
     let runs = runs.lock().expect("lock").clone();
     for id in &ids {
@@ -163,15 +172,15 @@ async fn the_second_copy_from_a_dead_promoter_does_not_run_again() -> anyhow::Re
 #[tokio::test]
 async fn duplicate_runs_that_still_happen_are_counted_on_the_row() -> anyhow::Result<()> {
     let env = TestEnv::new(&["default"]).await?;
-    let mut ids = published_twice(&env, 50, 0).await?;
-    // Two copies of a slow job are sure to run at once.
+    // Two copies of a slow job, first in the queue, are sure to run at once.
     let slow = published_twice(&env, 1, 500).await?;
+    let mut ids = published_twice(&env, 50, 0).await?;
     ids.extend(&slow);
 
     let runs: Runs = Arc::default();
     let worker = counting_worker(&env, &runs, 64).await?;
     wait_all_terminal(&env.store, &ids, Duration::from_secs(30)).await?;
-    wait_queue_empty(&env).await?;
+    drain(&env).await?;
     let stats = worker.stop().await?;
     let rows = env.store.jobs(&ids).await?;
 

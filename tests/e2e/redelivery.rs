@@ -26,12 +26,12 @@ async fn redelivered_message_of_a_succeeded_job_is_not_run_again() -> anyhow::Re
     let runs = Arc::new(AtomicUsize::new(0));
     let client = Client::from_broker(env.broker.clone()).await?;
     let id = JobId::new();
-    let job = || NewJob::new("counted", &json!({"n": 1})).map(|j| j.id(id));
+    let job = || NewJob::new("counted", &json!({"n": 1})).id(id);
 
     let worker = env
         .start_worker(counting(runs.clone()), env.worker_config("w1"))
         .await?;
-    client.enqueue(job()?).await?;
+    client.enqueue(job()).await?;
     let rows = wait_all_terminal(&env.store, &[id], Duration::from_secs(30)).await?;
     assert_eq!(rows[&id].state, JobState::Succeeded);
     worker.stop().await?;
@@ -40,7 +40,7 @@ async fn redelivered_message_of_a_succeeded_job_is_not_run_again() -> anyhow::Re
     // The same message again, as if the first worker had died between commit and ack: take
     // it with a bare consumer and close the channel without acking, so the broker requeues
     // it flagged `redelivered`.
-    client.enqueue(job()?).await?;
+    client.enqueue(job()).await?;
     let queue = &env.queues[0];
     let mut peek = env.broker.consume(queue, 1, "peek").await?;
     let first = tokio::time::timeout(Duration::from_secs(10), peek.next())

@@ -31,13 +31,13 @@ async fn retries_follow_the_policy_and_stop_at_max_attempts() -> anyhow::Result<
     let client = Client::from_broker(env.broker.clone()).await?;
 
     let twice = client
-        .enqueue(NewJob::new("warren.fail", &json!({ "times": 2 }))?.max_attempts(5)?)
+        .enqueue(NewJob::new("warren.fail", &json!({ "times": 2 })).max_attempts(5))
         .await?;
     let never = client
-        .enqueue(NewJob::new("warren.fail", &json!({ "times": 10 }))?.max_attempts(3)?)
+        .enqueue(NewJob::new("warren.fail", &json!({ "times": 10 })).max_attempts(3))
         .await?;
     let permanent = client
-        .enqueue(NewJob::new("warren.fail", &json!({ "permanent": true }))?)
+        .enqueue(NewJob::new("warren.fail", &json!({ "permanent": true })))
         .await?;
     let rows = wait_all_terminal(
         &env.store,

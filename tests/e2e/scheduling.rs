@@ -20,7 +20,7 @@ async fn delayed_job_runs_on_time_not_early() -> anyhow::Result<()> {
         .with_store(env.store.clone());
 
     let id = client
-        .enqueue(NewJob::new("warren.echo", &json!("later"))?.delay(Duration::from_secs(3))?)
+        .enqueue(NewJob::new("warren.echo", &json!("later")).delay(Duration::from_secs(3)))
         .await?;
     let row = env
         .store
@@ -56,13 +56,13 @@ async fn transactional_enqueue_runs_only_if_the_transaction_commits() -> anyhow:
 
     let mut tx = env.store.begin().await?;
     let rolled_back = client
-        .enqueue_tx(&mut tx, NewJob::new("warren.echo", &json!("no"))?)
+        .enqueue_tx(&mut tx, NewJob::new("warren.echo", &json!("no")))
         .await?;
     tx.rollback().await?;
 
     let mut tx = env.store.begin().await?;
     let committed = client
-        .enqueue_tx(&mut tx, NewJob::new("warren.echo", &json!("yes"))?)
+        .enqueue_tx(&mut tx, NewJob::new("warren.echo", &json!("yes")))
         .await?;
     tx.commit().await?;
 
@@ -103,8 +103,8 @@ async fn two_promoters_run_each_scheduled_job_exactly_once() -> anyhow::Result<(
 
     let at = Utc::now() + chrono::Duration::seconds(1);
     let jobs = (0..1000)
-        .map(|i| NewJob::new("counted", &json!({ "i": i })).and_then(|j| j.run_at(at)))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|i| NewJob::new("counted", &json!({ "i": i })).run_at(at))
+        .collect::<Vec<_>>();
     let ids = enqueue_all(&client, jobs).await?;
     let rows = wait_all_terminal(&env.store, &ids, Duration::from_secs(60)).await?;
     w1.stop().await?;
@@ -129,13 +129,13 @@ async fn broker_only_producer_delays_jobs_through_the_intake_queue() -> anyhow::
     let client = Client::from_broker(env.broker.clone()).await?;
     let due = Utc::now() + chrono::Duration::seconds(2);
     let id = client
-        .enqueue(NewJob::new("warren.echo", &json!("via intake"))?.run_at(due)?)
+        .enqueue(NewJob::new("warren.echo", &json!("via intake")).run_at(due))
         .await?;
     let many = enqueue_all(
         &client,
         vec![
-            NewJob::new("warren.echo", &json!(1))?.run_at(due)?,
-            NewJob::new("warren.echo", &json!(2))?,
+            NewJob::new("warren.echo", &json!(1)).run_at(due),
+            NewJob::new("warren.echo", &json!(2)),
         ],
     )
     .await?;

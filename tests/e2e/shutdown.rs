@@ -30,7 +30,7 @@ async fn graceful_shutdown_under_load_loses_nothing_and_runs_nothing_twice() -> 
     let client = Client::from_broker(env.broker.clone()).await?;
     let jobs = (0..400)
         .map(|i| NewJob::new("slow.counted", &json!({ "i": i })))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Vec<_>>();
     let ids = enqueue_all(&client, jobs).await?;
 
     let mut cfg = env.worker_config("first");
@@ -90,7 +90,7 @@ async fn sigterm_finishes_in_flight_jobs_and_exits_within_the_grace_period() -> 
     let client = Client::from_broker(env.broker.clone()).await?;
     let jobs = (0..60)
         .map(|_| NewJob::new("warren.sleep", &json!({ "ms": 300 })))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Vec<_>>();
     let ids = enqueue_all(&client, jobs).await?;
 
     let mut worker = WorkerProcess::spawn(
@@ -129,7 +129,7 @@ async fn jobs_outliving_the_grace_period_go_back_to_the_queue_unrecorded() -> an
     let client = Client::from_broker(env.broker.clone()).await?;
     let jobs = (0..4)
         .map(|_| NewJob::new("warren.sleep", &json!({ "ms": 3000 })))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Vec<_>>();
     let ids = enqueue_all(&client, jobs).await?;
 
     let mut worker = WorkerProcess::spawn(
@@ -174,7 +174,7 @@ async fn a_second_signal_exits_at_once_and_the_jobs_come_back() -> anyhow::Resul
     let client = Client::from_broker(env.broker.clone()).await?;
     let jobs = (0..2)
         .map(|_| NewJob::new("warren.sleep", &json!({ "ms": 2000 })))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Vec<_>>();
     let ids = enqueue_all(&client, jobs).await?;
     let mut worker = WorkerProcess::spawn(&env, "impatient", &["--shutdown-grace", "60s"])?;
     wait_count(&env.store, JobState::Running, 2).await?;

@@ -84,7 +84,7 @@ async fn drive(settings: &Settings, sandbox: &Sandbox) -> anyhow::Result<Phase> 
     let client = Client::from_broker(sandbox.connect("producer").await?)
         .await
         .context("opening the client's publisher channel")?;
-    let job = NewJob::new(TASK, &payload(settings.payload_bytes))?.queue(QUEUE)?;
+    let job = NewJob::new(TASK, &payload(settings.payload_bytes)).queue(QUEUE);
 
     enqueue(&client, &job, settings.warmup).await?;
     wait_for_succeeded(&probe, settings.warmup, settings.phase_timeout).await?;
@@ -147,8 +147,7 @@ pub(crate) async fn enqueue_each(
     let mut sent = 0;
     while sent < count {
         let n = (count - sent).min(CHUNK as u64);
-        let jobs = (sent..sent + n).map(&job_for).collect();
-        for outcome in client.enqueue_many(jobs).await {
+        for outcome in client.enqueue_many((sent..sent + n).map(&job_for)).await {
             outcome.context("enqueueing a benchmark job")?;
         }
         sent += n;

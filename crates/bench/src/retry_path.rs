@@ -58,8 +58,8 @@ async fn drive(settings: &Settings, sandbox: &Sandbox) -> anyhow::Result<Phase> 
     let client = Client::from_broker(sandbox.connect("producer").await?)
         .await
         .context("opening the client's publisher channel")?;
-    let noop = NewJob::new(TASK, &payload(settings.payload_bytes))?.queue(QUEUE)?;
-    let flaky = NewJob::new(FLAKY, &json!({ "times": 1 }))?.queue(QUEUE)?;
+    let noop = NewJob::new(TASK, &payload(settings.payload_bytes)).queue(QUEUE);
+    let flaky = NewJob::new(FLAKY, &json!({ "times": 1 })).queue(QUEUE);
 
     enqueue(&client, &noop, settings.warmup).await?;
     wait_for_succeeded(&probe, settings.warmup, settings.phase_timeout).await?;

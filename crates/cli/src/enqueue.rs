@@ -117,6 +117,17 @@ fn point_at(input: &str, line: usize, column: usize) -> String {
 
 /// An enqueue request, checked: the job every copy is cloned from (each clone gets its own
 /// id when published), and how many.
+/// The flag that sets a job option, for errors about it.
+fn flag_of(field: &str) -> String {
+    match field {
+        "task" => "TASK".to_owned(),
+        "max_attempts" => "--max-attempts".to_owned(),
+        "idempotency_key" => "--idempotency-key".to_owned(),
+        "run_at" => "--delay".to_owned(),
+        other => format!("--{other}"),
+    }
+}
+
 #[derive(Debug)]
 struct Plan {
     /// The job waits in PostgreSQL first, so the client needs the database.
@@ -136,27 +147,27 @@ impl EnqueueArgs {
                 self.count
             )));
         }
-        let invalid = |flag: &'static str| {
-            move |e: warren_client::Error| Usage(format!("{flag}: {:#}", anyhow::Error::new(e)))
-        };
-        let mut job = NewJob::new(self.task.as_str(), &payload)
-            .map_err(invalid("--payload"))?
-            .queue(self.queue.as_str())
-            .map_err(invalid("--queue"))?;
+        let mut job = NewJob::new(self.task.as_str(), &payload).queue(self.queue.as_str());
         if let Some(n) = self.max_attempts {
-            job = job.max_attempts(n).map_err(invalid("--max-attempts"))?;
+            job = job.max_attempts(n);
         }
         if let Some(timeout) = self.timeout {
-            job = job.timeout(timeout).map_err(invalid("--timeout"))?;
+            job = job.timeout(timeout);
         }
         if let Some(key) = self.idempotency_key {
-            job = job
-                .idempotency_key(key)
-                .map_err(invalid("--idempotency-key"))?;
+            job = job.idempotency_key(key);
         }
         let delayed = self.delay.is_some_and(|d| !d.is_zero());
         if let Some(delay) = self.delay {
-            job = job.delay(delay).map_err(invalid("--delay"))?;
+            job = job.delay(delay);
+        }
+        // Every problem at once, each under the flag that set it.
+        if let Err(warren_client::Error::Invalid { problems, .. }) = job.validate() {
+            let lines: Vec<String> = problems
+                .iter()
+                .map(|p| format!("{}: {}", flag_of(p.field), p.text))
+                .collect();
+            return Err(Usage(lines.join("\n")));
         }
         Ok(Plan {
             delayed,
@@ -505,9 +516,12 @@ mod tests {
             r.record(Ok(JobId::new()));
         }
         if failed {
-            r.record(Err(warren_client::Error::Option {
+            r.record(Err(warren_client::Error::Invalid {
                 task: "t".into(),
-                reason: "refused".into(),
+                problems: vec![warren_client::Problem {
+                    field: "queue",
+                    text: "refused".into(),
+                }],
             }));
         }
         r.elapsed = Duration::from_millis(500);

@@ -7,70 +7,113 @@
 //! It deliberately does not run jobs or read their results; that is the worker's and the
 //! store's business.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use warren_broker::{Broker, BrokerConfig, PublishRequest, Publisher};
+pub use warren_core::Task;
 use warren_core::message::{
-    MAX_ATTEMPTS_LIMIT, MAX_IDEMPOTENCY_KEY_LEN, MAX_TIME_MS, PayloadError, check_payload,
-    is_traceparent,
+    MAX_ATTEMPTS_LIMIT, MAX_IDEMPOTENCY_KEY_LEN, MAX_TIME_MS, check_payload, is_traceparent,
 };
 use warren_core::{
-    DEFAULT_QUEUE, IntakeMessage, InvalidName, JobId, JobMessage, QueueName, RetryPolicy, TaskName,
+    DEFAULT_QUEUE, IntakeMessage, JobId, JobMessage, QueueName, RawMessage, RetryPolicy, TaskName,
 };
 use warren_store::{PgTransaction, ScheduledJob, Store};
 
 /// Why a job was not enqueued.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(transparent)]
-    Name(#[from] InvalidName),
-
-    #[error("payload of task `{task}` is not serialisable to JSON")]
-    Payload {
+    /// The job itself is wrong; every problem found is listed, nothing was sent.
+    #[error("job for task `{task}` was not enqueued: {}", Problem::list(problems))]
+    Invalid {
         task: String,
-        #[source]
-        source: serde_json::Error,
+        problems: Vec<Problem>,
     },
-
-    #[error(
-        "payload of task `{task}` is JSON that no worker can read; fix the value at the spot named"
-    )]
-    Unreadable {
-        task: String,
-        #[source]
-        source: PayloadError,
-    },
-
-    #[error("invalid option for task `{task}`: {reason}")]
-    Option { task: String, reason: String },
 
     #[error(transparent)]
     Broker(#[from] warren_broker::Error),
 
-    #[error(transparent)]
+    #[error("writing the job to Postgres failed")]
     Store(#[from] warren_store::Error),
 
-    #[error(
-        "job {job} has a delay, and delayed jobs are kept in Postgres: build the client with Client::with_store"
-    )]
-    NeedsStore { job: JobId },
+    /// Scheduling a batch of delayed jobs failed; the same failure answers for each of them.
+    #[error("writing delayed job {job} to Postgres failed")]
+    Schedule {
+        job: JobId,
+        #[source]
+        source: Arc<warren_store::Error>,
+    },
+}
+
+/// One thing wrong with a job, and which of its settings it concerns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The setting: `task`, `payload`, `queue`, `max_attempts`, `timeout`,
+    /// `idempotency_key`, `trace`, `delay` or `run_at`.
+    pub field: &'static str,
+    pub text: String,
+}
+
+impl Problem {
+    fn list(problems: &[Problem]) -> String {
+        problems
+            .iter()
+            .map(|p| format!("{}: {}", p.field, p.text))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// When a job should run.
+#[derive(Clone, Copy, Debug)]
+enum When {
+    Now,
+    After(Duration),
+    At(DateTime<Utc>),
 }
 
 /// A job to enqueue: a task, its payload, and options.
+///
+/// Building one never fails: every option is checked once, when the job is enqueued (or by
+/// [`NewJob::validate`]), and a job with problems is refused with all of them listed in one
+/// [`Error::Invalid`].
+///
+/// ```
+/// use std::time::Duration;
+/// use warren_client::NewJob;
+///
+/// let job = NewJob::new("report.build", &serde_json::json!({ "month": "2026-11" }))
+///     .queue("reports")
+///     .delay(Duration::from_secs(3600))
+///     .idempotency_key("report-2026-11");
+/// assert!(job.validate().is_ok());
+///
+/// let bad = NewJob::new("report build", &1).max_attempts(0);
+/// let err = bad.validate().unwrap_err().to_string();
+/// assert!(err.contains("task:") && err.contains("max_attempts:"), "{err}");
+/// ```
 #[derive(Clone, Debug)]
 pub struct NewJob {
-    task: TaskName,
-    payload: Box<RawValue>,
-    queue: QueueName,
+    task: String,
+    /// The payload as JSON, or why it could not be serialised.
+    payload: Result<Box<RawValue>, String>,
+    queue: Option<String>,
     id: Option<JobId>,
     max_attempts: Option<u32>,
     timeout: Option<Duration>,
     idempotency_key: Option<String>,
-    traceparent: Option<String>,
-    tracestate: Option<String>,
+    trace: Option<(String, Option<String>)>,
+    when: When,
+}
+
+/// A job whose every option was checked: what the publish and the schedule are made from.
+#[derive(Debug)]
+struct Checked {
+    queue: QueueName,
+    message: JobMessage,
     run_at: Option<DateTime<Utc>>,
 }
 
@@ -79,90 +122,46 @@ impl NewJob {
     ///
     /// The payload must be JSON that workers can read, checked exactly as they read it
     /// ([`check_payload`]): a `RawValue` holding `1e400`, a lone surrogate escape or arrays
-    /// nested more than 127 deep is refused here instead of dying at the worker.
-    pub fn new(task: &str, payload: &impl Serialize) -> Result<Self, Error> {
-        let task = TaskName::new(task)?;
-        let payload =
-            serde_json::value::to_raw_value(payload).map_err(|source| Error::Payload {
-                task: task.to_string(),
-                source,
-            })?;
-        check_payload(payload.get()).map_err(|source| Error::Unreadable {
-            task: task.to_string(),
-            source,
-        })?;
-        Ok(Self {
-            task,
-            payload,
-            queue: QueueName::new(DEFAULT_QUEUE)?,
+    /// nested more than 127 deep is refused at enqueue instead of dying at the worker.
+    pub fn new(task: &str, payload: &impl Serialize) -> Self {
+        Self {
+            task: task.to_owned(),
+            payload: serde_json::value::to_raw_value(payload).map_err(|e| e.to_string()),
+            queue: None,
             id: None,
             max_attempts: None,
             timeout: None,
             idempotency_key: None,
-            traceparent: None,
-            tracestate: None,
-            run_at: None,
-        })
+            trace: None,
+            when: When::Now,
+        }
+    }
+
+    /// A job of a typed task: named [`Task::NAME`], on [`Task::QUEUE`], with the value itself
+    /// as the payload.
+    pub fn of<T: Task>(task: &T) -> Self {
+        Self::new(T::NAME, task).queue(T::QUEUE)
     }
 
     /// Run no earlier than `delay` from now. Delayed jobs wait in Postgres (see
-    /// [`Client::with_store`]) and are published by a worker's promoter when due.
-    ///
-    /// A delay reaching past [`NewJob::run_at`]'s limit (the year 2200) is an error.
-    pub fn delay(self, delay: Duration) -> Result<Self, Error> {
-        let at = chrono::Duration::from_std(delay)
-            .ok()
-            .and_then(|d| Utc::now().checked_add_signed(d));
-        match at {
-            Some(at) if at.timestamp_millis() <= MAX_TIME_MS => self.run_at(at),
-            _ => Err(self.invalid(format!(
-                "a delay of {delay:?} reaches past 2200-01-01, the latest time a job can be \
-                 scheduled; use a shorter delay"
-            ))),
-        }
+    /// [`Client::with_store`]) and are published by a worker's promoter when due. A delay
+    /// reaching past 2200-01-01 is refused.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.when = When::After(delay);
+        self
     }
 
     /// Run no earlier than `at`. A time after 2200-01-01 is refused: the message contract
     /// cannot carry it, so it is a mistake (seconds taken for milliseconds, say), not a plan.
-    pub fn run_at(mut self, at: DateTime<Utc>) -> Result<Self, Error> {
-        if at.timestamp_millis() > MAX_TIME_MS {
-            return Err(self.invalid(format!(
-                "run at {at} is after 2200-01-01, the latest time a job can be scheduled"
-            )));
-        }
-        self.run_at = Some(at);
-        Ok(self)
+    pub fn run_at(mut self, at: DateTime<Utc>) -> Self {
+        self.when = When::At(at);
+        self
     }
 
-    /// The row of this job as a scheduled job due at `run_at` (or now). Jobs kept in Postgres
-    /// carry an explicit max attempts, the job's own or Warren's default, because the task's
-    /// policy is only known to the workers.
-    fn into_scheduled(mut self) -> ScheduledJob {
-        let run_at = self.run_at.take();
-        let (queue, m) = self.into_message();
-        ScheduledJob {
-            id: m.id,
-            queue: queue.to_string(),
-            task: m.task.to_string(),
-            payload: m.payload.get().to_owned(),
-            max_attempts: m
-                .max_attempts
-                .unwrap_or(RetryPolicy::default().max_attempts),
-            timeout_ms: m.timeout_ms,
-            run_at: run_at.unwrap_or(m.enqueued_at),
-            enqueued_at: m.enqueued_at,
-            idempotency_key: m.idempotency_key,
-            traceparent: m.traceparent,
-        }
-    }
-
-    fn is_delayed(&self, now: DateTime<Utc>) -> bool {
-        self.run_at.is_some_and(|at| at > now)
-    }
-
-    pub fn queue(mut self, queue: &str) -> Result<Self, Error> {
-        self.queue = QueueName::new(queue)?;
-        Ok(self)
+    /// The queue to publish to; the default queue (or the task's) when unset.
+    pub fn queue(mut self, queue: &str) -> Self {
+        self.queue = Some(queue.to_owned());
+        self
     }
 
     /// Use this id instead of a fresh one (for callers that must know it beforehand).
@@ -171,75 +170,194 @@ impl NewJob {
         self
     }
 
-    /// Attempts in total; the task's policy decides when unset.
-    pub fn max_attempts(mut self, n: u32) -> Result<Self, Error> {
-        if n == 0 || n > MAX_ATTEMPTS_LIMIT {
-            return Err(self.invalid(format!(
-                "max attempts must be 1 to {MAX_ATTEMPTS_LIMIT}, got {n}"
-            )));
-        }
+    /// Attempts in total, 1 to 1,000; the task's policy decides when unset.
+    pub fn max_attempts(mut self, n: u32) -> Self {
         self.max_attempts = Some(n);
-        Ok(self)
+        self
     }
 
-    /// Per-attempt timeout; the task's default when unset.
-    pub fn timeout(mut self, timeout: Duration) -> Result<Self, Error> {
-        if timeout.is_zero() || timeout > Duration::from_millis(i32::MAX as u64) {
-            return Err(self.invalid(format!(
-                "timeout must be between 1ms and 24 days, got {timeout:?}"
-            )));
-        }
+    /// Per-attempt timeout, 1 ms to 24 days; the task's default when unset.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
-        Ok(self)
+        self
     }
 
-    pub fn idempotency_key(mut self, key: impl Into<String>) -> Result<Self, Error> {
-        let key = key.into();
-        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
-            return Err(self.invalid(format!(
-                "idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes, got {}",
-                key.len()
-            )));
-        }
-        self.idempotency_key = Some(key);
-        Ok(self)
+    /// At most one live or succeeded job per key: 1 to 255 bytes, no control characters.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
     }
 
     /// W3C trace context of the caller, so the job's spans join the caller's trace.
-    pub fn trace(mut self, traceparent: &str, tracestate: Option<&str>) -> Result<Self, Error> {
-        if !is_traceparent(traceparent) {
-            return Err(self.invalid(format!(
-                "`{traceparent}` is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)"
-            )));
-        }
-        self.traceparent = Some(traceparent.to_owned());
-        self.tracestate = tracestate.map(str::to_owned);
-        Ok(self)
+    pub fn trace(mut self, traceparent: &str, tracestate: Option<&str>) -> Self {
+        self.trace = Some((traceparent.to_owned(), tracestate.map(str::to_owned)));
+        self
     }
 
-    fn invalid(&self, reason: String) -> Error {
-        Error::Option {
-            task: self.task.to_string(),
-            reason,
-        }
+    /// Checks every option; the job is enqueued exactly when this is `Ok`.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.clone().check().map(drop)
     }
 
-    /// The message of this job's first attempt.
-    fn into_message(self) -> (QueueName, JobMessage) {
+    fn check(self) -> Result<Checked, Error> {
+        let mut problems = Vec::new();
+        let mut problem =
+            |field: &'static str, text: String| problems.push(Problem { field, text });
+        let task = TaskName::new(self.task.as_str())
+            .map_err(|e| problem("task", e.reason.to_string()))
+            .ok();
+        let payload = match self.payload {
+            Err(e) => {
+                problem("payload", format!("not serialisable to JSON: {e}"));
+                None
+            }
+            Ok(p) => match check_payload(p.get()) {
+                Ok(()) => Some(p),
+                Err(e) => {
+                    problem("payload", format!("JSON that no worker can read: {e}"));
+                    None
+                }
+            },
+        };
+        let queue = QueueName::new(self.queue.as_deref().unwrap_or(DEFAULT_QUEUE))
+            .map_err(|e| problem("queue", e.to_string()))
+            .ok();
+        if let Some(n) = self.max_attempts
+            && (n == 0 || n > MAX_ATTEMPTS_LIMIT)
+        {
+            problem(
+                "max_attempts",
+                format!("must be 1 to {MAX_ATTEMPTS_LIMIT}, got {n}"),
+            );
+        }
+        if let Some(t) = self.timeout
+            && (t.is_zero() || t > Duration::from_millis(i32::MAX as u64))
+        {
+            problem(
+                "timeout",
+                format!("must be between 1ms and 24 days, got {t:?}"),
+            );
+        }
+        if let Some(key) = &self.idempotency_key {
+            if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+                let n = key.len();
+                problem(
+                    "idempotency_key",
+                    format!("must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes, got {n}"),
+                );
+            } else if key.chars().any(char::is_control) {
+                problem(
+                    "idempotency_key",
+                    "must not contain control characters".to_owned(),
+                );
+            }
+        }
+        if let Some((tp, _)) = &self.trace
+            && !is_traceparent(tp)
+        {
+            problem(
+                "trace",
+                format!("`{tp}` is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)"),
+            );
+        }
+        let run_at = match self.when {
+            When::Now => None,
+            When::After(delay) => {
+                let at = chrono::Duration::from_std(delay)
+                    .ok()
+                    .and_then(|d| Utc::now().checked_add_signed(d))
+                    .filter(|at| at.timestamp_millis() <= MAX_TIME_MS);
+                if at.is_none() {
+                    problem(
+                        "delay",
+                        format!(
+                            "{delay:?} reaches past 2200-01-01, the latest time a job can be scheduled; use a shorter delay"
+                        ),
+                    );
+                }
+                at
+            }
+            When::At(at) => {
+                if at.timestamp_millis() > MAX_TIME_MS {
+                    problem(
+                        "run_at",
+                        format!("{at} is after 2200-01-01, the latest time a job can be scheduled"),
+                    );
+                }
+                Some(at)
+            }
+        };
+        let (Some(task), Some(payload), Some(queue), true) =
+            (task, payload, queue, problems.is_empty())
+        else {
+            return Err(Error::Invalid {
+                task: self.task,
+                problems,
+            });
+        };
+        let (traceparent, tracestate) = self.trace.unzip();
         let message = JobMessage {
             id: self.id.unwrap_or_default(),
-            task: self.task,
+            task,
             attempt: 1,
             max_attempts: self.max_attempts,
             timeout_ms: self.timeout.map(|t| t.as_millis() as u64),
             idempotency_key: self.idempotency_key,
             enqueued_at: Utc::now(),
-            traceparent: self.traceparent,
-            tracestate: self.tracestate,
+            traceparent,
+            tracestate: tracestate.flatten(),
             has_row: false,
-            payload: self.payload,
+            payload,
         };
-        (self.queue, message)
+        Ok(Checked {
+            queue,
+            message,
+            run_at,
+        })
+    }
+}
+
+/// Anything that can be enqueued: a [`NewJob`], or a value of a typed [`Task`].
+pub trait IntoJob {
+    fn into_job(self) -> NewJob;
+}
+
+impl IntoJob for NewJob {
+    fn into_job(self) -> NewJob {
+        self
+    }
+}
+
+impl<T: Task> IntoJob for T {
+    fn into_job(self) -> NewJob {
+        NewJob::of(&self)
+    }
+}
+
+impl Checked {
+    fn is_delayed(&self, now: DateTime<Utc>) -> bool {
+        self.run_at.is_some_and(|at| at > now)
+    }
+
+    /// The row of this job as a scheduled job due at `run_at` (or now). Jobs kept in Postgres
+    /// carry an explicit max attempts, the job's own or Warren's default, because the task's
+    /// policy is only known to the workers.
+    fn into_scheduled(self) -> ScheduledJob {
+        let m = self.message;
+        ScheduledJob {
+            id: m.id,
+            queue: self.queue.to_string(),
+            task: m.task.to_string(),
+            payload: m.payload.get().to_owned(),
+            max_attempts: m
+                .max_attempts
+                .unwrap_or(RetryPolicy::default().max_attempts),
+            timeout_ms: m.timeout_ms,
+            run_at: self.run_at.unwrap_or(m.enqueued_at),
+            enqueued_at: m.enqueued_at,
+            idempotency_key: m.idempotency_key,
+            traceparent: m.traceparent,
+        }
     }
 }
 
@@ -290,29 +408,45 @@ impl Client {
     /// A job with a delay in the future waits in Postgres: a client with a store writes the
     /// `scheduled` row itself and returns once it is committed; a broker-only client publishes
     /// it to the intake queue, and a worker writes the row before acking it.
-    pub async fn enqueue(&self, job: NewJob) -> Result<JobId, Error> {
+    ///
+    /// ```no_run
+    /// # use serde::{Deserialize, Serialize};
+    /// # use warren_client::{Client, NewJob};
+    /// # use warren_core::Task;
+    /// #[derive(Serialize, Deserialize)]
+    /// struct EmailSend { to: String }
+    /// impl Task for EmailSend {
+    ///     const NAME: &'static str = "email.send";
+    ///     type Output = ();
+    /// }
+    /// # async fn demo(client: Client) -> Result<(), warren_client::Error> {
+    /// let id = client.enqueue(EmailSend { to: "a@example.com".into() }).await?;
+    /// let later = NewJob::of(&EmailSend { to: "b@example.com".into() })
+    ///     .delay(std::time::Duration::from_secs(60));
+    /// client.enqueue(later).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn enqueue(&self, job: impl IntoJob) -> Result<JobId, Error> {
+        let job = job.into_job().check()?;
         if job.is_delayed(Utc::now()) {
             return self.enqueue_delayed(job).await;
         }
-        let (queue, message) = job.into_message();
-        let raw = message.encode();
-        self.publisher.publish(queue.as_str(), &raw).await?;
-        Ok(message.id)
+        let raw = job.message.encode();
+        self.publisher.publish(job.queue.as_str(), &raw).await?;
+        Ok(job.message.id)
     }
 
-    async fn enqueue_delayed(&self, mut job: NewJob) -> Result<JobId, Error> {
+    async fn enqueue_delayed(&self, job: Checked) -> Result<JobId, Error> {
         if let Some(store) = &self.store {
             let row = job.into_scheduled();
             let ids = store.schedule(std::slice::from_ref(&row)).await?;
             return Ok(ids.first().copied().unwrap_or(row.id));
         }
-        let run_at = job.run_at.take().unwrap_or_else(Utc::now);
-        let (queue, message) = job.into_message();
-        let id = message.id;
+        let id = job.message.id;
         let intake = IntakeMessage {
-            job: message,
-            queue,
-            run_at,
+            run_at: job.run_at.unwrap_or_else(Utc::now),
+            job: job.message,
+            queue: job.queue,
         };
         self.publisher.publish_intake(&intake.encode()).await?;
         Ok(id)
@@ -325,56 +459,65 @@ impl Client {
     pub async fn enqueue_tx(
         &self,
         tx: &mut PgTransaction<'_>,
-        job: NewJob,
+        job: impl IntoJob,
     ) -> Result<JobId, Error> {
-        let row = job.into_scheduled();
+        let row = job.into_job().check()?.into_scheduled();
         let ids = warren_store::schedule_in(tx, std::slice::from_ref(&row)).await?;
         Ok(ids.first().copied().unwrap_or(row.id))
     }
 
     /// Enqueues many jobs: immediate ones published with pipelined confirms, delayed ones
-    /// written to Postgres in one statement. The result at index `i` is the outcome of
-    /// `jobs[i]`: its id once confirmed or committed, or why it was not enqueued.
-    pub async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Vec<Result<JobId, Error>> {
+    /// written to Postgres in one statement. The result at index `i` is the outcome of the
+    /// `i`-th job: its id once confirmed or committed, or why it was not enqueued.
+    pub async fn enqueue_many<J: IntoJob>(
+        &self,
+        jobs: impl IntoIterator<Item = J>,
+    ) -> Vec<Result<JobId, Error>> {
         let now = Utc::now();
-        let mut results: Vec<Option<Result<JobId, Error>>> = jobs.iter().map(|_| None).collect();
-        let mut delayed: Vec<(usize, ScheduledJob)> = Vec::new();
-        let mut delayed_jobs: Vec<(usize, NewJob)> = Vec::new();
-        let mut immediate: Vec<(usize, QueueName, JobMessage, warren_core::RawMessage)> =
-            Vec::new();
+        let mut results: Vec<Option<Result<JobId, Error>>> = Vec::new();
+        let mut scheduled: Vec<(usize, ScheduledJob)> = Vec::new();
+        let mut intake: Vec<(usize, Checked)> = Vec::new();
+        let mut immediate: Vec<(usize, QueueName, JobId, RawMessage)> = Vec::new();
         for (i, job) in jobs.into_iter().enumerate() {
-            if job.is_delayed(now) && self.store.is_some() {
-                delayed.push((i, job.into_scheduled()));
-            } else if job.is_delayed(now) {
-                delayed_jobs.push((i, job));
-            } else {
-                let (queue, message) = job.into_message();
-                let raw = message.encode();
-                immediate.push((i, queue, message, raw));
-            }
-        }
-
-        match &self.store {
-            Some(store) if !delayed.is_empty() => {
-                let rows: Vec<ScheduledJob> = delayed.iter().map(|(_, r)| r.clone()).collect();
-                let outcome = store.schedule(&rows).await.map_err(|e| e.to_string());
-                for (n, (i, row)) in delayed.into_iter().enumerate() {
-                    results[i] = Some(match &outcome {
-                        Ok(ids) => Ok(ids.get(n).copied().unwrap_or(row.id)),
-                        Err(reason) => Err(Error::Option {
-                            task: row.task,
-                            reason: format!("scheduling job {} failed: {reason}", row.id),
-                        }),
-                    });
+            results.push(None);
+            match job.into_job().check() {
+                Err(e) => results[i] = Some(Err(e)),
+                Ok(job) if job.is_delayed(now) && self.store.is_some() => {
+                    scheduled.push((i, job.into_scheduled()));
                 }
-            }
-            _ => {
-                for (i, job) in delayed_jobs {
-                    results[i] = Some(self.enqueue_delayed(job).await);
+                Ok(job) if job.is_delayed(now) => intake.push((i, job)),
+                Ok(job) => {
+                    let raw = job.message.encode();
+                    immediate.push((i, job.queue, job.message.id, raw));
                 }
             }
         }
-
+        if let Some(store) = &self.store
+            && !scheduled.is_empty()
+        {
+            let rows: Vec<ScheduledJob> = scheduled.iter().map(|(_, r)| r.clone()).collect();
+            match store.schedule(&rows).await {
+                Ok(ids) => {
+                    for (n, (i, row)) in scheduled.into_iter().enumerate() {
+                        results[i] = Some(Ok(ids.get(n).copied().unwrap_or(row.id)));
+                    }
+                }
+                Err(e) => {
+                    // One statement wrote them all, so one failure answers for each.
+                    let source = Arc::new(e);
+                    for (i, row) in scheduled {
+                        let source = source.clone();
+                        results[i] = Some(Err(Error::Schedule {
+                            job: row.id,
+                            source,
+                        }));
+                    }
+                }
+            }
+        }
+        for (i, job) in intake {
+            results[i] = Some(self.enqueue_delayed(job).await);
+        }
         let requests: Vec<PublishRequest<'_>> = immediate
             .iter()
             .map(|(_, queue, _, raw)| PublishRequest {
@@ -383,12 +526,14 @@ impl Client {
             })
             .collect();
         let outcomes = self.publisher.publish_many(&requests).await;
-        for ((i, _, message, _), outcome) in immediate.iter().zip(outcomes) {
-            results[*i] = Some(outcome.map(|()| message.id).map_err(Error::from));
+        for ((i, _, id, _), outcome) in immediate.iter().zip(outcomes) {
+            results[*i] = Some(outcome.map(|()| *id).map_err(Error::from));
         }
         results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| unreachable!("every job is either delayed or published")))
+            .map(|r| {
+                r.unwrap_or_else(|| unreachable!("every job is refused, scheduled or published"))
+            })
             .collect()
     }
 }
@@ -397,25 +542,40 @@ impl Client {
 mod tests {
     use super::*;
 
-    #[test]
-    fn options_are_checked_with_the_task_named() {
-        let job = NewJob::new("email.send", &serde_json::json!({"to": "x"})).unwrap();
-        let err = job.clone().max_attempts(0).unwrap_err().to_string();
-        assert!(
-            err.contains("email.send") && err.contains("max attempts"),
-            "{err}"
-        );
-        assert!(job.clone().trace("nope", None).is_err());
-        assert!(job.clone().idempotency_key("").is_err());
-        assert!(job.clone().queue("bad queue").is_err());
-        let (queue, msg) = job.max_attempts(3).unwrap().into_message();
-        assert_eq!(queue.as_str(), DEFAULT_QUEUE);
-        assert_eq!(msg.attempt, 1);
-        assert_eq!(msg.max_attempts, Some(3));
+    fn problems(job: NewJob) -> Vec<&'static str> {
+        match job.check() {
+            Err(Error::Invalid { problems, .. }) => problems.iter().map(|p| p.field).collect(),
+            other => panic!("expected problems, got {other:?}"),
+        }
     }
 
     #[test]
-    fn payloads_no_worker_can_read_are_refused_at_construction() {
+    fn every_problem_is_reported_at_once_with_the_task_named() {
+        let job = NewJob::new("email.send", &serde_json::json!({"to": "x"}))
+            .max_attempts(0)
+            .trace("nope", None)
+            .idempotency_key("")
+            .queue("bad queue");
+        let err = job.clone().check().unwrap_err().to_string();
+        assert!(
+            err.contains("email.send") && err.contains("max_attempts: must be 1"),
+            "{err}"
+        );
+        assert_eq!(
+            problems(job),
+            ["queue", "max_attempts", "idempotency_key", "trace"]
+        );
+        let checked = NewJob::new("email.send", &1)
+            .max_attempts(3)
+            .check()
+            .unwrap();
+        assert_eq!(checked.queue.as_str(), DEFAULT_QUEUE);
+        assert_eq!(checked.message.attempt, 1);
+        assert_eq!(checked.message.max_attempts, Some(3));
+    }
+
+    #[test]
+    fn payloads_no_worker_can_read_are_refused_with_the_spot() {
         let deep = format!("{}{}", "[".repeat(60_000), "]".repeat(60_000));
         for (text, spot) in [
             (r#"{"n":1e400}"#.to_owned(), "line 1, column 10"),
@@ -423,46 +583,68 @@ mod tests {
             (deep, "line 1, column 128"),
         ] {
             let raw = RawValue::from_string(text).unwrap();
-            let err = NewJob::new("t", &raw).unwrap_err();
-            assert!(matches!(err, Error::Unreadable { .. }), "{err}");
-            let chain = anyhow_like(&err);
+            let err = NewJob::new("t", &raw).check().unwrap_err().to_string();
             assert!(
-                chain.contains("no worker can read") && chain.contains(spot),
-                "{chain}"
+                err.contains("no worker can read") && err.contains(spot),
+                "{err}"
             );
         }
-        assert!(NewJob::new("t", &RawValue::from_string("[1e300]".into()).unwrap()).is_ok());
-    }
-
-    /// The error and its sources, as a binary prints them.
-    fn anyhow_like(err: &Error) -> String {
-        let mut text = err.to_string();
-        let mut source = std::error::Error::source(err);
-        while let Some(s) = source {
-            text.push_str(&format!(": {s}"));
-            source = s.source();
-        }
-        text
+        assert!(
+            NewJob::new("t", &RawValue::from_string("[1e300]".into()).unwrap())
+                .validate()
+                .is_ok()
+        );
     }
 
     #[test]
     fn delays_that_overflow_are_errors_not_panics() {
-        let job = NewJob::new("t", &1).unwrap();
+        let job = NewJob::new("t", &1);
         let err = job
             .clone()
             .delay(Duration::from_secs(100_000_000 * 86_400))
+            .validate()
             .unwrap_err()
             .to_string();
         assert!(err.contains("reaches past 2200-01-01"), "{err}");
-        assert!(job.clone().delay(Duration::MAX).is_err());
-        let far = DateTime::<Utc>::MAX_UTC;
-        assert!(job.clone().run_at(far).is_err());
-        let soon = job.delay(Duration::from_secs(60)).unwrap();
+        assert_eq!(problems(job.clone().delay(Duration::MAX)), ["delay"]);
+        assert_eq!(
+            problems(job.clone().run_at(DateTime::<Utc>::MAX_UTC)),
+            ["run_at"]
+        );
+        let soon = job.delay(Duration::from_secs(60)).check().unwrap();
         assert!(soon.is_delayed(Utc::now()));
     }
 
     #[test]
-    fn bad_task_names_are_refused_before_any_io() {
-        assert!(NewJob::new("no spaces", &1).is_err());
+    fn keys_with_control_characters_are_refused_before_any_io() {
+        assert_eq!(
+            problems(NewJob::new("t", &1).idempotency_key("a\0b")),
+            ["idempotency_key"]
+        );
+        assert_eq!(problems(NewJob::new("no spaces", &1)), ["task"]);
+    }
+
+    #[derive(Serialize, serde::Deserialize)]
+    struct EmailSend {
+        to: String,
+    }
+
+    impl Task for EmailSend {
+        const NAME: &'static str = "email.send";
+        const QUEUE: &'static str = "emails";
+        type Output = ();
+    }
+
+    #[test]
+    fn a_typed_task_names_its_job_and_queue() {
+        let checked = EmailSend {
+            to: "a@example.com".into(),
+        }
+        .into_job()
+        .check()
+        .unwrap();
+        assert_eq!(checked.message.task.as_str(), "email.send");
+        assert_eq!(checked.queue.as_str(), "emails");
+        assert_eq!(checked.message.payload.get(), r#"{"to":"a@example.com"}"#);
     }
 }

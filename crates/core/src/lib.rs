@@ -2,8 +2,8 @@
 //!
 //! It owns job identity ([`JobId`]), validated names ([`TaskName`], [`QueueName`]), the message
 //! contract between producers and workers ([`message`]), job states and the one function that
-//! decides their transitions ([`lifecycle`]), handler errors ([`JobError`]) and the retry delay
-//! policy ([`RetryPolicy`]).
+//! decides their transitions ([`lifecycle`]), handler errors ([`JobError`]), the retry delay
+//! policy ([`RetryPolicy`]) and typed tasks ([`Task`]).
 //!
 //! It deliberately does no I/O: no tokio, no lapin, no sqlx. Everything here is testable with
 //! plain unit tests, and every other crate agrees on these types instead of inventing its own.
@@ -17,6 +17,7 @@ pub mod message;
 mod name;
 pub mod redact;
 mod retry;
+mod task;
 
 pub use error::{ErrorChain, FailureKind, FailureRecord, JobError, JobErrorKind};
 pub use id::{JobId, ParseJobIdError};
@@ -25,6 +26,7 @@ pub use lifecycle::{Event, IllegalTransition, JobState};
 pub use message::{DecodeError, DecodeReason, HeaderValue, JobMessage, RawMessage};
 pub use name::{InvalidName, QueueName, TaskName};
 pub use retry::{InvalidPolicy, MAX_RETRY_DELAY, RetryPolicy, SplitMix64};
+pub use task::Task;
 
 /// The queue a job goes to when its producer names none.
 pub const DEFAULT_QUEUE: &str = "default";
