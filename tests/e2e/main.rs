@@ -2,6 +2,7 @@
 //! Each test makes its own database and RabbitMQ namespace (see warren-testkit).
 
 mod admin;
+mod alarm;
 mod bad_input;
 mod consumer_timeout;
 mod crash_loop;

@@ -25,6 +25,10 @@ const RABBITMQ_BIN: &str = "/usr/lib/rabbitmq/bin";
 /// How long a node gets to start; it takes about 7 s on two cores.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long one `rabbitmqctl` command may take. Each starts an Erlang VM of its own, about a
+/// second on two cores; a command that is still running after this has hung.
+const CTL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What the node's configuration adds to the defaults.
 #[derive(Clone, Debug, Default)]
 pub struct RabbitOptions {
@@ -190,6 +194,26 @@ impl DisposableRabbit {
             );
         }
         Ok(())
+    }
+
+    /// Runs `rabbitmqctl -n <node> <args>` and returns its standard output, e.g. to raise a
+    /// resource alarm (`set_vm_memory_high_watermark 0`) or to list connections and queues.
+    /// A command that fails, or takes longer than [`CTL_TIMEOUT`], is an error carrying its
+    /// standard error.
+    pub async fn rabbitmqctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let output = tokio::time::timeout(CTL_TIMEOUT, self.ctl().args(args).output())
+            .await
+            .with_context(|| format!("rabbitmqctl {} took over {CTL_TIMEOUT:?}", args.join(" ")))?
+            .context("running rabbitmqctl")?;
+        anyhow::ensure!(
+            output.status.success(),
+            "rabbitmqctl -n {} {} failed ({}): {}",
+            self.node,
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// `rabbitmqctl -n <node>` with this node's cookie.
