@@ -151,7 +151,7 @@ async fn acks_flow_while_an_alarm_blocks_the_publishing_connection() -> anyhow::
     // Before the alarm: the worker holds every job, unacked, in its handlers.
     let mut jobs = Vec::new();
     for i in 0..JOBS {
-        jobs.push(client.enqueue(NewJob::new("gated", &i)?).await?);
+        jobs.push(client.enqueue(NewJob::new("gated", &i)).await?);
     }
     wait_until(Duration::from_secs(20), "every job to start", || async {
         let n = started.load(Ordering::SeqCst);
@@ -200,7 +200,7 @@ async fn acks_flow_while_an_alarm_blocks_the_publishing_connection() -> anyhow::
     // the broker then blocks.
     let mut tx = env.store.begin().await?;
     let promoted = client
-        .enqueue_tx(&mut tx, NewJob::new("gated", &JOBS)?)
+        .enqueue_tx(&mut tx, NewJob::new("gated", &JOBS))
         .await?;
     tx.commit().await?;
     wait_until(
