@@ -4,7 +4,7 @@ use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use warren_broker::{Broker, BrokerConfig, Topology};
-use warren_core::QueueName;
+use warren_core::{Namespace, QueueName};
 use warren_runtime::{Worker, WorkerBuilder, WorkerConfig, WorkerStats};
 use warren_store::{Store, StoreConfig, provision};
 
@@ -72,7 +72,7 @@ impl TestEnv {
         broker_config.connection_name = name.clone();
         broker_config.confirm_timeout = Duration::from_secs(10);
         broker_config.topology = Topology {
-            namespace: format!("t{short}"),
+            namespace: Namespace::new(format!("t{short}"))?,
             delivery_limit,
         };
         let broker = Broker::connect(broker_config.clone())
@@ -97,7 +97,7 @@ impl TestEnv {
     }
 
     pub fn namespace(&self) -> &str {
-        &self.broker_config.topology.namespace
+        self.broker_config.topology.namespace.as_str()
     }
 
     /// A worker config for this env's queues with test-friendly timings.
