@@ -241,7 +241,8 @@ pub async fn claim_stale_sandboxes(
 /// than `older_than` ago: left by runs from before the register existed, or made beside a
 /// sandbox's own database. The creation time is that of the database's `PG_VERSION` file,
 /// which only a superuser (or `pg_read_server_files`) may read; without that right, none
-/// are returned.
+/// are returned. A database being created or dropped meanwhile has no such file and is
+/// skipped (`missing_ok`).
 pub async fn stale_unrecorded_databases(
     admin_url: &str,
     prefix: &str,
@@ -252,7 +253,7 @@ pub async fn stale_unrecorded_databases(
         "SELECT d.datname FROM pg_database d
          WHERE starts_with(d.datname, $1)
            AND NOT EXISTS (SELECT 1 FROM warren_sandboxes s WHERE s.database = d.datname)
-           AND (pg_stat_file('base/' || d.oid || '/PG_VERSION')).modification
+           AND (pg_stat_file('base/' || d.oid || '/PG_VERSION', true)).modification
                < now() - make_interval(secs => $2)",
     )
     .bind(prefix)
