@@ -45,8 +45,24 @@ async fn cancelled_scheduled_job_never_runs_and_running_job_stops() -> anyhow::R
         Some(FailureKind::Cancelled)
     );
 
-    // Well past its time, the cancelled scheduled job has still not run.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Past its time, the cancelled scheduled job has still not run: a marker due just after
+    // it has been promoted and run, so the promoter has gone past its due time.
+    let due = env
+        .store
+        .job(later)
+        .await?
+        .and_then(|r| r.run_at)
+        .expect("run_at");
+    let until_due = (due - chrono::Utc::now()).to_std().unwrap_or_default();
+    let marker = client
+        .enqueue(
+            NewJob::new("warren.echo", &json!("marker"))
+                .delay(until_due + Duration::from_millis(100)),
+        )
+        .await?;
+    let rows = wait_all_terminal(&env.store, &[marker], Duration::from_secs(20)).await?;
+    assert_eq!(rows[&marker].state, JobState::Succeeded);
+    assert!(rows[&marker].started_at.expect("started") > due);
     let row = env.store.job(later).await?.expect("row");
     assert_eq!(row.state, JobState::Cancelled);
     assert!(row.started_at.is_none(), "it never started");

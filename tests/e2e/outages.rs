@@ -10,7 +10,7 @@ use warren_core::JobState;
 use warren_testkit::{Proxy, TestEnv};
 use warren_worker::tasks::register_builtins;
 
-use crate::support::{count_state, enqueue_all, wait_all_terminal};
+use crate::support::{count_state, enqueue_all, wait_all_terminal, wait_worker_started};
 
 const POSTGRES: &str = "127.0.0.1:5432";
 const RABBITMQ: &str = "127.0.0.1:5672";
@@ -34,8 +34,8 @@ async fn a_database_outage_never_spends_a_delivery() -> anyhow::Result<()> {
             &store_config,
         )
         .await?;
-    // Let the worker finish starting (it registers itself in Postgres) before the cut.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Let the worker finish starting (registered in Postgres, consuming) before the cut.
+    wait_worker_started(&env).await?;
     proxy.cut();
 
     let client = Client::connect(env.broker_config.clone()).await?;
@@ -165,7 +165,7 @@ async fn shutdown_fits_its_grace_period_while_postgres_is_unreachable() -> anyho
     let proxy = Proxy::start(POSTGRES).await?;
     let grace = Duration::from_secs(3);
     let worker = worker_behind(&env, &proxy, grace).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_worker_started(&env).await?;
     proxy.blackhole();
 
     let client = Client::connect(env.broker_config.clone()).await?;

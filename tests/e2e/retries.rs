@@ -82,8 +82,16 @@ async fn retries_follow_the_policy_and_stop_at_max_attempts() -> anyhow::Result<
     assert_eq!(r.errors.len(), 1);
     assert_eq!(r.errors[0].kind, FailureKind::Permanent);
 
-    // No fourth run of the exhausted job sneaks in later.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // No fourth run of the exhausted job sneaks in later: a marker due at twice the delay a
+    // fourth attempt would have waited (1.2 s) has been promoted and run from the same queue.
+    let client = client.with_store(env.store.clone());
+    let marker = client
+        .enqueue(
+            NewJob::new("warren.fail", &json!({ "times": 0 })).delay(Duration::from_millis(2400)),
+        )
+        .await?;
+    let done = wait_all_terminal(&env.store, &[marker], Duration::from_secs(30)).await?;
+    assert_eq!(done[&marker].state, JobState::Succeeded);
     let again = env.store.job(never).await?.expect("row");
     assert_eq!(
         (again.state, again.attempt, again.errors.len()),

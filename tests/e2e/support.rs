@@ -100,3 +100,21 @@ pub(crate) async fn enqueue_all(client: &Client, jobs: Vec<NewJob>) -> anyhow::R
         .into_iter()
         .collect::<Result<Vec<_>, _>>()?)
 }
+
+/// Waits until a worker has started: it registered itself in Postgres and consumes `env`'s
+/// first queue.
+pub(crate) async fn wait_worker_started(env: &TestEnv) -> anyhow::Result<()> {
+    wait_until(Duration::from_secs(30), "the worker to start", || async {
+        let workers = env.store.workers().await?;
+        let depth = env.broker.queue_depth(&env.queues[0]).await?;
+        let consumers = depth.map_or(0, |d| d.consumers);
+        Ok(
+            if workers.iter().any(|w| w.state == "running") && consumers > 0 {
+                Ok(())
+            } else {
+                Err(format!("{} workers, {consumers} consumers", workers.len()))
+            },
+        )
+    })
+    .await
+}

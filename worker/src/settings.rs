@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use warren_broker::{BrokerConfig, Topology};
-use warren_core::QueueName;
 use warren_core::duration::parse_duration;
+use warren_core::{Namespace, QueueName};
 use warren_runtime::WorkerConfig;
 use warren_store::StoreConfig;
 
@@ -84,12 +84,12 @@ pub struct Args {
     pub max_body_bytes: usize,
 
     /// Prefix of every RabbitMQ exchange and queue Warren declares.
-    #[arg(long, env = "WARREN_NAMESPACE", default_value = "warren")]
+    #[arg(long, env = "WARREN_NAMESPACE", default_value = Namespace::DEFAULT)]
     pub namespace: String,
 
     /// x-delivery-limit of the work queues: deliveries of one message (say, one that keeps
     /// crashing its worker) before RabbitMQ dead-letters it.
-    #[arg(long, env = "WARREN_DELIVERY_LIMIT", default_value_t = 5)]
+    #[arg(long, env = "WARREN_DELIVERY_LIMIT", default_value_t = Topology::DEFAULT_DELIVERY_LIMIT)]
     pub delivery_limit: u32,
 
     /// Identity of this process in the workers table (default: host-pid).
@@ -161,17 +161,8 @@ impl Args {
             Some(p) => p,
             None => (self.concurrency * 2).min(usize::from(u16::MAX)) as u16,
         };
-        if self.namespace.is_empty()
-            || !self
-                .namespace
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        {
-            return Err(format!(
-                "--namespace / WARREN_NAMESPACE `{}`: use ASCII letters, digits, . _ -",
-                self.namespace
-            ));
-        }
+        let namespace = Namespace::new(&self.namespace)
+            .map_err(|e| format!("--namespace / WARREN_NAMESPACE: {e}"))?;
         if self.delivery_limit == 0 {
             return Err("--delivery-limit / WARREN_DELIVERY_LIMIT must be at least 1".to_owned());
         }
@@ -197,7 +188,7 @@ impl Args {
         broker.connection_name = format!("warren-worker {worker_id}");
         broker.ca_file = self.amqp_ca_file;
         broker.topology = Topology {
-            namespace: self.namespace,
+            namespace,
             delivery_limit: self.delivery_limit,
         };
         let mut store = StoreConfig::new(self.database_url);
@@ -285,6 +276,11 @@ mod tests {
         assert_eq!(s.worker.prefetch, 128);
         assert!(!s.migrate, "migrating is an explicit step");
         assert!(parse(&["--migrate"]).unwrap().migrate);
+        assert_eq!(
+            s.broker.topology,
+            Topology::default(),
+            "one home for defaults"
+        );
         assert!(!parse(&["--no-migrate"]).unwrap().migrate, "still accepted");
         assert_eq!(s.broker.ca_file, None);
         let with_ca = parse(&["--amqp-ca-file", "/etc/warren/ca.pem"]).unwrap();
@@ -349,10 +345,10 @@ mod tests {
                 .unwrap_err()
                 .contains("no unit")
         );
+        let err = parse(&["--namespace", "a b"]).unwrap_err();
         assert!(
-            parse(&["--namespace", "a b"])
-                .unwrap_err()
-                .contains("--namespace")
+            err.contains("--namespace / WARREN_NAMESPACE") && err.contains("only ASCII"),
+            "{err}"
         );
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use warren_broker::{Broker, BrokerConfig, Topology};
-use warren_core::QueueName;
+use warren_core::{Namespace, QueueName};
 use warren_store::{Store, StoreConfig, provision};
 
 use crate::settings::Settings;
@@ -201,7 +201,7 @@ async fn declare(
     let mut config = BrokerConfig::new(settings.amqp_url.clone());
     config.connection_name = format!("{namespace} admin");
     config.topology = Topology {
-        namespace: namespace.to_owned(),
+        namespace: Namespace::new(namespace)?,
         ..Topology::default()
     };
     let admin = Broker::connect(config.clone())

@@ -2,7 +2,7 @@ use lapin::Channel;
 use lapin::ExchangeKind;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use warren_core::QueueName;
+use warren_core::{Namespace, QueueName};
 
 use crate::Error;
 
@@ -19,17 +19,19 @@ use crate::Error;
 ///   access, published through the default exchange; workers turn them into scheduled rows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Topology {
-    pub namespace: String,
+    pub namespace: Namespace,
     /// `x-delivery-limit` of every work queue: a message delivered more than this many times
     /// (because its worker keeps dying) is dead-lettered instead of looping forever.
     pub delivery_limit: u32,
 }
 
 impl Default for Topology {
+    /// Namespace [`Namespace::DEFAULT`] and delivery limit [`Topology::DEFAULT_DELIVERY_LIMIT`]:
+    /// the defaults of every binary's flags.
     fn default() -> Self {
         Self {
-            namespace: "warren".to_owned(),
-            delivery_limit: 5,
+            namespace: Namespace::default(),
+            delivery_limit: Self::DEFAULT_DELIVERY_LIMIT,
         }
     }
 }
@@ -38,6 +40,10 @@ const HINT_MISMATCH: &str = "; if it exists with different arguments (queue type
     dead-letter settings) delete it or use another namespace";
 
 impl Topology {
+    /// Deliveries of one message before the broker dead-letters it. High enough that a job
+    /// is not dead-lettered for the crashes of an innocent neighbour (see ARCHITECTURE.md).
+    pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
+
     pub fn work_exchange(&self) -> String {
         format!("{}.work", self.namespace)
     }

@@ -8,6 +8,7 @@ use std::fmt;
 
 use anyhow::Context;
 use warren_broker::{Broker, BrokerConfig, Topology};
+use warren_core::Namespace;
 use warren_store::{Store, StoreConfig};
 
 use crate::exit::Usage;
@@ -44,7 +45,7 @@ pub struct ConnectionArgs {
     #[arg(
         long,
         env = "WARREN_NAMESPACE",
-        default_value = "warren",
+        default_value = Namespace::DEFAULT,
         global = true
     )]
     pub namespace: String,
@@ -54,7 +55,7 @@ pub struct ConnectionArgs {
     #[arg(
         long,
         env = "WARREN_DELIVERY_LIMIT",
-        default_value_t = 5,
+        default_value_t = Topology::DEFAULT_DELIVERY_LIMIT,
         global = true
     )]
     pub delivery_limit: u32,
@@ -118,7 +119,8 @@ impl ConnectionArgs {
                  (e.g. amqp://user:pass@127.0.0.1:5672/%2f)"
                 ))
             })?;
-        check_namespace(&self.namespace)?;
+        let namespace = Namespace::new(&self.namespace)
+            .map_err(|e| Usage(format!("--namespace / WARREN_NAMESPACE: {e}")))?;
         if self.delivery_limit == 0 {
             return Err(Usage(
                 "--delivery-limit / WARREN_DELIVERY_LIMIT must be at least 1".to_owned(),
@@ -129,7 +131,7 @@ impl ConnectionArgs {
         config.confirm_timeout = self.confirm_timeout;
         config.ca_file = self.amqp_ca_file.clone();
         config.topology = Topology {
-            namespace: self.namespace.clone(),
+            namespace,
             delivery_limit: self.delivery_limit,
         };
         Ok(config)
@@ -168,21 +170,6 @@ impl ConnectionArgs {
     }
 }
 
-/// The same rule the worker applies, so the CLI never declares names no worker would use.
-fn check_namespace(namespace: &str) -> Result<(), Usage> {
-    let ok = !namespace.is_empty()
-        && namespace
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Usage(format!(
-            "--namespace / WARREN_NAMESPACE `{namespace}`: use ASCII letters, digits, . _ -"
-        )))
-    }
-}
-
 #[cfg(test)]
 #[allow(
     clippy::unwrap_used,
@@ -196,10 +183,27 @@ mod tests {
             amqp_url: amqp.map(str::to_owned),
             amqp_ca_file: None,
             database_url: db.map(str::to_owned),
-            namespace: "warren".to_owned(),
-            delivery_limit: 5,
+            namespace: Namespace::DEFAULT.to_owned(),
+            delivery_limit: Topology::DEFAULT_DELIVERY_LIMIT,
             confirm_timeout: std::time::Duration::from_secs(30),
         }
+    }
+
+    #[test]
+    fn flag_defaults_are_the_topology_defaults() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            connection: ConnectionArgs,
+        }
+        let parsed = <Cli as clap::Parser>::try_parse_from(["warren"]).unwrap();
+        let config = ConnectionArgs {
+            amqp_url: Some("amqp://h".to_owned()),
+            ..parsed.connection
+        }
+        .broker_config("queues")
+        .unwrap();
+        assert_eq!(config.topology, Topology::default());
     }
 
     #[test]
@@ -226,7 +230,11 @@ mod tests {
             Some("postgres://u:s3cret@h/db"),
         );
         assert_eq!(
-            a.broker_config("queues").unwrap().topology.namespace,
+            a.broker_config("queues")
+                .unwrap()
+                .topology
+                .namespace
+                .as_str(),
             "warren"
         );
         assert!(a.store_config("jobs").is_ok());

@@ -103,7 +103,7 @@ mod tests {
     #[test]
     fn queues_show_their_amqp_names_and_depth() {
         let topology = Topology {
-            namespace: "prod".into(),
+            namespace: warren_core::Namespace::new("prod").unwrap(),
             delivery_limit: 5,
         };
         let q = |name| QueueName::new(name).unwrap();

@@ -1,6 +1,6 @@
 //! warren-core: the domain of Warren as plain data and pure functions.
 //!
-//! It owns job identity ([`JobId`]), validated names ([`TaskName`], [`QueueName`]), the message
+//! It owns job identity ([`JobId`]), validated names ([`TaskName`], [`QueueName`], [`Namespace`]), the message
 //! contract between producers and workers ([`message`]), job states and the one function that
 //! decides their transitions ([`lifecycle`]), handler errors ([`JobError`]), the retry delay
 //! policy ([`RetryPolicy`]) and typed tasks ([`Task`]).
@@ -24,7 +24,7 @@ pub use id::{JobId, ParseJobIdError};
 pub use intake::IntakeMessage;
 pub use lifecycle::{Event, IllegalTransition, JobState};
 pub use message::{DecodeError, DecodeReason, HeaderValue, JobMessage, RawMessage};
-pub use name::{InvalidName, QueueName, TaskName};
+pub use name::{InvalidName, Namespace, QueueName, TaskName};
 pub use retry::{InvalidPolicy, MAX_RETRY_DELAY, RetryPolicy, SplitMix64};
 pub use task::Task;
 

@@ -106,9 +106,101 @@ name_type!(
     "queue"
 );
 
+/// The prefix of every RabbitMQ exchange and queue a Warren deployment declares
+/// (`<ns>.work`, `<ns>.q.<queue>`, ...), so several deployments, or parallel tests, share one
+/// vhost. The CLI, the workers and the producers of one deployment must use the same one.
+///
+/// ASCII letters, digits, `.`, `_` and `-`, at most 120 bytes: the names built from it stay
+/// within RabbitMQ's 255-byte limit with any valid queue name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Namespace(String);
+
+impl Namespace {
+    /// The namespace used when none is configured.
+    pub const DEFAULT: &'static str = "warren";
+
+    pub fn new(name: impl Into<String>) -> Result<Self, InvalidName> {
+        let name = name.into();
+        let fail = |reason| InvalidName {
+            what: "namespace",
+            name: name.chars().take(MAX_NAME_LEN + 10).collect(),
+            reason,
+        };
+        if name.is_empty() {
+            return Err(fail("it is empty"));
+        }
+        if name.len() > MAX_NAME_LEN {
+            return Err(fail("it is longer than 120 bytes"));
+        }
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(fail("only ASCII letters, digits and . _ - are allowed"));
+        }
+        Ok(Self(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for Namespace {
+    fn default() -> Self {
+        Self(Self::DEFAULT.to_owned())
+    }
+}
+
+impl fmt::Display for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for Namespace {
+    type Err = InvalidName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl AsRef<str> for Namespace {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn namespaces_take_letters_digits_dots_underscores_and_dashes() {
+        for ok in ["warren", "t0123456789ab", "prod.eu-1_b", "1st"] {
+            assert_eq!(
+                Namespace::new(ok).map(|n| n.to_string()).ok().as_deref(),
+                Some(ok)
+            );
+        }
+        for (bad, rule) in [
+            ("", "empty"),
+            ("a b", "only ASCII"),
+            ("a:b", "only ASCII"),
+            ("é", "only ASCII"),
+        ] {
+            let err = Namespace::new(bad)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.contains("namespace") && err.contains(rule),
+                "{bad}: {err}"
+            );
+        }
+        assert!(Namespace::new("a".repeat(MAX_NAME_LEN + 1)).is_err());
+        assert_eq!(Namespace::default().as_str(), Namespace::DEFAULT);
+    }
 
     #[test]
     fn accepts_ordinary_names() {

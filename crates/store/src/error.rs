@@ -43,6 +43,19 @@ pub enum Error {
     },
 
     #[error(
+        "migration {version} ({file}) differs from the one this database applied: its recorded \
+         SHA-256 is {recorded}, this binary's is {embedded}; an applied migration must never \
+         change, so restore schemas/migrations/{file} as it was (and put the change in a new \
+         migration), or run the warren release that applied it"
+    )]
+    MigrationChanged {
+        version: i64,
+        file: String,
+        recorded: String,
+        embedded: String,
+    },
+
+    #[error(
         "the database schema is at version {found}, newer than the {known} this binary knows; upgrade warren before running it against this database"
     )]
     SchemaTooNew { found: i64, known: i64 },

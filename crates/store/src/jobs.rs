@@ -3,8 +3,8 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::Row;
-use sqlx::postgres::PgRow;
+use serde_json::value::RawValue;
+use sqlx::types::Json;
 use warren_core::{FailureRecord, JobId, JobState};
 
 use crate::{Error, Store};
@@ -73,7 +73,7 @@ pub struct StateCount {
 }
 
 /// Throughput and latency of finished jobs in a window, computed by Postgres.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct LatencySummary {
     pub finished: i64,
     pub first_enqueued: Option<DateTime<Utc>>,
@@ -94,66 +94,101 @@ fn state_of(job: JobId, s: &str) -> Result<JobState, Error> {
     })
 }
 
-fn job_from_row(row: &PgRow) -> Result<JobRecord, Error> {
-    let get = |e: sqlx::Error| Error::Query {
-        what: "reading a job row",
-        source: e,
+/// `SELECT` of the columns [`JobRow`] reads, named so that a column added by a later
+/// migration changes nothing here (and a renamed one fails loudly in tests). A macro, not a
+/// `const`, so that the queries stay `&'static str` for sqlx.
+macro_rules! select_job_columns {
+    () => {
+        "SELECT id, queue, task, state, attempt, max_attempts, payload, raw_body, result, errors,
+                timeout_ms, run_at, enqueued_at, started_at, finished_at, updated_at, worker_id,
+                idempotency_key, traceparent, duplicate_of, duplicate_runs, cancel_requested_at,
+                body_size, body_sha256
+         FROM warren_jobs "
     };
-    let id = JobId::from_uuid(row.try_get("id").map_err(get)?);
-    let state: String = row.try_get("state").map_err(get)?;
-    let errors: serde_json::Value = row.try_get("errors").map_err(get)?;
-    let errors = serde_json::from_value(errors).map_err(|e| Error::Corrupt {
-        job: id,
-        field: "errors",
-        reason: e.to_string(),
-    })?;
-    let raw: Option<Vec<u8>> = row.try_get("raw_body").map_err(get)?;
-    let (payload, unreadable) = match row.try_get::<Option<serde_json::Value>, _>("payload") {
-        Ok(payload) => (payload, None),
-        // jsonb holds some JSON that serde_json cannot (`1e400` is a fine numeric to
-        // Postgres): such a payload is returned as its text, rather than failing the row and
-        // with it `warren jobs show`, which is how an admin finds out what is wrong with it.
-        Err(sqlx::Error::ColumnDecode { .. }) => {
-            let text: Option<sqlx::types::Json<Box<serde_json::value::RawValue>>> =
-                row.try_get("payload").map_err(get)?;
-            (None, text.map(|t| t.0.get().to_owned()))
-        }
-        Err(e) => return Err(get(e)),
-    };
-    Ok(JobRecord {
-        id,
-        queue: row.try_get("queue").map_err(get)?,
-        task: row.try_get("task").map_err(get)?,
-        state: state_of(id, &state)?,
-        attempt: row.try_get::<i32, _>("attempt").map_err(get)?.max(0) as u32,
-        max_attempts: row.try_get::<i32, _>("max_attempts").map_err(get)?.max(0) as u32,
-        payload,
-        raw_body: raw
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .or(unreadable),
-        result: row.try_get("result").map_err(get)?,
-        errors,
-        timeout_ms: row.try_get("timeout_ms").map_err(get)?,
-        run_at: row.try_get("run_at").map_err(get)?,
-        enqueued_at: row.try_get("enqueued_at").map_err(get)?,
-        started_at: row.try_get("started_at").map_err(get)?,
-        finished_at: row.try_get("finished_at").map_err(get)?,
-        updated_at: row.try_get("updated_at").map_err(get)?,
-        worker_id: row.try_get("worker_id").map_err(get)?,
-        idempotency_key: row.try_get("idempotency_key").map_err(get)?,
-        traceparent: row.try_get("traceparent").map_err(get)?,
-        duplicate_of: row
-            .try_get::<Option<uuid::Uuid>, _>("duplicate_of")
-            .map_err(get)?
-            .map(JobId::from_uuid),
-        duplicate_runs: row.try_get::<i32, _>("duplicate_runs").map_err(get)?.max(0) as u32,
-        cancel_requested_at: row.try_get("cancel_requested_at").map_err(get)?,
-        body_size: row.try_get("body_size").map_err(get)?,
-        body_sha256: row
-            .try_get::<Option<Vec<u8>>, _>("body_sha256")
-            .map_err(get)?
-            .map(|d| d.iter().map(|b| format!("{b:02x}")).collect()),
-    })
+}
+
+/// A `warren_jobs` row as Postgres types it; [`JobRecord`] is what callers get.
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    id: uuid::Uuid,
+    queue: String,
+    task: String,
+    state: String,
+    attempt: i32,
+    max_attempts: i32,
+    /// Read as raw JSON text, not as a `serde_json::Value`: jsonb holds some JSON that
+    /// serde_json cannot (`1e400` is a fine numeric to Postgres), and such a payload is
+    /// returned as its text rather than failing the row and with it `warren jobs show`,
+    /// which is how an admin finds out what is wrong with it.
+    payload: Option<Json<Box<RawValue>>>,
+    raw_body: Option<Vec<u8>>,
+    result: Option<serde_json::Value>,
+    errors: serde_json::Value,
+    timeout_ms: Option<i64>,
+    run_at: Option<DateTime<Utc>>,
+    enqueued_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    updated_at: DateTime<Utc>,
+    worker_id: Option<String>,
+    idempotency_key: Option<String>,
+    traceparent: Option<String>,
+    duplicate_of: Option<uuid::Uuid>,
+    duplicate_runs: i32,
+    cancel_requested_at: Option<DateTime<Utc>>,
+    body_size: Option<i64>,
+    body_sha256: Option<Vec<u8>>,
+}
+
+impl TryFrom<JobRow> for JobRecord {
+    type Error = Error;
+
+    fn try_from(row: JobRow) -> Result<Self, Error> {
+        let id = JobId::from_uuid(row.id);
+        let errors = serde_json::from_value(row.errors).map_err(|e| Error::Corrupt {
+            job: id,
+            field: "errors",
+            reason: e.to_string(),
+        })?;
+        let (payload, unreadable) = match row.payload {
+            None => (None, None),
+            Some(Json(raw)) => match serde_json::from_str(raw.get()) {
+                Ok(value) => (Some(value), None),
+                Err(_) => (None, Some(raw.get().to_owned())),
+            },
+        };
+        Ok(JobRecord {
+            id,
+            queue: row.queue,
+            task: row.task,
+            state: state_of(id, &row.state)?,
+            attempt: row.attempt.max(0) as u32,
+            max_attempts: row.max_attempts.max(0) as u32,
+            payload,
+            raw_body: row
+                .raw_body
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .or(unreadable),
+            result: row.result,
+            errors,
+            timeout_ms: row.timeout_ms,
+            run_at: row.run_at,
+            enqueued_at: row.enqueued_at,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+            updated_at: row.updated_at,
+            worker_id: row.worker_id,
+            idempotency_key: row.idempotency_key,
+            traceparent: row.traceparent,
+            duplicate_of: row.duplicate_of.map(JobId::from_uuid),
+            duplicate_runs: row.duplicate_runs.max(0) as u32,
+            cancel_requested_at: row.cancel_requested_at,
+            body_size: row.body_size,
+            body_sha256: row
+                .body_sha256
+                .map(|d| d.iter().map(|b| format!("{b:02x}")).collect()),
+        })
+    }
 }
 
 /// The result of claiming a job's idempotency key before running it.
@@ -216,23 +251,24 @@ impl Store {
 
     /// One job in full, or `None` if Postgres has no row for it (yet).
     pub async fn job(&self, id: JobId) -> Result<Option<JobRecord>, Error> {
-        let row = sqlx::query("SELECT * FROM warren_jobs WHERE id = $1")
+        let row: Option<JobRow> = sqlx::query_as(concat!(select_job_columns!(), "WHERE id = $1"))
             .bind(id.as_uuid())
             .fetch_optional(&self.pool)
             .await
             .map_err(Error::query("reading a job"))?;
-        row.as_ref().map(job_from_row).transpose()
+        row.map(JobRecord::try_from).transpose()
     }
 
     /// Several jobs by id, in no particular order; missing ids are absent.
     pub async fn jobs(&self, ids: &[JobId]) -> Result<Vec<JobRecord>, Error> {
         let ids: Vec<uuid::Uuid> = ids.iter().map(JobId::as_uuid).collect();
-        let rows = sqlx::query("SELECT * FROM warren_jobs WHERE id = ANY($1)")
-            .bind(ids)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(Error::query("reading jobs"))?;
-        rows.iter().map(job_from_row).collect()
+        let rows: Vec<JobRow> =
+            sqlx::query_as(concat!(select_job_columns!(), "WHERE id = ANY($1)"))
+                .bind(ids)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(Error::query("reading jobs"))?;
+        rows.into_iter().map(JobRecord::try_from).collect()
     }
 
     /// State and attempt of a job, or `None` without a row.
@@ -299,34 +335,22 @@ impl Store {
     /// Latency percentiles and throughput of jobs finished (succeeded or dead) that were
     /// enqueued at or after `since`.
     pub async fn latency_summary(&self, since: DateTime<Utc>) -> Result<LatencySummary, Error> {
-        let row = sqlx::query(
+        sqlx::query_as(
             "SELECT count(*) AS finished,
                     min(enqueued_at) AS first_enqueued,
                     max(finished_at) AS last_finished,
-                    percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - enqueued_at)) * 1000 AS s50,
-                    percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - enqueued_at)) * 1000 AS s99,
-                    percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM updated_at - enqueued_at)) * 1000 AS r50,
-                    percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM updated_at - enqueued_at)) * 1000 AS r99
+                    percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - enqueued_at)) * 1000 AS start_p50_ms,
+                    percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - enqueued_at)) * 1000 AS start_p99_ms,
+                    percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM updated_at - enqueued_at)) * 1000 AS recorded_p50_ms,
+                    percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM updated_at - enqueued_at)) * 1000 AS recorded_p99_ms
              FROM warren_jobs
-             WHERE state IN ('succeeded', 'dead') AND enqueued_at >= $1",
+             WHERE state = ANY($2) AND enqueued_at >= $1",
         )
         .bind(since)
+        .bind(vec![JobState::Succeeded.as_str(), JobState::Dead.as_str()])
         .fetch_one(&self.pool)
         .await
-        .map_err(Error::query("summarising latencies"))?;
-        let get = |e: sqlx::Error| Error::Query {
-            what: "reading the latency summary",
-            source: e,
-        };
-        Ok(LatencySummary {
-            finished: row.try_get("finished").map_err(get)?,
-            first_enqueued: row.try_get("first_enqueued").map_err(get)?,
-            last_finished: row.try_get("last_finished").map_err(get)?,
-            start_p50_ms: row.try_get("s50").map_err(get)?,
-            start_p99_ms: row.try_get("s99").map_err(get)?,
-            recorded_p50_ms: row.try_get("r50").map_err(get)?,
-            recorded_p99_ms: row.try_get("r99").map_err(get)?,
-        })
+        .map_err(Error::query("summarising latencies"))
     }
 }
 

@@ -15,6 +15,8 @@ mod promotion;
 pub mod provision;
 mod recorder;
 mod schedule;
+#[cfg(test)]
+mod sql_states;
 mod store;
 mod workers;
 

@@ -1,6 +1,13 @@
 //! Embedded migrations, applied under an advisory lock so that many workers starting at once
 //! apply each migration exactly once and none starts on a half-migrated schema.
+//!
+//! Each applied migration is recorded with the SHA-256 of its SQL. A migration edited after a
+//! database applied it would leave that database different from a fresh one with no version
+//! to tell them apart, so a checksum that differs from the embedded one stops `migrate` and
+//! the start-up check. Databases migrated before checksums were kept have none: `migrate`
+//! records them, the start-up check (read-only) accepts their absence.
 
+use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
 use crate::Error;
@@ -9,6 +16,52 @@ struct Migration {
     version: i64,
     name: &'static str,
     sql: &'static str,
+}
+
+impl Migration {
+    fn checksum(&self) -> Vec<u8> {
+        Sha256::digest(self.sql.as_bytes()).to_vec()
+    }
+
+    fn file(&self) -> String {
+        format!("{:04}_{}.sql", self.version, self.name)
+    }
+}
+
+/// A row of `warren_migrations`.
+#[derive(sqlx::FromRow)]
+struct Applied {
+    version: i64,
+    checksum: Option<Vec<u8>>,
+}
+
+/// Checks each applied migration's recorded checksum against the embedded migration of that
+/// version. Returns the versions that have no checksum yet (applied before checksums were
+/// kept); a version this binary does not embed is left to the version checks.
+fn verify(applied: &[Applied]) -> Result<Vec<&'static Migration>, Error> {
+    let mut unrecorded = Vec::new();
+    for row in applied {
+        let Some(m) = MIGRATIONS.iter().find(|m| m.version == row.version) else {
+            continue;
+        };
+        match &row.checksum {
+            None => unrecorded.push(m),
+            Some(recorded) if *recorded == m.checksum() => {}
+            Some(recorded) => {
+                return Err(Error::MigrationChanged {
+                    version: m.version,
+                    file: m.file(),
+                    recorded: hex(recorded),
+                    embedded: hex(&m.checksum()),
+                });
+            }
+        }
+    }
+    Ok(unrecorded)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 const MIGRATIONS: &[Migration] = &[
@@ -82,7 +135,22 @@ pub(crate) async fn check(pool: &PgPool) -> Result<(), Error> {
             found: v,
             known: SCHEMA_VERSION,
         }),
-        _ => Ok(()),
+        _ => {
+            let applied: Vec<Applied> =
+                match sqlx::query_as("SELECT version, checksum FROM warren_migrations")
+                    .fetch_all(pool)
+                    .await
+                {
+                    Ok(rows) => rows,
+                    // 42703: undefined column. Migrated before checksums were kept, and not
+                    // migrated since: nothing to compare yet (`warren migrate` records them).
+                    Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42703") => {
+                        return Ok(());
+                    }
+                    Err(e) => return Err(Error::query("reading migration checksums")(e)),
+                };
+            verify(&applied).map(drop)
+        }
     }
 }
 
@@ -91,22 +159,39 @@ async fn apply_pending(conn: &mut sqlx::PgConnection) -> Result<(), Error> {
         "CREATE TABLE IF NOT EXISTS warren_migrations (
             version    bigint PRIMARY KEY,
             name       text NOT NULL,
-            applied_at timestamptz NOT NULL DEFAULT now()
+            applied_at timestamptz NOT NULL DEFAULT now(),
+            checksum   bytea
         )",
     )
     .execute(&mut *conn)
     .await
     .map_err(Error::query("creating the migrations table"))?;
-    let current: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM warren_migrations")
-        .fetch_one(&mut *conn)
+    add_checksum_column(conn).await?;
+    let applied: Vec<Applied> = sqlx::query_as("SELECT version, checksum FROM warren_migrations")
+        .fetch_all(&mut *conn)
         .await
-        .map_err(Error::query("reading the schema version"))?;
-    let current = current.unwrap_or(0);
+        .map_err(Error::query("reading the applied migrations"))?;
+    let current = applied.iter().map(|a| a.version).max().unwrap_or(0);
     if current > SCHEMA_VERSION {
         return Err(Error::SchemaTooNew {
             found: current,
             known: SCHEMA_VERSION,
         });
+    }
+    for m in verify(&applied)? {
+        sqlx::query("UPDATE warren_migrations SET checksum = $2 WHERE version = $1")
+            .bind(m.version)
+            .bind(m.checksum())
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::query(
+                "recording the checksum of an applied migration",
+            ))?;
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            "recorded the checksum of a migration applied before checksums were kept"
+        );
     }
     for m in MIGRATIONS.iter().filter(|m| m.version > current) {
         let fail = |source| Error::Migrate {
@@ -116,14 +201,40 @@ async fn apply_pending(conn: &mut sqlx::PgConnection) -> Result<(), Error> {
         };
         let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(fail)?;
         sqlx::raw_sql(m.sql).execute(&mut *tx).await.map_err(fail)?;
-        sqlx::query("INSERT INTO warren_migrations (version, name) VALUES ($1, $2)")
+        sqlx::query("INSERT INTO warren_migrations (version, name, checksum) VALUES ($1, $2, $3)")
             .bind(m.version)
             .bind(m.name)
+            .bind(m.checksum())
             .execute(&mut *tx)
             .await
             .map_err(fail)?;
         tx.commit().await.map_err(fail)?;
         tracing::info!(version = m.version, name = m.name, "applied migration");
+    }
+    Ok(())
+}
+
+/// Adds `checksum` to a `warren_migrations` made before checksums were kept. Only then: an
+/// `ALTER TABLE` locks the table, even when it ends up changing nothing, and would block every
+/// worker's start-up check meanwhile.
+async fn add_checksum_column(conn: &mut sqlx::PgConnection) -> Result<(), Error> {
+    let has_column: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute
+                        WHERE attrelid = 'warren_migrations'::regclass
+                          AND attname = 'checksum' AND NOT attisdropped)",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(Error::query(
+        "looking for the migrations table's checksum column",
+    ))?;
+    if !has_column {
+        sqlx::raw_sql("ALTER TABLE warren_migrations ADD COLUMN checksum bytea")
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::query(
+                "adding a checksum column to the migrations table",
+            ))?;
     }
     Ok(())
 }
@@ -138,5 +249,36 @@ mod tests {
             assert_eq!(m.version, i as i64 + 1, "{}", m.name);
         }
         assert_eq!(MIGRATIONS.last().map(|m| m.version), Some(SCHEMA_VERSION));
+    }
+
+    #[test]
+    fn each_migration_names_its_file() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/migrations");
+        for m in MIGRATIONS {
+            let on_disk = std::fs::read_to_string(format!("{dir}/{}", m.file()));
+            assert_eq!(on_disk.ok().as_deref(), Some(m.sql), "{}", m.file());
+        }
+    }
+
+    #[test]
+    fn an_edited_migration_is_named_and_an_unrecorded_one_is_listed() {
+        let row = |version, checksum| Applied { version, checksum };
+        let first = &MIGRATIONS[0];
+        let ok = [row(1, Some(first.checksum())), row(2, None)];
+        let unrecorded = verify(&ok).unwrap_or_default();
+        assert_eq!(
+            unrecorded.iter().map(|m| m.version).collect::<Vec<_>>(),
+            [2]
+        );
+        let edited = [row(1, Some(vec![0; 32]))];
+        match verify(&edited) {
+            Err(Error::MigrationChanged { version, file, .. }) => {
+                assert_eq!((version, file.as_str()), (1, "0001_init.sql"));
+            }
+            other => panic!(
+                "expected MigrationChanged, got {:?}",
+                other.map(|v| v.len())
+            ),
+        }
     }
 }

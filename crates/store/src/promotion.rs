@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgListener;
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Postgres, Transaction};
 use warren_core::JobId;
 
 use crate::{Error, Store};
@@ -24,6 +24,42 @@ pub struct DueJob {
     pub enqueued_at: DateTime<Utc>,
     pub idempotency_key: Option<String>,
     pub traceparent: Option<String>,
+}
+
+/// A due row as Postgres types it; [`DueJob`] is what the promoter gets.
+#[derive(sqlx::FromRow)]
+struct DueRow {
+    id: uuid::Uuid,
+    queue: String,
+    task: String,
+    payload: String,
+    attempt: i32,
+    max_attempts: i32,
+    timeout_ms: Option<i64>,
+    run_at: DateTime<Utc>,
+    enqueued_at: DateTime<Utc>,
+    idempotency_key: Option<String>,
+    traceparent: Option<String>,
+}
+
+impl From<DueRow> for DueJob {
+    fn from(r: DueRow) -> Self {
+        // The table's CHECKs keep attempt >= 0 and max_attempts >= 1, and the client never
+        // stores a timeout below 1 ms; the clamps only keep a hand-edited row from wrapping.
+        DueJob {
+            id: JobId::from_uuid(r.id),
+            queue: r.queue,
+            task: r.task,
+            payload: r.payload,
+            attempt: r.attempt.max(0) as u32,
+            max_attempts: r.max_attempts.max(1) as u32,
+            timeout_ms: r.timeout_ms.map(|t| t.max(1) as u64),
+            run_at: r.run_at,
+            enqueued_at: r.enqueued_at,
+            idempotency_key: r.idempotency_key,
+            traceparent: r.traceparent,
+        }
+    }
 }
 
 /// Due rows claimed in an open transaction. Their locks are held until [`Promotion::finish`]
@@ -112,7 +148,7 @@ impl Store {
             .begin()
             .await
             .map_err(Error::query("starting a promotion"))?;
-        let rows = sqlx::query(
+        let rows: Vec<DueRow> = sqlx::query_as(
             "SELECT id, queue, task, payload::text AS payload, attempt, max_attempts, timeout_ms,
                     run_at, enqueued_at, idempotency_key, traceparent
              FROM warren_jobs
@@ -125,27 +161,7 @@ impl Store {
         .fetch_all(&mut *tx)
         .await
         .map_err(Error::query("claiming due jobs"))?;
-        let jobs = rows
-            .iter()
-            .map(|r| -> Result<DueJob, sqlx::Error> {
-                Ok(DueJob {
-                    id: JobId::from_uuid(r.try_get("id")?),
-                    queue: r.try_get("queue")?,
-                    task: r.try_get("task")?,
-                    payload: r.try_get("payload")?,
-                    attempt: r.try_get::<i32, _>("attempt")?.max(0) as u32,
-                    max_attempts: r.try_get::<i32, _>("max_attempts")?.max(1) as u32,
-                    timeout_ms: r
-                        .try_get::<Option<i64>, _>("timeout_ms")?
-                        .map(|t| t.max(1) as u64),
-                    run_at: r.try_get("run_at")?,
-                    enqueued_at: r.try_get("enqueued_at")?,
-                    idempotency_key: r.try_get("idempotency_key")?,
-                    traceparent: r.try_get("traceparent")?,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(Error::query("reading due jobs"))?;
+        let jobs = rows.into_iter().map(DueJob::from).collect();
         Ok(Promotion { tx, jobs })
     }
 

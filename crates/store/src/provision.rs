@@ -1,6 +1,8 @@
 //! Creating and dropping whole databases: for `warren migrate --create-database`, the demo and
-//! test isolation (each test gets a database of its own); and running provisioning scripts
-//! (roles and grants, see `docs/operations.md`).
+//! test isolation (each test gets a database of its own); running provisioning scripts
+//! (roles and grants, see `docs/operations.md`); and the register of sandboxes, the
+//! disposable databases and RabbitMQ namespaces of tests, so that what a crashed run left
+//! behind can be found and removed later.
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection};
@@ -116,6 +118,167 @@ pub async fn drop_database(admin_url: &str, name: &str) -> Result<(), Error> {
         .map_err(Error::query("dropping the database"))?;
     let _ = conn.close().await;
     Ok(())
+}
+
+/// A disposable database and RabbitMQ namespace (with its work queues), made for one test.
+/// Recorded in the `warren_sandboxes` table of the server's administration database
+/// (`postgres`) for as long as it exists: RabbitMQ without its management plugin cannot list
+/// queues, so this record is the only way to find a namespace whose owner died.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct Sandbox {
+    pub database: String,
+    pub namespace: String,
+    pub queues: Vec<String>,
+}
+
+/// An arbitrary constant naming the lock that serialises creating the register.
+const SANDBOX_LOCK_KEY: i64 = 0x5741_5252_454E_0002;
+
+/// A connection to the administration database with the register created. `CREATE TABLE IF
+/// NOT EXISTS` is not safe against itself (two sessions can both find no table and one then
+/// fails), so it runs under an advisory lock.
+async fn register(admin_url: &str) -> Result<sqlx::PgConnection, Error> {
+    let opts = options(admin_url)?;
+    let endpoint = format!("{}:{}", opts.get_host(), opts.get_port());
+    let mut conn = opts
+        .connect()
+        .await
+        .map_err(|source| Error::Connect { endpoint, source })?;
+    let mut tx = conn
+        .begin()
+        .await
+        .map_err(Error::query("starting to create the sandbox register"))?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(SANDBOX_LOCK_KEY)
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::query("locking the sandbox register"))?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS warren_sandboxes (
+            database   text        PRIMARY KEY,
+            namespace  text        NOT NULL,
+            queues     text[]      NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now()
+        )",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(Error::query("creating the sandbox register"))?;
+    tx.commit()
+        .await
+        .map_err(Error::query("creating the sandbox register"))?;
+    Ok(conn)
+}
+
+/// Records `sandbox`, before its database and namespace are made, so that nothing exists
+/// unrecorded.
+pub async fn record_sandbox(admin_url: &str, sandbox: &Sandbox) -> Result<(), Error> {
+    let mut conn = register(admin_url).await?;
+    sqlx::query(
+        "INSERT INTO warren_sandboxes (database, namespace, queues) VALUES ($1, $2, $3)
+         ON CONFLICT (database) DO UPDATE SET namespace = $2, queues = $3",
+    )
+    .bind(&sandbox.database)
+    .bind(&sandbox.namespace)
+    .bind(&sandbox.queues)
+    .execute(&mut conn)
+    .await
+    .map_err(Error::query("recording a sandbox"))?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// Removes the record of a sandbox whose database and namespace are gone.
+pub async fn forget_sandbox(admin_url: &str, database: &str) -> Result<(), Error> {
+    let mut conn = register(admin_url).await?;
+    sqlx::query("DELETE FROM warren_sandboxes WHERE database = $1")
+        .bind(database)
+        .execute(&mut conn)
+        .await
+        .map_err(Error::query("forgetting a sandbox"))?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// The record of one sandbox, if it has one.
+pub async fn sandbox(admin_url: &str, database: &str) -> Result<Option<Sandbox>, Error> {
+    let mut conn = register(admin_url).await?;
+    let found = sqlx::query_as(
+        "SELECT database, namespace, queues FROM warren_sandboxes WHERE database = $1",
+    )
+    .bind(database)
+    .fetch_optional(&mut conn)
+    .await
+    .map_err(Error::query("reading a sandbox record"))?;
+    let _ = conn.close().await;
+    Ok(found)
+}
+
+/// Takes the records of sandboxes made more than `older_than` ago, whose owners evidently
+/// died before removing them: each is returned to exactly one caller (rows another sweeper
+/// holds are skipped), which must remove it, or record it again if it cannot.
+pub async fn claim_stale_sandboxes(
+    admin_url: &str,
+    older_than: std::time::Duration,
+) -> Result<Vec<Sandbox>, Error> {
+    let mut conn = register(admin_url).await?;
+    let stale = sqlx::query_as(
+        "DELETE FROM warren_sandboxes
+         WHERE database IN (SELECT database FROM warren_sandboxes
+                            WHERE created_at < now() - make_interval(secs => $1)
+                            FOR UPDATE SKIP LOCKED)
+         RETURNING database, namespace, queues",
+    )
+    .bind(older_than.as_secs_f64())
+    .fetch_all(&mut conn)
+    .await
+    .map_err(Error::query("claiming stale sandboxes"))?;
+    let _ = conn.close().await;
+    Ok(stale)
+}
+
+/// Databases named `<prefix>...` that no sandbox record names and that were created more
+/// than `older_than` ago: left by runs from before the register existed, or made beside a
+/// sandbox's own database. The creation time is that of the database's `PG_VERSION` file,
+/// which only a superuser (or `pg_read_server_files`) may read; without that right, none
+/// are returned. A database being created or dropped meanwhile has no such file and is
+/// skipped (`missing_ok`).
+pub async fn stale_unrecorded_databases(
+    admin_url: &str,
+    prefix: &str,
+    older_than: std::time::Duration,
+) -> Result<Vec<String>, Error> {
+    let mut conn = register(admin_url).await?;
+    let found = sqlx::query_scalar(
+        "SELECT d.datname FROM pg_database d
+         WHERE starts_with(d.datname, $1)
+           AND NOT EXISTS (SELECT 1 FROM warren_sandboxes s WHERE s.database = d.datname)
+           AND (pg_stat_file('base/' || d.oid || '/PG_VERSION', true)).modification
+               < now() - make_interval(secs => $2)",
+    )
+    .bind(prefix)
+    .bind(older_than.as_secs_f64())
+    .fetch_all(&mut conn)
+    .await;
+    let _ = conn.close().await;
+    match found {
+        Ok(names) => Ok(names),
+        // 42501: insufficient privilege to read the files' times.
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42501") => Ok(Vec::new()),
+        Err(e) => Err(Error::query("listing stale unrecorded databases")(e)),
+    }
+}
+
+/// Whether database `name` exists on the server of `admin_url`.
+pub async fn database_exists(admin_url: &str, name: &str) -> Result<bool, Error> {
+    let mut conn = admin_connection(admin_url, name).await?;
+    let exists = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(Error::query("checking whether the database exists"))?;
+    let _ = conn.close().await;
+    Ok(exists)
 }
 
 #[cfg(test)]

@@ -89,8 +89,8 @@ where
 
 fn query(
     jobs: &[ScheduledJob],
-) -> sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments> {
-    sqlx::query(INSERT)
+) -> sqlx::query::QueryScalar<'static, Postgres, uuid::Uuid, sqlx::postgres::PgArguments> {
+    sqlx::query_scalar(INSERT)
         .bind(jobs.iter().map(|j| j.id.as_uuid()).collect::<Vec<_>>())
         .bind(jobs.iter().map(|j| j.queue.clone()).collect::<Vec<_>>())
         .bind(jobs.iter().map(|j| j.task.clone()).collect::<Vec<_>>())
@@ -128,11 +128,7 @@ impl Store {
         let inserted: Vec<uuid::Uuid> = query(jobs)
             .fetch_all(&self.pool)
             .await
-            .map_err(Error::query("scheduling jobs"))?
-            .iter()
-            .map(|r| sqlx::Row::try_get(r, 0))
-            .collect::<Result<_, _>>()
-            .map_err(Error::query("reading scheduled ids"))?;
+            .map_err(Error::query("scheduling jobs"))?;
         effective_ids(&self.pool, jobs, inserted).await
     }
 
@@ -155,10 +151,6 @@ pub async fn schedule_in(
     let inserted: Vec<uuid::Uuid> = query(jobs)
         .fetch_all(&mut **tx)
         .await
-        .map_err(Error::query("scheduling jobs in the caller's transaction"))?
-        .iter()
-        .map(|r| sqlx::Row::try_get(r, 0))
-        .collect::<Result<_, _>>()
-        .map_err(Error::query("reading scheduled ids"))?;
+        .map_err(Error::query("scheduling jobs in the caller's transaction"))?;
     effective_ids(&mut **tx, jobs, inserted).await
 }

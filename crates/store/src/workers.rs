@@ -2,7 +2,6 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::Row;
 
 use crate::{Error, Store};
 
@@ -17,7 +16,7 @@ pub struct WorkerInfo {
 }
 
 /// A row of the workers table.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct WorkerRecord {
     pub id: String,
     pub hostname: String,
@@ -74,27 +73,13 @@ impl Store {
     }
 
     pub async fn workers(&self) -> Result<Vec<WorkerRecord>, Error> {
-        let rows = sqlx::query("SELECT * FROM warren_workers ORDER BY started_at")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(Error::query("listing workers"))?;
-        rows.iter()
-            .map(|r| -> Result<WorkerRecord, sqlx::Error> {
-                Ok(WorkerRecord {
-                    id: r.try_get("id")?,
-                    hostname: r.try_get("hostname")?,
-                    pid: r.try_get("pid")?,
-                    queues: r.try_get("queues")?,
-                    concurrency: r.try_get("concurrency")?,
-                    state: r.try_get("state")?,
-                    started_at: r.try_get("started_at")?,
-                    last_seen_at: r.try_get("last_seen_at")?,
-                    stopped_at: r.try_get("stopped_at")?,
-                    in_flight: r.try_get("in_flight")?,
-                    processed: r.try_get("processed")?,
-                })
-            })
-            .collect::<Result<_, _>>()
-            .map_err(Error::query("reading a worker row"))
+        sqlx::query_as(
+            "SELECT id, hostname, pid, queues, concurrency, state, started_at, last_seen_at,
+                    stopped_at, in_flight, processed
+             FROM warren_workers ORDER BY started_at",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(Error::query("listing workers"))
     }
 }

@@ -4,19 +4,22 @@ use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use warren_broker::{Broker, BrokerConfig, Topology};
-use warren_core::QueueName;
+use warren_core::{Namespace, QueueName};
 use warren_runtime::{Worker, WorkerBuilder, WorkerConfig, WorkerStats};
 use warren_store::{Store, StoreConfig, provision};
+
+use crate::sandbox::{DATABASE_PREFIX, SandboxGuard, Services};
 
 #[allow(
     clippy::disallowed_methods,
     reason = "test-only: where the shared test services are"
 )]
-fn service_url(var: &str, default: &str) -> String {
+pub(crate) fn service_url(var: &str, default: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| default.to_owned())
 }
 
-/// One test's private slice of the shared services.
+/// One test's private slice of the shared services: a database and a RabbitMQ namespace,
+/// removed by [`TestEnv::cleanup`], or when the env is dropped without it (a failed test).
 #[derive(Debug)]
 pub struct TestEnv {
     pub name: String,
@@ -28,12 +31,13 @@ pub struct TestEnv {
     pub broker: Broker,
     pub store: Store,
     pub queues: Vec<QueueName>,
+    guard: SandboxGuard,
 }
 
 impl TestEnv {
     /// A fresh database and namespace, with the schema migrated and `queues` declared.
     pub async fn new(queues: &[&str]) -> anyhow::Result<TestEnv> {
-        Self::with_delivery_limit(queues, 5).await
+        Self::with_delivery_limit(queues, Topology::DEFAULT_DELIVERY_LIMIT).await
     }
 
     pub async fn with_delivery_limit(
@@ -47,18 +51,31 @@ impl TestEnv {
             )
             .with_test_writer()
             .try_init();
-        let amqp_url = service_url(
-            "WARREN_TEST_AMQP_URL",
-            "amqp://guest:guest@127.0.0.1:5672/%2f",
-        );
-        let admin_database_url = service_url(
-            "WARREN_TEST_DATABASE_URL",
-            "postgres://postgres:postgres@127.0.0.1:5432/postgres",
-        );
+        let services = Services::from_env();
+        crate::sandbox::sweep_once().await;
         // The tail of a UUIDv7 is random; its head is the clock, shared by parallel tests.
         let id = uuid::Uuid::now_v7().simple().to_string();
         let short = id[id.len() - 12..].to_owned();
-        let name = format!("warren_t_{short}");
+        let name = format!("{DATABASE_PREFIX}{short}");
+        let namespace = Namespace::new(format!("t{short}"))?;
+        let queues = queues
+            .iter()
+            .map(|q| QueueName::new(*q))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Recorded before anything is made; from here on, a failure removes what was.
+        let guard = SandboxGuard::record(
+            services.clone(),
+            provision::Sandbox {
+                database: name.clone(),
+                namespace: namespace.to_string(),
+                queues: queues.iter().map(|q| q.to_string()).collect(),
+            },
+        )
+        .await?;
+        let Services {
+            amqp_url,
+            admin_database_url,
+        } = services;
         provision::create_database(&admin_database_url, &name)
             .await
             .context("creating the test database (is PostgreSQL running on 127.0.0.1:5432?)")?;
@@ -72,16 +89,12 @@ impl TestEnv {
         broker_config.connection_name = name.clone();
         broker_config.confirm_timeout = Duration::from_secs(10);
         broker_config.topology = Topology {
-            namespace: format!("t{short}"),
+            namespace,
             delivery_limit,
         };
         let broker = Broker::connect(broker_config.clone())
             .await
             .context("connecting to the test RabbitMQ (is it running on 127.0.0.1:5672?)")?;
-        let queues = queues
-            .iter()
-            .map(|q| QueueName::new(*q))
-            .collect::<Result<Vec<_>, _>>()?;
         broker.declare(&queues).await?;
         Ok(TestEnv {
             name,
@@ -93,11 +106,12 @@ impl TestEnv {
             broker,
             store,
             queues,
+            guard,
         })
     }
 
     pub fn namespace(&self) -> &str {
-        &self.broker_config.topology.namespace
+        self.broker_config.topology.namespace.as_str()
     }
 
     /// A worker config for this env's queues with test-friendly timings.
@@ -139,12 +153,16 @@ impl TestEnv {
         Ok(RunningWorker { shutdown, handle })
     }
 
-    /// Deletes the namespace's queues and exchanges and drops the database.
-    pub async fn cleanup(self) -> anyhow::Result<()> {
+    /// Deletes the namespace's queues and exchanges, drops the database and forgets the
+    /// sandbox. If this fails, the sandbox's record stays for a later [`sweep`](crate::sweep)
+    /// (the drop does not try again).
+    pub async fn cleanup(mut self) -> anyhow::Result<()> {
+        self.guard.disarm();
         self.broker.delete_topology(&self.queues).await?;
         self.broker.close().await;
         self.store.close().await;
         provision::drop_database(&self.admin_database_url, &self.name).await?;
+        provision::forget_sandbox(&self.admin_database_url, &self.name).await?;
         Ok(())
     }
 }
