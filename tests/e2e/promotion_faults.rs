@@ -48,16 +48,17 @@ async fn counting_worker(
     env.start_worker(builder, config).await
 }
 
+/// `n` jobs due now, as rows only (written in a transaction, as a transactional enqueue
+/// does): nothing is published until a promoter runs.
 async fn due_jobs(env: &TestEnv, n: usize, ms: u64) -> anyhow::Result<Vec<JobId>> {
-    let client = Client::from_broker(env.broker.clone())
-        .await?
-        .with_store(env.store.clone());
+    let client = Client::from_broker(env.broker.clone()).await?;
+    let mut tx = env.store.begin().await?;
     let mut ids = Vec::new();
     for _ in 0..n {
-        let job = NewJob::new("test.count", &json!({ "ms": ms })).delay(Duration::from_millis(1));
-        ids.push(client.enqueue(job).await?);
+        let job = NewJob::new("test.count", &json!({ "ms": ms }));
+        ids.push(client.enqueue_tx(&mut tx, job).await?);
     }
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    tx.commit().await?;
     Ok(ids)
 }
 
