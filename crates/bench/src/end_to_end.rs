@@ -73,7 +73,7 @@ async fn start_worker(
     let broker = sandbox.connect("worker").await?;
     let store = database.connect("worker", None).await?;
     let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(worker.run(broker, store, shutdown.clone()));
+    let handle = tokio::spawn(worker.run(broker, store, shutdown.clone().cancelled_owned()));
     Ok(RunningWorker { shutdown, handle })
 }
 

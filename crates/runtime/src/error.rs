@@ -7,6 +7,9 @@ pub enum Error {
     #[error("the consumer of queue `{queue}` stopped and could not recover; restart the worker")]
     ConsumerLost { queue: String },
 
+    #[error("the worker's {task} task panicked ({message}); restart the worker")]
+    TaskPanicked { task: &'static str, message: String },
+
     #[error("RabbitMQ failed")]
     Broker(#[from] warren_broker::Error),
 

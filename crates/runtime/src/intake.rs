@@ -9,12 +9,14 @@ use warren_core::{DecodeError, DecodeReason, ErrorChain, IntakeMessage, QueueNam
 use warren_store::{ScheduledJob, Store};
 
 use crate::executor::Executor;
+use crate::supervise::Fatal;
 
 pub(crate) async fn intake_loop(
     consumer: Arc<tokio::sync::Mutex<Consumer>>,
     store: Store,
     executor: Arc<Executor>,
     stop: CancellationToken,
+    failed: Fatal,
 ) {
     let mut consumer = consumer.lock().await;
     // Rows of bad intake messages are recorded under this queue name when the message does
@@ -29,10 +31,21 @@ pub(crate) async fn intake_loop(
         let delivery = match delivery {
             Some(Ok(d)) => d,
             Some(Err(e)) => {
-                tracing::error!(error = %e, "intake consumer failed; delayed jobs from broker-only producers wait until a worker restarts");
+                tracing::error!(error = %ErrorChain(&e), "intake consumer failed and could not recover");
+                failed.report(crate::Error::ConsumerLost {
+                    queue: "intake".to_owned(),
+                });
                 break;
             }
-            None => break,
+            None => {
+                if !stop.is_cancelled() {
+                    tracing::error!("intake consumer was cancelled by the broker (queue deleted?)");
+                    failed.report(crate::Error::ConsumerLost {
+                        queue: "intake".to_owned(),
+                    });
+                }
+                break;
+            }
         };
         let message = match IntakeMessage::decode(&delivery.raw, executor.max_body) {
             Ok(m) => m,

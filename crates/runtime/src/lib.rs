@@ -12,13 +12,18 @@
 //! its own (the binary registers them).
 
 mod broker_timeout;
+mod consumer;
 mod context;
+mod control;
 mod error;
 mod executor;
+mod heartbeat;
 mod intake;
 mod promoter;
 mod registry;
+mod shutdown;
 mod signal;
+mod supervise;
 mod worker;
 
 pub use context::JobContext;
@@ -26,5 +31,7 @@ pub use error::Error;
 pub use promoter::{Promoter, PromoterConfig};
 pub use registry::TaskOptions;
 pub use signal::{shutdown_on_signal, wait_for_signal};
-pub use warren_core::{JobError, RetryPolicy};
-pub use worker::{Worker, WorkerBuilder, WorkerConfig, WorkerStats};
+pub use warren_broker::{BrokerConfig, Topology};
+pub use warren_core::{JobError, JobId, Namespace, QueueName, RetryPolicy, Task, TaskName};
+pub use warren_store::StoreConfig;
+pub use worker::{Handler, Worker, WorkerBuilder, WorkerConfig, WorkerStats};

@@ -1,21 +1,27 @@
-//! The worker: builder, run loop and shutdown sequence.
+//! The worker: its configuration, the builder that collects handlers, and `run`, which only
+//! starts the loops (each in a module of its own), waits for a stop, and hands over to the
+//! shutdown sequence in `shutdown.rs`.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::Semaphore;
+use tokio::sync::{Mutex, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use warren_broker::{Broker, Consumer};
-use warren_core::{ErrorChain, JobError, QueueName, TaskName};
-use warren_store::{Recorder, RecorderConfig, Store, WorkerInfo};
+use warren_broker::{Broker, BrokerConfig};
+use warren_core::{JobError, QueueName, Task, TaskName};
+use warren_store::{Recorder, RecorderConfig, Store, StoreConfig, WorkerInfo};
 
+use crate::consumer::consume_loop;
+use crate::control::notification_loop;
 use crate::executor::{Cancels, Counters, Executor};
+use crate::heartbeat::heartbeat_loop;
 use crate::registry::{Registry, TaskOptions};
+use crate::shutdown::{Background, Running};
+use crate::supervise::{Fatal, Supervised};
 use crate::{Error, JobContext, Promoter, PromoterConfig};
 
 /// How a worker runs. Plain data: the binary fills it from flags and environment.
@@ -115,6 +121,25 @@ pub struct WorkerStats {
     pub duplicates: u64,
 }
 
+/// A handler of the typed task `T`: any `async fn(JobContext, T) -> Result<T::Output,
+/// JobError>` (or closure returning such a future).
+pub trait Handler<T: Task>: Send + Sync + 'static {
+    type Future: Future<Output = Result<T::Output, JobError>> + Send + 'static;
+    fn call(&self, ctx: JobContext, task: T) -> Self::Future;
+}
+
+impl<T, F, Fut> Handler<T> for F
+where
+    T: Task,
+    F: Fn(JobContext, T) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<T::Output, JobError>> + Send + 'static,
+{
+    type Future = Fut;
+    fn call(&self, ctx: JobContext, task: T) -> Fut {
+        self(ctx, task)
+    }
+}
+
 /// Collects handlers, then builds a [`Worker`].
 #[derive(Default)]
 pub struct WorkerBuilder {
@@ -172,6 +197,54 @@ impl WorkerBuilder {
         self
     }
 
+    /// Registers the handler of a typed task, with the task's own timeout and retry policy.
+    ///
+    /// ```no_run
+    /// # use serde::{Deserialize, Serialize};
+    /// use warren_runtime::{JobContext, JobError, Task, Worker};
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct EmailSend { to: String }
+    ///
+    /// impl Task for EmailSend {
+    ///     const NAME: &'static str = "email.send";
+    ///     type Output = String;
+    /// }
+    ///
+    /// async fn send(_ctx: JobContext, job: EmailSend) -> Result<String, JobError> {
+    ///     Ok(format!("sent to {}", job.to))
+    /// }
+    ///
+    /// let builder = Worker::builder().task::<EmailSend>(send);
+    /// ```
+    pub fn task<T: Task>(self, handler: impl Handler<T>) -> Self {
+        let options = TaskOptions {
+            timeout: T::timeout(),
+            retry: T::retry_policy(),
+        };
+        self.register_with(T::NAME, options, move |ctx, task: T| {
+            handler.call(ctx, task)
+        })
+    }
+
+    /// Builds the worker, connects to RabbitMQ and Postgres, and runs until `shutdown`
+    /// completes: the one call an application needs to run a worker. See [`Worker::run`].
+    pub async fn serve(
+        self,
+        config: WorkerConfig,
+        broker: BrokerConfig,
+        store: StoreConfig,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<WorkerStats, Error> {
+        let worker = self.build(config)?;
+        let store = Store::connect(&store).await?;
+        store.check_schema().await?;
+        let broker = Broker::connect(broker).await?;
+        let stats = worker.run(broker, store.clone(), shutdown).await;
+        store.close().await;
+        stats
+    }
+
     pub fn build(self, config: WorkerConfig) -> Result<Worker, Error> {
         if let Some(e) = self.errors.first() {
             return Err(Error::Config(e.clone()));
@@ -207,32 +280,58 @@ impl Worker {
         WorkerBuilder::default()
     }
 
-    /// Runs until `shutdown` is cancelled, then shuts down gracefully and returns totals.
-    /// Returns early with an error if the broker or database fails for good.
+    /// Runs until `shutdown` completes, then shuts down gracefully and returns totals. A
+    /// `shutdown` that completes while the worker is still starting ends the start at once.
+    /// Returns early with an error if the broker or database fails for good, or a
+    /// background task panics.
+    ///
+    /// `shutdown` is any future: `tokio::signal::ctrl_c()`, a channel, or
+    /// `CancellationToken::cancelled_owned()`, as an embedding application prefers.
     pub async fn run(
         self,
         broker: Broker,
         store: Store,
-        shutdown: CancellationToken,
+        shutdown: impl Future<Output = ()> + Send,
     ) -> Result<WorkerStats, Error> {
+        tokio::pin!(shutdown);
+        let (fatal, mut failures) = Fatal::channel();
+        let running = tokio::select! {
+            started = self.start(broker, store, fatal) => started?,
+            () = &mut shutdown => {
+                tracing::info!("stopped while starting");
+                return Ok(WorkerStats::default());
+            }
+        };
+        let failure = tokio::select! {
+            () = &mut shutdown => None,
+            Some(e) = failures.recv() => Some(e),
+        };
+        let stats = running.stop().await;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(stats),
+        }
+    }
+
+    /// Declares the queues, registers the worker, and starts every loop. Publishers are
+    /// opened before consumers: a publish blocked by a broker alarm during start-up must not
+    /// hold up opening another channel on the publishing connection.
+    async fn start(self, broker: Broker, store: Store, fatal: Fatal) -> Result<Running, Error> {
         let cfg = self.config;
         broker.declare(&cfg.queues).await?;
-        let info = WorkerInfo {
-            id: cfg.worker_id.clone(),
-            hostname: hostname(),
-            pid: std::process::id(),
-            queues: cfg.queues.iter().map(ToString::to_string).collect(),
-            concurrency: cfg.concurrency as u32,
+        store.register_worker(&worker_info(&cfg)).await?;
+        let dead_letters = broker.publisher().await?;
+        let promoter_publisher = match cfg.promoter {
+            Some(_) => Some(broker.publisher().await?),
+            None => None,
         };
-        store.register_worker(&info).await?;
-
         let (recorder, recorder_task) = Recorder::spawn(store.clone(), cfg.recorder);
         let hard_stop = CancellationToken::new();
         let executor = Arc::new(Executor {
             registry: self.registry,
             recorder,
             store: store.clone(),
-            dead_letters: broker.publisher().await?,
+            dead_letters,
             worker_id: Arc::from(cfg.worker_id.as_str()),
             default_timeout: cfg.default_timeout,
             max_body: cfg.max_body_bytes,
@@ -241,19 +340,16 @@ impl Worker {
             counters: Counters::default(),
             cancels: Cancels::default(),
         });
-
         let slots = Arc::new(Semaphore::new(cfg.concurrency));
         let jobs = TaskTracker::new();
         let loops = TaskTracker::new();
-        // A consumer that fails for good stops the whole worker: better to exit and be
-        // restarted by the supervisor than to run half-deaf.
-        let (failed, mut lost) = tokio::sync::mpsc::channel::<String>(cfg.queues.len());
         let stop_consuming = CancellationToken::new();
         let mut consumers = Vec::new();
         for queue in &cfg.queues {
             let tag = format!("{}/{}", cfg.worker_id, queue);
-            let consumer = broker.consume(queue, cfg.prefetch.max(1), &tag).await?;
-            let consumer = Arc::new(tokio::sync::Mutex::new(consumer));
+            let consumer = Arc::new(Mutex::new(
+                broker.consume(queue, cfg.prefetch.max(1), &tag).await?,
+            ));
             consumers.push(consumer.clone());
             loops.spawn(consume_loop(
                 queue.clone(),
@@ -262,331 +358,87 @@ impl Worker {
                 jobs.clone(),
                 executor.clone(),
                 stop_consuming.clone(),
-                failed.clone(),
+                fatal.clone(),
             ));
         }
         // The intake queue is a scheduler's duty, like promotion: the same processes do both.
         if cfg.promoter.is_some() {
             let tag = format!("{}/intake", cfg.worker_id);
-            let consumer = Arc::new(tokio::sync::Mutex::new(
-                broker.consume_intake(64, &tag).await?,
-            ));
+            let consumer = Arc::new(Mutex::new(broker.consume_intake(64, &tag).await?));
             consumers.push(consumer.clone());
             loops.spawn(crate::intake::intake_loop(
                 consumer,
                 store.clone(),
                 executor.clone(),
                 stop_consuming.clone(),
+                fatal.clone(),
             ));
         }
         loops.close();
 
-        let due = Arc::new(tokio::sync::Notify::new());
-        let listener = tokio::spawn(notification_loop(
-            store.clone(),
-            executor.clone(),
-            due.clone(),
-            stop_consuming.clone(),
-        ));
-        let heartbeat = tokio::spawn(heartbeat_loop(
-            store.clone(),
-            cfg.worker_id.clone(),
-            cfg.heartbeat_interval,
-            slots.clone(),
-            cfg.concurrency,
-            executor.clone(),
-            stop_consuming.clone(),
-        ));
-        let promoter = match cfg.promoter {
-            Some(pc) => {
-                let promoter = Promoter::new(store.clone(), broker.publisher().await?, pc)
-                    .with_wakeup(due.clone());
-                Some(tokio::spawn(promoter.run(stop_consuming.clone())))
+        let due = Arc::new(Notify::new());
+        let control = Supervised::spawn(
+            "control",
+            notification_loop(
+                store.clone(),
+                executor.clone(),
+                due.clone(),
+                stop_consuming.clone(),
+            ),
+            fatal.clone(),
+        );
+        let heartbeat = Supervised::spawn(
+            "heartbeat",
+            heartbeat_loop(
+                store.clone(),
+                cfg.worker_id.clone(),
+                cfg.heartbeat_interval,
+                slots.clone(),
+                cfg.concurrency,
+                executor.clone(),
+                stop_consuming.clone(),
+            ),
+            fatal.clone(),
+        );
+        let promoter = match (cfg.promoter, promoter_publisher) {
+            (Some(pc), Some(publisher)) => {
+                let promoter = Promoter::new(store.clone(), publisher, pc).with_wakeup(due);
+                let run = promoter.run(stop_consuming.clone());
+                Some(Supervised::spawn("promoter", run, fatal))
             }
-            None => None,
+            _ => None,
         };
-        tracing::info!(worker = %cfg.worker_id, queues = ?info.queues, concurrency = cfg.concurrency, prefetch = cfg.prefetch, "worker running");
-
-        let mut fatal = None;
-        tokio::select! {
-            () = shutdown.cancelled() => {}
-            Some(queue) = lost.recv() => fatal = Some(Error::ConsumerLost { queue }),
-        }
-
-        // Soft phase: stop taking deliveries, let in-flight jobs finish, record and ack them.
-        tracing::info!(in_flight = cfg.concurrency - slots.available_permits(), grace = ?cfg.shutdown_grace, "shutting down: no new jobs; finishing in-flight ones");
-        let deadline = tokio::time::Instant::now() + cfg.shutdown_grace;
-        // Keep back a little of the grace period for cancelling and closing, so the whole
-        // shutdown fits in it.
-        let close_budget = (cfg.shutdown_grace / 5).min(Duration::from_secs(1));
-        stop_consuming.cancel();
-        // Every step of the shutdown is bounded: with Postgres or RabbitMQ unreachable, each
-        // call would otherwise wait out its own connect or acquire timeout in turn.
-        let soft_end = deadline - close_budget;
-        bounded(soft_end, "stopping the consumers", loops.wait()).await;
-        if let Some(p) = promoter {
-            // A promotion in flight is let finish (aborting between its publish and its
-            // commit would publish those jobs twice), within the grace period.
-            let abort = p.abort_handle();
-            if bounded(soft_end, "finishing a promotion", p)
-                .await
-                .is_none()
-            {
-                abort.abort();
-            }
-        }
-        jobs.close();
-        let mut abandoned = 0;
-        if tokio::time::timeout_at(deadline - close_budget, jobs.wait())
-            .await
-            .is_err()
-        {
-            // Hard phase: cancel handlers; their deliveries stay unacked and return to the
-            // queue when the channels close.
-            abandoned = (cfg.concurrency - slots.available_permits()) as u64;
-            tracing::warn!(
-                abandoned,
-                "grace period over; cancelling the jobs still running"
-            );
-            hard_stop.cancel();
-            let _ = tokio::time::timeout_at(deadline, jobs.wait()).await;
-        }
-
-        // Flush: every job task has finished, so only running marks can be pending.
-        let counters = &executor.counters;
-        let stats = WorkerStats {
-            succeeded: counters.succeeded.load(Ordering::Relaxed),
-            retried: counters.retried.load(Ordering::Relaxed),
-            dead: counters.dead.load(Ordering::Relaxed),
-            skipped: counters.skipped.load(Ordering::Relaxed),
-            unrecorded: counters.unrecorded.load(Ordering::Relaxed),
-            abandoned,
-            duplicates: counters.duplicates.load(Ordering::Relaxed),
-        };
-        drop(executor);
-        let closing = deadline.max(tokio::time::Instant::now() + close_budget);
-        let heartbeat_abort = heartbeat.abort_handle();
-        let listener_abort = listener.abort_handle();
-        bounded(closing, "stopping the heartbeat", heartbeat).await;
-        bounded(closing, "closing the LISTEN connection", listener).await;
-        heartbeat_abort.abort();
-        listener_abort.abort();
-        if bounded(closing, "flushing the recorder", recorder_task)
-            .await
-            .is_none()
-        {
-            tracing::warn!(
-                "recorder did not flush in time; unrecorded deliveries will be redelivered"
-            );
-        }
-        let processed = stats.succeeded + stats.dead;
-        let stopped = store.heartbeat(&cfg.worker_id, "stopped", 0, processed);
-        if let Some(Err(e)) = bounded(closing, "marking the worker stopped", stopped).await {
-            tracing::warn!(error = %ErrorChain(&e), "cannot mark the worker stopped");
-        }
-        let close_all = async {
-            for consumer in consumers {
-                consumer.lock().await.close().await;
-            }
-            broker.close().await;
-        };
-        bounded(closing, "closing the broker connections", close_all).await;
-        tracing::info!(?stats, "worker stopped");
-        match fatal {
-            Some(e) => Err(e),
-            None => Ok(stats),
-        }
-    }
-}
-
-/// Runs one shutdown step until `until`; `None` (and a warning) if it did not finish.
-async fn bounded<F: Future>(until: tokio::time::Instant, what: &str, step: F) -> Option<F::Output> {
-    match tokio::time::timeout_at(until, step).await {
-        Ok(out) => Some(out),
-        Err(_) => {
-            tracing::warn!("shutdown: {what} did not finish within the grace period; going on");
-            None
-        }
-    }
-}
-
-async fn consume_loop(
-    queue: QueueName,
-    consumer: Arc<tokio::sync::Mutex<Consumer>>,
-    slots: Arc<Semaphore>,
-    jobs: TaskTracker,
-    executor: Arc<Executor>,
-    stop: CancellationToken,
-    failed: tokio::sync::mpsc::Sender<String>,
-) {
-    let mut consumer = consumer.lock().await;
-    loop {
-        // Take a slot before taking a delivery: when all slots are busy the delivery stays
-        // in the prefetch buffer, unacked, and the broker stops sending more.
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
+        tracing::info!(worker = %cfg.worker_id, queues = ?cfg.queues.iter().map(ToString::to_string).collect::<Vec<_>>(), concurrency = cfg.concurrency, prefetch = cfg.prefetch, "worker running");
+        Ok(Running {
+            worker_id: cfg.worker_id,
+            grace: cfg.shutdown_grace,
+            concurrency: cfg.concurrency,
+            broker,
+            store,
+            executor,
+            recorder_task,
+            slots,
+            jobs,
+            loops,
+            consumers,
+            background: Background {
+                heartbeat,
+                control,
+                promoter,
             },
-            () = stop.cancelled() => break,
-        };
-        let delivery = tokio::select! {
-            d = consumer.next() => d,
-            () = stop.cancelled() => break,
-        };
-        match delivery {
-            Some(Ok(delivery)) => {
-                let executor = executor.clone();
-                let queue = queue.clone();
-                jobs.spawn(async move {
-                    executor.handle(queue, delivery).await;
-                    drop(permit);
-                });
-            }
-            Some(Err(e)) => {
-                tracing::error!(queue = %queue, error = %e, "consumer failed and could not recover");
-                let _ = failed.try_send(queue.to_string());
-                break;
-            }
-            None => {
-                if !stop.is_cancelled() {
-                    tracing::error!(queue = %queue, "consumer was cancelled by the broker (queue deleted?)");
-                    let _ = failed.try_send(queue.to_string());
-                }
-                break;
-            }
-        }
-    }
-    if let Err(e) = consumer.cancel().await {
-        tracing::debug!(error = %e, "consumer cancel failed (channel already closed?)");
+            stop_consuming,
+            hard_stop,
+        })
     }
 }
 
-async fn heartbeat_loop(
-    store: Store,
-    worker_id: String,
-    every: Duration,
-    slots: Arc<Semaphore>,
-    concurrency: usize,
-    executor: Arc<Executor>,
-    stop: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut degraded = false;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = stop.cancelled() => break,
-        }
-        let c = &executor.counters;
-        let processed = c.succeeded.load(Ordering::Relaxed) + c.dead.load(Ordering::Relaxed);
-        let in_flight = (concurrency - slots.available_permits()) as u32;
-        let beat = tokio::select! {
-            r = store.heartbeat(&worker_id, "running", in_flight, processed) => r,
-            () = stop.cancelled() => break,
-        };
-        match beat {
-            Ok(()) if degraded => {
-                tracing::info!("recording worker heartbeats again");
-                degraded = false;
-            }
-            Ok(()) => {}
-            Err(e) if !degraded => {
-                tracing::warn!(error = %ErrorChain(&e), "recording a worker heartbeat failed; retrying every beat");
-                degraded = true;
-            }
-            Err(_) => {}
-        }
-        if in_flight > 0 {
-            tokio::select! {
-                () = apply_cancel_requests(&store, &executor) => {}
-                () = stop.cancelled() => break,
-            }
-        }
-    }
-    let c = &executor.counters;
-    let processed = c.succeeded.load(Ordering::Relaxed) + c.dead.load(Ordering::Relaxed);
-    let in_flight = (concurrency - slots.available_permits()) as u32;
-    let _ = store
-        .heartbeat(&worker_id, "stopping", in_flight, processed)
-        .await;
-}
-
-/// One LISTEN connection for the whole worker: `warren_due` wakes the promoter, and
-/// `warren_cancel` fires the token of a job running here. A NOTIFY sent while the connection
-/// is down is lost, so every time it is (re)established the running jobs' cancel requests are
-/// read back from their rows (the heartbeat reads them too, as a safety net).
-async fn notification_loop(
-    store: Store,
-    executor: Arc<Executor>,
-    due: Arc<tokio::sync::Notify>,
-    stop: CancellationToken,
-) {
-    use warren_store::{CANCEL_CHANNEL, DUE_CHANNEL};
-    let mut degraded = false;
-    while !stop.is_cancelled() {
-        let listening = tokio::select! {
-            l = store.listen(&[DUE_CHANNEL, CANCEL_CHANNEL]) => l,
-            () = stop.cancelled() => break,
-        };
-        let mut listener = match listening {
-            Ok(l) => l,
-            Err(e) => {
-                if !degraded {
-                    tracing::warn!(error = %ErrorChain(&e), "cannot LISTEN for notifications; the promoter polls and cancel requests are read on each heartbeat meanwhile; retrying every 5s");
-                    degraded = true;
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(5)) => continue,
-                    () = stop.cancelled() => break,
-                }
-            }
-        };
-        if degraded {
-            tracing::info!("listening for notifications again");
-            degraded = false;
-        }
-        tokio::select! {
-            () = apply_cancel_requests(&store, &executor) => {}
-            () = stop.cancelled() => break,
-        }
-        // Anything that fell due while nobody listened is found by the promoter's next pass.
-        due.notify_one();
-        loop {
-            let notification = tokio::select! {
-                n = listener.recv() => n,
-                () = stop.cancelled() => return,
-            };
-            match notification {
-                Ok(n) if n.channel == DUE_CHANNEL => due.notify_one(),
-                Ok(n) => match n.payload.parse::<warren_core::JobId>() {
-                    Ok(id) => executor.cancels.cancel(id),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "ignoring a malformed cancel notification")
-                    }
-                },
-                Err(e) => {
-                    tracing::warn!(error = %ErrorChain(&e), "notification listener lost its connection; reconnecting");
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// Fires the tokens of running jobs whose rows say an admin asked them to stop.
-async fn apply_cancel_requests(store: &Store, executor: &Executor) {
-    let running = executor.cancels.running_ids();
-    match store.cancel_requests(&running).await {
-        Ok(ids) => {
-            for id in ids {
-                executor.cancels.cancel(id);
-            }
-        }
-        Err(e) => {
-            tracing::debug!(error = %ErrorChain(&e), "cannot read cancel requests; trying again later")
-        }
+fn worker_info(cfg: &WorkerConfig) -> WorkerInfo {
+    WorkerInfo {
+        id: cfg.worker_id.clone(),
+        hostname: hostname(),
+        pid: std::process::id(),
+        queues: cfg.queues.iter().map(ToString::to_string).collect(),
+        concurrency: cfg.concurrency as u32,
     }
 }
 

@@ -132,7 +132,7 @@ impl TestEnv {
         let broker = Broker::connect(self.broker_config.clone()).await?;
         let store = Store::connect(&self.store_config).await?;
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(worker.run(broker, store, shutdown.clone()));
+        let handle = tokio::spawn(worker.run(broker, store, shutdown.clone().cancelled_owned()));
         Ok(RunningWorker { shutdown, handle })
     }
 
@@ -149,7 +149,7 @@ impl TestEnv {
         let broker = Broker::connect(broker_config).await?;
         let store = Store::connect(store_config).await?;
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(worker.run(broker, store, shutdown.clone()));
+        let handle = tokio::spawn(worker.run(broker, store, shutdown.clone().cancelled_owned()));
         Ok(RunningWorker { shutdown, handle })
     }
 

@@ -26,6 +26,7 @@ use warren_core::{ErrorChain, JobMessage, JobState, QueueName};
 use warren_store::{Recorder, Store};
 
 use crate::registry::Registry;
+pub(crate) use attempt::panic_message;
 pub(crate) use cancels::Cancels;
 use preflight::Preflight;
 

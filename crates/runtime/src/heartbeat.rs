@@ -1,0 +1,64 @@
+//! The heartbeat: the worker's row in `warren_workers` (state, jobs in flight, jobs done) is
+//! written every interval, and the cancel requests of the jobs running here are read back.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use warren_core::ErrorChain;
+use warren_store::Store;
+
+use crate::executor::Executor;
+
+pub(crate) async fn heartbeat_loop(
+    store: Store,
+    worker_id: String,
+    every: Duration,
+    slots: Arc<Semaphore>,
+    concurrency: usize,
+    executor: Arc<Executor>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut degraded = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => break,
+        }
+        let c = &executor.counters;
+        let processed = c.succeeded.load(Ordering::Relaxed) + c.dead.load(Ordering::Relaxed);
+        let in_flight = (concurrency - slots.available_permits()) as u32;
+        let beat = tokio::select! {
+            r = store.heartbeat(&worker_id, "running", in_flight, processed) => r,
+            () = stop.cancelled() => break,
+        };
+        match beat {
+            Ok(()) if degraded => {
+                tracing::info!("recording worker heartbeats again");
+                degraded = false;
+            }
+            Ok(()) => {}
+            Err(e) if !degraded => {
+                tracing::warn!(error = %ErrorChain(&e), "recording a worker heartbeat failed; retrying every beat");
+                degraded = true;
+            }
+            Err(_) => {}
+        }
+        if in_flight > 0 {
+            tokio::select! {
+                () = crate::control::apply_cancel_requests(&store, &executor) => {}
+                () = stop.cancelled() => break,
+            }
+        }
+    }
+    let c = &executor.counters;
+    let processed = c.succeeded.load(Ordering::Relaxed) + c.dead.load(Ordering::Relaxed);
+    let in_flight = (concurrency - slots.available_permits()) as u32;
+    let _ = store
+        .heartbeat(&worker_id, "stopping", in_flight, processed)
+        .await;
+}

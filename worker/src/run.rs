@@ -1,0 +1,180 @@
+//! The whole `warren-worker` program as one call, so that handler authors ship their own
+//! worker binary with every flag, environment variable, log format, signal behaviour and exit
+//! code of `warren-worker`:
+//!
+//! ```no_run
+//! # use serde::{Deserialize, Serialize};
+//! use warren_runtime::{JobContext, JobError, Task};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct EmailSend { to: String }
+//!
+//! impl Task for EmailSend {
+//!     const NAME: &'static str = "email.send";
+//!     type Output = ();
+//! }
+//!
+//! async fn send_email(_ctx: JobContext, job: EmailSend) -> Result<(), JobError> {
+//!     println!("to {}", job.to);
+//!     Ok(())
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     warren_worker::run(|w| w.task::<EmailSend>(send_email))
+//! }
+//! ```
+//!
+//! Exit codes: 0 after a clean shutdown, 1 on a runtime failure, 2 on bad flags or
+//! configuration (including handlers that cannot be registered), 130 when a second
+//! SIGINT/SIGTERM cut the graceful shutdown short.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use warren_broker::{Broker, BrokerConfig};
+use warren_runtime::{Worker, WorkerBuilder, shutdown_on_signal, wait_for_signal};
+use warren_store::{Store, StoreConfig};
+
+use crate::settings::{Args, LogFormat, Settings};
+use crate::tasks::register_crash_task;
+
+/// Runs a worker with the handlers `register` adds: flags and environment are parsed, logging
+/// set up, the worker built (a bad registration exits 2 before any connection), connected,
+/// and run until SIGTERM or SIGINT.
+pub fn run(register: impl FnOnce(WorkerBuilder) -> WorkerBuilder) -> ExitCode {
+    ensure_io_thread_stack();
+    let settings = match Args::parse().validate() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("warren-worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(settings.log_format);
+    let Settings {
+        broker,
+        store,
+        worker: config,
+        migrate,
+        crash_task,
+        ..
+    } = settings;
+    tracing::info!(broker = ?broker, store = ?store, worker = ?config, "starting");
+    let mut builder = register(Worker::builder());
+    if crash_task {
+        tracing::warn!("warren.abort is enabled: a job can kill this process");
+        builder = register_crash_task(builder);
+    }
+    let worker = match builder.build(config) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("warren-worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("warren-worker: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve(worker, broker, store, migrate)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("warren-worker: {e:#}");
+            // Exit without tearing the runtime down: after a failure, lapin's I/O thread may
+            // still hold timers of this runtime and would panic while it shuts down.
+            std::process::exit(1)
+        }
+    }
+}
+
+async fn serve(
+    worker: Worker,
+    broker: BrokerConfig,
+    store: StoreConfig,
+    migrate: bool,
+) -> anyhow::Result<()> {
+    let shutdown = shutdown_on_signal();
+    // A second signal means "now": exit without waiting for in-flight jobs. Nothing is lost;
+    // their deliveries are unacked and the broker hands them to another worker.
+    let second = shutdown.clone();
+    tokio::spawn(async move {
+        second.cancelled().await;
+        wait_for_signal().await;
+        eprintln!(
+            "warren-worker: second signal; exiting at once, unacked jobs return to their queues"
+        );
+        std::process::exit(130);
+    });
+    let store = Store::connect(&store)
+        .await
+        .context("connecting to Postgres")?;
+    // Migrating is an explicit step (`warren migrate`, or --migrate here) because it needs
+    // DDL rights a worker's role should not have. Without it the schema is only checked, so
+    // that an unmigrated database stops the worker now, saying what to run.
+    if migrate {
+        store.migrate().await.context("migrating the database")?;
+    } else {
+        store
+            .check_schema()
+            .await
+            .context("checking the database schema")?;
+    }
+    let broker = Broker::connect(broker)
+        .await
+        .context("connecting to RabbitMQ")?;
+    worker
+        .run(broker, store.clone(), shutdown.cancelled_owned())
+        .await
+        .context("running the worker")?;
+    store.close().await;
+    Ok(())
+}
+
+/// Makes sure lapin's I/O thread has the stack it needs for the deepest header table a frame
+/// can carry (see `warren_broker::IO_THREAD_STACK`). lapin spawns that thread without a stack
+/// size, so `RUST_MIN_STACK` decides it; the standard library reads that variable once per
+/// process, and setting it from inside would need `unsafe`. So the binary re-executes itself
+/// with the variable set, before any thread exists. The process keeps its pid, so supervisors
+/// and signals are unaffected. An operator's own larger value is kept.
+pub(crate) fn ensure_io_thread_stack() {
+    use std::os::unix::process::CommandExt;
+    let need = warren_broker::IO_THREAD_STACK;
+    let have = std::env::var_os("RUST_MIN_STACK")
+        .and_then(|v| v.to_str().and_then(|v| v.trim().parse::<usize>().ok()));
+    if have.is_some_and(|have| have >= need) {
+        return;
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!(
+                "warren-worker: cannot find its own executable to raise the I/O thread's stack ({e}); set RUST_MIN_STACK={need}"
+            );
+            return;
+        }
+    };
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("RUST_MIN_STACK", need.to_string())
+        .exec();
+    eprintln!(
+        "warren-worker: cannot re-execute with RUST_MIN_STACK={need} ({err}); a deeply nested message header could overflow lapin's I/O thread; set the variable yourself"
+    );
+}
+
+pub(crate) fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
