@@ -43,7 +43,7 @@ async fn redelivered_message_of_a_succeeded_job_is_not_run_again() -> anyhow::Re
     client.enqueue(job()).await?;
     let queue = &env.queues[0];
     let mut peek = env.broker.consume(queue, 1, "peek").await?;
-    let first = tokio::time::timeout(Duration::from_secs(10), peek.next())
+    let first = tokio::time::timeout(Duration::from_secs(30), peek.next())
         .await?
         .expect("a delivery")?;
     assert!(!first.redelivered);

@@ -19,7 +19,7 @@ use warren_core::message::{
     MAX_ATTEMPTS_LIMIT, MAX_IDEMPOTENCY_KEY_LEN, MAX_TIME_MS, check_payload, is_traceparent,
 };
 use warren_core::{
-    DEFAULT_QUEUE, IntakeMessage, JobId, JobMessage, QueueName, RawMessage, RetryPolicy, TaskName,
+    DEFAULT_QUEUE, IntakeMessage, JobId, JobMessage, QueueName, RawMessage, TaskName,
 };
 use warren_store::{PgTransaction, ScheduledJob, Store};
 
@@ -200,99 +200,25 @@ impl NewJob {
     }
 
     fn check(self) -> Result<Checked, Error> {
-        let mut problems = Vec::new();
-        let mut problem =
-            |field: &'static str, text: String| problems.push(Problem { field, text });
-        let task = TaskName::new(self.task.as_str())
-            .map_err(|e| problem("task", e.reason.to_string()))
-            .ok();
-        let payload = match self.payload {
-            Err(e) => {
-                problem("payload", format!("not serialisable to JSON: {e}"));
-                None
-            }
-            Ok(p) => match check_payload(p.get()) {
-                Ok(()) => Some(p),
-                Err(e) => {
-                    problem("payload", format!("JSON that no worker can read: {e}"));
-                    None
-                }
-            },
-        };
-        let queue = QueueName::new(self.queue.as_deref().unwrap_or(DEFAULT_QUEUE))
-            .map_err(|e| problem("queue", e.to_string()))
-            .ok();
-        if let Some(n) = self.max_attempts
-            && (n == 0 || n > MAX_ATTEMPTS_LIMIT)
-        {
-            problem(
-                "max_attempts",
-                format!("must be 1 to {MAX_ATTEMPTS_LIMIT}, got {n}"),
-            );
+        let mut problems = Problems::default();
+        let task = problems.task(&self.task);
+        let payload = problems.payload(self.payload);
+        let queue = problems.queue(self.queue.as_deref());
+        problems.options(
+            self.max_attempts,
+            self.timeout,
+            self.idempotency_key.as_deref(),
+        );
+        if let Some((tp, _)) = &self.trace {
+            problems.trace(tp);
         }
-        if let Some(t) = self.timeout
-            && (t.is_zero() || t > Duration::from_millis(i32::MAX as u64))
-        {
-            problem(
-                "timeout",
-                format!("must be between 1ms and 24 days, got {t:?}"),
-            );
-        }
-        if let Some(key) = &self.idempotency_key {
-            if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
-                let n = key.len();
-                problem(
-                    "idempotency_key",
-                    format!("must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes, got {n}"),
-                );
-            } else if key.chars().any(char::is_control) {
-                problem(
-                    "idempotency_key",
-                    "must not contain control characters".to_owned(),
-                );
-            }
-        }
-        if let Some((tp, _)) = &self.trace
-            && !is_traceparent(tp)
-        {
-            problem(
-                "trace",
-                format!("`{tp}` is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)"),
-            );
-        }
-        let run_at = match self.when {
-            When::Now => None,
-            When::After(delay) => {
-                let at = chrono::Duration::from_std(delay)
-                    .ok()
-                    .and_then(|d| Utc::now().checked_add_signed(d))
-                    .filter(|at| at.timestamp_millis() <= MAX_TIME_MS);
-                if at.is_none() {
-                    problem(
-                        "delay",
-                        format!(
-                            "{delay:?} reaches past 2200-01-01, the latest time a job can be scheduled; use a shorter delay"
-                        ),
-                    );
-                }
-                at
-            }
-            When::At(at) => {
-                if at.timestamp_millis() > MAX_TIME_MS {
-                    problem(
-                        "run_at",
-                        format!("{at} is after 2200-01-01, the latest time a job can be scheduled"),
-                    );
-                }
-                Some(at)
-            }
-        };
+        let run_at = problems.when(self.when);
         let (Some(task), Some(payload), Some(queue), true) =
-            (task, payload, queue, problems.is_empty())
+            (task, payload, queue, problems.0.is_empty())
         else {
             return Err(Error::Invalid {
                 task: self.task,
-                problems,
+                problems: problems.0,
             });
         };
         let (traceparent, tracestate) = self.trace.unzip();
@@ -314,6 +240,108 @@ impl NewJob {
             message,
             run_at,
         })
+    }
+}
+
+/// The problems found while checking one job; each check returns its value when it is good.
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, field: &'static str, text: String) {
+        self.0.push(Problem { field, text });
+    }
+
+    fn task(&mut self, task: &str) -> Option<TaskName> {
+        TaskName::new(task)
+            .map_err(|e| self.add("task", e.reason.to_string()))
+            .ok()
+    }
+
+    fn payload(&mut self, payload: Result<Box<RawValue>, String>) -> Option<Box<RawValue>> {
+        let text = match payload {
+            Err(e) => format!("not serialisable to JSON: {e}"),
+            Ok(p) => match check_payload(p.get()) {
+                Ok(()) => return Some(p),
+                Err(e) => format!("JSON that no worker can read: {e}"),
+            },
+        };
+        self.add("payload", text);
+        None
+    }
+
+    fn queue(&mut self, queue: Option<&str>) -> Option<QueueName> {
+        QueueName::new(queue.unwrap_or(DEFAULT_QUEUE))
+            .map_err(|e| self.add("queue", e.to_string()))
+            .ok()
+    }
+
+    fn options(&mut self, max_attempts: Option<u32>, timeout: Option<Duration>, key: Option<&str>) {
+        if let Some(n) = max_attempts
+            && (n == 0 || n > MAX_ATTEMPTS_LIMIT)
+        {
+            self.add(
+                "max_attempts",
+                format!("must be 1 to {MAX_ATTEMPTS_LIMIT}, got {n}"),
+            );
+        }
+        if let Some(t) = timeout
+            && (t.is_zero() || t > Duration::from_millis(i32::MAX as u64))
+        {
+            self.add(
+                "timeout",
+                format!("must be between 1ms and 24 days, got {t:?}"),
+            );
+        }
+        match key {
+            Some(k) if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_LEN => self.add(
+                "idempotency_key",
+                format!(
+                    "must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes, got {}",
+                    k.len()
+                ),
+            ),
+            Some(k) if k.chars().any(char::is_control) => self.add(
+                "idempotency_key",
+                "must not contain control characters".to_owned(),
+            ),
+            _ => {}
+        }
+    }
+
+    fn trace(&mut self, traceparent: &str) {
+        if !is_traceparent(traceparent) {
+            self.add(
+                "trace",
+                format!("`{traceparent}` is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)"),
+            );
+        }
+    }
+
+    /// When the job is due, if later than now; the message contract ends at 2200-01-01.
+    fn when(&mut self, when: When) -> Option<DateTime<Utc>> {
+        match when {
+            When::Now => None,
+            When::After(delay) => {
+                let at = chrono::Duration::from_std(delay)
+                    .ok()
+                    .and_then(|d| Utc::now().checked_add_signed(d))
+                    .filter(|at| at.timestamp_millis() <= MAX_TIME_MS);
+                if at.is_none() {
+                    self.add("delay", format!("{delay:?} reaches past 2200-01-01, the latest time a job can be scheduled; use a shorter delay"));
+                }
+                at
+            }
+            When::At(at) => {
+                if at.timestamp_millis() > MAX_TIME_MS {
+                    self.add(
+                        "run_at",
+                        format!("{at} is after 2200-01-01, the latest time a job can be scheduled"),
+                    );
+                }
+                Some(at)
+            }
+        }
     }
 }
 
@@ -339,25 +367,10 @@ impl Checked {
         self.run_at.is_some_and(|at| at > now)
     }
 
-    /// The row of this job as a scheduled job due at `run_at` (or now). Jobs kept in Postgres
-    /// carry an explicit max attempts, the job's own or Warren's default, because the task's
-    /// policy is only known to the workers.
+    /// The row of this job as a scheduled job due at `run_at` (or now).
     fn into_scheduled(self) -> ScheduledJob {
-        let m = self.message;
-        ScheduledJob {
-            id: m.id,
-            queue: self.queue.to_string(),
-            task: m.task.to_string(),
-            payload: m.payload.get().to_owned(),
-            max_attempts: m
-                .max_attempts
-                .unwrap_or(RetryPolicy::default().max_attempts),
-            timeout_ms: m.timeout_ms,
-            run_at: self.run_at.unwrap_or(m.enqueued_at),
-            enqueued_at: m.enqueued_at,
-            idempotency_key: m.idempotency_key,
-            traceparent: m.traceparent,
-        }
+        let run_at = self.run_at.unwrap_or(self.message.enqueued_at);
+        ScheduledJob::from_message(self.message, &self.queue, run_at)
     }
 }
 

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
-use warren_broker::Consumer;
-use warren_core::{DecodeError, DecodeReason, ErrorChain, IntakeMessage, QueueName, RetryPolicy};
+use warren_broker::{Consumer, Delivery};
+use warren_core::{DecodeError, DecodeReason, ErrorChain, IntakeMessage, QueueName};
 use warren_store::{ScheduledJob, Store};
 
 use crate::executor::Executor;
@@ -47,57 +47,60 @@ pub(crate) async fn intake_loop(
                 break;
             }
         };
-        let message = match IntakeMessage::decode(&delivery.raw, executor.max_body) {
-            Ok(m) => m,
-            Err(e) => {
-                executor.reject(&intake, &delivery, e).await;
-                continue;
-            }
-        };
-        let job = &message.job;
-        let row = ScheduledJob {
-            id: job.id,
-            queue: message.queue.to_string(),
-            task: job.task.to_string(),
-            payload: job.payload.get().to_owned(),
-            max_attempts: job
-                .max_attempts
-                .unwrap_or(RetryPolicy::default().max_attempts),
-            timeout_ms: job.timeout_ms,
-            run_at: message.run_at,
-            enqueued_at: job.enqueued_at,
-            idempotency_key: job.idempotency_key.clone(),
-            traceparent: job.traceparent.clone(),
-        };
-        // An outage is waited out with the message held unacked: a requeue would spend a
-        // delivery, and enough of them dead-letter the job.
-        let scheduled = executor
-            .through_outage(
-                "scheduling a delayed job from the intake queue",
-                &stop,
-                || store.schedule(std::slice::from_ref(&row)),
-            )
-            .await;
-        match scheduled {
-            Ok(Some(_)) => {
-                if let Err(e) = delivery.ack().await {
-                    tracing::warn!(error = %e, "intake ack failed; the redelivery is a harmless repeat insert");
-                }
-            }
+        if !schedule(&delivery, &store, &executor, &stop, &intake).await {
             // Shutdown ended the wait; the message returns to the intake queue.
-            Ok(None) => break,
-            Err(e) => {
-                let err = DecodeError {
-                    job_id: Some(row.id),
-                    task: Some(row.task.clone()),
-                    attempt: Some(1),
-                    reason: DecodeReason::Unstorable(ErrorChain(&e).to_string()),
-                };
-                executor.reject(&intake, &delivery, err).await;
-            }
+            break;
         }
     }
     if let Err(e) = consumer.cancel().await {
         tracing::debug!(error = %e, "intake consumer cancel failed");
+    }
+}
+
+/// Turns one intake message into its `scheduled` row and acks it once the row is committed;
+/// a bad message is recorded dead. Returns `false` when shutdown ended a wait for the
+/// database (the message stays unacked and returns to the queue).
+async fn schedule(
+    delivery: &Delivery,
+    store: &Store,
+    executor: &Executor,
+    stop: &CancellationToken,
+    intake: &QueueName,
+) -> bool {
+    let message = match IntakeMessage::decode(&delivery.raw, executor.max_body) {
+        Ok(m) => m,
+        Err(e) => {
+            executor.reject(intake, delivery, e).await;
+            return true;
+        }
+    };
+    let row = ScheduledJob::from_message(message.job, &message.queue, message.run_at);
+    // An outage is waited out with the message held unacked: a requeue would spend a
+    // delivery, and enough of them dead-letter the job.
+    let scheduled = executor
+        .through_outage(
+            "scheduling a delayed job from the intake queue",
+            stop,
+            || store.schedule(std::slice::from_ref(&row)),
+        )
+        .await;
+    match scheduled {
+        Ok(Some(_)) => {
+            if let Err(e) = delivery.ack().await {
+                tracing::warn!(error = %ErrorChain(&e), "intake ack failed; the redelivery is a harmless repeat insert");
+            }
+            true
+        }
+        Ok(None) => false,
+        Err(e) => {
+            let err = DecodeError {
+                job_id: Some(row.id),
+                task: Some(row.task.clone()),
+                attempt: Some(1),
+                reason: DecodeReason::Unstorable(ErrorChain(&e).to_string()),
+            };
+            executor.reject(intake, delivery, err).await;
+            true
+        }
     }
 }

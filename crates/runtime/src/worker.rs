@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Mutex, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use warren_broker::{Broker, BrokerConfig};
+use warren_broker::{Broker, BrokerConfig, Consumer, Publisher};
 use warren_core::{JobError, QueueName, Task, TaskName};
 use warren_store::{Recorder, RecorderConfig, Store, StoreConfig, WorkerInfo};
 
@@ -340,74 +340,15 @@ impl Worker {
             counters: Counters::default(),
             cancels: Cancels::default(),
         });
-        let slots = Arc::new(Semaphore::new(cfg.concurrency));
-        let jobs = TaskTracker::new();
-        let loops = TaskTracker::new();
-        let stop_consuming = CancellationToken::new();
-        let mut consumers = Vec::new();
-        for queue in &cfg.queues {
-            let tag = format!("{}/{}", cfg.worker_id, queue);
-            let consumer = Arc::new(Mutex::new(
-                broker.consume(queue, cfg.prefetch.max(1), &tag).await?,
-            ));
-            consumers.push(consumer.clone());
-            loops.spawn(consume_loop(
-                queue.clone(),
-                consumer,
-                slots.clone(),
-                jobs.clone(),
-                executor.clone(),
-                stop_consuming.clone(),
-                fatal.clone(),
-            ));
-        }
-        // The intake queue is a scheduler's duty, like promotion: the same processes do both.
-        if cfg.promoter.is_some() {
-            let tag = format!("{}/intake", cfg.worker_id);
-            let consumer = Arc::new(Mutex::new(broker.consume_intake(64, &tag).await?));
-            consumers.push(consumer.clone());
-            loops.spawn(crate::intake::intake_loop(
-                consumer,
-                store.clone(),
-                executor.clone(),
-                stop_consuming.clone(),
-                fatal.clone(),
-            ));
-        }
-        loops.close();
-
-        let due = Arc::new(Notify::new());
-        let control = Supervised::spawn(
-            "control",
-            notification_loop(
-                store.clone(),
-                executor.clone(),
-                due.clone(),
-                stop_consuming.clone(),
-            ),
-            fatal.clone(),
-        );
-        let heartbeat = Supervised::spawn(
-            "heartbeat",
-            heartbeat_loop(
-                store.clone(),
-                cfg.worker_id.clone(),
-                cfg.heartbeat_interval,
-                slots.clone(),
-                cfg.concurrency,
-                executor.clone(),
-                stop_consuming.clone(),
-            ),
-            fatal.clone(),
-        );
-        let promoter = match (cfg.promoter, promoter_publisher) {
-            (Some(pc), Some(publisher)) => {
-                let promoter = Promoter::new(store.clone(), publisher, pc).with_wakeup(due);
-                let run = promoter.run(stop_consuming.clone());
-                Some(Supervised::spawn("promoter", run, fatal))
-            }
-            _ => None,
+        let shared = Shared {
+            slots: Arc::new(Semaphore::new(cfg.concurrency)),
+            jobs: TaskTracker::new(),
+            executor,
+            stop: CancellationToken::new(),
+            fatal,
         };
+        let (loops, consumers) = open_consumers(&cfg, &broker, &store, &shared).await?;
+        let background = spawn_background(&cfg, &store, &shared, promoter_publisher);
         tracing::info!(worker = %cfg.worker_id, queues = ?cfg.queues.iter().map(ToString::to_string).collect::<Vec<_>>(), concurrency = cfg.concurrency, prefetch = cfg.prefetch, "worker running");
         Ok(Running {
             worker_id: cfg.worker_id,
@@ -415,20 +356,105 @@ impl Worker {
             concurrency: cfg.concurrency,
             broker,
             store,
-            executor,
+            executor: shared.executor,
             recorder_task,
-            slots,
-            jobs,
+            slots: shared.slots,
+            jobs: shared.jobs,
             loops,
             consumers,
-            background: Background {
-                heartbeat,
-                control,
-                promoter,
-            },
-            stop_consuming,
+            background,
+            stop_consuming: shared.stop,
             hard_stop,
         })
+    }
+}
+
+/// What the loops of one worker share.
+struct Shared {
+    /// Concurrency slots: a delivery is taken only with a free one.
+    slots: Arc<Semaphore>,
+    jobs: TaskTracker,
+    executor: Arc<Executor>,
+    /// Cancelled to stop consuming, promoting, beating and listening.
+    stop: CancellationToken,
+    fatal: Fatal,
+}
+
+/// Subscribes to every work queue (and the intake queue, where the promoter runs) and starts
+/// a consume loop for each; returns the loops and the consumers, for closing.
+async fn open_consumers(
+    cfg: &WorkerConfig,
+    broker: &Broker,
+    store: &Store,
+    shared: &Shared,
+) -> Result<(TaskTracker, Vec<Arc<Mutex<Consumer>>>), Error> {
+    let loops = TaskTracker::new();
+    let mut consumers = Vec::new();
+    for queue in &cfg.queues {
+        let tag = format!("{}/{}", cfg.worker_id, queue);
+        let consumer = Arc::new(Mutex::new(
+            broker.consume(queue, cfg.prefetch.max(1), &tag).await?,
+        ));
+        consumers.push(consumer.clone());
+        loops.spawn(consume_loop(
+            queue.clone(),
+            consumer,
+            shared.slots.clone(),
+            shared.jobs.clone(),
+            shared.executor.clone(),
+            shared.stop.clone(),
+            shared.fatal.clone(),
+        ));
+    }
+    // The intake queue is a scheduler's duty, like promotion: the same processes do both.
+    if cfg.promoter.is_some() {
+        let tag = format!("{}/intake", cfg.worker_id);
+        let consumer = Arc::new(Mutex::new(broker.consume_intake(64, &tag).await?));
+        consumers.push(consumer.clone());
+        loops.spawn(crate::intake::intake_loop(
+            consumer,
+            store.clone(),
+            shared.executor.clone(),
+            shared.stop.clone(),
+            shared.fatal.clone(),
+        ));
+    }
+    loops.close();
+    Ok((loops, consumers))
+}
+
+/// Starts the control (LISTEN), heartbeat and promoter tasks, each supervised.
+fn spawn_background(
+    cfg: &WorkerConfig,
+    store: &Store,
+    shared: &Shared,
+    promoter_publisher: Option<Publisher>,
+) -> Background {
+    let due = Arc::new(Notify::new());
+    let control = notification_loop(
+        store.clone(),
+        shared.executor.clone(),
+        due.clone(),
+        shared.stop.clone(),
+    );
+    let heartbeat = heartbeat_loop(
+        store.clone(),
+        cfg.worker_id.clone(),
+        cfg.heartbeat_interval,
+        shared.slots.clone(),
+        cfg.concurrency,
+        shared.executor.clone(),
+        shared.stop.clone(),
+    );
+    let promoter = cfg.promoter.zip(promoter_publisher).map(|(pc, publisher)| {
+        let promoter = Promoter::new(store.clone(), publisher, pc).with_wakeup(due.clone());
+        let run = promoter.run(shared.stop.clone());
+        Supervised::spawn("promoter", run, shared.fatal.clone())
+    });
+    Background {
+        control: Supervised::spawn("control", control, shared.fatal.clone()),
+        heartbeat: Supervised::spawn("heartbeat", heartbeat, shared.fatal.clone()),
+        promoter,
     }
 }
 

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
-use warren_core::JobId;
+use warren_core::{JobId, JobMessage, QueueName, RetryPolicy};
 
 use crate::{Error, Store};
 
@@ -24,6 +24,28 @@ pub struct ScheduledJob {
     pub enqueued_at: DateTime<Utc>,
     pub idempotency_key: Option<String>,
     pub traceparent: Option<String>,
+}
+
+impl ScheduledJob {
+    /// The row of a job message that waits until `run_at`. Rows carry an explicit max
+    /// attempts, the message's own or Warren's default, because the task's policy is only
+    /// known to the workers.
+    pub fn from_message(message: JobMessage, queue: &QueueName, run_at: DateTime<Utc>) -> Self {
+        ScheduledJob {
+            id: message.id,
+            queue: queue.to_string(),
+            task: message.task.to_string(),
+            payload: message.payload.get().to_owned(),
+            max_attempts: message
+                .max_attempts
+                .unwrap_or(RetryPolicy::default().max_attempts),
+            timeout_ms: message.timeout_ms,
+            run_at,
+            enqueued_at: message.enqueued_at,
+            idempotency_key: message.idempotency_key,
+            traceparent: message.traceparent,
+        }
+    }
 }
 
 const INSERT: &str = "
