@@ -13,15 +13,16 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::value::RawValue;
-use warren_broker::{Broker, BrokerConfig, PublishRequest, Publisher};
-pub use warren_core::Task;
+use warren_broker::{PublishRequest, Publisher};
+// What a service needs to enqueue, without depending on the crates underneath.
+pub use warren_broker::{Broker, BrokerConfig};
 use warren_core::message::{
     MAX_ATTEMPTS_LIMIT, MAX_IDEMPOTENCY_KEY_LEN, MAX_TIME_MS, check_payload, is_traceparent,
 };
-use warren_core::{
-    DEFAULT_QUEUE, IntakeMessage, JobId, JobMessage, QueueName, RawMessage, TaskName,
-};
-use warren_store::{PgTransaction, ScheduledJob, Store};
+use warren_core::{DEFAULT_QUEUE, IntakeMessage, JobMessage, QueueName, RawMessage, TaskName};
+pub use warren_core::{JobId, Task};
+use warren_store::{PgTransaction, ScheduledJob};
+pub use warren_store::{Store, StoreConfig};
 
 /// Why a job was not enqueued.
 #[derive(Debug, thiserror::Error)]
