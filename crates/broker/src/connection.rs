@@ -246,40 +246,18 @@ pub(crate) async fn open_connection(
     config: &BrokerConfig,
     role: &str,
 ) -> Result<Connection, Error> {
-    let mut uri: AMQPUri = config.url.parse().map_err(|reason: String| Error::Url {
-        url: config.redacted_url(),
-        reason,
-    })?;
-    if uri.query.heartbeat.is_none() {
-        uri.query.heartbeat = Some(config.heartbeat.as_secs().clamp(1, 600) as u16);
-    }
-    if uri.query.connection_timeout.is_none() {
-        uri.query.connection_timeout = Some(config.connect_timeout.as_millis() as u64);
-    }
-    let endpoint = format!(
-        "{}:{}{}",
-        uri.authority.host,
-        uri.authority.port,
-        if uri.vhost == "/" {
-            String::new()
-        } else {
-            format!(" (vhost {})", uri.vhost)
-        }
-    );
+    let uri = amqp_uri(config)?;
+    let endpoint = endpoint(&uri);
     // Find out at once whether anything listens there: lapin's reconnect backoff, meant
     // for recovering an established connection, would otherwise retry a refused first
     // connection until the timeout and then only say that nothing answered.
     let addr = (uri.authority.host.clone(), uri.authority.port);
-    match tokio::time::timeout(config.connect_timeout, tokio::net::TcpStream::connect(addr)).await {
-        Ok(Ok(_probe)) => {}
-        Ok(Err(source)) => return Err(Error::Unreachable { endpoint, source }),
-        Err(_) => {
-            return Err(Error::ConnectTimeout {
-                endpoint,
-                timeout: config.connect_timeout,
-            });
-        }
-    }
+    let tcp = tokio::net::TcpStream::connect(addr);
+    probe(config, &endpoint, tcp, |source| Error::Unreachable {
+        endpoint: endpoint.clone(),
+        source,
+    })
+    .await?;
     let tls = tls_config(config, &uri)?;
     let runtime = lapin::runtime::default_runtime().map_err(|source| Error::Connect {
         endpoint: endpoint.clone(),
@@ -289,22 +267,12 @@ pub(crate) async fn open_connection(
     // the timeout, not the certificate it refused.
     if uri.scheme == AMQPScheme::AMQPS {
         let handshake = uri.connect_with_config_async(tls.as_ref(), &runtime);
-        match tokio::time::timeout(config.connect_timeout, handshake).await {
-            Ok(Ok(_probe)) => {}
-            Ok(Err(source)) => {
-                return Err(Error::Tls {
-                    endpoint,
-                    ca_file: config.ca_file.clone(),
-                    source,
-                });
-            }
-            Err(_) => {
-                return Err(Error::ConnectTimeout {
-                    endpoint,
-                    timeout: config.connect_timeout,
-                });
-            }
-        }
+        probe(config, &endpoint, handshake, |source| Error::Tls {
+            endpoint: endpoint.clone(),
+            ca_file: config.ca_file.clone(),
+            source,
+        })
+        .await?;
     }
     let props = ConnectionProperties::default()
         .with_connection_name(format!("{} {role}", config.connection_name).into())
@@ -325,6 +293,56 @@ pub(crate) async fn open_connection(
         endpoint,
         source: Box::new(source),
     })
+}
+
+/// The configured URL, with the configured heartbeat and connect timeout filled in where the
+/// URL does not set its own.
+fn amqp_uri(config: &BrokerConfig) -> Result<AMQPUri, Error> {
+    let mut uri: AMQPUri = config.url.parse().map_err(|reason: String| Error::Url {
+        url: config.redacted_url(),
+        reason,
+    })?;
+    if uri.query.heartbeat.is_none() {
+        uri.query.heartbeat = Some(config.heartbeat.as_secs().clamp(1, 600) as u16);
+    }
+    if uri.query.connection_timeout.is_none() {
+        uri.query.connection_timeout = Some(config.connect_timeout.as_millis() as u64);
+    }
+    Ok(uri)
+}
+
+/// `host:port`, and the vhost when it is not the default: how errors name the broker. It
+/// never holds the credentials.
+fn endpoint(uri: &AMQPUri) -> String {
+    format!(
+        "{}:{}{}",
+        uri.authority.host,
+        uri.authority.port,
+        if uri.vhost == "/" {
+            String::new()
+        } else {
+            format!(" (vhost {})", uri.vhost)
+        }
+    )
+}
+
+/// Runs one throwaway connection attempt within the connect timeout, so that a refusal is
+/// reported with its own cause (the error `refused` makes of it) rather than as lapin's
+/// eventual timeout. What the attempt opened is closed again at once.
+async fn probe<T>(
+    config: &BrokerConfig,
+    endpoint: &str,
+    attempt: impl Future<Output = std::io::Result<T>>,
+    refused: impl FnOnce(std::io::Error) -> Error,
+) -> Result<(), Error> {
+    match tokio::time::timeout(config.connect_timeout, attempt).await {
+        Ok(Ok(_probe)) => Ok(()),
+        Ok(Err(source)) => Err(refused(source)),
+        Err(_) => Err(Error::ConnectTimeout {
+            endpoint: endpoint.to_owned(),
+            timeout: config.connect_timeout,
+        }),
+    }
 }
 
 /// The TLS settings for `uri`: the CA file's certificates, read now so that a missing or

@@ -12,7 +12,7 @@ use anyhow::{Context, ensure};
 use serde_json::Value;
 use tokio::process::Command;
 use warren_core::{JobId, JobState};
-use warren_runtime::{JobContext, JobError, Worker};
+use warren_runtime::{JobContext, JobError, Worker, WorkerBuilder};
 use warren_store::provision;
 use warren_testkit::{TestEnv, wait_until};
 
@@ -99,6 +99,29 @@ async fn with_env(
     result
 }
 
+/// Runs `body` with a worker `w` running `builder`'s tasks, then stops the worker whether or
+/// not `body` failed, so that no worker outlives its test.
+async fn with_worker(
+    env: &TestEnv,
+    builder: WorkerBuilder,
+    body: impl AsyncFnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let worker = env.start_worker(builder, env.worker_config("w")).await?;
+    let result = body().await;
+    worker.stop().await?;
+    result
+}
+
+/// Runs `warren enqueue` with `args` for one job and returns the id it printed.
+async fn enqueue_one(env: &TestEnv, args: &[&str]) -> anyhow::Result<JobId> {
+    let run = warren(env, &[&["enqueue"], args].concat()).await?;
+    ensure!(run.code == Some(0), "{run:?}");
+    run.stdout
+        .trim()
+        .parse()
+        .with_context(|| format!("one job prints its id: {run:?}"))
+}
+
 #[tokio::test]
 async fn migrate_creates_and_migrates_a_fresh_database() -> anyhow::Result<()> {
     with_env(&["default"], async |env| {
@@ -150,58 +173,7 @@ async fn migrate_creates_and_migrates_a_fresh_database() -> anyhow::Result<()> {
 #[tokio::test]
 async fn enqueued_jobs_wait_in_the_queue_until_a_worker_runs_them() -> anyhow::Result<()> {
     with_env(&["default"], async |env| {
-        let run = warren(
-            env,
-            &[
-                "enqueue",
-                "warren.noop",
-                "--payload",
-                "{}",
-                "--count",
-                "5",
-                "--json",
-            ],
-        )
-        .await?;
-        ensure!(run.code == Some(0), "{run:?}");
-        let report = run.json()?;
-        ensure!(report["enqueued"] == 5 && report["failed"] == 0, "{report}");
-        ensure!(
-            report["ids"].as_array().map(Vec::len) == Some(5),
-            "{report}"
-        );
-
-        let one = warren(
-            env,
-            &[
-                "enqueue",
-                "warren.noop",
-                "--payload",
-                r#"{"n": 1}"#,
-                "--max-attempts",
-                "2",
-            ],
-        )
-        .await?;
-        ensure!(one.code == Some(0), "{one:?}");
-        one.stdout
-            .trim()
-            .parse::<JobId>()
-            .with_context(|| format!("one job prints its id: {one:?}"))?;
-
-        let text = warren(
-            env,
-            &["enqueue", "warren.noop", "--payload", "{}", "--count", "3"],
-        )
-        .await?;
-        ensure!(text.code == Some(0), "{text:?}");
-        ensure!(
-            text.stdout
-                .starts_with("enqueued 3 jobs to queue default in "),
-            "{text:?}"
-        );
-        ensure!(text.stdout.trim_end().ends_with(" jobs/s)"), "{text:?}");
-
+        enqueue_reports_what_it_sent(env).await?;
         let summary = warren(env, &["jobs", "summary", "--json"]).await?;
         ensure!(summary.code == Some(0), "{summary:?}");
         let summary = summary.json()?;
@@ -214,28 +186,81 @@ async fn enqueued_jobs_wait_in_the_queue_until_a_worker_runs_them() -> anyhow::R
             states.values().all(|n| *n == 0),
             "queued jobs have no row yet: {summary}"
         );
-
-        let declared = warren(env, &["queues", "declare", "default", "--json"]).await?;
-        ensure!(declared.code == Some(0), "{declared:?}");
-        let declared = declared.json()?;
-        let amqp_name = format!("{}.q.default", env.namespace());
-        ensure!(
-            declared[0]["amqp_queue"] == amqp_name.as_str(),
-            "{declared}"
-        );
-        ensure!(
-            declared[0]["ready"] == 9,
-            "all nine jobs are waiting: {declared}"
-        );
-
-        let table = warren(env, &["queues", "declare", "default", "extra"]).await?;
-        ensure!(table.code == Some(0), "declaring is idempotent: {table:?}");
-        ensure!(table.stdout.contains(&amqp_name), "{table:?}");
-        let extra = warren_core::QueueName::new("extra")?;
-        env.broker.delete_topology(&[extra]).await?;
-        Ok(())
+        nine_jobs_wait_in_the_declared_queue(env).await
     })
     .await
+}
+
+/// Enqueues nine jobs in three ways (five as JSON, one by id, three as text) and checks what
+/// each form prints.
+async fn enqueue_reports_what_it_sent(env: &TestEnv) -> anyhow::Result<()> {
+    let run = warren(
+        env,
+        &[
+            "enqueue",
+            "warren.noop",
+            "--payload",
+            "{}",
+            "--count",
+            "5",
+            "--json",
+        ],
+    )
+    .await?;
+    ensure!(run.code == Some(0), "{run:?}");
+    let report = run.json()?;
+    ensure!(report["enqueued"] == 5 && report["failed"] == 0, "{report}");
+    ensure!(
+        report["ids"].as_array().map(Vec::len) == Some(5),
+        "{report}"
+    );
+
+    let one = [
+        "warren.noop",
+        "--payload",
+        r#"{"n": 1}"#,
+        "--max-attempts",
+        "2",
+    ];
+    enqueue_one(env, &one).await?;
+
+    let text = warren(
+        env,
+        &["enqueue", "warren.noop", "--payload", "{}", "--count", "3"],
+    )
+    .await?;
+    ensure!(text.code == Some(0), "{text:?}");
+    ensure!(
+        text.stdout
+            .starts_with("enqueued 3 jobs to queue default in "),
+        "{text:?}"
+    );
+    ensure!(text.stdout.trim_end().ends_with(" jobs/s)"), "{text:?}");
+    Ok(())
+}
+
+/// `queues declare` names the AMQP queue and counts the nine jobs waiting there, and
+/// declaring again, with another queue besides, is harmless.
+async fn nine_jobs_wait_in_the_declared_queue(env: &TestEnv) -> anyhow::Result<()> {
+    let declared = warren(env, &["queues", "declare", "default", "--json"]).await?;
+    ensure!(declared.code == Some(0), "{declared:?}");
+    let declared = declared.json()?;
+    let amqp_name = format!("{}.q.default", env.namespace());
+    ensure!(
+        declared[0]["amqp_queue"] == amqp_name.as_str(),
+        "{declared}"
+    );
+    ensure!(
+        declared[0]["ready"] == 9,
+        "all nine jobs are waiting: {declared}"
+    );
+
+    let table = warren(env, &["queues", "declare", "default", "extra"]).await?;
+    ensure!(table.code == Some(0), "declaring is idempotent: {table:?}");
+    ensure!(table.stdout.contains(&amqp_name), "{table:?}");
+    let extra = warren_core::QueueName::new("extra")?;
+    env.broker.delete_topology(&[extra]).await?;
+    Ok(())
 }
 
 #[tokio::test]
@@ -379,85 +404,87 @@ async fn a_finished_job_shows_in_show_summary_and_workers() -> anyhow::Result<()
             .register("echo", |_ctx: JobContext, payload: Value| async move {
                 Ok::<_, JobError>(payload)
             });
-        let worker = env.start_worker(builder, env.worker_config("w")).await?;
-        let result = async {
-            let run = warren(
-                env,
-                &[
-                    "enqueue",
-                    "echo",
-                    "--payload",
-                    r#"{"x": 1}"#,
-                    "--idempotency-key",
-                    "k-1",
-                ],
-            )
-            .await?;
-            ensure!(run.code == Some(0), "{run:?}");
-            let id: JobId = run.stdout.trim().parse()?;
+        with_worker(env, builder, async || {
+            let args = [
+                "echo",
+                "--payload",
+                r#"{"x": 1}"#,
+                "--idempotency-key",
+                "k-1",
+            ];
+            let id = enqueue_one(env, &args).await?;
             wait_for_state(env, id, JobState::Succeeded).await?;
-
-            let show = warren(env, &["jobs", "show", &id.to_string()]).await?;
-            ensure!(show.code == Some(0), "{show:?}");
-            for line in [
-                format!("id           {id}\n"),
-                "task         echo\n".to_owned(),
-                "state        succeeded\n".to_owned(),
-                "attempt      1 of ".to_owned(),
-                "took         queued ".to_owned(),
-                "idempotency  k-1\n".to_owned(),
-                "payload      {\"x\":1}\n".to_owned(),
-                "result       {\"x\":1}\n".to_owned(),
-                "errors       none\n".to_owned(),
-            ] {
-                ensure!(
-                    show.stdout.contains(&line),
-                    "missing {line:?} in:\n{}",
-                    show.stdout
-                );
-            }
-            let json = warren(env, &["jobs", "show", &id.to_string(), "--json"])
-                .await?
-                .json()?;
-            ensure!(
-                json["state"] == "succeeded" && json["id"] == id.to_string().as_str(),
-                "{json}"
-            );
-
-            let summary = warren(env, &["jobs", "summary", "--queue", "default", "--json"])
-                .await?
-                .json()?;
-            ensure!(
-                summary["states"]["succeeded"] == 1 && summary["finished"] == 1,
-                "{summary}"
-            );
-            ensure!(
-                summary["enqueue_to_start_ms"]["p50"].is_number(),
-                "{summary}"
-            );
-            let text = warren(env, &["jobs", "summary", "--since", "10m"]).await?;
-            ensure!(
-                text.code == Some(0) && text.stdout.contains("  succeeded           1\n"),
-                "{text:?}"
-            );
-
-            let workers = warren(env, &["workers", "--json"]).await?.json()?;
-            let expected_id = format!("{}-w", env.name);
-            ensure!(workers[0]["id"] == expected_id.as_str(), "{workers}");
-            let table = warren(env, &["workers"]).await?;
-            ensure!(table.stdout.starts_with("ID "), "{table:?}");
-            ensure!(
-                table.stdout.contains(&expected_id)
-                    && (table.stdout.contains(" ago\n") || table.stdout.contains(" just now\n")),
-                "{table:?}"
-            );
-            Ok(())
-        }
-        .await;
-        worker.stop().await?;
-        result
+            show_has_the_finished_job(env, id).await?;
+            summary_counts_the_finished_job(env).await?;
+            workers_lists_the_worker(env).await
+        })
+        .await
     })
     .await
+}
+
+async fn show_has_the_finished_job(env: &TestEnv, id: JobId) -> anyhow::Result<()> {
+    let show = warren(env, &["jobs", "show", &id.to_string()]).await?;
+    ensure!(show.code == Some(0), "{show:?}");
+    for line in [
+        format!("id           {id}\n"),
+        "task         echo\n".to_owned(),
+        "state        succeeded\n".to_owned(),
+        "attempt      1 of ".to_owned(),
+        "took         queued ".to_owned(),
+        "idempotency  k-1\n".to_owned(),
+        "payload      {\"x\":1}\n".to_owned(),
+        "result       {\"x\":1}\n".to_owned(),
+        "errors       none\n".to_owned(),
+    ] {
+        ensure!(
+            show.stdout.contains(&line),
+            "missing {line:?} in:\n{}",
+            show.stdout
+        );
+    }
+    let json = warren(env, &["jobs", "show", &id.to_string(), "--json"])
+        .await?
+        .json()?;
+    ensure!(
+        json["state"] == "succeeded" && json["id"] == id.to_string().as_str(),
+        "{json}"
+    );
+    Ok(())
+}
+
+async fn summary_counts_the_finished_job(env: &TestEnv) -> anyhow::Result<()> {
+    let summary = warren(env, &["jobs", "summary", "--queue", "default", "--json"])
+        .await?
+        .json()?;
+    ensure!(
+        summary["states"]["succeeded"] == 1 && summary["finished"] == 1,
+        "{summary}"
+    );
+    ensure!(
+        summary["enqueue_to_start_ms"]["p50"].is_number(),
+        "{summary}"
+    );
+    let text = warren(env, &["jobs", "summary", "--since", "10m"]).await?;
+    ensure!(
+        text.code == Some(0) && text.stdout.contains("  succeeded           1\n"),
+        "{text:?}"
+    );
+    Ok(())
+}
+
+async fn workers_lists_the_worker(env: &TestEnv) -> anyhow::Result<()> {
+    let workers = warren(env, &["workers", "--json"]).await?.json()?;
+    let expected_id = format!("{}-w", env.name);
+    ensure!(workers[0]["id"] == expected_id.as_str(), "{workers}");
+    let table = warren(env, &["workers"]).await?;
+    ensure!(table.stdout.starts_with("ID "), "{table:?}");
+    ensure!(
+        table.stdout.contains(&expected_id)
+            && (table.stdout.contains(" ago\n") || table.stdout.contains(" just now\n")),
+        "{table:?}"
+    );
+    Ok(())
 }
 
 #[tokio::test]
@@ -470,84 +497,74 @@ async fn jobs_are_cancelled_and_retried_from_the_command_line() -> anyhow::Resul
                 Err::<(), _>(JobError::permanent("never works"))
             },
         );
-        let worker = env.start_worker(builder, env.worker_config("w")).await?;
-        let result = async {
-            // A running job: the CLI signals its worker, which records it cancelled.
-            let run = warren(
-                env,
-                &["enqueue", "warren.sleep", "--payload", r#"{"ms": 60000}"#],
-            )
-            .await?;
-            let running: JobId = run.stdout.trim().parse()?;
-            wait_for_state(env, running, JobState::Running).await?;
-            let cancel = warren(env, &["jobs", "cancel", &running.to_string()]).await?;
-            ensure!(
-                cancel.code == Some(0) && cancel.stdout.contains("told to cancel it"),
-                "{cancel:?}"
-            );
-            wait_for_state(env, running, JobState::Cancelled).await?;
-            let again = warren(env, &["jobs", "cancel", &running.to_string()]).await?;
-            ensure!(
-                again.code == Some(4) && again.stderr.contains("already cancelled"),
-                "{again:?}"
-            );
-
-            // A delayed job: cancelled while it waits in Postgres.
-            let run = warren(
-                env,
-                &[
-                    "enqueue",
-                    "warren.sleep",
-                    "--payload",
-                    r#"{"ms": 1}"#,
-                    "--delay",
-                    "1h",
-                ],
-            )
-            .await?;
-            ensure!(run.code == Some(0), "{run:?}");
-            let later: JobId = run.stdout.trim().parse()?;
-            let waiting = env.store.job(later).await?.map(|j| j.state);
-            ensure!(waiting == Some(JobState::Scheduled), "{waiting:?}");
-            let cancel = warren(env, &["jobs", "cancel", &later.to_string(), "--json"])
-                .await?
-                .json()?;
-            ensure!(
-                cancel["outcome"] == "cancelled" && cancel["previous"] == "scheduled",
-                "{cancel}"
-            );
-
-            // A dead job: retried, it runs again as attempt 2 and dies again.
-            let run = warren(env, &["enqueue", "doomed", "--payload", "{}"]).await?;
-            let dead: JobId = run.stdout.trim().parse()?;
-            wait_for_state(env, dead, JobState::Dead).await?;
-            let retry = warren(env, &["jobs", "retry", &dead.to_string()]).await?;
-            ensure!(
-                retry.code == Some(0) && retry.stdout.contains("runs as attempt 2"),
-                "{retry:?}"
-            );
-            wait_until(
-                Duration::from_secs(30),
-                "the retried job to die again",
-                || async {
-                    let job = env.store.job(dead).await?.context("row")?;
-                    Ok(if job.state == JobState::Dead && job.attempt == 2 {
-                        Ok(())
-                    } else {
-                        Err(format!("{} {}", job.state, job.attempt))
-                    })
-                },
-            )
-            .await?;
-
+        with_worker(env, builder, async || {
+            a_running_job_is_cancelled_by_its_worker(env).await?;
+            a_delayed_job_is_cancelled_in_postgres(env).await?;
+            a_dead_job_is_retried(env).await?;
             let unknown = warren(env, &["jobs", "retry", &JobId::new().to_string()]).await?;
             ensure!(unknown.code == Some(3), "{unknown:?}");
             Ok(())
-        }
-        .await;
-        worker.stop().await?;
-        result
+        })
+        .await
     })
+    .await
+}
+
+/// The CLI signals the job's worker, which records it cancelled; a second cancel says so.
+async fn a_running_job_is_cancelled_by_its_worker(env: &TestEnv) -> anyhow::Result<()> {
+    let running = enqueue_one(env, &["warren.sleep", "--payload", r#"{"ms": 60000}"#]).await?;
+    wait_for_state(env, running, JobState::Running).await?;
+    let cancel = warren(env, &["jobs", "cancel", &running.to_string()]).await?;
+    ensure!(
+        cancel.code == Some(0) && cancel.stdout.contains("told to cancel it"),
+        "{cancel:?}"
+    );
+    wait_for_state(env, running, JobState::Cancelled).await?;
+    let again = warren(env, &["jobs", "cancel", &running.to_string()]).await?;
+    ensure!(
+        again.code == Some(4) && again.stderr.contains("already cancelled"),
+        "{again:?}"
+    );
+    Ok(())
+}
+
+/// A delayed job waits in Postgres, and is cancelled there.
+async fn a_delayed_job_is_cancelled_in_postgres(env: &TestEnv) -> anyhow::Result<()> {
+    let args = ["warren.sleep", "--payload", r#"{"ms": 1}"#, "--delay", "1h"];
+    let later = enqueue_one(env, &args).await?;
+    let waiting = env.store.job(later).await?.map(|j| j.state);
+    ensure!(waiting == Some(JobState::Scheduled), "{waiting:?}");
+    let cancel = warren(env, &["jobs", "cancel", &later.to_string(), "--json"])
+        .await?
+        .json()?;
+    ensure!(
+        cancel["outcome"] == "cancelled" && cancel["previous"] == "scheduled",
+        "{cancel}"
+    );
+    Ok(())
+}
+
+/// A dead job, retried, runs again as attempt 2 and dies again.
+async fn a_dead_job_is_retried(env: &TestEnv) -> anyhow::Result<()> {
+    let dead = enqueue_one(env, &["doomed", "--payload", "{}"]).await?;
+    wait_for_state(env, dead, JobState::Dead).await?;
+    let retry = warren(env, &["jobs", "retry", &dead.to_string()]).await?;
+    ensure!(
+        retry.code == Some(0) && retry.stdout.contains("runs as attempt 2"),
+        "{retry:?}"
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "the retried job to die again",
+        || async {
+            let job = env.store.job(dead).await?.context("row")?;
+            Ok(if job.state == JobState::Dead && job.attempt == 2 {
+                Ok(())
+            } else {
+                Err(format!("{} {}", job.state, job.attempt))
+            })
+        },
+    )
     .await
 }
 
@@ -660,21 +677,10 @@ async fn job_data_is_shown_with_its_control_characters_escaped() -> anyhow::Resu
             .register("hostile", move |_ctx: JobContext, _p: Value| async move {
                 Err::<(), _>(JobError::permanent(hostile))
             });
-        let worker = env.start_worker(builder, env.worker_config("w")).await?;
-        let result = async {
+        with_worker(env, builder, async || {
             // JSON escapes in the argument become real control characters in the payload.
-            let run = warren(
-                env,
-                &[
-                    "enqueue",
-                    "hostile",
-                    "--payload",
-                    r#"{"s":"\u001b[2J\u009b\u0007"}"#,
-                ],
-            )
-            .await?;
-            ensure!(run.code == Some(0), "{run:?}");
-            let id: JobId = run.stdout.trim().parse()?;
+            let payload = r#"{"s":"\u001b[2J\u009b\u0007"}"#;
+            let id = enqueue_one(env, &["hostile", "--payload", payload]).await?;
             wait_for_state(env, id, JobState::Dead).await?;
 
             let show = warren(env, &["jobs", "show", &id.to_string()]).await?;
@@ -713,10 +719,8 @@ async fn job_data_is_shown_with_its_control_characters_escaped() -> anyhow::Resu
             ensure!(!has_terminal_controls(&json.stdout), "{json:?}");
             ensure!(json.json()?["task"] == row.task.as_str(), "{json:?}");
             Ok(())
-        }
-        .await;
-        worker.stop().await?;
-        result
+        })
+        .await
     })
     .await
 }

@@ -359,141 +359,34 @@ impl JobMessage {
     /// Reads a broker message as a job, checking every field the contract defines.
     /// `max_body` is the configured body size limit in bytes.
     pub fn decode(raw: &RawMessage, max_body: usize) -> Result<JobMessage, DecodeError> {
-        let mut err = DecodeError {
-            job_id: None,
-            task: None,
-            attempt: None,
-            reason: DecodeReason::MissingId,
-        };
         // Read identity first and leniently, so that even a message failing later checks can
         // be recorded against its job.
-        let id = match raw.message_id.as_deref() {
-            None | Some("") => return Err(err),
-            Some(s) => match s.parse::<JobId>() {
-                Ok(id) => id,
-                Err(_) => {
-                    err.reason = DecodeReason::BadId(s.chars().take(80).collect());
-                    return Err(err);
-                }
-            },
-        };
-        err.job_id = Some(id);
-        if let Some(HeaderValue::Str(t)) = raw.headers.get(HEADER_TASK) {
-            err.task = Some(t.chars().take(200).collect());
-        }
-        if let Some(HeaderValue::Int(a)) = raw.headers.get(HEADER_ATTEMPT) {
-            err.attempt = u32::try_from(*a).ok();
-        }
-        let fail = |mut err: DecodeError, reason| {
-            err.reason = reason;
-            Err(err)
-        };
+        let identity = Identity::read(raw)?;
+        Self::decode_fields(raw, max_body, identity.job_id).map_err(|reason| identity.error(reason))
+    }
 
-        if let Some(ct) = raw.content_type.as_deref()
-            && !ct.is_empty()
-            && !ct.eq_ignore_ascii_case(CONTENT_TYPE_JSON)
-            && !ct.to_ascii_lowercase().starts_with("application/json;")
-        {
-            return fail(
-                err,
-                DecodeReason::ContentType(ct.chars().take(80).collect()),
-            );
-        }
-
-        let task = match required_str(raw, HEADER_TASK) {
-            Ok(t) => t,
-            Err(r) => return fail(err, r),
-        };
-        let task = match TaskName::new(task) {
-            Ok(t) => t,
-            Err(e) => return fail(err, DecodeReason::BadTask(e.reason.to_string())),
-        };
-        let attempt = match required_int(raw, HEADER_ATTEMPT, 1, i64::from(MAX_ATTEMPTS_LIMIT)) {
-            Ok(a) => a as u32,
-            Err(r) => return fail(err, r),
-        };
+    /// Checks everything but the job id, in the order the contract lists it: properties,
+    /// headers, then the body. The first field found wrong is the reason given.
+    fn decode_fields(
+        raw: &RawMessage,
+        max_body: usize,
+        id: JobId,
+    ) -> Result<JobMessage, DecodeReason> {
+        check_content_type(raw)?;
+        let task = required_str(raw, HEADER_TASK)?;
+        let task = TaskName::new(task).map_err(|e| DecodeReason::BadTask(e.reason.to_string()))?;
+        let attempt = required_int(raw, HEADER_ATTEMPT, 1, i64::from(MAX_ATTEMPTS_LIMIT))? as u32;
         let max_attempts =
-            match optional_int(raw, HEADER_MAX_ATTEMPTS, 1, i64::from(MAX_ATTEMPTS_LIMIT)) {
-                Ok(m) => m.map(|m| m as u32),
-                Err(r) => return fail(err, r),
-            };
+            optional_int(raw, HEADER_MAX_ATTEMPTS, 1, i64::from(MAX_ATTEMPTS_LIMIT))?
+                .map(|m| m as u32);
         // Roughly 24 days: anything longer is a mistake, not a timeout.
-        let timeout_ms = match optional_int(raw, HEADER_TIMEOUT_MS, 1, i64::from(i32::MAX)) {
-            Ok(t) => t.map(|t| t as u64),
-            Err(r) => return fail(err, r),
-        };
-        let idempotency_key = match optional_str(raw, HEADER_IDEMPOTENCY_KEY) {
-            Ok(Some(k)) if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_LEN => {
-                return fail(
-                    err,
-                    DecodeReason::HeaderType {
-                        header: HEADER_IDEMPOTENCY_KEY,
-                        expected: "a string of 1 to 255 bytes",
-                        found: format!("{} bytes", k.len()),
-                    },
-                );
-            }
-            // Postgres `text` cannot hold NUL, and no other control character belongs in a
-            // key a person may have to type into `warren jobs` to find a job.
-            Ok(Some(k)) if k.chars().any(char::is_control) => {
-                return fail(
-                    err,
-                    DecodeReason::HeaderType {
-                        header: HEADER_IDEMPOTENCY_KEY,
-                        expected: "a string without control characters",
-                        found: format!("{:?}", k.chars().take(80).collect::<String>()),
-                    },
-                );
-            }
-            Ok(k) => k.map(str::to_owned),
-            Err(r) => return fail(err, r),
-        };
-        // Year 2000 to year 2200 in unix milliseconds: wider than any real clock, narrow
-        // enough to catch seconds-for-milliseconds mistakes.
-        let enqueued_at = match optional_int(raw, HEADER_ENQUEUED_AT, MIN_TIME_MS, MAX_TIME_MS) {
-            Ok(Some(ms)) => DateTime::from_timestamp_millis(ms),
-            Ok(None) => raw
-                .timestamp
-                .and_then(|s| DateTime::from_timestamp(i64::try_from(s).ok()?, 0)),
-            Err(r) => return fail(err, r),
-        }
-        .unwrap_or_else(Utc::now);
-        let has_row = match optional_int(raw, HEADER_HAS_ROW, 0, 1) {
-            Ok(v) => v == Some(1),
-            Err(r) => return fail(err, r),
-        };
-        let traceparent = match optional_str(raw, HEADER_TRACEPARENT) {
-            Ok(tp) => tp.filter(|tp| is_traceparent(tp)).map(str::to_owned),
-            Err(_) => None,
-        };
-        let tracestate = optional_str(raw, HEADER_TRACESTATE)
-            .ok()
-            .flatten()
-            .filter(|_| traceparent.is_some())
-            .map(str::to_owned);
-
-        if raw.body.len() > max_body {
-            return fail(
-                err,
-                DecodeReason::TooLarge {
-                    size: raw.body.len(),
-                    limit: max_body,
-                },
-            );
-        }
-        let text = match std::str::from_utf8(&raw.body) {
-            Ok(t) => t,
-            Err(e) => return fail(err, DecodeReason::NotUtf8(e.valid_up_to())),
-        };
-        let payload = match serde_json::from_str::<Box<RawValue>>(text) {
-            Ok(p) => p,
-            Err(e) => return fail(err, DecodeReason::NotJson(e.to_string())),
-        };
-        // Well-formed is not enough: a payload no handler can read is bad input now, with
-        // the reason and the spot, rather than a confusing failure inside the handler.
-        if let Err(e) = check_payload(text) {
-            return fail(err, DecodeReason::Unreadable(e));
-        }
+        let timeout_ms =
+            optional_int(raw, HEADER_TIMEOUT_MS, 1, i64::from(i32::MAX))?.map(|t| t as u64);
+        let idempotency_key = idempotency_key(raw)?;
+        let enqueued_at = enqueued_at(raw)?;
+        let has_row = optional_int(raw, HEADER_HAS_ROW, 0, 1)? == Some(1);
+        let (traceparent, tracestate) = trace_context(raw);
+        let payload = payload(&raw.body, max_body)?;
         Ok(JobMessage {
             id,
             task,
@@ -523,6 +416,142 @@ impl JobMessage {
             body: self.payload.get().as_bytes().to_vec(),
         }
     }
+}
+
+/// What a failed decode can still say about the message: its job id, and its task and
+/// attempt as far as they are readable at all, so that the failure is recorded against the
+/// job rather than lost.
+struct Identity {
+    job_id: JobId,
+    task: Option<String>,
+    attempt: Option<u32>,
+}
+
+impl Identity {
+    /// Reads the job id, which must be there and valid, and the task and attempt leniently:
+    /// a header of the wrong type is left out here and reported by the checks that follow.
+    fn read(raw: &RawMessage) -> Result<Identity, DecodeError> {
+        let no_identity = |reason| DecodeError {
+            job_id: None,
+            task: None,
+            attempt: None,
+            reason,
+        };
+        let job_id = match raw.message_id.as_deref() {
+            None | Some("") => return Err(no_identity(DecodeReason::MissingId)),
+            Some(s) => s
+                .parse::<JobId>()
+                .map_err(|_| no_identity(DecodeReason::BadId(s.chars().take(80).collect())))?,
+        };
+        let task = match raw.headers.get(HEADER_TASK) {
+            Some(HeaderValue::Str(t)) => Some(t.chars().take(200).collect()),
+            _ => None,
+        };
+        let attempt = match raw.headers.get(HEADER_ATTEMPT) {
+            Some(HeaderValue::Int(a)) => u32::try_from(*a).ok(),
+            _ => None,
+        };
+        Ok(Identity {
+            job_id,
+            task,
+            attempt,
+        })
+    }
+
+    fn error(self, reason: DecodeReason) -> DecodeError {
+        DecodeError {
+            job_id: Some(self.job_id),
+            task: self.task,
+            attempt: self.attempt,
+            reason,
+        }
+    }
+}
+
+/// An absent or empty content type is taken as JSON; any other must be JSON, with or without
+/// parameters such as a charset.
+fn check_content_type(raw: &RawMessage) -> Result<(), DecodeReason> {
+    match raw.content_type.as_deref() {
+        Some(ct)
+            if !ct.is_empty()
+                && !ct.eq_ignore_ascii_case(CONTENT_TYPE_JSON)
+                && !ct.to_ascii_lowercase().starts_with("application/json;") =>
+        {
+            Err(DecodeReason::ContentType(ct.chars().take(80).collect()))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn idempotency_key(raw: &RawMessage) -> Result<Option<String>, DecodeReason> {
+    let Some(key) = optional_str(raw, HEADER_IDEMPOTENCY_KEY)? else {
+        return Ok(None);
+    };
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+        return Err(DecodeReason::HeaderType {
+            header: HEADER_IDEMPOTENCY_KEY,
+            expected: "a string of 1 to 255 bytes",
+            found: format!("{} bytes", key.len()),
+        });
+    }
+    // Postgres `text` cannot hold NUL, and no other control character belongs in a key a
+    // person may have to type into `warren jobs` to find a job.
+    if key.chars().any(char::is_control) {
+        return Err(DecodeReason::HeaderType {
+            header: HEADER_IDEMPOTENCY_KEY,
+            expected: "a string without control characters",
+            found: format!("{:?}", key.chars().take(80).collect::<String>()),
+        });
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// When the job was first enqueued: the millisecond header, else the coarse AMQP timestamp,
+/// else now (a producer need not say).
+fn enqueued_at(raw: &RawMessage) -> Result<DateTime<Utc>, DecodeReason> {
+    // Year 2000 to year 2200 in unix milliseconds: wider than any real clock, narrow enough
+    // to catch seconds-for-milliseconds mistakes.
+    let at = match optional_int(raw, HEADER_ENQUEUED_AT, MIN_TIME_MS, MAX_TIME_MS)? {
+        Some(ms) => DateTime::from_timestamp_millis(ms),
+        None => raw
+            .timestamp
+            .and_then(|s| DateTime::from_timestamp(i64::try_from(s).ok()?, 0)),
+    };
+    Ok(at.unwrap_or_else(Utc::now))
+}
+
+/// The W3C trace context. It never fails a job: tracing is an aid, so a malformed
+/// `traceparent` is dropped, and a `tracestate` without a valid `traceparent` goes with it.
+fn trace_context(raw: &RawMessage) -> (Option<String>, Option<String>) {
+    let traceparent = optional_str(raw, HEADER_TRACEPARENT)
+        .ok()
+        .flatten()
+        .filter(|tp| is_traceparent(tp))
+        .map(str::to_owned);
+    let tracestate = optional_str(raw, HEADER_TRACESTATE)
+        .ok()
+        .flatten()
+        .filter(|_| traceparent.is_some())
+        .map(str::to_owned);
+    (traceparent, tracestate)
+}
+
+/// The body as a payload: within the size limit, UTF-8, one JSON value, and readable by
+/// every handler, checked in that order so the cheapest refusal comes first.
+fn payload(body: &[u8], max_body: usize) -> Result<Box<RawValue>, DecodeReason> {
+    if body.len() > max_body {
+        return Err(DecodeReason::TooLarge {
+            size: body.len(),
+            limit: max_body,
+        });
+    }
+    let text = std::str::from_utf8(body).map_err(|e| DecodeReason::NotUtf8(e.valid_up_to()))?;
+    let payload = serde_json::from_str::<Box<RawValue>>(text)
+        .map_err(|e| DecodeReason::NotJson(e.to_string()))?;
+    // Well-formed is not enough: a payload no handler can read is bad input now, with the
+    // reason and the spot, rather than a confusing failure inside the handler.
+    check_payload(text).map_err(DecodeReason::Unreadable)?;
+    Ok(payload)
 }
 
 /// Whether `s` is a W3C `traceparent` of version 00: `00-<32 hex>-<16 hex>-<2 hex>`, with

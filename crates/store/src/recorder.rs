@@ -13,6 +13,7 @@
 //! newer attempt, or for the same attempt while that attempt is still `running`. The rules are
 //! in docs/job-lifecycle.md ("Fencing").
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
+use sqlx::PgConnection;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use warren_core::{FailureRecord, JobId, JobMessage, JobState};
@@ -480,11 +482,11 @@ async fn write_with_retry(
 /// Text as Postgres can store it: `text` and `jsonb` reject NUL, so each is replaced by
 /// U+FFFD. Bad input names itself with whatever bytes it carried, and a row that cannot be
 /// written would send its delivery round until the broker dead-letters it with no record.
-pub(crate) fn storable(s: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn storable(s: &str) -> Cow<'_, str> {
     if s.contains('\0') {
-        std::borrow::Cow::Owned(s.replace('\0', "\u{FFFD}"))
+        Cow::Owned(s.replace('\0', "\u{FFFD}"))
     } else {
-        std::borrow::Cow::Borrowed(s)
+        Cow::Borrowed(s)
     }
 }
 
@@ -540,93 +542,9 @@ async fn write(
     rows: &[RecordRow],
     folded: &[JobId],
 ) -> Result<HashSet<JobId>, sqlx::Error> {
-    let n = rows.len();
-    let mut ids = Vec::with_capacity(n);
-    let mut queues = Vec::with_capacity(n);
-    let mut tasks = Vec::with_capacity(n);
-    let mut payloads = Vec::with_capacity(n);
-    let mut raw_bodies = Vec::with_capacity(n);
-    let mut states = Vec::with_capacity(n);
-    let mut attempts = Vec::with_capacity(n);
-    let mut max_attempts = Vec::with_capacity(n);
-    let mut timeouts = Vec::with_capacity(n);
-    let mut run_ats = Vec::with_capacity(n);
-    let mut enqueued_ats = Vec::with_capacity(n);
-    let mut started_ats = Vec::with_capacity(n);
-    let mut finished_ats = Vec::with_capacity(n);
-    let mut results = Vec::with_capacity(n);
-    let mut errors = Vec::with_capacity(n);
-    let mut workers = Vec::with_capacity(n);
-    let mut keys = Vec::with_capacity(n);
-    let mut traces = Vec::with_capacity(n);
-    let mut duplicates = Vec::with_capacity(n);
-    let mut body_sizes = Vec::with_capacity(n);
-    let mut body_digests = Vec::with_capacity(n);
-    for r in rows {
-        ids.push(r.id.as_uuid());
-        queues.push(storable(&r.queue));
-        tasks.push(storable(&r.task));
-        payloads.push(r.payload.as_deref().map(RawValue::get));
-        raw_bodies.push(r.raw_body.as_ref().map(|b| b.prefix.as_slice()));
-        body_sizes.push(
-            r.raw_body
-                .as_ref()
-                .map(|b| b.size.min(i64::MAX as u64) as i64),
-        );
-        body_digests.push(r.raw_body.as_ref().map(|b| b.sha256.as_slice()));
-        states.push(r.state.as_str());
-        attempts.push(r.attempt as i32);
-        max_attempts.push(r.max_attempts.max(1) as i32);
-        timeouts.push(r.timeout_ms.map(|t| t.min(i64::MAX as u64) as i64));
-        run_ats.push(r.run_at);
-        enqueued_ats.push(r.enqueued_at);
-        started_ats.push(r.started_at);
-        finished_ats.push(r.finished_at);
-        results.push(r.result.as_deref().map(RawValue::get));
-        errors.push(r.error.as_ref().and_then(|e| {
-            let mut e = e.clone();
-            e.message = storable(&e.message).into_owned();
-            serde_json::to_string(&e).ok()
-        }));
-        workers.push(storable(&r.worker_id));
-        keys.push(r.idempotency_key.as_deref().map(storable));
-        traces.push(r.traceparent.as_deref().map(storable));
-        duplicates.push(r.duplicate_of.map(|d| d.as_uuid()));
-    }
     let mut tx = store.pool.begin().await?;
-    let written: Vec<uuid::Uuid> = sqlx::query_scalar(UPSERT)
-        .bind(ids)
-        .bind(queues)
-        .bind(tasks)
-        .bind(payloads)
-        .bind(raw_bodies)
-        .bind(states)
-        .bind(attempts)
-        .bind(max_attempts)
-        .bind(timeouts)
-        .bind(run_ats)
-        .bind(enqueued_ats)
-        .bind(started_ats)
-        .bind(finished_ats)
-        .bind(results)
-        .bind(errors)
-        .bind(workers)
-        .bind(keys)
-        .bind(traces)
-        .bind(duplicates)
-        .bind(body_sizes)
-        .bind(body_digests)
-        .fetch_all(&mut *tx)
-        .await?;
-    let fenced: HashSet<JobId> = if written.len() == rows.len() {
-        HashSet::new()
-    } else {
-        let written: HashSet<uuid::Uuid> = written.into_iter().collect();
-        rows.iter()
-            .filter(|r| r.state != JobState::Running && !written.contains(&r.id.as_uuid()))
-            .map(|r| r.id)
-            .collect()
-    };
+    let written = Columns::of(rows).upsert(&mut tx).await?;
+    let fenced = fenced(rows, written);
     if !fenced.is_empty() || !folded.is_empty() {
         let ids: Vec<uuid::Uuid> = fenced.iter().chain(folded).map(JobId::as_uuid).collect();
         sqlx::query(COUNT_DUPLICATES)
@@ -636,6 +554,118 @@ async fn write(
     }
     tx.commit().await?;
     Ok(fenced)
+}
+
+/// The rows' outcomes that the upsert's fence turned away: those not among the `written` ids.
+/// A `running` mark turned away carries no outcome, so it is not counted as a discarded run.
+fn fenced(rows: &[RecordRow], written: Vec<uuid::Uuid>) -> HashSet<JobId> {
+    if written.len() == rows.len() {
+        return HashSet::new();
+    }
+    let written: HashSet<uuid::Uuid> = written.into_iter().collect();
+    rows.iter()
+        .filter(|r| r.state != JobState::Running && !written.contains(&r.id.as_uuid()))
+        .map(|r| r.id)
+        .collect()
+}
+
+/// The rows turned column-wise, one array per `UNNEST` parameter of [`UPSERT`] and in its
+/// order, with each value converted to what its column stores: text made storable, unsigned
+/// numbers clamped into Postgres' signed ones, ids as UUIDs.
+struct Columns<'a> {
+    ids: Vec<uuid::Uuid>,
+    queues: Vec<Cow<'a, str>>,
+    tasks: Vec<Cow<'a, str>>,
+    payloads: Vec<Option<&'a str>>,
+    raw_bodies: Vec<Option<&'a [u8]>>,
+    states: Vec<&'static str>,
+    attempts: Vec<i32>,
+    max_attempts: Vec<i32>,
+    timeouts: Vec<Option<i64>>,
+    run_ats: Vec<Option<DateTime<Utc>>>,
+    enqueued_ats: Vec<DateTime<Utc>>,
+    started_ats: Vec<Option<DateTime<Utc>>>,
+    finished_ats: Vec<Option<DateTime<Utc>>>,
+    results: Vec<Option<&'a str>>,
+    errors: Vec<Option<String>>,
+    workers: Vec<Cow<'a, str>>,
+    keys: Vec<Option<Cow<'a, str>>>,
+    traces: Vec<Option<Cow<'a, str>>>,
+    duplicates: Vec<Option<uuid::Uuid>>,
+    body_sizes: Vec<Option<i64>>,
+    body_digests: Vec<Option<&'a [u8]>>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(rows: &'a [RecordRow]) -> Self {
+        fn column<'a, T>(rows: &'a [RecordRow], value: impl Fn(&'a RecordRow) -> T) -> Vec<T> {
+            rows.iter().map(value).collect()
+        }
+        Columns {
+            ids: column(rows, |r| r.id.as_uuid()),
+            queues: column(rows, |r| storable(&r.queue)),
+            tasks: column(rows, |r| storable(&r.task)),
+            payloads: column(rows, |r| r.payload.as_deref().map(RawValue::get)),
+            raw_bodies: column(rows, |r| r.raw_body.as_ref().map(|b| b.prefix.as_slice())),
+            states: column(rows, |r| r.state.as_str()),
+            attempts: column(rows, |r| r.attempt as i32),
+            max_attempts: column(rows, |r| r.max_attempts.max(1) as i32),
+            timeouts: column(rows, |r| r.timeout_ms.map(clamp_to_i64)),
+            run_ats: column(rows, |r| r.run_at),
+            enqueued_ats: column(rows, |r| r.enqueued_at),
+            started_ats: column(rows, |r| r.started_at),
+            finished_ats: column(rows, |r| r.finished_at),
+            results: column(rows, |r| r.result.as_deref().map(RawValue::get)),
+            errors: column(rows, |r| r.error.as_ref().and_then(error_json)),
+            workers: column(rows, |r| storable(&r.worker_id)),
+            keys: column(rows, |r| r.idempotency_key.as_deref().map(storable)),
+            traces: column(rows, |r| r.traceparent.as_deref().map(storable)),
+            duplicates: column(rows, |r| r.duplicate_of.map(|d| d.as_uuid())),
+            body_sizes: column(rows, |r| r.raw_body.as_ref().map(|b| clamp_to_i64(b.size))),
+            body_digests: column(rows, |r| r.raw_body.as_ref().map(|b| b.sha256.as_slice())),
+        }
+    }
+
+    /// Runs [`UPSERT`] with these columns; returns the ids of the rows the fence let through.
+    async fn upsert(self, conn: &mut PgConnection) -> Result<Vec<uuid::Uuid>, sqlx::Error> {
+        sqlx::query_scalar(UPSERT)
+            .bind(self.ids)
+            .bind(self.queues)
+            .bind(self.tasks)
+            .bind(self.payloads)
+            .bind(self.raw_bodies)
+            .bind(self.states)
+            .bind(self.attempts)
+            .bind(self.max_attempts)
+            .bind(self.timeouts)
+            .bind(self.run_ats)
+            .bind(self.enqueued_ats)
+            .bind(self.started_ats)
+            .bind(self.finished_ats)
+            .bind(self.results)
+            .bind(self.errors)
+            .bind(self.workers)
+            .bind(self.keys)
+            .bind(self.traces)
+            .bind(self.duplicates)
+            .bind(self.body_sizes)
+            .bind(self.body_digests)
+            .fetch_all(conn)
+            .await
+    }
+}
+
+/// Postgres has no unsigned integers; a value beyond `i64` (no real timeout or body size)
+/// is stored as the largest it can hold rather than wrapping negative.
+fn clamp_to_i64(value: u64) -> i64 {
+    value.min(i64::MAX as u64) as i64
+}
+
+/// A failure as the JSON the `errors` history stores, its message made storable.
+fn error_json(error: &FailureRecord) -> Option<String> {
+    let mut error = error.clone();
+    error.message = storable(&error.message).into_owned();
+    serde_json::to_string(&error).ok()
 }
 
 #[cfg(test)]

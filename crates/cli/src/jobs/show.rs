@@ -63,56 +63,82 @@ fn raw_body_line(job: &JobRecord, raw: &str) -> String {
 /// The human form: one `label  value` line per field, then the error history. Everything
 /// from job data is escaped for the terminal (see `output::printable_line`).
 fn render(job: &JobRecord) -> String {
-    let mut out = String::new();
-    let mut line = |label: &str, value: &str| {
+    let mut out = Lines::default();
+    identity(&mut out, job);
+    timing(&mut out, job);
+    provenance(&mut out, job);
+    data(&mut out, job);
+    error_history(&mut out, job);
+    out.0
+}
+
+/// The text being rendered, written one labelled field at a time.
+#[derive(Default)]
+struct Lines(String);
+
+impl Lines {
+    fn line(&mut self, label: &str, value: &str) {
         // A value that starts on its own line (long JSON) leaves no blanks after the label,
         // and keeps its newlines; any other value is one line, whatever it contains.
         let _ = if value.starts_with('\n') {
-            writeln!(out, "{label}{}", printable_text(value))
+            writeln!(self.0, "{label}{}", printable_text(value))
         } else {
-            writeln!(out, "{label:<12} {}", printable_line(value))
+            writeln!(self.0, "{label:<12} {}", printable_line(value))
         };
-    };
-    line("id", &job.id.to_string());
-    line("task", &job.task);
-    line("queue", &job.queue);
-    line("state", job.state.as_str());
-    line(
+    }
+}
+
+/// Which job it is and where it stands.
+fn identity(out: &mut Lines, job: &JobRecord) {
+    out.line("id", &job.id.to_string());
+    out.line("task", &job.task);
+    out.line("queue", &job.queue);
+    out.line("state", job.state.as_str());
+    out.line(
         "attempt",
         &format!("{} of {}", job.attempt, job.max_attempts),
     );
+}
+
+/// When it was due, queued, started and finished, how long that took, and its time limit.
+fn timing(out: &mut Lines, job: &JobRecord) {
     if let Some(run_at) = job.run_at {
-        line("run at", &timestamp(run_at));
+        out.line("run at", &timestamp(run_at));
     }
-    line("enqueued", &timestamp(job.enqueued_at));
-    line(
+    out.line("enqueued", &timestamp(job.enqueued_at));
+    out.line(
         "started",
         &job.started_at.map_or_else(|| "-".to_owned(), timestamp),
     );
-    line(
+    out.line(
         "finished",
         &job.finished_at.map_or_else(|| "-".to_owned(), timestamp),
     );
     if let Some(took) = timings(job) {
-        line("took", &took);
+        out.line("took", &took);
     }
     if let Some(ms) = job.timeout_ms {
         let timeout = u64::try_from(ms).map_or_else(
             |_| format!("{ms}ms"),
             |ms| duration(std::time::Duration::from_millis(ms)),
         );
-        line("timeout", &timeout);
+        out.line("timeout", &timeout);
     }
-    line("worker", job.worker_id.as_deref().unwrap_or("-"));
-    line("idempotency", job.idempotency_key.as_deref().unwrap_or("-"));
+}
+
+/// Who ran it, and what else touched it: its idempotency key and duplicates, a cancel
+/// request, and the trace it belongs to.
+fn provenance(out: &mut Lines, job: &JobRecord) {
+    out.line("worker", job.worker_id.as_deref().unwrap_or("-"));
+    out.line("idempotency", job.idempotency_key.as_deref().unwrap_or("-"));
     if let Some(original) = job.duplicate_of {
-        line(
+        out.line(
             "duplicate of",
             &format!("{original} (it held the same idempotency key, so this job was not run)"),
         );
     }
     if job.duplicate_runs > 0 {
-        line(
+        out.line(
             "duplicates",
             &format!(
                 "{} run(s) of an attempt the job had already moved past; their outcomes were discarded",
@@ -121,39 +147,48 @@ fn render(job: &JobRecord) -> String {
         );
     }
     if let Some(at) = job.cancel_requested_at {
-        line("cancel asked", &timestamp(at));
+        out.line("cancel asked", &timestamp(at));
     }
     if let Some(trace) = &job.traceparent {
-        line("traceparent", trace);
+        out.line("traceparent", trace);
     }
+}
+
+/// What went in and what came out: the payload (or the raw body, when it was not JSON) and
+/// the result.
+fn data(out: &mut Lines, job: &JobRecord) {
     match (&job.payload, &job.raw_body) {
-        (Some(payload), _) => line("payload", &json_value(payload)),
-        (None, Some(raw)) => line("payload", &raw_body_line(job, raw)),
-        (None, None) => line("payload", "-"),
+        (Some(payload), _) => out.line("payload", &json_value(payload)),
+        (None, Some(raw)) => out.line("payload", &raw_body_line(job, raw)),
+        (None, None) => out.line("payload", "-"),
     }
-    line(
+    out.line(
         "result",
         &job.result
             .as_ref()
             .map_or_else(|| "-".to_owned(), json_value),
     );
+}
+
+/// The count of failures, then each on two lines: when and where, then its message indented
+/// so that a message of several lines stays visibly one entry.
+fn error_history(out: &mut Lines, job: &JobRecord) {
     if job.errors.is_empty() {
-        line("errors", "none");
-    } else {
-        line("errors", &job.errors.len().to_string());
-        for e in &job.errors {
-            let _ = writeln!(
-                out,
-                "  attempt {}  {}  {}  on {}\n    {}",
-                e.attempt,
-                kind(e.kind),
-                timestamp(e.at),
-                printable_line(&e.worker),
-                printable_text(&e.message).replace('\n', "\n    ")
-            );
-        }
+        out.line("errors", "none");
+        return;
     }
-    out
+    out.line("errors", &job.errors.len().to_string());
+    for e in &job.errors {
+        let _ = writeln!(
+            out.0,
+            "  attempt {}  {}  {}  on {}\n    {}",
+            e.attempt,
+            kind(e.kind),
+            timestamp(e.at),
+            printable_line(&e.worker),
+            printable_text(&e.message).replace('\n', "\n    ")
+        );
+    }
 }
 
 /// `queued 12ms, ran 3ms`: the time waiting for a worker and the time running, as far as the

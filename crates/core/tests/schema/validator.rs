@@ -6,7 +6,7 @@
 
 use std::cmp::Ordering;
 
-use serde_json::{Number, Value};
+use serde_json::{Map, Number, Value};
 
 /// Keywords that only annotate. `format` is one of them: draft 2020-12 does not assert it by
 /// default, which is why the schema pairs `format: uuid` with a pattern.
@@ -88,8 +88,20 @@ fn check(schema: &Value, value: &Value, at: &str, errors: &mut Vec<String>) {
         Value::Object(keywords) => keywords,
         other => panic!("schema at {at} is {other}, not an object or a boolean"),
     };
-    let mut fail = |what: String| errors.push(format!("{at}: {what}"));
+    check_any(keywords, value, at, errors);
+    // The other keywords apply only to instances of their type, as JSON Schema defines them:
+    // `minLength` says nothing about a number.
+    match value {
+        Value::String(s) => check_string(keywords, s, at, errors),
+        Value::Number(n) => check_number(keywords, n, at, errors),
+        Value::Object(object) => check_object(keywords, object, at, errors),
+        Value::Null | Value::Bool(_) | Value::Array(_) => {}
+    }
+}
 
+/// The keywords that apply to a value of any type: `type`, `enum` and `const`.
+fn check_any(keywords: &Map<String, Value>, value: &Value, at: &str, errors: &mut Vec<String>) {
+    let mut fail = |what: String| errors.push(format!("{at}: {what}"));
     if let Some(ty) = keywords.get("type") {
         let allowed: Vec<&str> = match ty {
             Value::String(one) => vec![one.as_str()],
@@ -120,66 +132,76 @@ fn check(schema: &Value, value: &Value, at: &str, errors: &mut Vec<String>) {
     {
         fail(format!("is {value}, expected {expected}"));
     }
+}
 
-    match value {
-        Value::String(s) => {
-            let length = s.chars().count() as u64;
-            if let Some(min) = keywords.get("minLength").and_then(Value::as_u64)
-                && length < min
-            {
-                fail(format!("is {length} characters long, shorter than {min}"));
-            }
-            if let Some(max) = keywords.get("maxLength").and_then(Value::as_u64)
-                && length > max
-            {
-                fail(format!("is {length} characters long, longer than {max}"));
-            }
-            if let Some(pattern) = keywords.get("pattern").and_then(Value::as_str) {
-                let parsed = Pattern::parse(pattern).unwrap_or_else(|e| panic!("{at}: {e}"));
-                if !parsed.matches(s) {
-                    let shown: String = s.chars().take(60).collect();
-                    fail(format!("`{shown}` does not match `{pattern}`"));
+/// `minLength` and `maxLength`, counted in characters as JSON Schema counts them, and
+/// `pattern`.
+fn check_string(keywords: &Map<String, Value>, s: &str, at: &str, errors: &mut Vec<String>) {
+    let mut fail = |what: String| errors.push(format!("{at}: {what}"));
+    let length = s.chars().count() as u64;
+    if let Some(min) = keywords.get("minLength").and_then(Value::as_u64)
+        && length < min
+    {
+        fail(format!("is {length} characters long, shorter than {min}"));
+    }
+    if let Some(max) = keywords.get("maxLength").and_then(Value::as_u64)
+        && length > max
+    {
+        fail(format!("is {length} characters long, longer than {max}"));
+    }
+    if let Some(pattern) = keywords.get("pattern").and_then(Value::as_str) {
+        let parsed = Pattern::parse(pattern).unwrap_or_else(|e| panic!("{at}: {e}"));
+        if !parsed.matches(s) {
+            let shown: String = s.chars().take(60).collect();
+            fail(format!("`{shown}` does not match `{pattern}`"));
+        }
+    }
+}
+
+fn check_number(keywords: &Map<String, Value>, n: &Number, at: &str, errors: &mut Vec<String>) {
+    let mut fail = |what: String| errors.push(format!("{at}: {what}"));
+    if let Some(Value::Number(min)) = keywords.get("minimum")
+        && num_cmp(n, min) == Some(Ordering::Less)
+    {
+        fail(format!("is {n}, less than the minimum {min}"));
+    }
+    if let Some(Value::Number(max)) = keywords.get("maximum")
+        && num_cmp(n, max) == Some(Ordering::Greater)
+    {
+        fail(format!("is {n}, more than the maximum {max}"));
+    }
+}
+
+/// `required`, then each member against its entry in `properties`, or against
+/// `additionalProperties` when it has none, at a JSON pointer that escapes `~` and `/`.
+fn check_object(
+    keywords: &Map<String, Value>,
+    object: &Map<String, Value>,
+    at: &str,
+    errors: &mut Vec<String>,
+) {
+    for name in keywords
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let name = name.as_str().unwrap_or_default();
+        if !object.contains_key(name) {
+            errors.push(format!("{at}: missing required property `{name}`"));
+        }
+    }
+    let properties = keywords.get("properties").and_then(Value::as_object);
+    for (name, member) in object {
+        let here = format!("{at}/{}", name.replace('~', "~0").replace('/', "~1"));
+        match properties.and_then(|p| p.get(name)) {
+            Some(property) => check(property, member, &here, errors),
+            None => {
+                if let Some(extra) = keywords.get("additionalProperties") {
+                    check(extra, member, &here, errors);
                 }
             }
         }
-        Value::Number(n) => {
-            if let Some(Value::Number(min)) = keywords.get("minimum")
-                && num_cmp(n, min) == Some(Ordering::Less)
-            {
-                fail(format!("is {n}, less than the minimum {min}"));
-            }
-            if let Some(Value::Number(max)) = keywords.get("maximum")
-                && num_cmp(n, max) == Some(Ordering::Greater)
-            {
-                fail(format!("is {n}, more than the maximum {max}"));
-            }
-        }
-        Value::Object(object) => {
-            for name in keywords
-                .get("required")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let name = name.as_str().unwrap_or_default();
-                if !object.contains_key(name) {
-                    fail(format!("missing required property `{name}`"));
-                }
-            }
-            let properties = keywords.get("properties").and_then(Value::as_object);
-            for (name, member) in object {
-                let here = format!("{at}/{}", name.replace('~', "~0").replace('/', "~1"));
-                match properties.and_then(|p| p.get(name)) {
-                    Some(property) => check(property, member, &here, errors),
-                    None => {
-                        if let Some(extra) = keywords.get("additionalProperties") {
-                            check(extra, member, &here, errors);
-                        }
-                    }
-                }
-            }
-        }
-        Value::Null | Value::Bool(_) | Value::Array(_) => {}
     }
 }
 
@@ -277,100 +299,23 @@ impl Atom {
 
 impl Pattern {
     pub(crate) fn parse(source: &str) -> Result<Pattern, String> {
-        let refuse = |why: &str| Err(format!("pattern `{source}`: {why}"));
+        Self::parse_anchored(source).map_err(|why| format!("pattern `{source}`: {why}"))
+    }
+
+    /// The pieces between `^` and `$`, or why the pattern is outside the subset.
+    fn parse_anchored(source: &str) -> Result<Pattern, String> {
         let Some(inner) = source.strip_prefix('^').and_then(|s| s.strip_suffix('$')) else {
-            return refuse("must be anchored with ^ and $");
+            return Err("must be anchored with ^ and $".into());
         };
         if inner.ends_with('\\') {
-            return refuse("must end with an unescaped $");
+            return Err("must end with an unescaped $".into());
         }
         let chars: Vec<char> = inner.chars().collect();
         let mut i = 0;
         let mut pieces = Vec::new();
         while i < chars.len() {
-            let c = chars[i];
-            i += 1;
-            let atom = match c {
-                '.' => Atom::Any,
-                '\\' => {
-                    let escaped = chars.get(i).copied();
-                    i += 1;
-                    match escaped {
-                        Some('d') => Atom::Class(vec![('0', '9')]),
-                        Some(p) if p.is_ascii_punctuation() => Atom::Char(p),
-                        _ => return refuse("only \\d and escaped punctuation are supported"),
-                    }
-                }
-                '[' => {
-                    if chars.get(i) == Some(&'^') {
-                        return refuse("negated classes are not supported");
-                    }
-                    let mut ranges = Vec::new();
-                    loop {
-                        let Some(&lo) = chars.get(i) else {
-                            return refuse("unclosed [");
-                        };
-                        i += 1;
-                        let lo = match lo {
-                            ']' if !ranges.is_empty() => break,
-                            ']' => return refuse("empty class"),
-                            '\\' => match chars.get(i) {
-                                Some('d') => {
-                                    i += 1;
-                                    ranges.push(('0', '9'));
-                                    continue;
-                                }
-                                Some(&p) if p.is_ascii_punctuation() => {
-                                    i += 1;
-                                    p
-                                }
-                                _ => return refuse("only \\d and escaped punctuation in classes"),
-                            },
-                            c => c,
-                        };
-                        // `a-z` is a range; a `-` right before `]` is a literal.
-                        match (chars.get(i), chars.get(i + 1)) {
-                            (Some('-'), Some(&hi)) if hi != ']' && hi != '\\' => {
-                                if hi < lo {
-                                    return refuse("a class range runs backwards");
-                                }
-                                ranges.push((lo, hi));
-                                i += 2;
-                            }
-                            _ => ranges.push((lo, lo)),
-                        }
-                    }
-                    Atom::Class(ranges)
-                }
-                '(' | ')' | '|' | '^' | '$' | '?' | '*' | '+' | '{' | '}' | ']' => {
-                    return refuse(&format!("`{c}` here is outside the supported subset"));
-                }
-                literal => Atom::Char(literal),
-            };
-            // The repetition after the atom, and how many characters spell it.
-            let (min, max, width) = match chars.get(i) {
-                Some('?') => (0, 1, 1),
-                Some('*') => (0, usize::MAX, 1),
-                Some('+') => (1, usize::MAX, 1),
-                Some('{') => {
-                    let Some(close) = chars[i..].iter().position(|&c| c == '}') else {
-                        return refuse("unclosed {");
-                    };
-                    let body: String = chars[i + 1..i + close].iter().collect();
-                    let number = |s: &str| s.parse::<usize>().ok();
-                    let bounds = match body.split_once(',') {
-                        None => number(&body).map(|n| (n, n)),
-                        Some((m, "")) => number(m).map(|m| (m, usize::MAX)),
-                        Some((m, n)) => number(m).zip(number(n)).filter(|(m, n)| m <= n),
-                    };
-                    let Some((min, max)) = bounds else {
-                        return refuse("a {m,n} repetition is malformed");
-                    };
-                    (min, max, close + 1)
-                }
-                _ => (1, 1, 0),
-            };
-            i += width;
+            let atom = parse_atom(&chars, &mut i)?;
+            let (min, max) = parse_repetition(&chars, &mut i)?;
             pieces.push(Piece { atom, min, max });
         }
         Ok(Pattern(pieces))
@@ -380,6 +325,101 @@ impl Pattern {
         let text: Vec<char> = text.chars().collect();
         match_pieces(&self.0, &text)
     }
+}
+
+/// The atom starting at `chars[*i]`; moves `i` past it.
+fn parse_atom(chars: &[char], i: &mut usize) -> Result<Atom, String> {
+    let c = chars[*i];
+    *i += 1;
+    Ok(match c {
+        '.' => Atom::Any,
+        '\\' => {
+            let escaped = chars.get(*i).copied();
+            *i += 1;
+            match escaped {
+                Some('d') => Atom::Class(vec![('0', '9')]),
+                Some(p) if p.is_ascii_punctuation() => Atom::Char(p),
+                _ => return Err("only \\d and escaped punctuation are supported".into()),
+            }
+        }
+        '[' => parse_class(chars, i)?,
+        '(' | ')' | '|' | '^' | '$' | '?' | '*' | '+' | '{' | '}' | ']' => {
+            return Err(format!("`{c}` here is outside the supported subset"));
+        }
+        literal => Atom::Char(literal),
+    })
+}
+
+/// A bracket class whose `[` is just behind `chars[*i]`; moves `i` past its `]`.
+fn parse_class(chars: &[char], i: &mut usize) -> Result<Atom, String> {
+    if chars.get(*i) == Some(&'^') {
+        return Err("negated classes are not supported".into());
+    }
+    let mut ranges = Vec::new();
+    loop {
+        let Some(&lo) = chars.get(*i) else {
+            return Err("unclosed [".into());
+        };
+        *i += 1;
+        let lo = match lo {
+            ']' if !ranges.is_empty() => break,
+            ']' => return Err("empty class".into()),
+            '\\' => match chars.get(*i) {
+                Some('d') => {
+                    *i += 1;
+                    ranges.push(('0', '9'));
+                    continue;
+                }
+                Some(&p) if p.is_ascii_punctuation() => {
+                    *i += 1;
+                    p
+                }
+                _ => return Err("only \\d and escaped punctuation in classes".into()),
+            },
+            c => c,
+        };
+        // `a-z` is a range; a `-` right before `]` is a literal.
+        match (chars.get(*i), chars.get(*i + 1)) {
+            (Some('-'), Some(&hi)) if hi != ']' && hi != '\\' => {
+                if hi < lo {
+                    return Err("a class range runs backwards".into());
+                }
+                ranges.push((lo, hi));
+                *i += 2;
+            }
+            _ => ranges.push((lo, lo)),
+        }
+    }
+    Ok(Atom::Class(ranges))
+}
+
+/// The repetition after an atom, as (min, max), exactly once when there is none; moves `i`
+/// past the characters that spell it.
+fn parse_repetition(chars: &[char], i: &mut usize) -> Result<(usize, usize), String> {
+    let (min, max, width) = match chars.get(*i) {
+        Some('?') => (0, 1, 1),
+        Some('*') => (0, usize::MAX, 1),
+        Some('+') => (1, usize::MAX, 1),
+        Some('{') => {
+            let Some(close) = chars[*i..].iter().position(|&c| c == '}') else {
+                return Err("unclosed {".into());
+            };
+            let body: String = chars[*i + 1..*i + close].iter().collect();
+            let number = |s: &str| s.parse::<usize>().ok();
+            let bounds = match body.split_once(',') {
+                None => number(&body).map(|n| (n, n)),
+                Some((m, "")) => number(m).map(|m| (m, usize::MAX)),
+                Some((m, n)) => number(m).zip(number(n)).filter(|(m, n)| m <= n),
+            };
+            let Some((min, max)) = bounds else {
+                return Err("a {m,n} repetition is malformed".into());
+            };
+            (min, max, close + 1)
+        }
+        _ => (1, 1, 0),
+    };
+    *i += width;
+    Ok((min, max))
 }
 
 /// Backtracking over the pieces: each takes as many characters as it can, then gives them back
