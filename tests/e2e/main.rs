@@ -21,3 +21,4 @@ mod scheduling;
 mod shutdown;
 mod support;
 mod tls;
+mod typed;

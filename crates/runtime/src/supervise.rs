@@ -73,3 +73,38 @@ impl Supervised {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_background_task_is_reported_as_fatal() {
+        let (fatal, mut failures) = Fatal::channel();
+        let task = Supervised::spawn("heartbeat", async { panic!("boom") }, fatal);
+        task.join_until(
+            tokio::time::Instant::now() + std::time::Duration::from_secs(5),
+            "test",
+        )
+        .await;
+        match failures.try_recv() {
+            Ok(Error::TaskPanicked { task, message }) => {
+                assert_eq!(task, "heartbeat");
+                assert_eq!(message, "boom");
+            }
+            other => panic!("expected a panic report, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_task_that_ends_normally_reports_nothing() {
+        let (fatal, mut failures) = Fatal::channel();
+        let task = Supervised::spawn("control", async {}, fatal);
+        task.join_until(
+            tokio::time::Instant::now() + std::time::Duration::from_secs(5),
+            "test",
+        )
+        .await;
+        assert!(failures.try_recv().is_err());
+    }
+}
