@@ -37,7 +37,8 @@ pub struct WorkerRecord {
     pub state: String,
     /// When it first registered.
     pub started_at: DateTime<Utc>,
-    /// Its last heartbeat; a `running` worker long unseen has died.
+    /// Its last heartbeat; a `running` worker unseen for many heartbeat intervals has
+    /// likely died without saying so.
     pub last_seen_at: DateTime<Utc>,
     /// When it reported `stopped`.
     pub stopped_at: Option<DateTime<Utc>>,
