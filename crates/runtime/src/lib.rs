@@ -2,7 +2,7 @@
 //!
 //! A [`Worker`] consumes its queues with a prefetch window, runs registered handlers
 //! concurrently up to a limit with a per-job timeout, turns panics and timeouts into recorded
-//! failures, decides retry or death with the task's [`RetryPolicy`](warren_core::RetryPolicy),
+//! failures, decides retry or death with the task's [`RetryPolicy`],
 //! hands every outcome to the batching recorder and acks a delivery only after its outcome is
 //! committed. A [`Promoter`] publishes scheduled jobs when they fall due. Shutdown is one
 //! visible sequence: stop consuming, finish in-flight work within the grace period, flush, ack,

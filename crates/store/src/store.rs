@@ -209,7 +209,10 @@ impl Store {
         Ok(Self { pool })
     }
 
-    /// Applies pending migrations. See [`crate::migrate`].
+    /// Applies pending migrations under an advisory lock, so that many workers may call it
+    /// at once. Refuses a database whose applied migrations were edited since
+    /// ([`Error::MigrationChanged`]) or that is newer than this binary
+    /// ([`Error::SchemaTooNew`]).
     pub async fn migrate(&self) -> Result<(), Error> {
         crate::migrate::run(&self.pool).await
     }
