@@ -20,6 +20,7 @@ pub struct BrokerConfig {
     pub url: String,
     /// Shown in RabbitMQ's connection list, e.g. `warren-worker@host/1234`.
     pub connection_name: String,
+    /// The namespace and queue settings; every party of one deployment must agree on it.
     pub topology: Topology,
     /// How long to wait for one publisher confirm before reporting the outcome unknown.
     pub confirm_timeout: Duration,
@@ -34,6 +35,9 @@ pub struct BrokerConfig {
 }
 
 impl BrokerConfig {
+    /// A config for `url` with the defaults: connection name `warren`, the default topology,
+    /// a 30 s confirm timeout, a 10 s heartbeat, a 10 s connect timeout and no extra CA.
+    /// Nothing is checked or connected until [`Broker::connect`].
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -70,7 +74,9 @@ impl fmt::Debug for BrokerConfig {
 /// but not yet acked are not counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QueueDepth {
+    /// Messages waiting to be delivered.
     pub ready: u32,
+    /// Consumers subscribed to the queue, one per worker (or per consuming process).
     pub consumers: u32,
 }
 
@@ -103,10 +109,12 @@ impl Broker {
         })
     }
 
+    /// The config this broker was connected with; consumers connect with it too.
     pub fn config(&self) -> &BrokerConfig {
         &self.config
     }
 
+    /// The names and settings of this deployment's RabbitMQ objects.
     pub fn topology(&self) -> &Topology {
         &self.config.topology
     }

@@ -219,6 +219,7 @@ impl Consumer {
         .await;
     }
 
+    /// The RabbitMQ name of the queue consumed, e.g. `warren.q.default`.
     pub fn queue(&self) -> &str {
         &self.queue
     }
@@ -273,9 +274,11 @@ async fn subscribe(
 
 /// One message handed to this process, to be settled exactly once.
 pub struct Delivery {
+    /// The message as received, ready for `JobMessage::decode`.
     pub raw: RawMessage,
     /// The broker's flag: this message was delivered before, to this or another consumer.
     pub redelivered: bool,
+    /// The delivery tag, unique on its consumer's channel; errors and logs name it.
     pub tag: u64,
     acker: Acker,
 }

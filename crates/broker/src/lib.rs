@@ -9,6 +9,8 @@
 //! It deliberately knows nothing of Postgres, handlers or retries: callers decide what a
 //! delivery means and when to ack it. No other crate imports lapin.
 
+#![warn(missing_docs)]
+
 mod connection;
 mod consumer;
 mod error;
@@ -24,4 +26,5 @@ pub use publisher::{PublishRequest, Publisher};
 pub use stack::{IO_THREAD_STACK, MAX_HEADER_DEPTH};
 pub use topology::Topology;
 
+/// A result whose error is this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -17,7 +17,10 @@ use crate::{BrokerConfig, Error};
 /// One message to publish: the Warren queue it is for and the message itself.
 #[derive(Clone, Copy, Debug)]
 pub struct PublishRequest<'a> {
+    /// The routing key: the Warren queue name (for an intake message, the intake queue's
+    /// RabbitMQ name, since it goes through the default exchange).
     pub queue: &'a str,
+    /// The message, already encoded by the message contract.
     pub message: &'a RawMessage,
 }
 

@@ -19,6 +19,7 @@ use crate::Error;
 ///   access, published through the default exchange; workers turn them into scheduled rows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Topology {
+    /// The prefix of every exchange and queue name.
     pub namespace: Namespace,
     /// `x-delivery-limit` of every work queue: a message delivered more than this many times
     /// (because its worker keeps dying) is dead-lettered instead of looping forever.
@@ -44,22 +45,27 @@ impl Topology {
     /// is not dead-lettered for the crashes of an innocent neighbour (see ARCHITECTURE.md).
     pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
 
+    /// `<ns>.work`, the exchange jobs are published to.
     pub fn work_exchange(&self) -> String {
         format!("{}.work", self.namespace)
     }
 
+    /// `<ns>.dlx`, where work queues dead-letter to.
     pub fn dead_letter_exchange(&self) -> String {
         format!("{}.dlx", self.namespace)
     }
 
+    /// `<ns>.dead`, the queue behind the dead-letter exchange.
     pub fn dead_letter_queue(&self) -> String {
         format!("{}.dead", self.namespace)
     }
 
+    /// `<ns>.intake`, the queue of delayed jobs from producers without database access.
     pub fn intake_queue(&self) -> String {
         format!("{}.intake", self.namespace)
     }
 
+    /// `<ns>.q.<queue>`, the RabbitMQ queue of a Warren queue.
     pub fn queue(&self, queue: &QueueName) -> String {
         format!("{}.q.{}", self.namespace, queue)
     }

@@ -1,11 +1,18 @@
 //! warren-client: the enqueue API that Rust services embed.
 //!
+//! A job is a value of a typed [`Task`] (its type names the task and the queue, so the payload
+//! and the handler's input cannot disagree) or a string-named [`NewJob`] for dynamic cases.
+//! Options are checked once, at enqueue: building a [`NewJob`] never fails, and a job with
+//! problems is refused with all of them in one [`Error::Invalid`] before anything is sent.
+//!
 //! [`Client::enqueue`] returns a job id only after RabbitMQ has confirmed the message, so a
 //! returned id is a job the system will not lose. [`Client::enqueue_many`] pipelines the
 //! confirms of many jobs and reports each job's outcome on its own.
 //!
 //! It deliberately does not run jobs or read their results; that is the worker's and the
 //! store's business.
+
+#![warn(missing_docs)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,20 +37,28 @@ pub enum Error {
     /// The job itself is wrong; every problem found is listed, nothing was sent.
     #[error("job for task `{task}` was not enqueued: {}", Problem::list(problems))]
     Invalid {
+        /// The task name as given, valid or not.
         task: String,
+        /// Every problem found, never empty.
         problems: Vec<Problem>,
     },
 
+    /// RabbitMQ did not take the job: unreachable, unroutable (no such queue), nacked, or no
+    /// confirm in time (then the job may exist after all). Its
+    /// [`is_transient`](warren_broker::Error::is_transient) says whether to try again.
     #[error(transparent)]
     Broker(#[from] warren_broker::Error),
 
+    /// Writing a delayed or transactional job to Postgres failed.
     #[error("writing the job to Postgres failed")]
     Store(#[from] warren_store::Error),
 
     /// Scheduling a batch of delayed jobs failed; the same failure answers for each of them.
     #[error("writing delayed job {job} to Postgres failed")]
     Schedule {
+        /// The job this result is for.
         job: JobId,
+        /// The statement's one failure, shared by every job of the batch.
         #[source]
         source: Arc<warren_store::Error>,
     },
@@ -55,6 +70,7 @@ pub struct Problem {
     /// The setting: `task`, `payload`, `queue`, `max_attempts`, `timeout`,
     /// `idempotency_key`, `trace`, `delay` or `run_at`.
     pub field: &'static str,
+    /// What is wrong, with the limit it broke.
     pub text: String,
 }
 
@@ -348,6 +364,7 @@ impl Problems {
 
 /// Anything that can be enqueued: a [`NewJob`], or a value of a typed [`Task`].
 pub trait IntoJob {
+    /// The job to enqueue. Nothing is checked here; the options are checked at enqueue.
     fn into_job(self) -> NewJob;
 }
 
@@ -376,6 +393,49 @@ impl Checked {
 }
 
 /// Enqueues jobs. Cheap to clone; clones share one AMQP channel.
+///
+/// Immediate jobs are published to RabbitMQ and acknowledged by its confirm. Delayed jobs
+/// wait in Postgres until a worker's promoter publishes them: with [`Client::with_store`] the
+/// client writes their rows itself; without, it sends them through the intake queue and a
+/// worker writes them.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// use serde::{Deserialize, Serialize};
+/// use warren_client::{BrokerConfig, Client, NewJob, Store, StoreConfig, Task};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct EmailSend {
+///     to: String,
+/// }
+///
+/// impl Task for EmailSend {
+///     const NAME: &'static str = "email.send";
+///     const QUEUE: &'static str = "emails";
+///     type Output = ();
+/// }
+///
+/// # async fn run() -> Result<(), warren_client::Error> {
+/// // URLs come from the caller's own configuration; a library never reads the environment.
+/// let store = Store::connect(&StoreConfig::new("postgres://localhost/warren")).await?;
+/// let client = Client::connect(BrokerConfig::new("amqp://localhost:5672"))
+///     .await?
+///     .with_store(store);
+///
+/// // A typed task: the value is the payload, its type names the task and the queue.
+/// let now = client.enqueue(EmailSend { to: "ada@example.com".into() }).await?;
+///
+/// // A string-named job, due in an hour; the id returns once its row is committed.
+/// let digest = NewJob::new("email.digest", &serde_json::json!({ "user": 42 }))
+///     .queue("emails")
+///     .delay(Duration::from_secs(3600))
+///     .idempotency_key("digest-42-2026-12");
+/// let later = client.enqueue(digest).await?;
+/// println!("enqueued {now} and {later}");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Client {
     broker: Broker,
@@ -407,6 +467,8 @@ impl Client {
         self
     }
 
+    /// The connection this client publishes on, e.g. to read queue depths or to share it
+    /// with a worker in the same process.
     pub fn broker(&self) -> &Broker {
         &self.broker
     }

@@ -20,11 +20,14 @@ pub enum JobErrorKind {
 /// implement `std::error::Error` itself, which is what makes that blanket conversion possible.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobError {
+    /// Whether the job is worth another attempt.
     pub kind: JobErrorKind,
+    /// What went wrong, as recorded in the job's error history and shown by `warren jobs show`.
     pub message: String,
 }
 
 impl JobError {
+    /// A failure a later attempt may not repeat; the job is retried while its policy allows.
     pub fn retryable(message: impl fmt::Display) -> Self {
         Self {
             kind: JobErrorKind::Retryable,
@@ -32,6 +35,8 @@ impl JobError {
         }
     }
 
+    /// A failure no attempt can get past; the job goes straight to `dead`, whatever attempts
+    /// it has left.
     pub fn permanent(message: impl fmt::Display) -> Self {
         Self {
             kind: JobErrorKind::Permanent,
@@ -39,6 +44,7 @@ impl JobError {
         }
     }
 
+    /// Whether the kind is [`JobErrorKind::Retryable`].
     pub fn is_retryable(&self) -> bool {
         self.kind == JobErrorKind::Retryable
     }
@@ -94,10 +100,15 @@ impl FailureKind {
 /// One entry of a job's error history: one failed attempt.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FailureRecord {
+    /// The attempt that failed, 1-based.
     pub attempt: u32,
+    /// How it failed.
     pub kind: FailureKind,
+    /// The handler's error message, or what the worker saw (timeout, panic, bad input).
     pub message: String,
+    /// The id of the worker that ran the attempt.
     pub worker: String,
+    /// When the failure was recorded.
     pub at: DateTime<Utc>,
 }
 

@@ -18,10 +18,13 @@ impl JobId {
         Self(Uuid::now_v7())
     }
 
+    /// Wraps an existing UUID, as read back from Postgres or a message. Any version is
+    /// accepted: only ids this crate makes are guaranteed to be time-ordered.
     pub fn from_uuid(uuid: Uuid) -> Self {
         Self(uuid)
     }
 
+    /// The id as a UUID, for the database column and the `message_id` property.
     pub fn as_uuid(&self) -> Uuid {
         self.0
     }
@@ -43,6 +46,8 @@ impl fmt::Display for JobId {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("`{input}` is not a job id: expected a UUID such as 0190f3c4-8a1e-7cc2-9d55-3b1f0c6a2e10")]
 pub struct ParseJobIdError {
+    /// The text that was refused, cut to its first 80 characters so that a pasted payload
+    /// does not flood the error message.
     pub input: String,
 }
 

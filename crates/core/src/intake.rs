@@ -13,12 +13,17 @@ use crate::message::{
 /// A delayed job sent through the intake queue: the job, where it goes, and when.
 #[derive(Clone, Debug, PartialEq)]
 pub struct IntakeMessage {
+    /// The job itself, exactly as it will be published when due.
     pub job: JobMessage,
+    /// The Warren queue the job is published to when due (the `warren-queue` header).
     pub queue: QueueName,
+    /// When the job falls due (the `warren-run-at` header, unix milliseconds on the wire).
     pub run_at: DateTime<Utc>,
 }
 
 impl IntakeMessage {
+    /// The message as raw broker data: the job's own properties and headers plus the two
+    /// intake headers. [`IntakeMessage::decode`] reads it back.
     pub fn encode(&self) -> RawMessage {
         let mut raw = self.job.encode();
         raw.headers.insert(

@@ -8,6 +8,8 @@
 //! It deliberately does no I/O: no tokio, no lapin, no sqlx. Everything here is testable with
 //! plain unit tests, and every other crate agrees on these types instead of inventing its own.
 
+#![warn(missing_docs)]
+
 pub mod duration;
 mod error;
 mod id;

@@ -18,13 +18,17 @@ pub enum JobState {
     Queued,
     /// A worker is executing an attempt.
     Running,
+    /// The handler returned a result; it is recorded with the job.
     Succeeded,
     /// Retries exhausted, a permanent error, or input that can never succeed.
     Dead,
+    /// An admin cancelled the job while it waited, or its handler stopped on seeing the
+    /// cancellation; also a job whose idempotency key another job already holds.
     Cancelled,
 }
 
 impl JobState {
+    /// Every state, in the order of a job's life.
     pub const ALL: [JobState; 6] = [
         JobState::Scheduled,
         JobState::Queued,
@@ -34,6 +38,7 @@ impl JobState {
         JobState::Cancelled,
     ];
 
+    /// The state as stored in the jobs table and shown by the CLI.
     pub fn as_str(self) -> &'static str {
         match self {
             JobState::Scheduled => "scheduled",
@@ -103,6 +108,7 @@ pub enum Event {
 }
 
 impl Event {
+    /// Every event, in the order of the lifecycle table.
     pub const ALL: [Event; 12] = [
         Event::Enqueue,
         Event::Schedule,
@@ -118,6 +124,7 @@ impl Event {
         Event::Duplicate,
     ];
 
+    /// The event's name in snake case, as the lifecycle table and logs spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             Event::Enqueue => "enqueue",
@@ -140,7 +147,9 @@ impl Event {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("a job in state {} cannot take event `{}`", from.map_or("(none)", JobState::as_str), event.as_str())]
 pub struct IllegalTransition {
+    /// The job's state, or `None` when it had no record yet.
     pub from: Option<JobState>,
+    /// The event that may not happen in that state.
     pub event: Event,
 }
 

@@ -37,23 +37,37 @@ use serde_json::value::RawValue;
 
 use crate::{JobId, TaskName};
 
+/// The task name; required. It picks the handler.
 pub const HEADER_TASK: &str = "warren-task";
+/// Which attempt this delivery is, 1-based; required. A retry is published with it raised.
 pub const HEADER_ATTEMPT: &str = "warren-attempt";
+/// Attempts allowed, 1 to [`MAX_ATTEMPTS_LIMIT`]; the task's retry policy decides when absent.
 pub const HEADER_MAX_ATTEMPTS: &str = "warren-max-attempts";
+/// Per-attempt timeout in milliseconds; the task's or worker's default when absent.
 pub const HEADER_TIMEOUT_MS: &str = "warren-timeout-ms";
+/// At most one live or succeeded job per key, 1 to [`MAX_IDEMPOTENCY_KEY_LEN`] bytes.
 pub const HEADER_IDEMPOTENCY_KEY: &str = "warren-idempotency-key";
+/// When the job was first enqueued, in unix milliseconds; kept across retries so latency is
+/// measured from the producer's enqueue.
 pub const HEADER_ENQUEUED_AT: &str = "warren-enqueued-at";
 /// Set on messages published from a Postgres row (delayed jobs, retries, transactional
 /// enqueues). Such a job can be cancelled while queued, and a promoter that died between
 /// publishing and committing publishes it twice, so a worker reads its row before running
 /// it. Hot-path messages have no row yet and skip that round trip.
 pub const HEADER_HAS_ROW: &str = "warren-has-row";
+/// W3C trace context, so a handler's span joins the producer's trace. A malformed value is
+/// dropped, never a reason to fail the job.
 pub const HEADER_TRACEPARENT: &str = "traceparent";
+/// W3C trace state, passed through only alongside a valid [`HEADER_TRACEPARENT`].
 pub const HEADER_TRACESTATE: &str = "tracestate";
+/// Intake messages only: the Warren queue the job goes to when due.
 pub const HEADER_QUEUE: &str = "warren-queue";
+/// Intake messages only: when the job is due, in unix milliseconds.
 pub const HEADER_RUN_AT: &str = "warren-run-at";
 /// Set by Warren on messages it dead-letters itself (no job id could be read).
 pub const HEADER_DEAD_REASON: &str = "warren-dead-reason";
+/// The only content type a job body may declare (parameters such as a charset aside); an
+/// absent content type is read as this.
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 
 /// Every header of the contract with its JSON-schema type and whether it is required, in one
@@ -93,8 +107,11 @@ pub const MAX_PAYLOAD_DEPTH: usize = 127;
 /// the few shapes the contract cares about.
 #[derive(Clone, Debug, PartialEq)]
 pub enum HeaderValue {
+    /// Any AMQP string that is valid UTF-8.
     Str(String),
+    /// Any AMQP integer or timestamp that fits an `i64`.
     Int(i64),
+    /// A byte array, or a long string that is not UTF-8.
     Bytes(Vec<u8>),
     /// Any other AMQP type, named so errors can say what arrived instead.
     Other(&'static str),
@@ -114,25 +131,38 @@ impl HeaderValue {
 /// A message as the broker hands it over, before any interpretation.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RawMessage {
+    /// The AMQP `message_id` property, where the job id travels.
     pub message_id: Option<String>,
+    /// The AMQP `content_type` property; absent or JSON for a job.
     pub content_type: Option<String>,
     /// Unix seconds, from the AMQP `timestamp` property.
     pub timestamp: Option<u64>,
+    /// The AMQP headers table, keyed by header name.
     pub headers: BTreeMap<String, HeaderValue>,
+    /// The body as sent; for a job, the payload as UTF-8 JSON.
     pub body: Vec<u8>,
 }
 
 /// A decoded, validated job message.
 #[derive(Clone, Debug)]
 pub struct JobMessage {
+    /// The job's identity, the same on every attempt.
     pub id: JobId,
+    /// Which handler runs it.
     pub task: TaskName,
+    /// Which attempt this is, 1-based, at most [`MAX_ATTEMPTS_LIMIT`].
     pub attempt: u32,
+    /// Attempts allowed; `None` leaves it to the task's retry policy.
     pub max_attempts: Option<u32>,
+    /// Per-attempt timeout in milliseconds; `None` leaves it to the task or worker default.
     pub timeout_ms: Option<u64>,
+    /// The key that makes at most one live or succeeded job of its kind.
     pub idempotency_key: Option<String>,
+    /// When the producer first enqueued the job; now, if the message did not say.
     pub enqueued_at: DateTime<Utc>,
+    /// W3C trace context, present only when well-formed.
     pub traceparent: Option<String>,
+    /// W3C trace state, present only alongside a `traceparent`.
     pub tracestate: Option<String>,
     /// The job has a row in Postgres (see [`HEADER_HAS_ROW`]).
     pub has_row: bool,
@@ -159,39 +189,67 @@ impl PartialEq for JobMessage {
 /// Why a message could not be read as a job.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeReason {
+    /// The `message_id` property is absent or empty, so the failure cannot be recorded
+    /// against any job.
     #[error("message has no message_id property; the job id travels there")]
     MissingId,
+    /// The `message_id` is not a UUID; holds its first 80 characters.
     #[error("message_id `{0}` is not a UUID job id")]
     BadId(String),
+    /// The content type is neither absent nor JSON; holds its first 80 characters.
     #[error("content_type is `{0}`, expected application/json")]
     ContentType(String),
+    /// A required header is not there.
     #[error("required header `{0}` is missing")]
     MissingHeader(&'static str),
+    /// A header has the wrong type or shape.
     #[error("header `{header}` must be {expected}, found {found}")]
     HeaderType {
+        /// The header's name.
         header: &'static str,
+        /// What the contract asks for.
         expected: &'static str,
+        /// What arrived instead, described rather than copied in full.
         found: String,
     },
+    /// An integer header is outside its allowed range.
     #[error("header `{header}` is {value}, outside the allowed range {min}..={max}")]
     OutOfRange {
+        /// The header's name.
         header: &'static str,
+        /// The value that arrived.
         value: i64,
+        /// The smallest value allowed.
         min: i64,
+        /// The largest value allowed.
         max: i64,
     },
+    /// The `warren-task` header is not a valid task name; holds the rule it broke.
     #[error("header `warren-task`: {0}")]
     BadTask(String),
+    /// The `warren-queue` header of an intake message is not a valid queue name; holds the
+    /// rule it broke.
     #[error("header `warren-queue`: {0}")]
     BadQueue(String),
+    /// The body is over the configured size limit.
     #[error("body is {size} bytes, over the limit of {limit} bytes")]
-    TooLarge { size: usize, limit: usize },
+    TooLarge {
+        /// The body's size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The body is not UTF-8; holds the offset of the first invalid byte.
     #[error("body is not UTF-8 (invalid byte at offset {0})")]
     NotUtf8(usize),
+    /// The body is not one well-formed JSON value; holds serde_json's reason.
     #[error("body is not JSON: {0}")]
     NotJson(String),
+    /// Postgres refused the job's values (a worker found this when writing its row, not when
+    /// decoding); holds the error chain.
     #[error("the database refused to store it: {0}")]
     Unstorable(String),
+    /// The body is well-formed JSON that no handler can read (see [`check_payload`]).
     #[error("body is JSON that no handler can read: {0}")]
     Unreadable(PayloadError),
     /// The job asks for a longer attempt than the broker lets a delivery stay unacked: run,
@@ -202,7 +260,13 @@ pub enum DecodeReason {
          still ran; enqueue it with a shorter timeout, or raise consumer_timeout on the broker \
          and --broker-consumer-timeout on the workers"
     )]
-    TimeoutTooLong { timeout_ms: u64, limit_ms: u64 },
+    TimeoutTooLong {
+        /// The job's per-attempt timeout in milliseconds.
+        timeout_ms: u64,
+        /// The longest this worker allows, in milliseconds: the broker's consumer timeout
+        /// less a margin.
+        limit_ms: u64,
+    },
 }
 
 /// Why a payload, though well-formed JSON, cannot be read by a worker, and where.
@@ -314,9 +378,13 @@ impl<'de> Visitor<'de> for ReadableVisitor {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]
 pub struct DecodeError {
+    /// The job id, when the `message_id` could be read.
     pub job_id: Option<JobId>,
+    /// The task header, when it was a string (cut to 200 characters), valid or not.
     pub task: Option<String>,
+    /// The attempt header, when it was a non-negative integer.
     pub attempt: Option<u32>,
+    /// What is wrong with the message.
     pub reason: DecodeReason,
 }
 

@@ -11,8 +11,12 @@ pub(crate) const MAX_NAME_LEN: usize = 120;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {what} name `{name}`: {reason}")]
 pub struct InvalidName {
+    /// Which kind of name it is: `task`, `queue` or `namespace`.
     pub what: &'static str,
+    /// The name that was refused, cut to a little over the length limit so that a pasted
+    /// payload does not flood the error message.
     pub name: String,
+    /// The rule it broke, in words.
     pub reason: &'static str,
 }
 
@@ -50,12 +54,15 @@ macro_rules! name_type {
         pub struct $ty(String);
 
         impl $ty {
+            /// Checks the naming rules: 1 to 120 bytes, starting with an ASCII letter, then
+            /// ASCII letters, digits, `.`, `_`, `-` and `:`. Fails with the rule broken.
             pub fn new(name: impl Into<String>) -> Result<Self, InvalidName> {
                 let name = name.into();
                 validate($what, &name)?;
                 Ok(Self(name))
             }
 
+            /// The name as text, as it travels in headers and database columns.
             pub fn as_str(&self) -> &str {
                 &self.0
             }
@@ -119,6 +126,7 @@ impl Namespace {
     /// The namespace used when none is configured.
     pub const DEFAULT: &'static str = "warren";
 
+    /// Checks the namespace rules above. Fails with the rule broken.
     pub fn new(name: impl Into<String>) -> Result<Self, InvalidName> {
         let name = name.into();
         let fail = |reason| InvalidName {
@@ -141,6 +149,7 @@ impl Namespace {
         Ok(Self(name))
     }
 
+    /// The namespace as text, the prefix of every exchange and queue name.
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -46,6 +46,9 @@ pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(365 * 86_400);
 pub struct InvalidPolicy(pub &'static str);
 
 impl RetryPolicy {
+    /// Checks that the numbers make sense: 1 to 1000 attempts, a finite factor of at least 1,
+    /// jitter within 0..=1, a base no longer than `max_delay`, and a `max_delay` of at most
+    /// [`MAX_RETRY_DELAY`]. Workers refuse to register a task whose policy fails this.
     pub fn validate(&self) -> Result<(), InvalidPolicy> {
         if self.max_attempts == 0 || self.max_attempts > crate::message::MAX_ATTEMPTS_LIMIT {
             return Err(InvalidPolicy("max_attempts must be between 1 and 1000"));
@@ -101,10 +104,12 @@ impl RetryPolicy {
 pub struct SplitMix64(u64);
 
 impl SplitMix64 {
+    /// A generator whose sequence is fixed by `seed`; any seed, zero included, is fine.
     pub fn new(seed: u64) -> Self {
         Self(seed)
     }
 
+    /// The next number of the sequence, uniform over all of `u64`.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;

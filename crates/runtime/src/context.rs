@@ -7,14 +7,21 @@ use warren_core::{JobId, QueueName, TaskName};
 /// What a handler knows about the attempt it is running.
 #[derive(Clone, Debug)]
 pub struct JobContext {
+    /// The job's id, the same on every attempt: the key for making side effects idempotent.
     pub id: JobId,
+    /// The task this handler was registered for.
     pub task: TaskName,
+    /// The Warren queue the job was delivered from.
     pub queue: QueueName,
     /// 1 for the first attempt.
     pub attempt: u32,
+    /// Attempts allowed in total: the job's own, or its task's retry policy.
     pub max_attempts: u32,
+    /// When the producer first enqueued the job.
     pub enqueued_at: DateTime<Utc>,
+    /// The producer's W3C trace context, if it sent a valid one.
     pub traceparent: Option<String>,
+    /// The id of the worker running this attempt.
     pub worker_id: Arc<str>,
     pub(crate) cancel: CancellationToken,
 }
@@ -26,6 +33,8 @@ impl JobContext {
         self.cancel.cancelled().await
     }
 
+    /// Whether [`JobContext::cancelled`] has fired, for handlers that check between steps
+    /// instead of selecting.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
     }

@@ -1,18 +1,33 @@
 /// Why a worker could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The configuration or the registered handlers are unusable (no queues, a bad task
+    /// name, a timeout over the broker's limit, ...); the text says what to change. Nothing
+    /// was connected.
     #[error("invalid worker configuration: {0}")]
     Config(String),
 
+    /// A queue's consumer stopped and reconnecting did not bring it back.
     #[error("the consumer of queue `{queue}` stopped and could not recover; restart the worker")]
-    ConsumerLost { queue: String },
+    ConsumerLost {
+        /// The Warren queue, or `intake` for the intake queue.
+        queue: String,
+    },
 
+    /// One of the worker's background tasks panicked, a bug rather than an outage.
     #[error("the worker's {task} task panicked ({message}); restart the worker")]
-    TaskPanicked { task: &'static str, message: String },
+    TaskPanicked {
+        /// The task's role: `promoter`, `control` or `heartbeat`.
+        task: &'static str,
+        /// The panic's message.
+        message: String,
+    },
 
+    /// Connecting to RabbitMQ or declaring the topology failed.
     #[error("RabbitMQ failed")]
     Broker(#[from] warren_broker::Error),
 
+    /// Connecting to Postgres, checking the schema or registering the worker failed.
     #[error("Postgres failed")]
     Store(#[from] warren_store::Error),
 }

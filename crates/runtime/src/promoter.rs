@@ -53,6 +53,7 @@ pub struct Promoter {
 }
 
 impl Promoter {
+    /// A promoter publishing through `publisher`; nothing runs until [`Promoter::run`].
     pub fn new(store: Store, publisher: Publisher, config: PromoterConfig) -> Self {
         Self {
             store,
@@ -69,6 +70,9 @@ impl Promoter {
         self
     }
 
+    /// Promotes due jobs until `stop` is cancelled: a batch at a time, sleeping until the
+    /// next job is due (at most the poll interval) or a wake-up. Failures are logged and
+    /// retried, never returned; a batch in progress finishes before it stops.
     pub async fn run(self, stop: CancellationToken) {
         // Entering and leaving the failing state are logged once each, not on every pass.
         let mut failing = false;

@@ -29,6 +29,7 @@ use crate::{Error, JobContext, Promoter, PromoterConfig};
 pub struct WorkerConfig {
     /// Unique per process; shown in the workers table and in every job row it writes.
     pub worker_id: String,
+    /// The Warren queues to consume, at least one; each is declared at start.
     pub queues: Vec<QueueName>,
     /// Handlers running at once.
     pub concurrency: usize,
@@ -47,13 +48,19 @@ pub struct WorkerConfig {
     /// margin: `build` refuses a default or task timeout that does not, and a message asking
     /// for a longer one is recorded dead as bad input.
     pub broker_consumer_timeout: Option<Duration>,
+    /// How often the worker's row is updated; `warren workers` shows how long ago it last was.
     pub heartbeat_interval: Duration,
+    /// Batching of outcome writes.
     pub recorder: RecorderConfig,
     /// Run a promoter in this process (`None`: another process does it).
     pub promoter: Option<PromoterConfig>,
 }
 
 impl WorkerConfig {
+    /// A config with the defaults: 64 handlers at once, a prefetch of 128, 30 s of shutdown
+    /// grace, a 5 min job timeout, 1 MiB bodies, RabbitMQ's default 30 min consumer
+    /// timeout, 5 s heartbeats and a promoter in this process. Checked by
+    /// [`WorkerBuilder::build`].
     pub fn new(worker_id: impl Into<String>, queues: Vec<QueueName>) -> Self {
         Self {
             worker_id: worker_id.into(),
@@ -107,8 +114,11 @@ impl WorkerConfig {
 /// Totals of one worker run, returned when it stops.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WorkerStats {
+    /// Attempts that succeeded.
     pub succeeded: u64,
+    /// Attempts that failed and were scheduled to run again.
     pub retried: u64,
+    /// Jobs recorded dead: retries exhausted, a permanent error, or bad input.
     pub dead: u64,
     /// Redeliveries of attempts that had already ended, acked without running.
     pub skipped: u64,
@@ -124,7 +134,9 @@ pub struct WorkerStats {
 /// A handler of the typed task `T`: any `async fn(JobContext, T) -> Result<T::Output,
 /// JobError>` (or closure returning such a future).
 pub trait Handler<T: Task>: Send + Sync + 'static {
+    /// The attempt the handler runs, from start to outcome.
     type Future: Future<Output = Result<T::Output, JobError>> + Send + 'static;
+    /// Starts one attempt of `task`; called once per delivery that reaches the handler.
     fn call(&self, ctx: JobContext, task: T) -> Self::Future;
 }
 
@@ -245,6 +257,9 @@ impl WorkerBuilder {
         stats
     }
 
+    /// Checks the registrations and the config and makes the worker, without connecting.
+    /// Every mistake (a bad task name, a task registered twice, an invalid retry policy, no
+    /// handlers, a timeout the broker would not allow) is an [`Error::Config`].
     pub fn build(self, config: WorkerConfig) -> Result<Worker, Error> {
         if let Some(e) = self.errors.first() {
             return Err(Error::Config(e.clone()));
@@ -261,6 +276,61 @@ impl WorkerBuilder {
 }
 
 /// A configured worker, ready to run.
+///
+/// Register handlers on [`Worker::builder`], then either
+/// [`serve`](WorkerBuilder::serve) (connect and run in one call) or
+/// [`build`](WorkerBuilder::build) and [`run`](Worker::run) on connections of your own.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// use serde::{Deserialize, Serialize};
+/// use warren_runtime::{
+///     BrokerConfig, JobContext, JobError, QueueName, StoreConfig, Task, Worker, WorkerConfig,
+/// };
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct EmailSend {
+///     to: String,
+/// }
+///
+/// impl Task for EmailSend {
+///     const NAME: &'static str = "email.send";
+///     const QUEUE: &'static str = "emails";
+///     type Output = ();
+///
+///     fn timeout() -> Option<Duration> {
+///         Some(Duration::from_secs(30))
+///     }
+/// }
+///
+/// async fn send(ctx: JobContext, job: EmailSend) -> Result<(), JobError> {
+///     // A permanent error ends the job at once; any other error is retried.
+///     if !job.to.contains('@') {
+///         return Err(JobError::permanent(format!("{} is no address", job.to)));
+///     }
+///     println!("job {} (attempt {}): mail to {}", ctx.id, ctx.attempt, job.to);
+///     Ok(())
+/// }
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = WorkerConfig::new("mailer-1", vec![QueueName::new(EmailSend::QUEUE)?]);
+/// let stats = Worker::builder()
+///     .task::<EmailSend>(send)
+///     .serve(
+///         config,
+///         BrokerConfig::new("amqp://localhost:5672"),
+///         StoreConfig::new("postgres://localhost/warren"),
+///         // Any future: here Ctrl-C; a test might use a channel or a CancellationToken.
+///         async {
+///             let _ = tokio::signal::ctrl_c().await;
+///         },
+///     )
+///     .await?;
+/// println!("stopped after {} jobs succeeded", stats.succeeded);
+/// # Ok(())
+/// # }
+/// ```
 pub struct Worker {
     registry: Registry,
     config: WorkerConfig,
@@ -276,6 +346,7 @@ impl std::fmt::Debug for Worker {
 }
 
 impl Worker {
+    /// An empty builder; register at least one handler before building.
     pub fn builder() -> WorkerBuilder {
         WorkerBuilder::default()
     }

@@ -15,17 +15,21 @@ use crate::{Error, Store};
 pub enum CancelOutcome {
     /// It was waiting (scheduled or queued) and will never run.
     Cancelled {
+        /// The state it was cancelled from: scheduled or queued.
         previous: JobState,
     },
     /// It is running: its worker was told to cancel it, and records `cancelled` when the
     /// handler stops (or `succeeded`, if it finished first).
     Signalled {
+        /// The worker running it, as its row records.
         worker: Option<String>,
     },
     /// It had already finished.
     AlreadyFinal {
+        /// Its final state.
         state: JobState,
     },
+    /// No job has that id.
     NotFound,
 }
 
@@ -35,19 +39,26 @@ pub enum CancelOutcome {
 pub enum RetryOutcome {
     /// Due now; a promoter publishes it within moments as attempt `attempt + 1`.
     Scheduled {
+        /// The last attempt that ran; the retry is the one after it.
         attempt: u32,
+        /// Attempts allowed, raised if needed to leave room for the retry.
         max_attempts: u32,
     },
     /// Its state does not allow a retry (it is queued, running or succeeded).
     NotRetryable {
+        /// Its current state.
         state: JobState,
     },
     /// It has no JSON payload to run with (bad input kept only as raw bytes).
     NoPayload,
+    /// No job has that id.
     NotFound,
 }
 
 impl Store {
+    /// Cancels a job: a waiting one at once, a running one by telling its worker (through
+    /// the row and a NOTIFY on [`crate::CANCEL_CHANNEL`]). A final job is left alone. Fails
+    /// only when Postgres does, or the stored state is corrupt.
     pub async fn cancel_job(&self, id: JobId) -> Result<CancelOutcome, Error> {
         let mut tx = self
             .pool

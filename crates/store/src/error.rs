@@ -3,16 +3,29 @@ use warren_core::JobId;
 /// What went wrong talking to PostgreSQL. The sqlx error, when there is one, is the `source()`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The Postgres URL cannot be used: it does not parse, it has a query parameter sqlx
+    /// would ignore, or (when provisioning) it names a database that is unsafe to create.
+    /// Not transient.
     #[error("invalid Postgres URL `{url}`: {reason}")]
-    Url { url: String, reason: String },
+    Url {
+        /// The URL with its secrets redacted, or the refused database name.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 
+    /// The server was reached but the pool could not connect (credentials, a missing
+    /// database, too many connections). Transient when sqlx's error is.
     #[error("cannot connect to Postgres at {endpoint}; is it running and does the database exist?")]
     Connect {
+        /// `host:port/database`; never the credentials.
         endpoint: String,
+        /// The error sqlx reported.
         #[source]
         source: sqlx::Error,
     },
 
+    /// The TLS handshake failed, or the server offers no TLS. Not transient.
     #[error(
         "TLS with Postgres at {endpoint} failed (sslmode={mode}): the server must offer TLS \
          with a certificate that chains to a trusted root (the system's, or the URL's \
@@ -21,27 +34,38 @@ pub enum Error {
          encrypted, unverified; disable: plaintext) if the network is trusted"
     )]
     Tls {
+        /// `host:port/database`; never the credentials.
         endpoint: String,
+        /// The `sslmode` in force, given or chosen by default.
         mode: &'static str,
+        /// The error sqlx reported.
         #[source]
         source: sqlx::Error,
     },
 
+    /// No TCP connection could be made within the acquire timeout. Transient.
     #[error("cannot reach Postgres at {endpoint}; is it running, and is that its address?")]
     Unreachable {
+        /// `host:port/database`; never the credentials.
         endpoint: String,
+        /// The TCP error, or a timeout after the acquire timeout.
         #[source]
         source: std::io::Error,
     },
 
+    /// A migration failed; the database is left at the version before it.
     #[error("migration {version} ({name}) failed; the database is left at the previous version")]
     Migrate {
+        /// The migration's version number.
         version: i64,
+        /// The migration's name, as in its file name.
         name: &'static str,
+        /// The error sqlx reported.
         #[source]
         source: sqlx::Error,
     },
 
+    /// A migration this database applied has since been edited: its checksum differs.
     #[error(
         "migration {version} ({file}) differs from the one this database applied: its recorded \
          SHA-256 is {recorded}, this binary's is {embedded}; an applied migration must never \
@@ -49,53 +73,92 @@ pub enum Error {
          migration), or run the warren release that applied it"
     )]
     MigrationChanged {
+        /// The migration's version number.
         version: i64,
+        /// The migration's file name under `schemas/migrations/`.
         file: String,
+        /// The SHA-256 (hex) the database recorded when it applied the migration.
         recorded: String,
+        /// The SHA-256 (hex) of the migration embedded in this binary.
         embedded: String,
     },
 
+    /// The database was migrated by a newer Warren than this binary.
     #[error(
         "the database schema is at version {found}, newer than the {known} this binary knows; upgrade warren before running it against this database"
     )]
-    SchemaTooNew { found: i64, known: i64 },
+    SchemaTooNew {
+        /// The database's schema version.
+        found: i64,
+        /// The newest version this binary knows, [`crate::SCHEMA_VERSION`].
+        known: i64,
+    },
 
+    /// The database has no Warren schema yet.
     #[error(
         "the database has no Warren schema (this binary needs version {known}); run `warren migrate` against it first, with a role allowed to create tables, or start one worker with --migrate"
     )]
-    NotMigrated { known: i64 },
+    NotMigrated {
+        /// The version this binary needs, [`crate::SCHEMA_VERSION`].
+        known: i64,
+    },
 
+    /// The database needs migrations this binary has.
     #[error(
         "the database schema is at version {found}, older than the {known} this binary needs; run `warren migrate` from this release against it first"
     )]
-    SchemaTooOld { found: i64, known: i64 },
+    SchemaTooOld {
+        /// The database's schema version.
+        found: i64,
+        /// The version this binary needs, [`crate::SCHEMA_VERSION`].
+        known: i64,
+    },
 
+    /// A batch of outcomes could not be written. Transient when sqlx's error is.
     #[error("cannot record the outcomes of {jobs} jobs")]
     Record {
+        /// How many outcomes the failed statement carried.
         jobs: usize,
+        /// The error sqlx reported.
         #[source]
         source: sqlx::Error,
     },
 
+    /// This outcome's batch failed; the outcome was not written and its delivery must not
+    /// be acked.
     #[error("outcome not recorded ({reason}); its delivery will be redelivered")]
-    Unrecorded { reason: String },
+    Unrecorded {
+        /// The batch's error chain, shared by every outcome in it.
+        reason: String,
+    },
 
+    /// The recorder shut down before committing this outcome. Transient.
     #[error(
         "the recorder stopped before the outcome of job {job} was committed; its delivery will be redelivered"
     )]
-    RecorderStopped { job: JobId },
+    RecorderStopped {
+        /// The job whose outcome was waiting.
+        job: JobId,
+    },
 
+    /// A query failed. Transient when sqlx's error is.
     #[error("{what} failed")]
     Query {
+        /// The step, in words, e.g. `reading the job to cancel`.
         what: &'static str,
+        /// The error sqlx reported.
         #[source]
         source: sqlx::Error,
     },
 
+    /// A stored value could not be read back, e.g. an unknown state.
     #[error("job {job} has a corrupt stored {field}: {reason}")]
     Corrupt {
+        /// The job whose row is corrupt.
         job: JobId,
+        /// The column that could not be read.
         field: &'static str,
+        /// Why its value could not be read.
         reason: String,
     },
 }

@@ -12,26 +12,44 @@ use crate::{Error, Store};
 /// A job's row, as `warren jobs show` prints it.
 #[derive(Clone, Debug, Serialize)]
 pub struct JobRecord {
+    /// The job's id.
     pub id: JobId,
+    /// The Warren queue it runs on.
     pub queue: String,
+    /// The task name, as stored (bad input may carry a name no handler has).
     pub task: String,
+    /// Where the job is in its life.
     pub state: JobState,
+    /// The latest attempt, 1-based: the one running, or the last one that ran.
     pub attempt: u32,
+    /// Attempts allowed in total.
     pub max_attempts: u32,
+    /// The payload, or `None` when the body was not storable JSON (see `raw_body`).
     pub payload: Option<serde_json::Value>,
     /// The original body, lossily as text, when it was not storable JSON; or the stored
     /// payload as text, when it is JSON that serde_json cannot read (`payload` is then `None`).
     pub raw_body: Option<String>,
+    /// What the handler returned, once the job has succeeded.
     pub result: Option<serde_json::Value>,
+    /// One entry per failed attempt, oldest first.
     pub errors: Vec<FailureRecord>,
+    /// The per-attempt timeout the job asked for, in milliseconds, if it asked.
     pub timeout_ms: Option<i64>,
+    /// When a scheduled job falls due.
     pub run_at: Option<DateTime<Utc>>,
+    /// When the producer first enqueued it.
     pub enqueued_at: DateTime<Utc>,
+    /// When its latest attempt started.
     pub started_at: Option<DateTime<Utc>>,
+    /// When it reached a final state.
     pub finished_at: Option<DateTime<Utc>>,
+    /// When the row last changed.
     pub updated_at: DateTime<Utc>,
+    /// The worker that ran the latest attempt.
     pub worker_id: Option<String>,
+    /// Its idempotency key, if it has one.
     pub idempotency_key: Option<String>,
+    /// The W3C trace context it was enqueued with, for finding its trace.
     pub traceparent: Option<String>,
     /// The job that held this job's idempotency key, when this one was not run for that.
     pub duplicate_of: Option<JobId>,
@@ -49,7 +67,9 @@ pub struct JobRecord {
 /// Where a job is, for deciding whether a redelivered message still needs to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct JobProgress {
+    /// The job's state in its row.
     pub state: JobState,
+    /// The latest attempt the row has seen, 1-based.
     pub attempt: u32,
     /// An admin asked for the job to stop while it was running.
     pub cancel_requested: bool,
@@ -68,21 +88,28 @@ impl JobProgress {
 /// Jobs in one state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct StateCount {
+    /// The state.
     pub state: JobState,
+    /// How many jobs are in it; never zero in [`Store::state_counts`]' answer.
     pub count: i64,
 }
 
 /// Throughput and latency of finished jobs in a window, computed by Postgres.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct LatencySummary {
+    /// Jobs finished (succeeded or dead) in the window.
     pub finished: i64,
+    /// The earliest enqueue among them; `None` when none finished.
     pub first_enqueued: Option<DateTime<Utc>>,
+    /// The latest finish among them; `None` when none finished.
     pub last_finished: Option<DateTime<Utc>>,
-    /// Enqueue to start of the last attempt, milliseconds.
+    /// Enqueue to start of the last attempt, milliseconds, median.
     pub start_p50_ms: Option<f64>,
+    /// Enqueue to start of the last attempt, milliseconds, 99th percentile.
     pub start_p99_ms: Option<f64>,
-    /// Enqueue to outcome recorded, milliseconds.
+    /// Enqueue to outcome recorded, milliseconds, median.
     pub recorded_p50_ms: Option<f64>,
+    /// Enqueue to outcome recorded, milliseconds, 99th percentile.
     pub recorded_p99_ms: Option<f64>,
 }
 

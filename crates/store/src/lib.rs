@@ -7,6 +7,8 @@
 //! It deliberately knows nothing of RabbitMQ or handlers: it is told what happened and records
 //! it. No other crate imports sqlx.
 
+#![warn(missing_docs)]
+
 mod admin;
 mod error;
 mod jobs;
@@ -32,4 +34,5 @@ pub use schedule::{PgTransaction, ScheduledJob, schedule_in};
 pub use store::{Store, StoreConfig};
 pub use workers::{WorkerInfo, WorkerRecord};
 
+/// A result whose error is this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -11,18 +11,27 @@ use crate::{Error, Store};
 /// A scheduled job whose time has come, with what it takes to publish its next attempt.
 #[derive(Clone, Debug)]
 pub struct DueJob {
+    /// The job's id, unchanged by promotion.
     pub id: JobId,
+    /// The Warren queue to publish it to.
     pub queue: String,
+    /// The task name for the `warren-task` header.
     pub task: String,
     /// The payload as JSON text.
     pub payload: String,
     /// Attempts made so far; the published message carries `attempt + 1`.
     pub attempt: u32,
+    /// Attempts allowed in total, at least 1.
     pub max_attempts: u32,
+    /// Per-attempt timeout in milliseconds, if the job asked for one.
     pub timeout_ms: Option<u64>,
+    /// When it fell due.
     pub run_at: DateTime<Utc>,
+    /// When the producer first enqueued it; carried into the message.
     pub enqueued_at: DateTime<Utc>,
+    /// Its idempotency key, if it has one.
     pub idempotency_key: Option<String>,
+    /// The W3C trace context it was enqueued with.
     pub traceparent: Option<String>,
 }
 
@@ -67,6 +76,7 @@ impl From<DueRow> for DueJob {
 #[derive(Debug)]
 pub struct Promotion {
     tx: Transaction<'static, Postgres>,
+    /// The claimed jobs, oldest due first; possibly none.
     pub jobs: Vec<DueJob>,
 }
 
@@ -120,7 +130,9 @@ pub struct Listener {
 /// One notification: its channel and payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Notification {
+    /// The channel it came on, [`DUE_CHANNEL`] or [`CANCEL_CHANNEL`].
     pub channel: String,
+    /// The NOTIFY payload; a job id on [`CANCEL_CHANNEL`].
     pub payload: String,
 }
 

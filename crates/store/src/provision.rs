@@ -126,8 +126,11 @@ pub async fn drop_database(admin_url: &str, name: &str) -> Result<(), Error> {
 /// queues, so this record is the only way to find a namespace whose owner died.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct Sandbox {
+    /// The test's database on the same server.
     pub database: String,
+    /// The RabbitMQ namespace its exchanges and queues are prefixed with.
     pub namespace: String,
+    /// The Warren queues declared under the namespace, to delete with it.
     pub queues: Vec<String>,
 }
 

@@ -32,26 +32,41 @@ use crate::{Error, Store};
 /// One write to a job's row: an outcome, a retry schedule, or a `running` mark.
 #[derive(Clone, Debug)]
 pub struct RecordRow {
+    /// The job's id, the row's key.
     pub id: JobId,
+    /// The Warren queue it was delivered from.
     pub queue: String,
+    /// The task name, or `(unknown)` for bad input without one.
     pub task: String,
     /// The payload as JSON text; `None` when there is no JSON to keep (bad input).
     pub payload: Option<Box<RawValue>>,
     /// The raw message body, kept (bounded) for bad input that is not JSON.
     pub raw_body: Option<RawBody>,
+    /// The state this write moves the job to.
     pub state: JobState,
+    /// The attempt this write is about, 1-based; with `id`, the fence against stale writes.
     pub attempt: u32,
+    /// Attempts allowed in total.
     pub max_attempts: u32,
+    /// Per-attempt timeout in force, in milliseconds.
     pub timeout_ms: Option<u64>,
+    /// When the retry falls due, for a `scheduled` write.
     pub run_at: Option<DateTime<Utc>>,
+    /// When the producer first enqueued the job.
     pub enqueued_at: DateTime<Utc>,
+    /// When this attempt started.
     pub started_at: Option<DateTime<Utc>>,
+    /// When the job reached a final state, for a final write.
     pub finished_at: Option<DateTime<Utc>>,
+    /// What the handler returned, for a `succeeded` write.
     pub result: Option<Box<RawValue>>,
     /// This attempt's failure, appended to the job's error history.
     pub error: Option<FailureRecord>,
+    /// The worker that ran (or refused) the attempt.
     pub worker_id: String,
+    /// The job's idempotency key, if it has one.
     pub idempotency_key: Option<String>,
+    /// The W3C trace context the job was enqueued with.
     pub traceparent: Option<String>,
     /// The job holding this job's idempotency key, when this one was not run for that reason.
     pub duplicate_of: Option<JobId>,
@@ -65,12 +80,16 @@ pub const RAW_BODY_KEPT: usize = 64 * 1024;
 /// and SHA-256 so that it can still be identified and compared.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawBody {
+    /// The first [`RAW_BODY_KEPT`] bytes at most.
     pub prefix: Vec<u8>,
+    /// The whole body's size in bytes.
     pub size: u64,
+    /// The whole body's SHA-256.
     pub sha256: [u8; 32],
 }
 
 impl RawBody {
+    /// Keeps a bounded prefix of `body` with its size and digest. Any body will do.
     pub fn of(body: &[u8]) -> Self {
         use sha2::Digest;
         Self {
@@ -84,15 +103,21 @@ impl RawBody {
 /// What [`RecordRow::bad_input`] needs to know about a message that will never run.
 #[derive(Clone, Debug)]
 pub struct BadInput<'a> {
+    /// The job id read from the message.
     pub id: JobId,
+    /// The Warren queue it was delivered from.
     pub queue: &'a str,
     /// The task it named, if one could be read.
     pub task: Option<&'a str>,
+    /// The attempt it claimed (1 if it could not be read); the dead row records it.
     pub attempt: u32,
+    /// The message body as received.
     pub body: &'a [u8],
     /// Bodies larger than this are never kept as the payload.
     pub max_body: usize,
+    /// Why it can never run, recorded as its failure.
     pub reason: String,
+    /// The worker that refused it.
     pub worker: &'a str,
 }
 

@@ -13,16 +13,25 @@ pub type PgTransaction<'c> = Transaction<'c, Postgres>;
 /// A job to be kept in Postgres until `run_at`.
 #[derive(Clone, Debug)]
 pub struct ScheduledJob {
+    /// The job's id; inserting the same id again does nothing.
     pub id: JobId,
+    /// The Warren queue it is published to when due.
     pub queue: String,
+    /// The task name.
     pub task: String,
     /// The payload as JSON text.
     pub payload: String,
+    /// Attempts allowed in total, 1 to 1000.
     pub max_attempts: u32,
+    /// Per-attempt timeout in milliseconds; `None` leaves it to the task or worker default.
     pub timeout_ms: Option<u64>,
+    /// When it falls due; a time in the past means as soon as a promoter looks.
     pub run_at: DateTime<Utc>,
+    /// When the producer enqueued it.
     pub enqueued_at: DateTime<Utc>,
+    /// At most one live or succeeded job per key; a held key makes the insert do nothing.
     pub idempotency_key: Option<String>,
+    /// The W3C trace context to carry into the published message.
     pub traceparent: Option<String>,
 }
 

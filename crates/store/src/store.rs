@@ -16,11 +16,15 @@ pub struct StoreConfig {
     /// batches at once, and the promoter, heartbeats and idempotency claims share the rest.
     /// The local server allows 100 in total, shared by every process.
     pub max_connections: u32,
+    /// How long to wait for a pooled connection, and for the TCP probe on connecting.
     pub acquire_timeout: Duration,
+    /// Shown in `pg_stat_activity`, to tell Warren's connections apart.
     pub application_name: String,
 }
 
 impl StoreConfig {
+    /// A config for `url` with the defaults: 5 connections, a 10 s acquire timeout and the
+    /// application name `warren`. Nothing is checked or connected until [`Store::connect`].
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -152,6 +156,9 @@ pub struct Store {
 }
 
 impl Store {
+    /// Checks the URL, probes the server over TCP and opens the pool. Errors say which of
+    /// those failed ([`Error::Url`], [`Error::Unreachable`], [`Error::Tls`],
+    /// [`Error::Connect`]). It does not check the schema: see [`Store::check_schema`].
     pub async fn connect(config: &StoreConfig) -> Result<Self, Error> {
         // TLS: verify-full for remote hosts, none on loopback, unless the URL says otherwise.
         let options = connect_options(&config.url)?.application_name(&config.application_name);
@@ -202,7 +209,10 @@ impl Store {
         Ok(Self { pool })
     }
 
-    /// Applies pending migrations. See [`crate::migrate`].
+    /// Applies pending migrations under an advisory lock, so that many workers may call it
+    /// at once. Refuses a database whose applied migrations were edited since
+    /// ([`Error::MigrationChanged`]) or that is newer than this binary
+    /// ([`Error::SchemaTooNew`]).
     pub async fn migrate(&self) -> Result<(), Error> {
         crate::migrate::run(&self.pool).await
     }
@@ -213,6 +223,7 @@ impl Store {
         crate::migrate::check(&self.pool).await
     }
 
+    /// Closes the pool, waiting for connections in use to be returned.
     pub async fn close(&self) {
         self.pool.close().await;
     }

@@ -8,30 +8,48 @@ use crate::{Error, Store};
 /// What a worker says about itself when it starts.
 #[derive(Clone, Debug)]
 pub struct WorkerInfo {
+    /// The worker's id, unique per process; registering it again revives its row.
     pub id: String,
+    /// The host it runs on.
     pub hostname: String,
+    /// Its process id on that host.
     pub pid: u32,
+    /// The Warren queues it consumes.
     pub queues: Vec<String>,
+    /// The most jobs it runs at once.
     pub concurrency: u32,
 }
 
 /// A row of the workers table.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct WorkerRecord {
+    /// The worker's id.
     pub id: String,
+    /// The host it runs on.
     pub hostname: String,
+    /// Its process id on that host.
     pub pid: i32,
+    /// The Warren queues it consumes.
     pub queues: Vec<String>,
+    /// The most jobs it runs at once.
     pub concurrency: i32,
+    /// `running`, `stopping` or `stopped`, as its last heartbeat said.
     pub state: String,
+    /// When it first registered.
     pub started_at: DateTime<Utc>,
+    /// Its last heartbeat; a `running` worker unseen for many heartbeat intervals has
+    /// likely died without saying so.
     pub last_seen_at: DateTime<Utc>,
+    /// When it reported `stopped`.
     pub stopped_at: Option<DateTime<Utc>>,
+    /// Jobs running at its last heartbeat.
     pub in_flight: i32,
+    /// Jobs it has finished since it started.
     pub processed: i64,
 }
 
 impl Store {
+    /// Inserts the worker's row as `running`, or revives an existing row with the same id.
     pub async fn register_worker(&self, info: &WorkerInfo) -> Result<(), Error> {
         sqlx::query(
             "INSERT INTO warren_workers (id, hostname, pid, queues, concurrency, state)
@@ -49,6 +67,8 @@ impl Store {
         Ok(())
     }
 
+    /// Updates the worker's row: `state` (`running`, `stopping` or `stopped`, which also
+    /// sets `stopped_at`), jobs in flight and jobs processed so far. An unknown id is a no-op.
     pub async fn heartbeat(
         &self,
         id: &str,
@@ -72,6 +92,7 @@ impl Store {
         Ok(())
     }
 
+    /// Every worker row, stopped ones included, oldest start first.
     pub async fn workers(&self) -> Result<Vec<WorkerRecord>, Error> {
         sqlx::query_as(
             "SELECT id, hostname, pid, queues, concurrency, state, started_at, last_seen_at,

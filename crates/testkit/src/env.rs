@@ -22,14 +22,23 @@ pub(crate) fn service_url(var: &str, default: &str) -> String {
 /// removed by [`TestEnv::cleanup`], or when the env is dropped without it (a failed test).
 #[derive(Debug)]
 pub struct TestEnv {
+    /// The env's name: its database's name, also used as a prefix of worker ids.
     pub name: String,
+    /// The shared RabbitMQ's URL (`WARREN_TEST_AMQP_URL`).
     pub amqp_url: String,
+    /// The shared server's administration database URL (`WARREN_TEST_DATABASE_URL`).
     pub admin_database_url: String,
+    /// The URL of this env's own database.
     pub database_url: String,
+    /// Reaches the shared broker under this env's namespace.
     pub broker_config: BrokerConfig,
+    /// Reaches this env's database.
     pub store_config: StoreConfig,
+    /// An open connection, for publishing and inspecting in the test itself.
     pub broker: Broker,
+    /// An open pool on this env's migrated database.
     pub store: Store,
+    /// The work queues declared for the env.
     pub queues: Vec<QueueName>,
     guard: SandboxGuard,
 }
@@ -40,6 +49,8 @@ impl TestEnv {
         Self::with_delivery_limit(queues, Topology::DEFAULT_DELIVERY_LIMIT).await
     }
 
+    /// Like [`TestEnv::new`], with the work queues' `x-delivery-limit` set to
+    /// `delivery_limit`, for tests of poison messages and redelivery.
     pub async fn with_delivery_limit(
         queues: &[&str],
         delivery_limit: u32,
@@ -110,6 +121,7 @@ impl TestEnv {
         })
     }
 
+    /// The RabbitMQ namespace every exchange and queue of this env is prefixed with.
     pub fn namespace(&self) -> &str {
         self.broker_config.topology.namespace.as_str()
     }
@@ -170,7 +182,9 @@ impl TestEnv {
 /// A worker running in this process.
 #[derive(Debug)]
 pub struct RunningWorker {
+    /// Cancel it to start the worker's graceful shutdown.
     pub shutdown: CancellationToken,
+    /// The worker's task; it ends with the worker's totals or the error that stopped it.
     pub handle: JoinHandle<Result<WorkerStats, warren_runtime::Error>>,
 }
 

@@ -16,6 +16,8 @@
 //! It is for tests only: it reads `WARREN_TEST_AMQP_URL` and `WARREN_TEST_DATABASE_URL` from
 //! the environment, which libraries otherwise never do.
 
+#![warn(missing_docs)]
+
 mod env;
 mod process;
 mod proxy;

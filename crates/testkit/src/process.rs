@@ -24,6 +24,7 @@ pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
 /// The real `warren-worker` binary, run as a child process.
 #[derive(Debug)]
 pub struct WorkerProcess {
+    /// The child process, killed when this is dropped.
     pub child: Child,
 }
 
@@ -68,6 +69,7 @@ impl WorkerProcess {
         Ok(WorkerProcess { child })
     }
 
+    /// The process id; an error once the process has been waited for.
     pub fn pid(&self) -> anyhow::Result<i32> {
         self.child
             .id()

@@ -198,7 +198,7 @@ impl DisposableRabbit {
 
     /// Runs `rabbitmqctl -n <node> <args>` and returns its standard output, e.g. to raise a
     /// resource alarm (`set_vm_memory_high_watermark 0`) or to list connections and queues.
-    /// A command that fails, or takes longer than [`CTL_TIMEOUT`], is an error carrying its
+    /// A command that fails, or takes longer than 30 seconds, is an error carrying its
     /// standard error.
     pub async fn rabbitmqctl(&self, args: &[&str]) -> anyhow::Result<String> {
         let output = tokio::time::timeout(CTL_TIMEOUT, self.ctl().args(args).output())

@@ -19,17 +19,22 @@ const FRAME_END: u8 = 0xCE;
 /// The properties of one message, each already in wire form where a test needs to break it.
 #[derive(Clone, Debug, Default)]
 pub struct RawProperties {
+    /// The `content_type` bytes, sent as a short string (cut to 255 bytes), UTF-8 or not.
     pub content_type: Option<Vec<u8>>,
     /// The encoded header table *without* its 4-byte length prefix; see [`table`].
     pub headers: Option<Vec<u8>>,
+    /// The `delivery_mode` property; 2 is persistent.
     pub delivery_mode: Option<u8>,
+    /// The `message_id` bytes, sent as a short string (cut to 255 bytes), UTF-8 or not.
     pub message_id: Option<Vec<u8>>,
 }
 
 /// One field of a header table, for [`table`].
 #[derive(Clone, Debug)]
 pub enum RawField {
+    /// A long string (`S`) of any bytes.
     LongString(Vec<u8>),
+    /// A signed 64-bit integer (`l`).
     LongLong(i64),
     /// A nested table, already encoded by [`table`].
     Table(Vec<u8>),
