@@ -51,15 +51,14 @@ async fn redelivered_message_of_a_succeeded_job_is_not_run_again() -> anyhow::Re
     assert_eq!(decoded.id, id);
     peek.close().await;
 
-    let worker = env
-        .start_worker(counting(runs.clone()), env.worker_config("w2"))
-        .await?;
+    // The broker takes the message back when the peeking connection closes; wait until it
+    // is ready again, so the next worker surely gets it as a redelivery.
     wait_until(
         Duration::from_secs(30),
-        "the redelivery to be settled",
+        "the peeked message to be back in the queue",
         || async {
             let depth = env.broker.queue_depth(queue).await?.expect("queue exists");
-            Ok(if depth.ready == 0 {
+            Ok(if depth.ready == 1 {
                 Ok(())
             } else {
                 Err(format!("{} ready", depth.ready))
@@ -67,12 +66,23 @@ async fn redelivered_message_of_a_succeeded_job_is_not_run_again() -> anyhow::Re
         },
     )
     .await?;
+
+    let worker = env
+        .start_worker(counting(runs.clone()), env.worker_config("w2"))
+        .await?;
+    // A job published after the redelivery finishes after it has started (the consume loop
+    // starts deliveries in order, and returned messages come first): then a graceful stop
+    // lets the redelivery finish and counts it.
+    let sentinel = client
+        .enqueue(NewJob::new("counted", &json!({"n": 2})))
+        .await?;
+    wait_all_terminal(&env.store, &[sentinel], Duration::from_secs(30)).await?;
     let stats = worker.stop().await?;
     assert_eq!(stats.skipped, 1, "the redelivery was recognised: {stats:?}");
     assert_eq!(
         runs.load(Ordering::SeqCst),
-        1,
-        "the handler did not run a second time"
+        2,
+        "the handler did not run the redelivery a second time (only the sentinel)"
     );
     let row = env.store.job(id).await?.expect("row");
     assert_eq!((row.state, row.attempt), (JobState::Succeeded, 1));
