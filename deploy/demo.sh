@@ -16,7 +16,9 @@ mkdir -p .demo
 
 log "building (release)"
 cargo build --release -q -p warren-worker -p warren-cli
-warren=target/release/warren
+# Where cargo put the binaries (CARGO_TARGET_DIR, when set, moves them).
+bin="${CARGO_TARGET_DIR:-target}/release"
+warren="$bin/warren"
 
 log "migrating a fresh demo database"
 # Start from an empty database so the summary counts this run only (only the demo's own
@@ -30,7 +32,7 @@ $warren migrate --create-database
 log "starting two workers (logs in .demo/worker-*.log)"
 pids=()
 for i in 1 2; do
-  WARREN_WORKER_ID="demo-worker-$i" target/release/warren-worker --concurrency 64 \
+  WARREN_WORKER_ID="demo-worker-$i" "$bin/warren-worker" --concurrency 64 \
     >".demo/worker-$i.log" 2>&1 &
   pids+=($!)
 done
