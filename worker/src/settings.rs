@@ -142,6 +142,7 @@ pub struct Settings {
 impl Args {
     /// Checks every setting and names the flag (and its variable) of the first bad one.
     pub fn validate(self) -> Result<Settings, String> {
+        self.check_numbers()?;
         let queues = self
             .queues
             .iter()
@@ -150,19 +151,41 @@ impl Args {
         if queues.is_empty() {
             return Err("--queues / WARREN_QUEUES: give at least one queue".to_owned());
         }
+        let namespace = Namespace::new(&self.namespace)
+            .map_err(|e| format!("--namespace / WARREN_NAMESPACE: {e}"))?;
+        let worker_id = self.worker_id.clone().unwrap_or_else(default_worker_id);
+
+        let mut broker = BrokerConfig::new(&self.amqp_url);
+        broker.connection_name = format!("warren-worker {worker_id}");
+        broker.ca_file = self.amqp_ca_file.clone();
+        broker.topology = Topology {
+            namespace,
+            delivery_limit: self.delivery_limit,
+        };
+        let mut store = StoreConfig::new(&self.database_url);
+        store.application_name = format!("warren-worker {worker_id}");
+        let worker = self.worker_config(worker_id, queues)?;
+        Ok(Settings {
+            broker,
+            store,
+            worker,
+            migrate: self.migrate,
+            log_format: self.log_format,
+            crash_task: self.enable_crash_task,
+        })
+    }
+
+    /// The numeric settings, each within its range.
+    fn check_numbers(&self) -> Result<(), String> {
         if self.concurrency == 0 || self.concurrency > 10_000 {
             return Err(format!(
                 "--concurrency / WARREN_CONCURRENCY must be 1 to 10000, got {}",
                 self.concurrency
             ));
         }
-        let prefetch = match self.prefetch {
-            Some(0) => return Err("--prefetch / WARREN_PREFETCH must be at least 1".to_owned()),
-            Some(p) => p,
-            None => (self.concurrency * 2).min(usize::from(u16::MAX)) as u16,
-        };
-        let namespace = Namespace::new(&self.namespace)
-            .map_err(|e| format!("--namespace / WARREN_NAMESPACE: {e}"))?;
+        if self.prefetch == Some(0) {
+            return Err("--prefetch / WARREN_PREFETCH must be at least 1".to_owned());
+        }
         if self.delivery_limit == 0 {
             return Err("--delivery-limit / WARREN_DELIVERY_LIMIT must be at least 1".to_owned());
         }
@@ -182,21 +205,20 @@ impl Args {
                 self.shutdown_grace
             ));
         }
-        let worker_id = self.worker_id.unwrap_or_else(default_worker_id);
+        Ok(())
+    }
 
-        let mut broker = BrokerConfig::new(self.amqp_url);
-        broker.connection_name = format!("warren-worker {worker_id}");
-        broker.ca_file = self.amqp_ca_file;
-        broker.topology = Topology {
-            namespace,
-            delivery_limit: self.delivery_limit,
-        };
-        let mut store = StoreConfig::new(self.database_url);
-        store.application_name = format!("warren-worker {worker_id}");
-
+    /// The runtime's configuration from the checked flags.
+    fn worker_config(
+        &self,
+        worker_id: String,
+        queues: Vec<QueueName>,
+    ) -> Result<WorkerConfig, String> {
         let mut worker = WorkerConfig::new(worker_id, queues);
         worker.concurrency = self.concurrency;
-        worker.prefetch = prefetch;
+        worker.prefetch = self
+            .prefetch
+            .unwrap_or_else(|| (self.concurrency * 2).min(usize::from(u16::MAX)) as u16);
         worker.shutdown_grace = self.shutdown_grace;
         worker.default_timeout = self.default_timeout;
         worker.max_body_bytes = self.max_body_bytes;
@@ -219,14 +241,7 @@ impl Args {
         if self.no_promoter {
             worker.promoter = None;
         }
-        Ok(Settings {
-            broker,
-            store,
-            worker,
-            migrate: self.migrate,
-            log_format: self.log_format,
-            crash_task: self.enable_crash_task,
-        })
+        Ok(worker)
     }
 }
 
