@@ -451,8 +451,8 @@ struct Shared {
     fatal: Fatal,
 }
 
-/// Subscribes to every work queue (and the intake queue, where the promoter runs) and starts
-/// a consume loop for each; returns the loops and the consumers, for closing.
+/// Subscribes to every work queue (and, where the promoter runs, the intake queue and the
+/// dead-letter queue) and starts a consume loop for each; returns the loops and the consumers, for closing.
 async fn open_consumers(
     cfg: &WorkerConfig,
     broker: &Broker,
@@ -485,6 +485,19 @@ async fn open_consumers(
         loops.spawn(crate::intake::intake_loop(
             consumer,
             store.clone(),
+            shared.executor.clone(),
+            shared.stop.clone(),
+            shared.fatal.clone(),
+        ));
+        // So is reconciling the broker's dead letters with Postgres.
+        let tag = format!("{}/dead", cfg.worker_id);
+        let prefetch = crate::reconciler::RECONCILER_PREFETCH;
+        let consumer = Arc::new(Mutex::new(
+            broker.consume_dead_letters(prefetch, &tag).await?,
+        ));
+        consumers.push(consumer.clone());
+        loops.spawn(crate::reconciler::reconcile_loop(
+            consumer,
             shared.executor.clone(),
             shared.stop.clone(),
             shared.fatal.clone(),
