@@ -121,7 +121,9 @@ impl Broker {
     /// Republishes up to `limit` parked messages to the work exchange, each to the Warren
     /// queue it came from, and acks each only once its publish is confirmed. Messages with no
     /// known queue stay parked. Stops at the first failed publish: what was not acked returns
-    /// to the parking queue.
+    /// to the parking queue. Only the messages parked when it starts are replayed: one that
+    /// fails again and is parked anew while it runs waits for the next replay instead of
+    /// looping.
     pub async fn replay_parked(
         &self,
         publisher: &Publisher,
@@ -131,6 +133,7 @@ impl Broker {
         let channel = self.parking_channel().await?;
         let mut report = Replayed::default();
         let mut read = 0;
+        let mut limit = limit;
         let result = async {
             while read < limit {
                 let got = channel
@@ -138,6 +141,12 @@ impl Broker {
                     .await
                     .map_err(|e| self.parking_error("read from", e))?;
                 let Some(got) = got else { break };
+                if read == 0 {
+                    // The broker says how many were left behind the first: that is the
+                    // queue as it stood when the replay began.
+                    let parked = usize::try_from(got.message_count).unwrap_or(usize::MAX);
+                    limit = limit.min(parked.saturating_add(1));
+                }
                 read += 1;
                 let (parked, acker) = parked_of(read, got.delivery);
                 let Some(target) = parked.queue() else {

@@ -108,7 +108,7 @@ struct Letter {
 fn letter(p: &Parked, preview_bytes: usize, with_headers: bool) -> Letter {
     let body = &p.raw.body;
     let shown = &body[..body.len().min(preview_bytes)];
-    let mut preview = shown.escape_ascii().to_string();
+    let mut preview = escape_bytes(shown);
     if body.len() > shown.len() {
         preview.push('…');
     }
@@ -130,11 +130,29 @@ fn letter(p: &Parked, preview_bytes: usize, with_headers: bool) -> Letter {
     }
 }
 
+/// Bytes as text: printable ASCII as it is, `\n`, `\r`, `\t` and `\\` escaped, every other
+/// byte as `\xNN`, so a body that is not text, or is meant to drive a terminal, shows as inert
+/// text.
+fn escape_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        match b {
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0x20..=0x7e => out.push(char::from(b)),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out
+}
+
 fn header_text(v: &HeaderValue) -> String {
     match v {
         HeaderValue::Str(s) => s.clone(),
         HeaderValue::Int(i) => i.to_string(),
-        HeaderValue::Bytes(b) => b.escape_ascii().to_string(),
+        HeaderValue::Bytes(b) => escape_bytes(b),
         HeaderValue::Other(kind) => format!("({kind})"),
     }
 }
