@@ -96,6 +96,9 @@ struct Letter {
     queue: Option<String>,
     /// The RabbitMQ queue the broker last dead-lettered it from, if it did.
     dead_lettered_from: Option<String>,
+    /// Deliveries the broker counted while it was parked (`x-delivery-count`; each look by
+    /// `list` or `show` adds one), `null` if none.
+    deliveries: Option<i64>,
     /// Body size in bytes.
     size: usize,
     /// The first bytes of the body, non-printable and non-ASCII bytes as `\xNN`.
@@ -118,6 +121,7 @@ fn letter(p: &Parked, preview_bytes: usize, with_headers: bool) -> Letter {
         reason: p.reason(),
         queue: p.queue(),
         dead_lettered_from: p.death.as_ref().map(|d| d.queue.clone()),
+        deliveries: p.deliveries,
         size: body.len(),
         preview,
         headers: with_headers.then(|| {

@@ -43,7 +43,7 @@ pub(crate) async fn reconcile_loop(
 ) {
     let mut consumer = consumer.lock().await;
     let lost = || crate::Error::ConsumerLost {
-        queue: consumer_queue_name(),
+        queue: "dead".to_owned(),
     };
     loop {
         let delivery = tokio::select! {
@@ -71,10 +71,6 @@ pub(crate) async fn reconcile_loop(
     if let Err(e) = consumer.cancel().await {
         tracing::debug!(error = %e, "dead-letter consumer cancel failed");
     }
-}
-
-fn consumer_queue_name() -> String {
-    "dead".to_owned()
 }
 
 /// What the reconciler could read of a dead letter's job.
