@@ -42,7 +42,8 @@ Exit status:
   0  success
   1  the operation failed (a service unreachable, a job refused by RabbitMQ)
   2  bad usage or input; nothing was done
-  3  not found (`jobs show`, `cancel` or `retry` of an id with no row)
+  3  not found (`jobs show`, `cancel` or `retry` of an id with no row; `dlq show` past the
+     end of the parking queue)
   4  refused: the job's state does not allow it (retry of a succeeded job, cancel of a
      finished one)";
 
