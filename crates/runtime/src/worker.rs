@@ -461,23 +461,8 @@ async fn open_consumers(
 ) -> Result<(TaskTracker, Vec<Arc<Mutex<Consumer>>>), Error> {
     let loops = TaskTracker::new();
     let mut consumers = Vec::new();
-    for queue in &cfg.queues {
-        let tag = format!("{}/{}", cfg.worker_id, queue);
-        let consumer = Arc::new(Mutex::new(
-            broker.consume(queue, cfg.prefetch.max(1), &tag).await?,
-        ));
-        consumers.push(consumer.clone());
-        loops.spawn(consume_loop(
-            queue.clone(),
-            consumer,
-            shared.slots.clone(),
-            shared.jobs.clone(),
-            shared.executor.clone(),
-            shared.stop.clone(),
-            shared.fatal.clone(),
-        ));
-    }
     // The intake queue is a scheduler's duty, like promotion: the same processes do both.
+    // These subscribe before the work queues, so that once a job runs, start-up is done.
     if cfg.promoter.is_some() {
         let tag = format!("{}/intake", cfg.worker_id);
         let consumer = Arc::new(Mutex::new(broker.consume_intake(64, &tag).await?));
@@ -498,6 +483,22 @@ async fn open_consumers(
         consumers.push(consumer.clone());
         loops.spawn(crate::reconciler::reconcile_loop(
             consumer,
+            shared.executor.clone(),
+            shared.stop.clone(),
+            shared.fatal.clone(),
+        ));
+    }
+    for queue in &cfg.queues {
+        let tag = format!("{}/{}", cfg.worker_id, queue);
+        let consumer = Arc::new(Mutex::new(
+            broker.consume(queue, cfg.prefetch.max(1), &tag).await?,
+        ));
+        consumers.push(consumer.clone());
+        loops.spawn(consume_loop(
+            queue.clone(),
+            consumer,
+            shared.slots.clone(),
+            shared.jobs.clone(),
             shared.executor.clone(),
             shared.stop.clone(),
             shared.fatal.clone(),
