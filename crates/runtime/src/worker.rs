@@ -452,7 +452,8 @@ struct Shared {
 }
 
 /// Subscribes to every work queue (and, where the promoter runs, the intake queue and the
-/// dead-letter queue) and starts a consume loop for each; returns the loops and the consumers, for closing.
+/// dead-letter queue) and starts a consume loop for each; returns the loops and the
+/// consumers, for closing.
 async fn open_consumers(
     cfg: &WorkerConfig,
     broker: &Broker,
