@@ -317,27 +317,34 @@ async fn every_broken_message_is_accounted_for_and_valid_jobs_still_succeed() ->
         }
     }
 
-    // Messages without a job id are in the dead-letter queue, the reason in a header.
-    wait_until(Duration::from_secs(30), "the dead letters", || async {
-        let depth = env.broker.dead_letter_depth().await?.map_or(0, |d| d.ready);
-        Ok(if depth as usize == without_ids.len() {
-            Ok(())
-        } else {
-            Err(format!("{depth} dead letters"))
-        })
-    })
+    // Messages without a job id went through the dead-letter queue to the parking queue
+    // (the reconciler moves them there), the reason in a header.
+    wait_until(
+        Duration::from_secs(30),
+        "the parked dead letters",
+        || async {
+            let depth = env.broker.parked_depth().await?.map_or(0, |d| d.ready);
+            Ok(if depth as usize == without_ids.len() {
+                Ok(())
+            } else {
+                Err(format!("{depth} parked dead letters"))
+            })
+        },
+    )
     .await?;
-    let mut dead = env.broker.consume_dead_letters(10, "inspect").await?;
+    let parked = env.broker.peek_parked(100).await?;
+    assert_eq!(parked.len(), without_ids.len());
     let mut reasons = Vec::new();
-    for _ in 0..without_ids.len() {
-        let d = tokio::time::timeout(Duration::from_secs(10), dead.next())
-            .await?
-            .expect("delivery")?;
-        match d.raw.headers.get(HEADER_DEAD_REASON) {
+    for p in &parked {
+        match p.raw.headers.get(HEADER_DEAD_REASON) {
             Some(HeaderValue::Str(r)) => reasons.push(r.clone()),
             other => anyhow::bail!("dead letter without a reason header: {other:?}"),
         }
-        d.ack().await?;
+        assert_eq!(
+            p.queue().as_deref(),
+            Some(queue),
+            "the origin queue is kept"
+        );
     }
     for (_, reason) in &without_ids {
         assert!(

@@ -1,9 +1,14 @@
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::json;
 use warren_client::{Client, NewJob};
-use warren_core::{JobId, JobState};
+use warren_core::message::{HEADER_ATTEMPT, HEADER_TASK};
+use warren_core::{FailureKind, HeaderValue, JobId, JobMessage, JobState, RawMessage};
+use warren_runtime::Worker;
+use warren_store::{RecordRow, Recorded, Recorder, RecorderConfig};
 use warren_testkit::{TestEnv, WorkerProcess, wait_until};
+use warren_worker::tasks::register_builtins;
 
 use crate::support::{count_state, enqueue_all, wait_all_terminal};
 
@@ -57,12 +62,33 @@ async fn a_message_that_kills_its_worker_is_dead_lettered_after_the_delivery_lim
         "{crashes} crashes with x-delivery-limit {delivery_limit}"
     );
 
-    wait_until(
+    // The broker dead-lettered the killer; the surviving worker's reconciler consumed it from
+    // `<ns>.dead` and recorded the job dead with the broker's reason, then acked it.
+    let row = wait_until(
         Duration::from_secs(30),
-        "the killer message in the dead-letter queue",
+        "the killer's row recorded dead by the reconciler",
+        || async {
+            Ok(match env.store.job(killer).await? {
+                Some(row) if row.state == JobState::Dead => Ok(row),
+                other => Err(format!("{:?}", other.map(|r| r.state))),
+            })
+        },
+    )
+    .await?;
+    let error = row.errors.last().expect("the dead row says why");
+    assert!(
+        error.message.contains("delivery_limit"),
+        "the reason names the delivery limit: {}",
+        error.message
+    );
+    assert_eq!(error.kind, FailureKind::Permanent);
+    assert!(row.payload.is_some(), "the message is kept: {row:?}");
+    wait_until(
+        Duration::from_secs(10),
+        "an empty dead-letter queue",
         || async {
             let n = env.broker.dead_letter_depth().await?.map_or(0, |d| d.ready);
-            Ok(if n == 1 {
+            Ok(if n == 0 {
                 Ok(())
             } else {
                 Err(format!("{n} dead letters"))
@@ -70,23 +96,102 @@ async fn a_message_that_kills_its_worker_is_dead_lettered_after_the_delivery_lim
         },
     )
     .await?;
-    let mut dead = env.broker.consume_dead_letters(1, "inspect").await?;
-    let letter = tokio::time::timeout(Duration::from_secs(10), dead.next())
-        .await?
-        .expect("delivery")?;
-    let id: JobId = letter
-        .raw
-        .message_id
-        .as_deref()
-        .unwrap_or_default()
-        .parse()?;
-    assert_eq!(id, killer);
-    letter.ack().await?;
+    assert_eq!(env.broker.parked_depth().await?.map(|d| d.ready), Some(0));
 
     // Everything else was done, by the workers that lived long enough and the last one.
     let rows = wait_all_terminal(&env.store, &ids, Duration::from_secs(60)).await?;
     assert_eq!(count_state(&rows, JobState::Succeeded), 20);
     worker.signal("TERM").await?;
     assert_eq!(worker.wait(Duration::from_secs(30)).await?, Some(0));
+    env.cleanup().await
+}
+
+/// A job message on queue `other` as the promoter would publish attempt 2 of it.
+fn second_attempt(task: &str) -> anyhow::Result<(RawMessage, JobMessage)> {
+    let mut headers = BTreeMap::new();
+    headers.insert(HEADER_TASK.to_owned(), HeaderValue::Str(task.to_owned()));
+    headers.insert(HEADER_ATTEMPT.to_owned(), HeaderValue::Int(2));
+    let raw = RawMessage {
+        message_id: Some(JobId::new().to_string()),
+        content_type: Some("application/json".to_owned()),
+        timestamp: None,
+        headers,
+        body: br#"{"n": 1}"#.to_vec(),
+    };
+    let message = JobMessage::decode(&raw, 1 << 20)?;
+    Ok((raw, message))
+}
+
+/// The fence as the reconciler meets it: a dead letter of the attempt a row is stuck
+/// `running` at replaces that row, and one of a job that already succeeded changes nothing.
+/// The broker dead-letters both for real (a reject on a queue no worker consumes), so they
+/// carry a genuine `x-death`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_replaces_a_running_row_and_never_a_terminal_one() -> anyhow::Result<()> {
+    let env = TestEnv::new(&["default", "other"]).await?;
+    let mut cfg = env.worker_config("reconciler");
+    cfg.queues = vec![env.queues[0].clone()];
+    let worker = env
+        .start_worker(register_builtins(Worker::builder()), cfg)
+        .await?;
+    let (recorder, _task) = Recorder::spawn(env.store.clone(), RecorderConfig::default());
+    let publisher = env.broker.publisher().await?;
+    let other = env.queues[1].clone();
+
+    let (stuck_raw, stuck) = second_attempt("warren.echo")?;
+    let (done_raw, done) = second_attempt("warren.echo")?;
+    let timeout = Duration::from_secs(30);
+    let running = RecordRow::attempt(&stuck, other.as_str(), "gone", 5, timeout);
+    assert_eq!(recorder.record(running).await?, Recorded::Written);
+    let succeeded = RecordRow::attempt(&done, other.as_str(), "gone", 5, timeout)
+        .succeed(serde_json::value::RawValue::from_string("1".into())?);
+    assert_eq!(recorder.record(succeeded).await?, Recorded::Written);
+
+    let mut consumer = env.broker.consume(&other, 2, "test").await?;
+    for raw in [&stuck_raw, &done_raw] {
+        publisher.publish(other.as_str(), raw).await?;
+        let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await?
+            .expect("a delivery")?;
+        delivery.dead_letter().await?;
+    }
+
+    let row = wait_until(Duration::from_secs(30), "the stuck row dead", || async {
+        Ok(match env.store.job(stuck.id).await? {
+            Some(row) if row.state == JobState::Dead => Ok(row),
+            other => Err(format!("{:?}", other.map(|r| r.state))),
+        })
+    })
+    .await?;
+    assert_eq!(row.attempt, 2);
+    let error = row.errors.last().expect("the reason is recorded");
+    assert!(
+        error.message.contains("rejected") && error.message.contains(".q.other"),
+        "the broker's reason and queue: {}",
+        error.message
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "an empty dead-letter queue",
+        || async {
+            let n = env.broker.dead_letter_depth().await?.map_or(0, |d| d.ready);
+            Ok(if n == 0 {
+                Ok(())
+            } else {
+                Err(format!("{n} dead letters"))
+            })
+        },
+    )
+    .await?;
+    let kept = env.store.job(done.id).await?.map(|r| r.state);
+    assert_eq!(
+        kept,
+        Some(JobState::Succeeded),
+        "a terminal row is never changed"
+    );
+    assert_eq!(env.broker.parked_depth().await?.map(|d| d.ready), Some(0));
+
+    consumer.close().await;
+    worker.stop().await?;
     env.cleanup().await
 }

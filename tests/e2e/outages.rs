@@ -59,6 +59,11 @@ async fn a_database_outage_never_spends_a_delivery() -> anyhow::Result<()> {
         Some(0),
         "nothing may be dead-lettered because of an outage"
     );
+    assert_eq!(
+        env.broker.parked_depth().await?.map(|d| d.ready),
+        Some(0),
+        "nothing may be parked because of an outage"
+    );
     worker.stop().await?;
     env.cleanup().await
 }

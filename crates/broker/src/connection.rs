@@ -84,8 +84,8 @@ pub struct QueueDepth {
 /// publisher, one per consumer.
 #[derive(Clone)]
 pub struct Broker {
-    connection: Arc<Connection>,
-    config: BrokerConfig,
+    pub(crate) connection: Arc<Connection>,
+    pub(crate) config: BrokerConfig,
 }
 
 impl fmt::Debug for Broker {
@@ -155,7 +155,8 @@ impl Broker {
         Consumer::open(&self.config, &name, prefetch, tag).await
     }
 
-    /// A consumer of the dead-letter queue (for inspection tools and tests).
+    /// A consumer of the dead-letter queue, for the workers' reconciler. It is a [`Consumer`]
+    /// like any other, so a frame lapin cannot parse costs only itself (careful mode).
     pub async fn consume_dead_letters(&self, prefetch: u16, tag: &str) -> Result<Consumer, Error> {
         let name = self.config.topology.dead_letter_queue();
         Consumer::open(&self.config, &name, prefetch, tag).await
@@ -171,6 +172,12 @@ impl Broker {
     pub async fn dead_letter_depth(&self) -> Result<Option<QueueDepth>, Error> {
         self.depth_of(&self.config.topology.dead_letter_queue())
             .await
+    }
+
+    /// Same as [`Broker::queue_depth`] for the parking queue of dead letters that `warren dlq`
+    /// reads.
+    pub async fn parked_depth(&self) -> Result<Option<QueueDepth>, Error> {
+        self.depth_of(&self.config.topology.parking_queue()).await
     }
 
     async fn depth_of(&self, name: &str) -> Result<Option<QueueDepth>, Error> {
@@ -213,10 +220,11 @@ impl Broker {
         )
         .await?;
         let t = &self.config.topology;
-        let names = queues
-            .iter()
-            .map(|q| t.queue(q))
-            .chain([t.dead_letter_queue(), t.intake_queue()]);
+        let names = queues.iter().map(|q| t.queue(q)).chain([
+            t.dead_letter_queue(),
+            t.parking_queue(),
+            t.intake_queue(),
+        ]);
         for name in names {
             channel
                 .queue_delete(name.as_str().into(), QueueDeleteOptions::default())

@@ -9,7 +9,7 @@ use lapin::{Acker, Channel, Connection};
 use warren_core::RawMessage;
 
 use crate::connection::{open_connection, within};
-use crate::headers::from_field_table;
+use crate::headers::{Death, death_of, from_field_table};
 use crate::{BrokerConfig, Error};
 
 /// Deliveries from one queue, on a connection and channel of its own, with a prefetch window.
@@ -85,7 +85,7 @@ impl Consumer {
             let error = match self.inner.next().await {
                 Some(Ok(d)) => {
                     self.count_clean().await;
-                    return Some(Ok(self.delivery(d)));
+                    return Some(Ok(delivery_of(d)));
                 }
                 Some(Err(e)) => Some(e),
                 // The stream also ends when the connection under it died for good; only a
@@ -175,23 +175,6 @@ impl Consumer {
         }
     }
 
-    fn delivery(&self, d: lapin::message::Delivery) -> Delivery {
-        let p = &d.properties;
-        let raw = RawMessage {
-            message_id: p.message_id().as_ref().map(|s| s.as_str().to_owned()),
-            content_type: p.content_type().as_ref().map(|s| s.as_str().to_owned()),
-            timestamp: *p.timestamp(),
-            headers: from_field_table(p.headers().as_ref()),
-            body: d.data,
-        };
-        Delivery {
-            raw,
-            redelivered: d.redelivered,
-            tag: d.delivery_tag,
-            acker: d.acker,
-        }
-    }
-
     /// True while the consumer runs with prefetch 1 after a failure lapin could not recover.
     pub fn is_careful(&self) -> bool {
         self.careful.is_some()
@@ -222,6 +205,27 @@ impl Consumer {
     /// The RabbitMQ name of the queue consumed, e.g. `warren.q.default`.
     pub fn queue(&self) -> &str {
         &self.queue
+    }
+}
+
+/// Warren's view of a lapin delivery: the contract's fields, the broker's `x-death`, and the
+/// handle to settle it.
+pub(crate) fn delivery_of(d: lapin::message::Delivery) -> Delivery {
+    let p = &d.properties;
+    let raw = RawMessage {
+        message_id: p.message_id().as_ref().map(|s| s.as_str().to_owned()),
+        content_type: p.content_type().as_ref().map(|s| s.as_str().to_owned()),
+        timestamp: *p.timestamp(),
+        headers: from_field_table(p.headers().as_ref()),
+        body: d.data,
+    };
+    Delivery {
+        raw,
+        death: death_of(p.headers().as_ref()),
+        routing_key: d.routing_key.as_str().to_owned(),
+        redelivered: d.redelivered,
+        tag: d.delivery_tag,
+        acker: d.acker,
     }
 }
 
@@ -276,11 +280,15 @@ async fn subscribe(
 pub struct Delivery {
     /// The message as received, ready for `JobMessage::decode`.
     pub raw: RawMessage,
+    /// Why the broker dead-lettered it, read from `x-death`; `None` unless it did.
+    pub death: Option<Death>,
+    /// The routing key it was published with (for a Warren job: its Warren queue).
+    pub routing_key: String,
     /// The broker's flag: this message was delivered before, to this or another consumer.
     pub redelivered: bool,
     /// The delivery tag, unique on its consumer's channel; errors and logs name it.
     pub tag: u64,
-    acker: Acker,
+    pub(crate) acker: Acker,
 }
 
 impl fmt::Debug for Delivery {

@@ -210,6 +210,21 @@ pub enum Error {
         source: Box<lapin::Error>,
     },
 
+    /// Reading, acking or purging the parking queue of dead letters failed. A message the
+    /// AMQP client cannot parse closes the connection this way too.
+    #[error(
+        "cannot {what} parking queue `{queue}`; check that the broker is reachable and a worker has declared the topology (if a message in it cannot be parsed, `warren dlq purge --yes` drops them all)"
+    )]
+    Parking {
+        /// The step that failed, e.g. `read from`.
+        what: &'static str,
+        /// The RabbitMQ name of the parking queue.
+        queue: String,
+        /// The error lapin reported.
+        #[source]
+        source: Box<lapin::Error>,
+    },
+
     /// A passive declare or delete of a queue or exchange failed.
     #[error("cannot inspect queue `{queue}`")]
     Inspect {

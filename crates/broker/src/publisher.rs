@@ -8,7 +8,7 @@ use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection, PublisherConfirm};
 use warren_core::HeaderValue;
-use warren_core::message::{HEADER_DEAD_REASON, RawMessage};
+use warren_core::message::{HEADER_DEAD_QUEUE, HEADER_DEAD_REASON, RawMessage};
 
 use crate::connection::within;
 use crate::headers::to_field_table;
@@ -35,6 +35,7 @@ pub struct Publisher {
     exchange: String,
     dead_letter_exchange: String,
     intake_queue: String,
+    parking_queue: String,
     confirm_timeout: Duration,
     /// Confirms in flight at once in [`Publisher::publish_many`]. A few hundred keeps the
     /// broker busy without holding a whole batch's confirms in memory.
@@ -81,6 +82,7 @@ impl Publisher {
             exchange: config.topology.work_exchange(),
             dead_letter_exchange: config.topology.dead_letter_exchange(),
             intake_queue: config.topology.intake_queue(),
+            parking_queue: config.topology.parking_queue(),
             confirm_timeout: config.confirm_timeout,
             window: 512,
         })
@@ -164,6 +166,43 @@ impl Publisher {
         let req = PublishRequest {
             queue: &self.intake_queue,
             message,
+        };
+        let confirm = self.send("", req).await?;
+        self.settle(
+            "(default)",
+            req,
+            confirm,
+            Instant::now() + self.confirm_timeout,
+        )
+        .await
+    }
+
+    /// Publishes a dead letter to the parking queue (through the default exchange), confirmed,
+    /// with the Warren queue it came from in `warren-dead-queue` and the reason in
+    /// `warren-dead-reason` (an existing reason is kept). `x-death` and other headers outside
+    /// the contract that only read back as [`HeaderValue::Other`] are dropped: they cannot be
+    /// republished faithfully, and the reason header says what they said.
+    pub async fn publish_parked(
+        &self,
+        message: &RawMessage,
+        from_queue: &str,
+        reason: &str,
+    ) -> Result<(), Error> {
+        let mut message = message.clone();
+        message
+            .headers
+            .retain(|_, v| !matches!(v, HeaderValue::Other(_)));
+        message
+            .headers
+            .entry(HEADER_DEAD_REASON.to_owned())
+            .or_insert_with(|| HeaderValue::Str(reason.to_owned()));
+        message.headers.insert(
+            HEADER_DEAD_QUEUE.to_owned(),
+            HeaderValue::Str(from_queue.to_owned()),
+        );
+        let req = PublishRequest {
+            queue: &self.parking_queue,
+            message: &message,
         };
         let confirm = self.send("", req).await?;
         self.settle(

@@ -14,7 +14,12 @@ use crate::Error;
 /// - `<ns>.work`: durable direct exchange; the routing key is the Warren queue name;
 /// - `<ns>.q.<queue>`: one durable quorum queue per Warren queue, bound with its name;
 /// - `<ns>.dlx`: durable fanout exchange the work queues dead-letter into;
-/// - `<ns>.dead`: durable quorum queue holding what the broker dead-lettered;
+/// - `<ns>.dead`: durable quorum queue holding what the broker dead-lettered; the workers'
+///   reconciler consumes it. It has the work queues' delivery limit and dead-letters, through
+///   the default exchange, into the parking queue, so a message that kills the reconciler's
+///   connection (a frame lapin cannot parse) ends there instead of looping;
+/// - `<ns>.dead.unread`: durable quorum queue of parked dead letters, those with no readable
+///   job id, kept for `warren dlq`; no worker consumes it;
 /// - `<ns>.intake`: durable quorum queue of delayed jobs from producers without database
 ///   access, published through the default exchange; workers turn them into scheduled rows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +65,12 @@ impl Topology {
         format!("{}.dead", self.namespace)
     }
 
+    /// `<ns>.dead.unread`, the parking queue: dead letters without a readable job id, kept
+    /// for `warren dlq`. Nothing consumes it.
+    pub fn parking_queue(&self) -> String {
+        format!("{}.dead.unread", self.namespace)
+    }
+
     /// `<ns>.intake`, the queue of delayed jobs from producers without database access.
     pub fn intake_queue(&self) -> String {
         format!("{}.intake", self.namespace)
@@ -97,10 +108,13 @@ impl Topology {
                 })?;
         }
 
+        // The parking queue first: the dead-letter queue dead-letters into it.
+        let mut parking_args = FieldTable::default();
+        parking_args.insert("x-queue-type".into(), string("quorum"));
+        declare_queue(channel, &self.parking_queue(), parking_args).await?;
+
         let dlq = self.dead_letter_queue();
-        let mut dlq_args = FieldTable::default();
-        dlq_args.insert("x-queue-type".into(), string("quorum"));
-        declare_queue(channel, &dlq, dlq_args).await?;
+        declare_queue(channel, &dlq, self.dead_letter_queue_arguments()).await?;
         bind(channel, &dlq, &self.dead_letter_exchange(), "").await?;
 
         declare_queue(channel, &self.intake_queue(), self.work_queue_arguments()).await?;
@@ -111,6 +125,21 @@ impl Topology {
             bind(channel, &name, &self.work_exchange(), queue.as_str()).await?;
         }
         Ok(())
+    }
+
+    /// The dead-letter queue's arguments: a delivery limit, so that a message the reconciler
+    /// cannot read (its connection dies on it, and careful mode reconnects) is charged a
+    /// delivery each time and finally moved to the parking queue, with the broker's own
+    /// `x-death` entry (reason `delivery_limit`, queue `<ns>.dead`) marking it.
+    fn dead_letter_queue_arguments(&self) -> FieldTable {
+        let mut args = self.work_queue_arguments();
+        // The default exchange routes by queue name.
+        args.insert("x-dead-letter-exchange".into(), string(""));
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            string(&self.parking_queue()),
+        );
+        args
     }
 
     fn work_queue_arguments(&self) -> FieldTable {

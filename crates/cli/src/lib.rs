@@ -10,6 +10,7 @@
 //! input, calls them, and formats the answer.
 
 mod connection;
+mod dlq;
 mod enqueue;
 mod exit;
 mod jobs;
@@ -21,6 +22,7 @@ mod workers;
 use clap::{Parser, Subcommand};
 
 pub use connection::ConnectionArgs;
+pub use dlq::{DlqCommand, DlqListArgs, DlqPurgeArgs, DlqReplayArgs, DlqShowArgs};
 pub use enqueue::EnqueueArgs;
 pub use exit::{NotFound, Status, Usage};
 pub use jobs::{CancelArgs, JobsCommand, Refused, RetryArgs, ShowArgs, SummaryArgs};
@@ -33,14 +35,15 @@ Administers Warren: applies database migrations, enqueues jobs, shows what happe
 declares queues and lists workers.
 
 Settings come from flags or WARREN_* environment variables. Each command needs only the service
-it talks to: --amqp-url for `enqueue` and `queues`, --database-url for `migrate`, `jobs` and
+it talks to: --amqp-url for `enqueue`, `queues` and `dlq`, --database-url for `migrate`, `jobs` and
 `workers`.
 
 Exit status:
   0  success
   1  the operation failed (a service unreachable, a job refused by RabbitMQ)
   2  bad usage or input; nothing was done
-  3  not found (`jobs show`, `cancel` or `retry` of an id with no row)
+  3  not found (`jobs show`, `cancel` or `retry` of an id with no row; `dlq show` past the
+     end of the parking queue)
   4  refused: the job's state does not allow it (retry of a succeeded job, cancel of a
      finished one)";
 
@@ -69,6 +72,9 @@ pub enum Command {
     Queues(QueuesCommand),
     /// List the workers that have registered, with their state and last heartbeat.
     Workers(WorkersArgs),
+    /// Parked dead letters (no readable job id): list, show, replay or purge them.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
 }
 
 /// An error as `warren` prints it: the chain on one line, with any control characters from job
@@ -90,6 +96,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Command::Jobs(command) => jobs::run(command, &connection).await,
         Command::Queues(command) => queues::run(command, &connection).await,
         Command::Workers(args) => workers::run(args, &connection).await,
+        Command::Dlq(command) => dlq::run(command, &connection).await,
     }
 }
 

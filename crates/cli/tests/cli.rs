@@ -944,3 +944,122 @@ async fn enqueue_reports_counts_and_exits_1_when_the_broker_dies_mid_publish() -
     env.cleanup().await?;
     run
 }
+
+/// A message as the work queue would carry it: task `warren.echo`, attempt 1, and a job id
+/// unless `id` is `None`.
+fn echo_message(id: Option<JobId>) -> warren_core::RawMessage {
+    use warren_core::HeaderValue;
+    use warren_core::message::{HEADER_ATTEMPT, HEADER_TASK};
+    let mut headers = std::collections::BTreeMap::new();
+    headers.insert(
+        HEADER_TASK.to_owned(),
+        HeaderValue::Str("warren.echo".to_owned()),
+    );
+    headers.insert(HEADER_ATTEMPT.to_owned(), HeaderValue::Int(1));
+    warren_core::RawMessage {
+        message_id: id.map(|id| id.to_string()),
+        content_type: Some("application/json".to_owned()),
+        timestamp: None,
+        headers,
+        body: br#"{"parked": true}"#.to_vec(),
+    }
+}
+
+async fn wait_parked(env: &TestEnv, n: u32) -> anyhow::Result<()> {
+    wait_until(
+        Duration::from_secs(30),
+        &format!("{n} parked dead letter(s)"),
+        || async {
+            let depth = env.broker.parked_depth().await?.map_or(0, |d| d.ready);
+            Ok(if depth == n {
+                Ok(())
+            } else {
+                Err(format!("{depth} parked"))
+            })
+        },
+    )
+    .await
+}
+
+/// A message without a job id travels worker → `<ns>.dead` → reconciler → parking queue;
+/// `warren dlq list` shows it, twice (looking takes nothing); `replay` sends parked messages
+/// back to their queue (a parked job then runs); `purge` empties the queue.
+#[tokio::test]
+async fn parked_dead_letters_are_listed_without_loss_replayed_and_purged() -> anyhow::Result<()> {
+    with_env(&["default"], async |env| {
+        let builder = warren_worker::tasks::register_builtins(Worker::builder());
+        with_worker(env, builder, async || {
+            let publisher = env.broker.publisher().await?;
+            publisher.publish("default", &echo_message(None)).await?;
+            wait_parked(env, 1).await?;
+            ensure!(
+                env.broker.dead_letter_depth().await?.map(|d| d.ready) == Some(0),
+                "the reconciler moved it out of the dead-letter queue"
+            );
+
+            for _ in 0..2 {
+                let list = warren(env, &["dlq", "list"]).await?;
+                ensure!(list.code == Some(0), "{list:?}");
+                ensure!(
+                    list.stdout.contains("(none)")
+                        && list.stdout.contains("default")
+                        && list.stdout.contains("no message_id")
+                        && list.stdout.contains("{\"parked\": true}"),
+                    "{list:?}"
+                );
+                let json = warren(env, &["dlq", "list", "--json"]).await?.json()?;
+                ensure!(
+                    json.as_array().map(Vec::len) == Some(1)
+                        && json[0]["message_id"].is_null()
+                        && json[0]["queue"] == "default"
+                        && json[0]["size"] == 16,
+                    "{json}"
+                );
+            }
+            wait_parked(env, 1).await?;
+
+            let show = warren(env, &["dlq", "show", "1"]).await?;
+            ensure!(
+                show.code == Some(0) && show.stdout.contains("warren-dead-reason"),
+                "{show:?}"
+            );
+            let missing = warren(env, &["dlq", "show", "2"]).await?;
+            ensure!(missing.code == Some(3), "{missing:?}");
+            let unconfirmed = warren(env, &["dlq", "replay"]).await?;
+            ensure!(
+                unconfirmed.code == Some(2) && unconfirmed.stderr.contains("--yes"),
+                "{unconfirmed:?}"
+            );
+
+            // A job parked (as the reconciler parks a dead letter it cannot record) runs
+            // once replayed; the message without an id is replayed too, and is parked again.
+            let job = JobId::new();
+            publisher
+                .publish_parked(&echo_message(Some(job)), "default", "parked by the test")
+                .await?;
+            wait_parked(env, 2).await?;
+            let replay = warren(env, &["dlq", "replay", "--yes", "--json"]).await?;
+            ensure!(replay.code == Some(0), "{replay:?}");
+            ensure!(replay.json()?["replayed"] == 2, "{replay:?}");
+            wait_for_state(env, job, JobState::Succeeded).await?;
+            wait_parked(env, 1).await?;
+
+            let purge = warren(env, &["dlq", "purge"]).await?;
+            ensure!(purge.code == Some(2), "{purge:?}");
+            let purge = warren(env, &["dlq", "purge", "--yes"]).await?;
+            ensure!(
+                purge.code == Some(0) && purge.stdout.contains("purged 1"),
+                "{purge:?}"
+            );
+            wait_parked(env, 0).await?;
+            let empty = warren(env, &["dlq", "list"]).await?;
+            ensure!(
+                empty.code == Some(0) && empty.stdout.contains("no parked dead letters"),
+                "{empty:?}"
+            );
+            Ok(())
+        })
+        .await
+    })
+    .await
+}

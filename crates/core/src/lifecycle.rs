@@ -105,11 +105,14 @@ pub enum Event {
     Retry,
     /// Another job holds this job's idempotency key, so this one is not run.
     Duplicate,
+    /// The broker dead-letters the job's message (`x-delivery-limit` reached: a crash loop),
+    /// and the reconciler records what the broker decided.
+    DeadLetter,
 }
 
 impl Event {
     /// Every event, in the order of the lifecycle table.
-    pub const ALL: [Event; 12] = [
+    pub const ALL: [Event; 13] = [
         Event::Enqueue,
         Event::Schedule,
         Event::Promote,
@@ -122,6 +125,7 @@ impl Event {
         Event::CancelObserved,
         Event::Retry,
         Event::Duplicate,
+        Event::DeadLetter,
     ];
 
     /// The event's name in snake case, as the lifecycle table and logs spell it.
@@ -139,6 +143,7 @@ impl Event {
             Event::CancelObserved => "cancel_observed",
             Event::Retry => "retry",
             Event::Duplicate => "duplicate",
+            Event::DeadLetter => "dead_letter",
         }
     }
 }
@@ -172,6 +177,7 @@ pub fn transition(from: Option<JobState>, event: Event) -> Result<JobState, Ille
         (Some(S::Running), E::CancelObserved) => S::Cancelled,
         (Some(S::Scheduled | S::Dead | S::Cancelled), E::Retry) => S::Scheduled,
         (None | Some(S::Queued), E::Duplicate) => S::Cancelled,
+        (None | Some(S::Queued | S::Running), E::DeadLetter) => S::Dead,
         _ => return Err(IllegalTransition { from, event }),
     };
     Ok(to)

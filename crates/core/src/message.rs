@@ -66,6 +66,9 @@ pub const HEADER_QUEUE: &str = "warren-queue";
 pub const HEADER_RUN_AT: &str = "warren-run-at";
 /// Set by Warren on messages it dead-letters itself (no job id could be read).
 pub const HEADER_DEAD_REASON: &str = "warren-dead-reason";
+/// Set by Warren on messages it parks for `warren dlq`: the Warren queue the message was
+/// dead-lettered from, so that `warren dlq replay` knows where to send it back.
+pub const HEADER_DEAD_QUEUE: &str = "warren-dead-queue";
 /// The only content type a job body may declare (parameters such as a charset aside); an
 /// absent content type is read as this.
 pub const CONTENT_TYPE_JSON: &str = "application/json";

@@ -29,6 +29,7 @@ mod executor;
 mod heartbeat;
 mod intake;
 mod promoter;
+mod reconciler;
 mod registry;
 mod shutdown;
 mod signal;

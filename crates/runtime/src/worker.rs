@@ -451,8 +451,9 @@ struct Shared {
     fatal: Fatal,
 }
 
-/// Subscribes to every work queue (and the intake queue, where the promoter runs) and starts
-/// a consume loop for each; returns the loops and the consumers, for closing.
+/// Subscribes to every work queue (and, where the promoter runs, the intake queue and the
+/// dead-letter queue) and starts a consume loop for each; returns the loops and the
+/// consumers, for closing.
 async fn open_consumers(
     cfg: &WorkerConfig,
     broker: &Broker,
@@ -461,6 +462,33 @@ async fn open_consumers(
 ) -> Result<(TaskTracker, Vec<Arc<Mutex<Consumer>>>), Error> {
     let loops = TaskTracker::new();
     let mut consumers = Vec::new();
+    // The intake queue is a scheduler's duty, like promotion: the same processes do both.
+    // These subscribe before the work queues, so that once a job runs, start-up is done.
+    if cfg.promoter.is_some() {
+        let tag = format!("{}/intake", cfg.worker_id);
+        let consumer = Arc::new(Mutex::new(broker.consume_intake(64, &tag).await?));
+        consumers.push(consumer.clone());
+        loops.spawn(crate::intake::intake_loop(
+            consumer,
+            store.clone(),
+            shared.executor.clone(),
+            shared.stop.clone(),
+            shared.fatal.clone(),
+        ));
+        // So is reconciling the broker's dead letters with Postgres.
+        let tag = format!("{}/dead", cfg.worker_id);
+        let prefetch = crate::reconciler::RECONCILER_PREFETCH;
+        let consumer = Arc::new(Mutex::new(
+            broker.consume_dead_letters(prefetch, &tag).await?,
+        ));
+        consumers.push(consumer.clone());
+        loops.spawn(crate::reconciler::reconcile_loop(
+            consumer,
+            shared.executor.clone(),
+            shared.stop.clone(),
+            shared.fatal.clone(),
+        ));
+    }
     for queue in &cfg.queues {
         let tag = format!("{}/{}", cfg.worker_id, queue);
         let consumer = Arc::new(Mutex::new(
@@ -472,19 +500,6 @@ async fn open_consumers(
             consumer,
             shared.slots.clone(),
             shared.jobs.clone(),
-            shared.executor.clone(),
-            shared.stop.clone(),
-            shared.fatal.clone(),
-        ));
-    }
-    // The intake queue is a scheduler's duty, like promotion: the same processes do both.
-    if cfg.promoter.is_some() {
-        let tag = format!("{}/intake", cfg.worker_id);
-        let consumer = Arc::new(Mutex::new(broker.consume_intake(64, &tag).await?));
-        consumers.push(consumer.clone());
-        loops.spawn(crate::intake::intake_loop(
-            consumer,
-            store.clone(),
             shared.executor.clone(),
             shared.stop.clone(),
             shared.fatal.clone(),

@@ -207,6 +207,20 @@ impl RecordRow {
         }
     }
 
+    /// A job whose message the broker dead-lettered (its delivery limit reached: the worker
+    /// died on it again and again): `dead` now, like [`RecordRow::bad_input`] (the payload is
+    /// kept when it is JSON within `max_body`, so `warren jobs retry` can run it again), but
+    /// the failure is [`warren_core::FailureKind::Permanent`], since the input itself may be
+    /// fine. `attempt` should be the message's own: the fence then lets it replace a row left
+    /// `running` by that attempt, and never a terminal row.
+    pub fn dead_lettered(failure: BadInput<'_>) -> Self {
+        let mut row = Self::bad_input(failure);
+        if let Some(error) = row.error.as_mut() {
+            error.kind = warren_core::FailureKind::Permanent;
+        }
+        row
+    }
+
     /// This attempt ended in `state` (dead, cancelled) with a failure of `kind` saying `text`.
     pub fn end(mut self, state: JobState, kind: warren_core::FailureKind, text: String) -> Self {
         let now = Utc::now();
