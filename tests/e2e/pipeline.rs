@@ -230,3 +230,33 @@ async fn a_worker_whose_queue_is_deleted_stops_with_a_clear_error() -> anyhow::R
     assert!(err.to_string().contains("restart the worker"), "{err}");
     env.cleanup().await
 }
+
+/// A dead-letter queue declared by an older Warren (no delivery limit, no parking queue
+/// behind it) has other arguments than the current one, and RabbitMQ refuses to change them.
+/// Workers keep it as it is, with a warning, instead of refusing to start.
+#[tokio::test]
+async fn a_worker_starts_on_a_dead_letter_queue_from_an_older_version() -> anyhow::Result<()> {
+    use warren_testkit::raw_amqp::{RawField, RawPublisher, table};
+    let env = TestEnv::new(&["default"]).await?;
+    env.broker.delete_topology(&env.queues).await?;
+    let mut raw = RawPublisher::connect(&env.amqp_url).await?;
+    let old_args = table(&[(b"x-queue-type", RawField::LongString(b"quorum".to_vec()))]);
+    raw.declare_queue(&env.broker_config.topology.dead_letter_queue(), &old_args)
+        .await?;
+    raw.close().await?;
+
+    let worker = builtin_worker(&env).await?;
+    crate::support::wait_worker_started(&env).await?;
+    let client = Client::connect(env.broker_config.clone()).await?;
+    let ids = enqueue_all(
+        &client,
+        (0..5)
+            .map(|i| NewJob::new("warren.noop", &json!({ "i": i })))
+            .collect(),
+    )
+    .await?;
+    let rows = wait_all_terminal(&env.store, &ids, Duration::from_secs(30)).await?;
+    assert_eq!(count_state(&rows, JobState::Succeeded), 5);
+    worker.stop().await?;
+    env.cleanup().await
+}

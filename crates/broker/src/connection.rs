@@ -121,15 +121,38 @@ impl Broker {
 
     /// Declares Warren's exchanges and these work queues (idempotent).
     pub async fn declare(&self, queues: &[QueueName]) -> Result<(), Error> {
-        let channel = within(
+        let topology = &self.config.topology;
+        let mut channel = self.declaring_channel().await?;
+        let mut result = topology.declare_exchanges(&channel).await;
+        if result.is_ok() {
+            result = match topology.declare_dead_letter_queues(&channel).await {
+                // A dead-letter queue declared by a Warren from before its delivery limit has
+                // other arguments, which RabbitMQ refuses to change (and closes the channel
+                // for). Keep it as it is rather than refuse to start: everything works but
+                // the bound on a message the reconciler cannot read.
+                Err(e) if e.is_precondition_failed() => {
+                    tracing::warn!(queue = %topology.dead_letter_queue(), error = %warren_core::ErrorChain(&e), "the dead-letter queue was declared by an older Warren without a delivery limit; keeping it (a message the reconciler cannot read would come round in it forever): drain it with `warren dlq`, delete it, and restart a worker to upgrade it");
+                    let _ = channel.close(200, "declared".into()).await;
+                    channel = self.declaring_channel().await?;
+                    Ok(())
+                }
+                other => other,
+            };
+        }
+        if result.is_ok() {
+            result = topology.declare_work_queues(&channel, queues).await;
+        }
+        let _ = channel.close(200, "declared".into()).await;
+        result
+    }
+
+    async fn declaring_channel(&self) -> Result<lapin::Channel, Error> {
+        within(
             self.config.connect_timeout,
             "opening a channel",
             self.connection.create_channel(),
         )
-        .await?;
-        let result = self.config.topology.declare(&channel, queues).await;
-        let _ = channel.close(200, "declared".into()).await;
-        result
+        .await
     }
 
     /// A publisher on its own channel, in confirm mode.

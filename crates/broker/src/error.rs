@@ -237,6 +237,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// True when RabbitMQ refused a declare because the queue exists with other arguments.
+    pub fn is_precondition_failed(&self) -> bool {
+        match self {
+            Error::Declare { source, .. } => source.to_string().contains("PRECONDITION_FAILED"),
+            _ => false,
+        }
+    }
+
     /// True when trying again later may succeed: the broker is unreachable, slow or
     /// restarting. False for refusals a retry would not change: a missing queue, wrong
     /// credentials, a bad URL.

@@ -81,14 +81,10 @@ impl Topology {
         format!("{}.q.{}", self.namespace, queue)
     }
 
-    /// Declares the exchanges, the dead-letter queue and the given work queues. Idempotent:
-    /// running it again with the same settings changes nothing, so every worker does it at
-    /// start-up.
-    pub(crate) async fn declare(
-        &self,
-        channel: &Channel,
-        queues: &[QueueName],
-    ) -> Result<(), Error> {
+    // Declaring is idempotent: running it again with the same settings changes nothing, so
+    // every worker does it at start-up (`Broker::declare` runs the three steps below).
+
+    pub(crate) async fn declare_exchanges(&self, channel: &Channel) -> Result<(), Error> {
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..ExchangeDeclareOptions::default()
@@ -107,18 +103,27 @@ impl Topology {
                     source: Box::new(source),
                 })?;
         }
+        Ok(())
+    }
 
-        // The parking queue first: the dead-letter queue dead-letters into it.
+    /// The parking queue, then the dead-letter queue (which dead-letters into it), bound to
+    /// the dead-letter exchange.
+    pub(crate) async fn declare_dead_letter_queues(&self, channel: &Channel) -> Result<(), Error> {
         let mut parking_args = FieldTable::default();
         parking_args.insert("x-queue-type".into(), string("quorum"));
         declare_queue(channel, &self.parking_queue(), parking_args).await?;
-
         let dlq = self.dead_letter_queue();
         declare_queue(channel, &dlq, self.dead_letter_queue_arguments()).await?;
-        bind(channel, &dlq, &self.dead_letter_exchange(), "").await?;
+        bind(channel, &dlq, &self.dead_letter_exchange(), "").await
+    }
 
+    /// The intake queue and the given work queues, each bound to the work exchange.
+    pub(crate) async fn declare_work_queues(
+        &self,
+        channel: &Channel,
+        queues: &[QueueName],
+    ) -> Result<(), Error> {
         declare_queue(channel, &self.intake_queue(), self.work_queue_arguments()).await?;
-
         for queue in queues {
             let name = self.queue(queue);
             declare_queue(channel, &name, self.work_queue_arguments()).await?;

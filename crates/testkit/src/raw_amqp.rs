@@ -232,6 +232,24 @@ impl RawPublisher {
         }
     }
 
+    /// Declares a durable queue with `arguments` (an encoded table, see [`table`]) and waits
+    /// for the broker's answer: for tests that need a queue as an older Warren declared it.
+    pub async fn declare_queue(&mut self, name: &str, arguments: &[u8]) -> anyhow::Result<()> {
+        let mut args = Vec::new();
+        args.extend_from_slice(&0u16.to_be_bytes());
+        short_string(&mut args, name.as_bytes());
+        args.push(0b0000_0010); // durable; not passive, exclusive, auto-delete or no-wait
+        long_bytes(&mut args, arguments);
+        self.send_method(1, 50, 10, &args).await?;
+        match self.read_method().await? {
+            (50, 11, _) => Ok(()),
+            (class, method, args) => bail!(
+                "raw AMQP client: declaring queue {name} got method {class}.{method} ({})",
+                String::from_utf8_lossy(&args)
+            ),
+        }
+    }
+
     /// Closes the connection politely.
     pub async fn close(mut self) -> anyhow::Result<()> {
         let mut args = Vec::new();
