@@ -10,6 +10,7 @@
 //! input, calls them, and formats the answer.
 
 mod connection;
+mod dead;
 mod enqueue;
 mod exit;
 mod jobs;
@@ -21,16 +22,21 @@ mod workers;
 use clap::{Parser, Subcommand};
 
 pub use connection::ConnectionArgs;
+pub use dead::{DeadArgs, DeadBulkArgs, DeadCommand};
 pub use enqueue::EnqueueArgs;
-pub use exit::{NotFound, Status, Usage};
-pub use jobs::{CancelArgs, JobsCommand, Refused, RetryArgs, ShowArgs, SummaryArgs};
+pub use exit::{Interrupted, NotFound, Status, Usage};
+pub use jobs::{
+    BulkFlags, CancelArgs, FilterArgs, JobsCommand, ListArgs, Refused, RetryArgs, ShowArgs,
+    SummaryArgs,
+};
 pub use migrate::MigrateArgs;
 pub use queues::{DeclareArgs, QueuesCommand};
-pub use workers::WorkersArgs;
+pub use workers::{PruneArgs, WorkersArgs, WorkersCommand};
 
 const LONG_ABOUT: &str = "\
-Administers Warren: applies database migrations, enqueues jobs, shows what happened to them,
-declares queues and lists workers.
+Administers Warren: applies database migrations, enqueues jobs, lists them and shows what
+happened to them, retries or cancels them one by one or in bulk, groups dead jobs, declares
+queues and lists workers.
 
 Settings come from flags or WARREN_* environment variables. Each command needs only the service
 it talks to: --amqp-url for `enqueue` and `queues`, --database-url for `migrate`, `jobs` and
@@ -42,7 +48,14 @@ Exit status:
   2  bad usage or input; nothing was done
   3  not found (`jobs show`, `cancel` or `retry` of an id with no row)
   4  refused: the job's state does not allow it (retry of a succeeded job, cancel of a
-     finished one)";
+     finished one)
+  130  a bulk retry or cancel was interrupted by Ctrl-C (committed batches stay done)
+
+Examples:
+  warren jobs list --state dead --since 1h
+  warren dead
+  warren dead retry --task email.send --error-contains timeout --yes
+  warren workers";
 
 /// Warren's admin command line.
 #[derive(Debug, Parser)]
@@ -67,8 +80,11 @@ pub enum Command {
     /// Manage Warren's RabbitMQ queues.
     #[command(subcommand)]
     Queues(QueuesCommand),
-    /// List the workers that have registered, with their state and last heartbeat.
+    /// List the workers that have registered, with their state (lost, if their heartbeat
+    /// stopped) and last heartbeat; `workers prune` removes old rows.
     Workers(WorkersArgs),
+    /// Dead jobs grouped by task and error; `dead retry` / `dead cancel` act on a group.
+    Dead(DeadArgs),
 }
 
 /// An error as `warren` prints it: the chain on one line, with any control characters from job
@@ -90,6 +106,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Command::Jobs(command) => jobs::run(command, &connection).await,
         Command::Queues(command) => queues::run(command, &connection).await,
         Command::Workers(args) => workers::run(args, &connection).await,
+        Command::Dead(args) => dead::run(args, &connection).await,
     }
 }
 
