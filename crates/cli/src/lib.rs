@@ -9,6 +9,7 @@
 //! is `warren_broker`'s, queries and migrations are `warren_store`'s. A command here checks its
 //! input, calls them, and formats the answer.
 
+mod completions;
 mod connection;
 mod dead;
 mod enqueue;
@@ -21,6 +22,7 @@ mod workers;
 
 use clap::{Parser, Subcommand};
 
+pub use completions::{CompletionShell, CompletionsArgs};
 pub use connection::ConnectionArgs;
 pub use dead::{DeadArgs, DeadBulkArgs, DeadCommand};
 pub use enqueue::EnqueueArgs;
@@ -85,6 +87,8 @@ pub enum Command {
     Workers(WorkersArgs),
     /// Dead jobs grouped by task and error; `dead retry` / `dead cancel` act on a group.
     Dead(DeadArgs),
+    /// Print a shell completion script (bash, zsh or fish).
+    Completions(CompletionsArgs),
 }
 
 /// An error as `warren` prints it: the chain on one line, with any control characters from job
@@ -107,6 +111,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Command::Queues(command) => queues::run(command, &connection).await,
         Command::Workers(args) => workers::run(args, &connection).await,
         Command::Dead(args) => dead::run(args, &connection).await,
+        Command::Completions(args) => completions::run(args),
     }
 }
 
