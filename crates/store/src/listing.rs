@@ -296,18 +296,15 @@ impl Store {
             .begin()
             .await
             .map_err(Error::query("starting a retry batch"))?;
-        let page = lock_page(&mut tx, filter, after, limit).await?;
-        let mut outcomes = Vec::with_capacity(page.len());
-        for (id, _) in &page {
-            outcomes.push((*id, retry_in(&mut tx, *id).await?));
+        let (jobs, next) = lock_page(&mut tx, filter, after, limit).await?;
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        for id in jobs {
+            outcomes.push((id, retry_in(&mut tx, id).await?));
         }
         tx.commit()
             .await
             .map_err(Error::query("committing a retry batch"))?;
-        Ok(Batch {
-            outcomes,
-            next: next_cursor(&page, limit),
-        })
+        Ok(Batch { outcomes, next })
     }
 
     /// Cancels the next `limit` jobs matching `filter` after `after`, in one transaction: each
@@ -323,55 +320,68 @@ impl Store {
             .begin()
             .await
             .map_err(Error::query("starting a cancel batch"))?;
-        let page = lock_page(&mut tx, filter, after, limit).await?;
-        let mut outcomes = Vec::with_capacity(page.len());
-        for (id, _) in &page {
-            outcomes.push((*id, cancel_in(&mut tx, *id).await?));
+        let (jobs, next) = lock_page(&mut tx, filter, after, limit).await?;
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        for id in jobs {
+            outcomes.push((id, cancel_in(&mut tx, id).await?));
         }
         tx.commit()
             .await
             .map_err(Error::query("committing a cancel batch"))?;
-        Ok(Batch {
-            outcomes,
-            next: next_cursor(&page, limit),
-        })
+        Ok(Batch { outcomes, next })
     }
 }
 
-/// Selects and locks the next page of matching jobs. The filter is evaluated again after
-/// each row lock (`FOR UPDATE` under read committed), so a job that stopped matching while
-/// the batch waited for it is left out rather than changed.
+/// The next page of matching jobs, locked: the jobs to act on and the cursor after the page.
+///
+/// The page is chosen first without locks, so that its end (the cursor) does not depend on
+/// which rows the locks keep. Then its rows are locked in id order, the order the recorder's
+/// batches lock in, so the two never deadlock, and the filter is checked again under the
+/// lock: a job that stopped matching while the batch waited for it is left out, not changed.
 async fn lock_page(
     tx: &mut PgConnection,
     filter: &JobFilter,
     after: Option<Cursor>,
     limit: u32,
-) -> Result<Vec<(JobId, DateTime<Utc>)>, Error> {
+) -> Result<(Vec<JobId>, Option<Cursor>), Error> {
     let mut q = QueryBuilder::new("SELECT id, enqueued_at FROM warren_jobs");
     filter.push_where(&mut q, after);
     q.push(" ORDER BY enqueued_at DESC, id DESC LIMIT ")
-        .push_bind(i64::from(limit.max(1)))
-        .push(" FOR UPDATE");
-    let rows: Vec<(Uuid, DateTime<Utc>)> = q
+        .push_bind(i64::from(limit.max(1)));
+    let page: Vec<(Uuid, DateTime<Utc>)> = q
         .build_query_as()
         .fetch_all(&mut *tx)
         .await
-        .map_err(Error::query("locking a batch of jobs"))?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, at)| (JobId::from_uuid(id), at))
-        .collect())
-}
-
-/// The cursor after a full page; a short page was the last.
-fn next_cursor(page: &[(JobId, DateTime<Utc>)], limit: u32) -> Option<Cursor> {
-    match page.last() {
+        .map_err(Error::query("selecting a batch of jobs"))?;
+    let next = match page.last() {
         Some((id, at)) if page.len() >= limit.max(1) as usize => Some(Cursor {
             enqueued_at: *at,
-            id: *id,
+            id: JobId::from_uuid(*id),
         }),
         _ => None,
+    };
+    if page.is_empty() {
+        return Ok((Vec::new(), next));
     }
+    let ids: Vec<Uuid> = page.iter().map(|(id, _)| *id).collect();
+    let mut q = QueryBuilder::new("SELECT id FROM warren_jobs");
+    filter.push_where(&mut q, None);
+    q.push(" AND id = ANY(")
+        .push_bind(ids)
+        .push(") ORDER BY id FOR UPDATE");
+    let mut locked: Vec<Uuid> = q
+        .build_query_scalar()
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(Error::query("locking a batch of jobs"))?;
+    // Acted on newest first, as listed; the locks are already held.
+    let order: std::collections::HashMap<Uuid, usize> = page
+        .iter()
+        .enumerate()
+        .map(|(i, (id, _))| (*id, i))
+        .collect();
+    locked.sort_by_key(|id| order.get(id).copied().unwrap_or(usize::MAX));
+    Ok((locked.into_iter().map(JobId::from_uuid).collect(), next))
 }
 
 #[cfg(test)]
