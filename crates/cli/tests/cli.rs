@@ -1221,3 +1221,93 @@ async fn completions_are_printed_for_each_shell() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Jobs cancelled so far, as Postgres has them committed.
+async fn cancelled_count(env: &TestEnv) -> anyhow::Result<i64> {
+    let filter = warren_store::JobFilter {
+        states: vec![JobState::Cancelled],
+        ..Default::default()
+    };
+    Ok(env
+        .store
+        .count_matching(&filter)
+        .await?
+        .iter()
+        .map(|c| c.count)
+        .sum())
+}
+
+#[tokio::test]
+async fn a_bulk_cancel_stopped_by_ctrl_c_and_run_again_cancels_each_job_once() -> anyhow::Result<()>
+{
+    with_env(&["default"], async |env| {
+        const JOBS: i64 = 3_000;
+        seed(env, "bulk", JOBS as usize).await?;
+        let child = Command::new(env!("CARGO_BIN_EXE_warren"))
+            .env("WARREN_DATABASE_URL", &env.database_url)
+            .env_remove("RUST_LOG")
+            .args(["jobs", "cancel", "--state", "scheduled", "--yes", "--json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting warren")?;
+        let pid = child.id().context("pid")?;
+        // The signal goes in once a batch is committed: the handler is installed by then.
+        wait_until(
+            Duration::from_secs(30),
+            "a first batch to commit",
+            || async {
+                let n = cancelled_count(env).await?;
+                Ok(if n > 0 { Ok(()) } else { Err(n.to_string()) })
+            },
+        )
+        .await?;
+        let kill = Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .await?;
+        ensure!(kill.success(), "kill -INT {pid}");
+        let output = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output()).await??;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let after_first = cancelled_count(env).await?;
+        if output.status.code() == Some(0) {
+            // Finished before the signal arrived: nothing left to show, but nothing is wrong.
+            ensure!(after_first == JOBS, "{stdout} {stderr}");
+            return Ok(());
+        }
+        ensure!(
+            output.status.code() == Some(130),
+            "{:?} {stdout} {stderr}",
+            output.status
+        );
+        ensure!(stderr.contains("interrupted after"), "{stderr}");
+        let first: Value = serde_json::from_str(&stdout).context(stdout.to_string())?;
+        ensure!(first["interrupted"] == true, "{first}");
+        // What it reports is exactly what is committed: no batch half done.
+        ensure!(
+            first["done"] == after_first && after_first < JOBS,
+            "{first} vs {after_first}"
+        );
+
+        let second = warren(
+            env,
+            &["jobs", "cancel", "--state", "scheduled", "--yes", "--json"],
+        )
+        .await?;
+        ensure!(second.code == Some(0), "{second:?}");
+        let second = second.json()?;
+        ensure!(
+            second["done"] == JOBS - after_first && second["matched"] == JOBS - after_first,
+            "{second}"
+        );
+        ensure!(
+            cancelled_count(env).await? == JOBS,
+            "not every job is cancelled"
+        );
+        Ok(())
+    })
+    .await
+}
