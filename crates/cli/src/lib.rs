@@ -144,6 +144,28 @@ mod tests {
     }
 
     #[test]
+    fn every_command_shows_an_example_in_its_help() {
+        fn check(command: &mut clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", command.get_name());
+            let leaf = !command.has_subcommands();
+            // Commands with subcommands of their own (`jobs`, `queues`) only list them.
+            if (leaf || command.get_name() != "jobs" && command.get_name() != "queues")
+                && !command.render_long_help().to_string().contains("Example")
+            {
+                missing.push(path.clone());
+            }
+            for sub in command.get_subcommands_mut() {
+                if sub.get_name() != "help" {
+                    check(sub, &path, missing);
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        check(&mut Args::command(), "", &mut missing);
+        assert!(missing.is_empty(), "no example in --help of: {missing:?}");
+    }
+
+    #[test]
     fn urls_are_optional_until_a_command_needs_them() {
         // Clap would refuse here if a URL were required; the command asks for it when it runs.
         assert!(Args::try_parse_from(["warren", "jobs", "summary", "--since", "15m"]).is_ok());

@@ -152,7 +152,7 @@ fn event(action: Action) -> Event {
     }
 }
 
-/// Runs `action` on every job `filter` selects. `what` names the selection in messages.
+/// Runs `action` on every job `filter` selects: counts, confirms, then works in batches.
 pub(crate) async fn run(
     store: &Store,
     action: Action,
