@@ -23,7 +23,9 @@ Examples:
   warren dead cancel --task report.build --yes
 
 --json prints [{\"task\", \"kind\", \"message\", \"count\", \"first_seen\", \"last_seen\",
-\"example_id\"}], largest group first. `message` is the first line of the last error.";
+\"example_id\"}], largest group first. `message` is the first line of the last error.
+`warren dead --since` is on the time of death; the --since / --until filters of `dead retry`
+and `dead cancel` are on the enqueue time, as in `jobs list`.";
 
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true, after_long_help = DEAD_HELP)]
