@@ -24,6 +24,9 @@ const CHUNK: u64 = 1_000;
 const ID_LIST_LIMIT: u64 = 1_000;
 
 #[derive(Debug, clap::Args)]
+#[command(
+    after_long_help = "Examples:\n  warren enqueue warren.echo --payload '{\"hello\": \"world\"}'\n  warren enqueue email.send --payload '{\"to\": \"a@example.com\"}' --queue emails --delay 30s\n  warren enqueue warren.noop --count 1000 --json"
+)]
 pub struct EnqueueArgs {
     /// Task to run, e.g. email.send.
     pub task: TaskName,

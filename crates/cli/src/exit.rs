@@ -16,6 +16,8 @@ pub enum Status {
     NotFound = 3,
     /// The job's state does not allow the operation.
     Refused = 4,
+    /// A bulk command was stopped by Ctrl-C after committing its current batch.
+    Interrupted = 130,
 }
 
 impl Status {
@@ -31,6 +33,9 @@ impl Status {
             }
             if cause.is::<crate::Refused>() {
                 return Status::Refused;
+            }
+            if cause.is::<Interrupted>() {
+                return Status::Interrupted;
             }
         }
         Status::Failed
@@ -53,6 +58,11 @@ pub struct Usage(pub String);
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct NotFound(pub String);
+
+/// A bulk command was interrupted by Ctrl-C; what it did so far is committed and reported.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Interrupted(pub String);
 
 #[cfg(test)]
 #[allow(

@@ -9,7 +9,9 @@
 //! is `warren_broker`'s, queries and migrations are `warren_store`'s. A command here checks its
 //! input, calls them, and formats the answer.
 
+mod completions;
 mod connection;
+mod dead;
 mod dlq;
 mod enqueue;
 mod exit;
@@ -21,18 +23,24 @@ mod workers;
 
 use clap::{Parser, Subcommand};
 
+pub use completions::{CompletionShell, CompletionsArgs};
 pub use connection::ConnectionArgs;
+pub use dead::{DeadArgs, DeadBulkArgs, DeadCommand};
 pub use dlq::{DlqCommand, DlqListArgs, DlqPurgeArgs, DlqReplayArgs, DlqShowArgs};
 pub use enqueue::EnqueueArgs;
-pub use exit::{NotFound, Status, Usage};
-pub use jobs::{CancelArgs, JobsCommand, Refused, RetryArgs, ShowArgs, SummaryArgs};
+pub use exit::{Interrupted, NotFound, Status, Usage};
+pub use jobs::{
+    BulkFlags, CancelArgs, FilterArgs, JobsCommand, ListArgs, Refused, RetryArgs, ShowArgs,
+    SummaryArgs,
+};
 pub use migrate::MigrateArgs;
 pub use queues::{DeclareArgs, QueuesCommand};
-pub use workers::WorkersArgs;
+pub use workers::{PruneArgs, WorkersArgs, WorkersCommand};
 
 const LONG_ABOUT: &str = "\
-Administers Warren: applies database migrations, enqueues jobs, shows what happened to them,
-declares queues and lists workers.
+Administers Warren: applies database migrations, enqueues jobs, lists them and shows what
+happened to them, retries or cancels them one by one or in bulk, groups dead jobs, declares
+queues and lists workers.
 
 Settings come from flags or WARREN_* environment variables. Each command needs only the service
 it talks to: --amqp-url for `enqueue`, `queues` and `dlq`, --database-url for `migrate`, `jobs` and
@@ -45,7 +53,14 @@ Exit status:
   3  not found (`jobs show`, `cancel` or `retry` of an id with no row; `dlq show` past the
      end of the parking queue)
   4  refused: the job's state does not allow it (retry of a succeeded job, cancel of a
-     finished one)";
+     finished one)
+  130  a bulk retry or cancel was interrupted by Ctrl-C (committed batches stay done)
+
+Examples:
+  warren jobs list --state dead --since 1h
+  warren dead
+  warren dead retry --task email.send --error-contains timeout --yes
+  warren workers";
 
 /// Warren's admin command line.
 #[derive(Debug, Parser)]
@@ -70,11 +85,19 @@ pub enum Command {
     /// Manage Warren's RabbitMQ queues.
     #[command(subcommand)]
     Queues(QueuesCommand),
-    /// List the workers that have registered, with their state and last heartbeat.
+    /// List the workers that have registered, with their state (lost, if their heartbeat
+    /// stopped) and last heartbeat; `workers prune` removes old rows.
     Workers(WorkersArgs),
     /// Parked dead letters (no readable job id): list, show, replay or purge them.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_long_help = "Examples:\n  warren dlq list\n  warren dlq replay --limit 10 --yes"
+    )]
     Dlq(DlqCommand),
+    /// Dead jobs grouped by task and error; `dead retry` / `dead cancel` act on a group.
+    Dead(DeadArgs),
+    /// Print a shell completion script (bash, zsh or fish).
+    Completions(CompletionsArgs),
 }
 
 /// An error as `warren` prints it: the chain on one line, with any control characters from job
@@ -97,6 +120,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Command::Queues(command) => queues::run(command, &connection).await,
         Command::Workers(args) => workers::run(args, &connection).await,
         Command::Dlq(command) => dlq::run(command, &connection).await,
+        Command::Dead(args) => dead::run(args, &connection).await,
+        Command::Completions(args) => completions::run(args),
     }
 }
 
@@ -126,6 +151,28 @@ mod tests {
         ] {
             assert!(help.contains(line), "{line} missing from:\n{help}");
         }
+    }
+
+    #[test]
+    fn every_command_shows_an_example_in_its_help() {
+        fn check(command: &mut clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", command.get_name());
+            let leaf = !command.has_subcommands();
+            // Commands with subcommands of their own (`jobs`, `queues`) only list them.
+            if (leaf || command.get_name() != "jobs" && command.get_name() != "queues")
+                && !command.render_long_help().to_string().contains("Example")
+            {
+                missing.push(path.clone());
+            }
+            for sub in command.get_subcommands_mut() {
+                if sub.get_name() != "help" {
+                    check(sub, &path, missing);
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        check(&mut Args::command(), "", &mut missing);
+        assert!(missing.is_empty(), "no example in --help of: {missing:?}");
     }
 
     #[test]

@@ -13,6 +13,9 @@ use crate::output::emit;
 const ADMIN_DATABASE: &str = "postgres";
 
 #[derive(Debug, clap::Args)]
+#[command(
+    after_long_help = "Examples:\n  warren migrate\n  WARREN_DATABASE_URL=postgres://owner@db/warren warren migrate --create-database"
+)]
 pub struct MigrateArgs {
     /// Create the database named in the URL first, if it does not exist (connects to the
     /// `postgres` database on the same server, with the same credentials, to do it).

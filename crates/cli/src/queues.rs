@@ -16,6 +16,9 @@ pub enum QueuesCommand {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(
+    after_long_help = "Examples:\n  warren queues declare emails\n  warren queues declare default emails reports --json"
+)]
 pub struct DeclareArgs {
     /// Warren queue names, e.g. default emails.
     #[arg(required = true, value_name = "QUEUE")]

@@ -1063,3 +1063,370 @@ async fn parked_dead_letters_are_listed_without_loss_replayed_and_purged() -> an
     })
     .await
 }
+
+/// `count` scheduled rows of `task`, an hour out (no promoter touches them), enqueued a
+/// second apart so that newest-first order is known: the first is the newest.
+async fn seed(env: &TestEnv, task: &str, count: usize) -> anyhow::Result<Vec<JobId>> {
+    let now = chrono::Utc::now();
+    let rows: Vec<_> = (0..count)
+        .map(|i| warren_store::ScheduledJob {
+            enqueued_at: now - chrono::Duration::seconds(i as i64),
+            ..scheduled(task, "{}")
+        })
+        .collect();
+    env.store.schedule(&rows).await?;
+    Ok(rows.iter().map(|r| r.id).collect())
+}
+
+fn ids_of(page: &Value) -> Vec<String> {
+    page["jobs"]
+        .as_array()
+        .map(|jobs| {
+            jobs.iter()
+                .filter_map(|j| j["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn jobs_are_listed_page_by_page_and_cancelled_and_retried_in_bulk() -> anyhow::Result<()> {
+    with_env(&["default"], async |env| {
+        let a = seed(env, "a", 5).await?;
+        seed(env, "b", 2).await?;
+        let want: Vec<String> = a.iter().map(JobId::to_string).collect();
+
+        // Pages of two, newest first, joined by the printed cursor: every job once.
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..5 {
+            let mut args = vec!["jobs", "list", "--task", "a", "--limit", "2", "--json"];
+            if let Some(c) = &after {
+                args.extend(["--after", c.as_str()]);
+            }
+            let run = warren(env, &args).await?;
+            ensure!(run.code == Some(0), "{run:?}");
+            let page = run.json()?;
+            seen.extend(ids_of(&page));
+            after = page["next"].as_str().map(str::to_owned);
+            if after.is_none() {
+                break;
+            }
+        }
+        ensure!(seen == want, "pages gave {seen:?}, want {want:?}");
+
+        let table = warren(env, &["jobs", "list", "--state", "scheduled"]).await?;
+        ensure!(
+            table.code == Some(0)
+                && table.stdout.starts_with("ID ")
+                && table.stdout.lines().count() == 1 + 7 + 1
+                && table.stdout.ends_with("(last page)\n"),
+            "{table:?}"
+        );
+        let bad = warren(env, &["jobs", "list", "--state", "nope"]).await?;
+        ensure!(bad.code == Some(2), "{bad:?}");
+        let bad = warren(env, &["jobs", "list", "--after", "garbage"]).await?;
+        ensure!(
+            bad.code == Some(2) && bad.stderr.contains("is not a cursor"),
+            "{bad:?}"
+        );
+
+        // No terminal and no --yes: refused, and nothing changed.
+        let refused = warren(env, &["jobs", "cancel", "--task", "a"]).await?;
+        ensure!(
+            refused.code == Some(2) && refused.stderr.contains("pass --yes"),
+            "{refused:?}"
+        );
+        let dry = warren(env, &["jobs", "cancel", "--task", "a", "--dry-run", "--json"]).await?;
+        let dry_json = dry.json()?;
+        ensure!(
+            dry_json["matched"] == 5 && dry_json["done"] == 5 && dry_json["dry_run"] == true,
+            "{dry:?}"
+        );
+        ensure!(
+            env.store.job(a[0]).await?.map(|j| j.state) == Some(JobState::Scheduled),
+            "a dry run changed a job"
+        );
+
+        let done = warren(env, &["jobs", "cancel", "--task", "a", "--yes", "--json"]).await?;
+        let done_json = done.json()?;
+        ensure!(done_json["done"] == 5, "{done:?}");
+        for id in &a {
+            let state = env.store.job(*id).await?.map(|j| j.state);
+            ensure!(state == Some(JobState::Cancelled), "{id}: {state:?}");
+        }
+        let others = warren(env, &["jobs", "list", "--task", "b", "--json"]).await?;
+        ensure!(ids_of(&others.json()?).len() == 2, "{others:?}");
+
+        // Again: each job is refused by its state, none is done twice.
+        let again = warren(env, &["jobs", "cancel", "--task", "a", "--yes"]).await?;
+        ensure!(
+            again.code == Some(0)
+                && again.stdout == "matched 5: cancelled 0, signalled 0 running, refused by state 5 (5 cancelled)\n",
+            "{again:?}"
+        );
+
+        let retry = warren(
+            env,
+            &["jobs", "retry", "--task", "a", "--state", "cancelled", "--yes", "--json"],
+        )
+        .await?;
+        ensure!(retry.json()?["done"] == 5, "{retry:?}");
+        let both = warren(env, &["jobs", "retry", &want[0], "--task", "a"]).await?;
+        ensure!(both.code == Some(2) && both.stderr.contains("not both"), "{both:?}");
+        let neither = warren(env, &["jobs", "retry"]).await?;
+        ensure!(
+            neither.code == Some(2) && neither.stderr.contains("at least one filter"),
+            "{neither:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn dead_jobs_are_grouped_and_retried_by_group() -> anyhow::Result<()> {
+    with_env(&["default"], async |env| {
+        let builder = Worker::builder()
+            .register("doomed", |_ctx: JobContext, _p: Value| async move {
+                Err::<(), _>(JobError::permanent("never works\nsecond line"))
+            })
+            .register("other", |_ctx: JobContext, _p: Value| async move {
+                Err::<(), _>(JobError::permanent("something else"))
+            });
+        with_worker(env, builder, async || {
+            let mut doomed = Vec::new();
+            for _ in 0..3 {
+                doomed.push(enqueue_one(env, &["doomed", "--payload", "{}"]).await?);
+            }
+            let other = enqueue_one(env, &["other", "--payload", "{}"]).await?;
+            for id in doomed.iter().chain([&other]) {
+                wait_for_state(env, *id, JobState::Dead).await?;
+            }
+
+            let groups = warren(env, &["dead", "--json"]).await?;
+            let groups = groups.json()?;
+            let first = &groups[0];
+            ensure!(
+                first["task"] == "doomed"
+                    && first["count"] == 3
+                    && first["message"] == "never works"
+                    && first["kind"] == "permanent"
+                    && doomed
+                        .iter()
+                        .any(|id| first["example_id"] == id.to_string().as_str()),
+                "{groups}"
+            );
+            ensure!(
+                groups[1]["task"] == "other" && groups[1]["count"] == 1,
+                "{groups}"
+            );
+            let table = warren(env, &["dead", "--since", "1h"]).await?;
+            ensure!(
+                table.code == Some(0)
+                    && table.stdout.starts_with("COUNT  TASK")
+                    && table.stdout.contains("never works\n"),
+                "{table:?}"
+            );
+
+            let listed = warren(
+                env,
+                &["jobs", "list", "--error-contains", "NEVER", "--json"],
+            )
+            .await?;
+            ensure!(ids_of(&listed.json()?).len() == 3, "{listed:?}");
+
+            let unnamed = warren(env, &["dead", "retry", "--yes"]).await?;
+            ensure!(unnamed.code == Some(2), "{unnamed:?}");
+            let retry = warren(
+                env,
+                &[
+                    "dead",
+                    "retry",
+                    "--task",
+                    "doomed",
+                    "--error-contains",
+                    "never",
+                    "--yes",
+                ],
+            )
+            .await?;
+            ensure!(
+                retry.code == Some(0) && retry.stdout == "matched 3: retried 3\n",
+                "{retry:?}"
+            );
+            // Each retried job runs once more (attempt 2) and dies again; the other is left.
+            wait_until(
+                Duration::from_secs(30),
+                "the retried jobs to die again",
+                || async {
+                    let mut attempts = Vec::new();
+                    for id in &doomed {
+                        let job = env.store.job(*id).await?.context("row")?;
+                        attempts.push((job.state, job.attempt));
+                    }
+                    Ok(if attempts.iter().all(|a| *a == (JobState::Dead, 2)) {
+                        Ok(())
+                    } else {
+                        Err(format!("{attempts:?}"))
+                    })
+                },
+            )
+            .await?;
+            let other_job = env.store.job(other).await?.context("row")?;
+            ensure!(other_job.attempt == 1, "{other_job:?}");
+            Ok(())
+        })
+        .await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_silent_worker_shows_as_lost_and_is_pruned() -> anyhow::Result<()> {
+    with_env(&["default"], async |env| {
+        let info = |id: &str| warren_store::WorkerInfo {
+            id: id.into(),
+            hostname: "h".into(),
+            pid: 1,
+            queues: vec!["default".into()],
+            concurrency: 1,
+        };
+        // A worker that registers and then never sends another heartbeat: as after kill -9.
+        env.store.register_worker(&info("silent")).await?;
+        env.store.register_worker(&info("done")).await?;
+        env.store.heartbeat("done", "stopped", 0, 0).await?;
+        let early = warren(env, &["workers", "--json"]).await?;
+        ensure!(early.json()?[0]["state"] == "running", "{early:?}");
+        wait_until(
+            warren_store::LOST_AFTER + Duration::from_secs(15),
+            "the silent worker to show as lost",
+            || async {
+                let run = warren(env, &["workers", "--json"]).await?;
+                let rows = run.json()?;
+                Ok(if rows[0]["id"] == "silent" && rows[0]["state"] == "lost" {
+                    Ok(())
+                } else {
+                    Err(run.stdout)
+                })
+            },
+        )
+        .await?;
+        let table = warren(env, &["workers"]).await?;
+        ensure!(table.stdout.contains("silent  lost"), "{table:?}");
+        let refused = warren(env, &["workers", "prune", "--older-than", "0s"]).await?;
+        ensure!(refused.code == Some(2), "{refused:?}");
+        let pruned = warren(
+            env,
+            &["workers", "prune", "--older-than", "0s", "--yes", "--json"],
+        )
+        .await?;
+        let mut removed: Vec<String> = serde_json::from_value(pruned.json()?["removed"].clone())?;
+        removed.sort();
+        ensure!(removed == ["done", "silent"], "{pruned:?}");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn completions_are_printed_for_each_shell() -> anyhow::Result<()> {
+    for shell in ["bash", "zsh", "fish"] {
+        let run = warren_with(&[], &["completions", shell]).await?;
+        ensure!(
+            run.code == Some(0) && run.stdout.contains("dead") && run.stdout.contains("dry-run"),
+            "{shell}: {run:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Jobs cancelled so far, as Postgres has them committed.
+async fn cancelled_count(env: &TestEnv) -> anyhow::Result<i64> {
+    let filter = warren_store::JobFilter {
+        states: vec![JobState::Cancelled],
+        ..Default::default()
+    };
+    Ok(env
+        .store
+        .count_matching(&filter)
+        .await?
+        .iter()
+        .map(|c| c.count)
+        .sum())
+}
+
+#[tokio::test]
+async fn a_bulk_cancel_stopped_by_ctrl_c_and_run_again_cancels_each_job_once() -> anyhow::Result<()>
+{
+    with_env(&["default"], async |env| {
+        const JOBS: i64 = 3_000;
+        seed(env, "bulk", JOBS as usize).await?;
+        let child = Command::new(env!("CARGO_BIN_EXE_warren"))
+            .env("WARREN_DATABASE_URL", &env.database_url)
+            .env_remove("RUST_LOG")
+            .args(["jobs", "cancel", "--state", "scheduled", "--yes", "--json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting warren")?;
+        let pid = child.id().context("pid")?;
+        // The signal goes in once a batch is committed: the handler is installed by then.
+        wait_until(
+            Duration::from_secs(30),
+            "a first batch to commit",
+            || async {
+                let n = cancelled_count(env).await?;
+                Ok(if n > 0 { Ok(()) } else { Err(n.to_string()) })
+            },
+        )
+        .await?;
+        let kill = Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .await?;
+        ensure!(kill.success(), "kill -INT {pid}");
+        let output = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output()).await??;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let after_first = cancelled_count(env).await?;
+        if output.status.code() == Some(0) {
+            // Finished before the signal arrived: nothing left to show, but nothing is wrong.
+            ensure!(after_first == JOBS, "{stdout} {stderr}");
+            return Ok(());
+        }
+        ensure!(
+            output.status.code() == Some(130),
+            "{:?} {stdout} {stderr}",
+            output.status
+        );
+        ensure!(stderr.contains("interrupted after"), "{stderr}");
+        let first: Value = serde_json::from_str(&stdout).context(stdout.to_string())?;
+        ensure!(first["interrupted"] == true, "{first}");
+        // What it reports is exactly what is committed: no batch half done.
+        ensure!(
+            first["done"] == after_first && after_first < JOBS,
+            "{first} vs {after_first}"
+        );
+
+        let second = warren(
+            env,
+            &["jobs", "cancel", "--state", "scheduled", "--yes", "--json"],
+        )
+        .await?;
+        ensure!(second.code == Some(0), "{second:?}");
+        let second = second.json()?;
+        ensure!(
+            second["done"] == JOBS - after_first && second["matched"] == JOBS - after_first,
+            "{second}"
+        );
+        ensure!(
+            cancelled_count(env).await? == JOBS,
+            "not every job is cancelled"
+        );
+        Ok(())
+    })
+    .await
+}

@@ -6,6 +6,8 @@ use serde::Serialize;
 use warren_core::lifecycle::{Event, transition};
 use warren_core::{JobId, JobState};
 
+use sqlx::PgConnection;
+
 use crate::promotion::CANCEL_CHANNEL;
 use crate::{Error, Store};
 
@@ -65,57 +67,7 @@ impl Store {
             .begin()
             .await
             .map_err(Error::query("starting a cancel"))?;
-        let row: Option<(String, Option<String>)> =
-            sqlx::query_as("SELECT state, worker_id FROM warren_jobs WHERE id = $1 FOR UPDATE")
-                .bind(id.as_uuid())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(Error::query("reading the job to cancel"))?;
-        let Some((state, worker)) = row else {
-            return Ok(CancelOutcome::NotFound);
-        };
-        let state: JobState = state.parse().map_err(|reason| Error::Corrupt {
-            job: id,
-            field: "state",
-            reason,
-        })?;
-        let outcome = match transition(Some(state), Event::Cancel) {
-            Ok(JobState::Cancelled) => {
-                sqlx::query(
-                    "UPDATE warren_jobs SET state = 'cancelled', finished_at = now(), updated_at = now()
-                     WHERE id = $1",
-                )
-                .bind(id.as_uuid())
-                .execute(&mut *tx)
-                .await
-                .map_err(Error::query("cancelling the job"))?;
-                CancelOutcome::Cancelled { previous: state }
-            }
-            Ok(_) => {
-                // Remembered as well as notified: a worker whose LISTEN connection is down
-                // misses the NOTIFY, and reads this when it reconnects.
-                sqlx::query(
-                    "UPDATE warren_jobs SET cancel_requested_at = now(), updated_at = now()
-                     WHERE id = $1",
-                )
-                .bind(id.as_uuid())
-                .execute(&mut *tx)
-                .await
-                .map_err(Error::query("recording the cancel request"))?;
-                CancelOutcome::Signalled { worker }
-            }
-            Err(_) => CancelOutcome::AlreadyFinal { state },
-        };
-        // Notify in every case but a final one: a queued job's message may reach a worker
-        // later, and workers remember recently cancelled ids to skip it.
-        if !matches!(outcome, CancelOutcome::AlreadyFinal { .. }) {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CANCEL_CHANNEL)
-                .bind(id.to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(Error::query("notifying workers of the cancel"))?;
-        }
+        let outcome = cancel_in(&mut tx, id).await?;
         tx.commit()
             .await
             .map_err(Error::query("committing the cancel"))?;
@@ -131,44 +83,108 @@ impl Store {
             .begin()
             .await
             .map_err(Error::query("starting a retry"))?;
-        let row: Option<(String, bool)> = sqlx::query_as(
-            "SELECT state, payload IS NOT NULL FROM warren_jobs WHERE id = $1 FOR UPDATE",
-        )
-        .bind(id.as_uuid())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(Error::query("reading the job to retry"))?;
-        let Some((state, has_payload)) = row else {
-            return Ok(RetryOutcome::NotFound);
-        };
-        let state: JobState = state.parse().map_err(|reason| Error::Corrupt {
-            job: id,
-            field: "state",
-            reason,
-        })?;
-        if transition(Some(state), Event::Retry).is_err() {
-            return Ok(RetryOutcome::NotRetryable { state });
+        let outcome = retry_in(&mut tx, id).await?;
+        tx.commit()
+            .await
+            .map_err(Error::query("committing the retry"))?;
+        Ok(outcome)
+    }
+}
+
+/// Cancels job `id` inside the caller's transaction: the one rule for a single cancel and
+/// for every job of a bulk batch.
+pub(crate) async fn cancel_in(tx: &mut PgConnection, id: JobId) -> Result<CancelOutcome, Error> {
+    let row: Option<(String, Option<String>)> =
+        sqlx::query_as("SELECT state, worker_id FROM warren_jobs WHERE id = $1 FOR UPDATE")
+            .bind(id.as_uuid())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(Error::query("reading the job to cancel"))?;
+    let Some((state, worker)) = row else {
+        return Ok(CancelOutcome::NotFound);
+    };
+    let state: JobState = state.parse().map_err(|reason| Error::Corrupt {
+        job: id,
+        field: "state",
+        reason,
+    })?;
+    let outcome = match transition(Some(state), Event::Cancel) {
+        Ok(JobState::Cancelled) => {
+            sqlx::query(
+                    "UPDATE warren_jobs SET state = 'cancelled', finished_at = now(), updated_at = now()
+                     WHERE id = $1",
+                )
+                .bind(id.as_uuid())
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::query("cancelling the job"))?;
+            CancelOutcome::Cancelled { previous: state }
         }
-        if !has_payload {
-            return Ok(RetryOutcome::NoPayload);
+        Ok(_) => {
+            // Remembered as well as notified: a worker whose LISTEN connection is down
+            // misses the NOTIFY, and reads this when it reconnects.
+            sqlx::query(
+                "UPDATE warren_jobs SET cancel_requested_at = now(), updated_at = now()
+                     WHERE id = $1",
+            )
+            .bind(id.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::query("recording the cancel request"))?;
+            CancelOutcome::Signalled { worker }
         }
-        let (attempt, max_attempts): (i32, i32) = sqlx::query_as(
-            "UPDATE warren_jobs
+        Err(_) => CancelOutcome::AlreadyFinal { state },
+    };
+    // Notify in every case but a final one: a queued job's message may reach a worker
+    // later, and workers remember recently cancelled ids to skip it.
+    if !matches!(outcome, CancelOutcome::AlreadyFinal { .. }) {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CANCEL_CHANNEL)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::query("notifying workers of the cancel"))?;
+    }
+    Ok(outcome)
+}
+
+/// Retries job `id` inside the caller's transaction: the one rule for a single retry and for
+/// every job of a bulk batch.
+pub(crate) async fn retry_in(tx: &mut PgConnection, id: JobId) -> Result<RetryOutcome, Error> {
+    let row: Option<(String, bool)> = sqlx::query_as(
+        "SELECT state, payload IS NOT NULL FROM warren_jobs WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id.as_uuid())
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(Error::query("reading the job to retry"))?;
+    let Some((state, has_payload)) = row else {
+        return Ok(RetryOutcome::NotFound);
+    };
+    let state: JobState = state.parse().map_err(|reason| Error::Corrupt {
+        job: id,
+        field: "state",
+        reason,
+    })?;
+    if transition(Some(state), Event::Retry).is_err() {
+        return Ok(RetryOutcome::NotRetryable { state });
+    }
+    if !has_payload {
+        return Ok(RetryOutcome::NoPayload);
+    }
+    let (attempt, max_attempts): (i32, i32) = sqlx::query_as(
+        "UPDATE warren_jobs
              SET state = 'scheduled', run_at = now(), finished_at = NULL, result = NULL,
                  max_attempts = GREATEST(max_attempts, attempt + 1), updated_at = now()
              WHERE id = $1
              RETURNING attempt, max_attempts",
-        )
-        .bind(id.as_uuid())
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(Error::query("scheduling the retry"))?;
-        tx.commit()
-            .await
-            .map_err(Error::query("committing the retry"))?;
-        Ok(RetryOutcome::Scheduled {
-            attempt: attempt.max(0) as u32,
-            max_attempts: max_attempts.max(1) as u32,
-        })
-    }
+    )
+    .bind(id.as_uuid())
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(Error::query("scheduling the retry"))?;
+    Ok(RetryOutcome::Scheduled {
+        attempt: attempt.max(0) as u32,
+        max_attempts: max_attempts.max(1) as u32,
+    })
 }

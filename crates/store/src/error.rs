@@ -161,6 +161,13 @@ pub enum Error {
         /// Why its value could not be read.
         reason: String,
     },
+
+    /// An aggregate over many jobs met a state it does not know (a count per state).
+    #[error("a stored job state is corrupt: {reason}")]
+    CorruptState {
+        /// Why the state could not be read.
+        reason: String,
+    },
 }
 
 impl Error {

@@ -10,8 +10,10 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod dead;
 mod error;
 mod jobs;
+mod listing;
 mod migrate;
 mod promotion;
 pub mod provision;
@@ -23,8 +25,10 @@ mod store;
 mod workers;
 
 pub use admin::{CancelOutcome, RetryOutcome};
+pub use dead::DeadGroup;
 pub use error::Error;
 pub use jobs::{Claim, JobProgress, JobRecord, LatencySummary, StateCount};
+pub use listing::{Batch, Cursor, JobFilter, JobListing, JobPage, MatchCount};
 pub use migrate::SCHEMA_VERSION;
 pub use promotion::{CANCEL_CHANNEL, DUE_CHANNEL, DueJob, Listener, Notification, Promotion};
 pub use recorder::{
@@ -32,7 +36,7 @@ pub use recorder::{
 };
 pub use schedule::{PgTransaction, ScheduledJob, schedule_in};
 pub use store::{Store, StoreConfig};
-pub use workers::{WorkerInfo, WorkerRecord};
+pub use workers::{LOST_AFTER, WorkerInfo, WorkerRecord};
 
 /// A result whose error is this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

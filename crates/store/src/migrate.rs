@@ -80,10 +80,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "hardening",
         sql: include_str!("../../../schemas/migrations/0003_hardening.sql"),
     },
+    Migration {
+        version: 4,
+        name: "admin_indexes",
+        sql: include_str!("../../../schemas/migrations/0004_admin_indexes.sql"),
+    },
 ];
 
 /// The schema version this binary creates and expects.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// An arbitrary constant naming Warren's migration lock among other advisory locks.
 const LOCK_KEY: i64 = 0x5741_5252_454E_0001;

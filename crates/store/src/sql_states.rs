@@ -15,7 +15,9 @@ use warren_core::JobState;
 /// worker's (`running`, `stopping`, `stopped`), not a job's.
 const SOURCES: &[(&str, &str)] = &[
     ("admin.rs", include_str!("admin.rs")),
+    ("dead.rs", include_str!("dead.rs")),
     ("jobs.rs", include_str!("jobs.rs")),
+    ("listing.rs", include_str!("listing.rs")),
     ("promotion.rs", include_str!("promotion.rs")),
     ("recorder.rs", include_str!("recorder.rs")),
     ("schedule.rs", include_str!("schedule.rs")),
@@ -30,6 +32,10 @@ const SOURCES: &[(&str, &str)] = &[
     (
         "0003_hardening.sql",
         include_str!("../../../schemas/migrations/0003_hardening.sql"),
+    ),
+    (
+        "0004_admin_indexes.sql",
+        include_str!("../../../schemas/migrations/0004_admin_indexes.sql"),
     ),
 ];
 

@@ -1,9 +1,17 @@
 //! The workers table: who is running, since when, last heard from when.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::{Error, Store};
+
+/// How long a `running` or `stopping` worker may go without a heartbeat before it is shown
+/// as `lost`. The heartbeat interval is not stored; workers send one every 5 s by default, so
+/// this is six default intervals, and at least three for any interval up to 10 s. A worker
+/// killed with `kill -9` or cut off from Postgres shows as lost within this time.
+pub const LOST_AFTER: Duration = Duration::from_secs(30);
 
 /// What a worker says about itself when it starts.
 #[derive(Clone, Debug)]
@@ -33,7 +41,8 @@ pub struct WorkerRecord {
     pub queues: Vec<String>,
     /// The most jobs it runs at once.
     pub concurrency: i32,
-    /// `running`, `stopping` or `stopped`, as its last heartbeat said.
+    /// `running`, `stopping` or `stopped`, as its last heartbeat said; or `lost`, for a
+    /// running or stopping worker not heard from for [`LOST_AFTER`].
     pub state: String,
     /// When it first registered.
     pub started_at: DateTime<Utc>,
@@ -92,15 +101,34 @@ impl Store {
         Ok(())
     }
 
-    /// Every worker row, stopped ones included, oldest start first.
+    /// Every worker row, stopped and lost ones included, oldest start first.
     pub async fn workers(&self) -> Result<Vec<WorkerRecord>, Error> {
         sqlx::query_as(
-            "SELECT id, hostname, pid, queues, concurrency, state, started_at, last_seen_at,
-                    stopped_at, in_flight, processed
+            "SELECT id, hostname, pid, queues, concurrency,
+                    CASE WHEN state <> 'stopped' AND last_seen_at < now() - $1
+                         THEN 'lost' ELSE state END AS state,
+                    started_at, last_seen_at, stopped_at, in_flight, processed
              FROM warren_workers ORDER BY started_at",
         )
+        .bind(LOST_AFTER)
         .fetch_all(&self.pool)
         .await
         .map_err(Error::query("listing workers"))
+    }
+
+    /// Deletes the rows of stopped and lost workers last seen more than `older_than` ago, and
+    /// returns their ids. Rows of live workers are never touched, however old.
+    pub async fn prune_workers(&self, older_than: Duration) -> Result<Vec<String>, Error> {
+        sqlx::query_scalar(
+            "DELETE FROM warren_workers
+             WHERE last_seen_at < now() - $1
+               AND (state = 'stopped' OR last_seen_at < now() - $2)
+             RETURNING id",
+        )
+        .bind(older_than)
+        .bind(LOST_AFTER)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(Error::query("pruning workers"))
     }
 }

@@ -171,3 +171,103 @@ async fn a_database_migrated_before_checksums_gets_them_on_the_next_migrate() ->
     provision::drop_database(&env.admin_database_url, &name).await?;
     env.cleanup().await
 }
+
+/// A bulk cancel stopped after its first batch and run again cancels every job exactly once,
+/// and pages never skip or repeat a job, even when hundreds share one enqueue time.
+#[tokio::test]
+async fn an_interrupted_bulk_cancel_run_again_does_each_job_once() -> anyhow::Result<()> {
+    use warren_store::{CancelOutcome, JobFilter, RetryOutcome};
+    let env = TestEnv::new(&[]).await?;
+    let store = &env.store;
+    let at = Utc::now();
+    let rows: Vec<ScheduledJob> = (0..450)
+        .map(|_| ScheduledJob {
+            idempotency_key: None,
+            enqueued_at: at,
+            run_at: at + chrono::Duration::hours(1),
+            ..scheduled("{}")
+        })
+        .collect();
+    store.schedule(&rows).await?;
+    let waiting = JobFilter {
+        states: vec![JobState::Scheduled],
+        ..JobFilter::default()
+    };
+
+    // Listing: 450 distinct ids over pages of 100.
+    let mut listed = std::collections::BTreeSet::new();
+    let mut after = None;
+    loop {
+        let page = store.list_jobs(&waiting, after, 100).await?;
+        listed.extend(page.jobs.iter().map(|j| j.id));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(listed.len(), 450);
+
+    // One batch, then "interrupted".
+    let first = store.cancel_batch(&waiting, None, 200).await?;
+    assert_eq!(first.outcomes.len(), 200);
+    assert!(first.next.is_some());
+    // Run again from the start, as a user would.
+    let mut cancelled = first.outcomes.len();
+    let mut after = None;
+    loop {
+        let batch = store.cancel_batch(&waiting, after, 200).await?;
+        for (_, outcome) in &batch.outcomes {
+            assert!(
+                matches!(outcome, CancelOutcome::Cancelled { .. }),
+                "{outcome:?}"
+            );
+            cancelled += 1;
+        }
+        match batch.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(cancelled, 450);
+    let counts = store
+        .count_matching(&JobFilter {
+            task: Some("t".into()),
+            ..JobFilter::default()
+        })
+        .await?;
+    assert_eq!(counts.len(), 1);
+    assert_eq!(
+        (counts[0].state, counts[0].count),
+        (JobState::Cancelled, 450)
+    );
+
+    // Retried in bulk: each once; the scheduled copies no longer match `cancelled`.
+    let was_cancelled = JobFilter {
+        states: vec![JobState::Cancelled],
+        ..JobFilter::default()
+    };
+    let mut retried = 0;
+    let mut after = None;
+    loop {
+        let batch = store.retry_batch(&was_cancelled, after, 200).await?;
+        retried += batch
+            .outcomes
+            .iter()
+            .filter(|(_, o)| matches!(o, RetryOutcome::Scheduled { .. }))
+            .count();
+        match batch.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(retried, 450);
+    assert!(
+        store
+            .retry_batch(&was_cancelled, None, 200)
+            .await?
+            .outcomes
+            .is_empty()
+    );
+    env.cleanup().await?;
+    Ok(())
+}

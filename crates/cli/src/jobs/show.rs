@@ -15,6 +15,9 @@ use crate::output::{delta, duration, emit, emit_json, printable_line, printable_
 const INLINE_JSON: usize = 80;
 
 #[derive(Debug, clap::Args)]
+#[command(
+    after_long_help = "Examples:\n  warren jobs show 01938c2e-7f3a-7c11-9d2b-5e1f0a6b4c3d\n  warren jobs show 01938c2e-7f3a-7c11-9d2b-5e1f0a6b4c3d --json"
+)]
 pub struct ShowArgs {
     /// The job id (a UUID), as `warren enqueue` printed it.
     pub id: JobId,

@@ -15,6 +15,9 @@ use crate::exit::Usage;
 use crate::output::{emit, emit_json, timestamp};
 
 #[derive(Debug, clap::Args)]
+#[command(
+    after_long_help = "Examples:\n  warren jobs summary\n  warren jobs summary --since 15m --queue emails --json"
+)]
 pub struct SummaryArgs {
     /// How far back the latency and throughput figures look, e.g. 15m or 1d: they cover
     /// finished jobs enqueued since then.

@@ -1,0 +1,78 @@
+//! Dead jobs grouped by why they died: the view that shows "500 jobs died of the same
+//! timeout" as one line.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+use warren_core::JobId;
+
+use crate::{Error, Store};
+
+/// Dead jobs sharing a task, an error kind and the first line of their last error message.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeadGroup {
+    /// The task.
+    pub task: String,
+    /// The kind of the last failure (`error`, `permanent`, `timeout`, `panic`, …), empty when the
+    /// job has no error history (bad input recorded without one).
+    pub kind: String,
+    /// The first line of the last error message.
+    pub message: String,
+    /// How many dead jobs are in the group.
+    pub count: i64,
+    /// When the first of them died.
+    pub first_seen: DateTime<Utc>,
+    /// When the last of them died.
+    pub last_seen: DateTime<Utc>,
+    /// The most recent job of the group, for `warren jobs show`.
+    pub example_id: JobId,
+}
+
+#[derive(sqlx::FromRow)]
+struct DeadGroupRow {
+    task: String,
+    kind: String,
+    message: String,
+    count: i64,
+    first_seen: DateTime<Utc>,
+    last_seen: DateTime<Utc>,
+    example_id: Uuid,
+}
+
+impl Store {
+    /// Dead jobs that died at or after `since` (all of them when `None`), grouped, largest
+    /// group first. A job's time of death is its `finished_at`, or its last update when a
+    /// row has none.
+    pub async fn dead_groups(&self, since: Option<DateTime<Utc>>) -> Result<Vec<DeadGroup>, Error> {
+        let rows: Vec<DeadGroupRow> = sqlx::query_as(
+            "SELECT task,
+                    coalesce(errors -> -1 ->> 'kind', '') AS kind,
+                    split_part(coalesce(errors -> -1 ->> 'message', ''), E'\\n', 1) AS message,
+                    count(*) AS count,
+                    min(coalesce(finished_at, updated_at)) AS first_seen,
+                    max(coalesce(finished_at, updated_at)) AS last_seen,
+                    (array_agg(id ORDER BY coalesce(finished_at, updated_at) DESC))[1] AS example_id
+             FROM warren_jobs
+             WHERE state = 'dead'
+               AND ($1::timestamptz IS NULL OR coalesce(finished_at, updated_at) >= $1)
+             GROUP BY 1, 2, 3
+             ORDER BY count(*) DESC, max(coalesce(finished_at, updated_at)) DESC",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(Error::query("grouping dead jobs"))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| DeadGroup {
+                task: r.task,
+                kind: r.kind,
+                message: r.message,
+                count: r.count,
+                first_seen: r.first_seen,
+                last_seen: r.last_seen,
+                example_id: JobId::from_uuid(r.example_id),
+            })
+            .collect())
+    }
+}
