@@ -174,7 +174,7 @@ async fn the_second_copy_from_a_dead_promoter_does_not_run_again() -> anyhow::Re
 async fn duplicate_runs_that_still_happen_are_counted_on_the_row() -> anyhow::Result<()> {
     let env = TestEnv::new(&["default"]).await?;
     // Two copies of a slow job, first in the queue, are sure to run at once.
-    let slow = published_twice(&env, 1, 500).await?;
+    let slow = published_twice(&env, 1, 2_000).await?;
     let mut ids = published_twice(&env, 50, 0).await?;
     ids.extend(&slow);
 
