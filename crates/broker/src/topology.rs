@@ -78,6 +78,12 @@ impl Topology {
 
     /// `<ns>.q.<queue>`, the RabbitMQ queue of a Warren queue.
     pub fn queue(&self, queue: &QueueName) -> String {
+        self.queue_name_of(queue.as_str())
+    }
+
+    /// The RabbitMQ name of a Warren queue named by a plain string (e.g. read back from a
+    /// row), for display.
+    pub fn queue_name_of(&self, queue: &str) -> String {
         format!("{}.q.{}", self.namespace, queue)
     }
 

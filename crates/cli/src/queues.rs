@@ -1,4 +1,5 @@
-//! `warren queues`: the RabbitMQ side of Warren's queues.
+//! `warren queues`: Warren's queues, from both sides: RabbitMQ (ready messages, consumers) and
+//! Postgres (scheduled, running, recent outcomes).
 
 use anyhow::Context;
 use serde::Serialize;
@@ -10,9 +11,53 @@ use crate::output::{Align, Table, emit, emit_json};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum QueuesCommand {
+    /// One line per queue: ready messages and consumers from RabbitMQ; scheduled, running,
+    /// dead in the last 24 h and succeeded in the last hour from Postgres.
+    List(ListArgs),
+    /// The same for one queue.
+    Show(ShowArgs),
     /// Declare queues (idempotent), so jobs can be enqueued before any worker consumes them;
     /// print each with its RabbitMQ name and depth.
     Declare(DeclareArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_long_help = "Examples:\n  warren queues list\n  warren queues list --json\n\n\
+The queues are those with live or recent jobs in Postgres or a registered worker (RabbitMQ \
+cannot list queues without its management plugin). Unacked counts and rates need the \
+management API and are not shown yet."
+)]
+pub struct ListArgs {
+    /// Print the queues as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_long_help = "Example:\n  warren queues show emails --json\n\n\
+Exits 3 when neither RabbitMQ nor Postgres knows the queue.")]
+pub struct ShowArgs {
+    /// The Warren queue name.
+    pub queue: QueueName,
+
+    /// Print the queue as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A queue as `queues list` and `queues show` report it. `ready` and `consumers` are `None`
+/// when RabbitMQ has no such queue.
+#[derive(Debug, Serialize)]
+struct QueueLine {
+    queue: String,
+    amqp_queue: String,
+    ready: Option<u32>,
+    consumers: Option<u32>,
+    scheduled: i64,
+    running: i64,
+    dead_24h: i64,
+    succeeded_1h: i64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -40,7 +85,106 @@ struct Declared {
 }
 
 pub(crate) async fn run(command: QueuesCommand, connection: &ConnectionArgs) -> anyhow::Result<()> {
-    let QueuesCommand::Declare(args) = command;
+    match command {
+        QueuesCommand::List(args) => list(None, args.json, connection).await,
+        QueuesCommand::Show(args) => list(Some(args.queue), args.json, connection).await,
+        QueuesCommand::Declare(args) => declare(args, connection).await,
+    }
+}
+
+/// Counts from Postgres joined with each queue's depth from a passive declare.
+async fn list(
+    only: Option<QueueName>,
+    json: bool,
+    connection: &ConnectionArgs,
+) -> anyhow::Result<()> {
+    let store = connection.store("queues").await?;
+    let counts = store.queue_counts().await;
+    store.close().await;
+    let mut counts = counts.context("counting jobs per queue")?;
+    if let Some(only) = &only {
+        counts.retain(|c| c.queue == only.as_str());
+        if counts.is_empty() {
+            counts.push(warren_store::QueueCounts {
+                queue: only.to_string(),
+                scheduled: 0,
+                running: 0,
+                dead_24h: 0,
+                succeeded_1h: 0,
+            });
+        }
+    }
+    let broker = connection.broker("queues").await?;
+    let mut lines = Vec::with_capacity(counts.len());
+    for c in counts {
+        // A name in Postgres that is not a valid queue name has no RabbitMQ queue to look at.
+        let depth = match QueueName::new(c.queue.as_str()) {
+            Ok(name) => broker
+                .queue_depth(&name)
+                .await
+                .with_context(|| format!("reading the depth of queue `{name}`"))?,
+            Err(_) => None,
+        };
+        lines.push(QueueLine {
+            amqp_queue: broker.topology().queue_name_of(&c.queue),
+            ready: depth.map(|d| d.ready),
+            consumers: depth.map(|d| d.consumers),
+            queue: c.queue,
+            scheduled: c.scheduled,
+            running: c.running,
+            dead_24h: c.dead_24h,
+            succeeded_1h: c.succeeded_1h,
+        });
+    }
+    broker.close().await;
+    if let Some(only) = only
+        && lines.iter().all(|l| {
+            l.ready.is_none() && l.scheduled + l.running + l.dead_24h + l.succeeded_1h == 0
+        })
+    {
+        return Err(crate::exit::NotFound(format!(
+            "no queue `{only}` in RabbitMQ or Postgres (namespace `{}`); check the name and \
+             --namespace",
+            connection.namespace
+        ))
+        .into());
+    }
+    if json {
+        emit_json(&lines)
+    } else {
+        emit(&render_lines(&lines))
+    }
+}
+
+fn render_lines(lines: &[QueueLine]) -> String {
+    if lines.is_empty() {
+        return "no queues with live or recent jobs, and no registered workers\n".to_owned();
+    }
+    let mut table = Table::new(&[
+        ("QUEUE", Align::Left),
+        ("READY", Align::Right),
+        ("CONSUMERS", Align::Right),
+        ("SCHEDULED", Align::Right),
+        ("RUNNING", Align::Right),
+        ("DEAD 24H", Align::Right),
+        ("SUCCEEDED 1H", Align::Right),
+    ]);
+    let number = |n: Option<u32>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
+    for l in lines {
+        table.row(vec![
+            l.queue.clone(),
+            number(l.ready),
+            number(l.consumers),
+            l.scheduled.to_string(),
+            l.running.to_string(),
+            l.dead_24h.to_string(),
+            l.succeeded_1h.to_string(),
+        ]);
+    }
+    table.render()
+}
+
+async fn declare(args: DeclareArgs, connection: &ConnectionArgs) -> anyhow::Result<()> {
     let broker = connection.broker("queues declare").await?;
     let result = async {
         broker

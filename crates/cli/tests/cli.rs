@@ -1430,3 +1430,48 @@ async fn a_bulk_cancel_stopped_by_ctrl_c_and_run_again_cancels_each_job_once() -
     })
     .await
 }
+
+/// `warren queues list` joins each queue's RabbitMQ depth with its counts in Postgres; `queues
+/// show` does the same for one queue and exits 3 for a queue nobody knows.
+#[tokio::test]
+async fn queues_list_and_show_join_the_broker_and_the_database() -> anyhow::Result<()> {
+    with_env(&["default"], async |env| {
+        let builder = warren_worker::tasks::register_builtins(Worker::builder());
+        with_worker(env, builder, async || {
+            let id = enqueue_one(env, &["warren.noop", "--payload", "{}"]).await?;
+            wait_for_state(env, id, JobState::Succeeded).await?;
+            let failed =
+                enqueue_one(env, &["warren.fail", "--payload", r#"{"permanent": true}"#]).await?;
+            wait_for_state(env, failed, JobState::Dead).await?;
+            enqueue_one(env, &["warren.noop", "--payload", "{}", "--delay", "1h"]).await?;
+
+            let list = warren(env, &["queues", "list", "--json"]).await?;
+            ensure!(list.code == Some(0), "{list:?}");
+            let lines = list.json()?;
+            let default = lines
+                .as_array()
+                .and_then(|l| l.iter().find(|q| q["queue"] == "default"))
+                .with_context(|| format!("the default queue is listed: {lines}"))?;
+            ensure!(default["succeeded_1h"] == 1, "{default}");
+            ensure!(default["dead_24h"] == 1, "{default}");
+            ensure!(default["scheduled"] == 1, "{default}");
+            ensure!(
+                default["consumers"] == 1,
+                "the worker consumes it: {default}"
+            );
+            ensure!(default["ready"] == 0, "{default}");
+
+            let table = warren(env, &["queues", "show", "default"]).await?;
+            ensure!(
+                table.code == Some(0) && table.stdout.contains("SUCCEEDED 1H"),
+                "{table:?}"
+            );
+            let unknown = warren(env, &["queues", "show", "nosuch"]).await?;
+            ensure!(unknown.code == Some(3), "{unknown:?}");
+            ensure!(unknown.stderr.contains("no queue `nosuch`"), "{unknown:?}");
+            Ok(())
+        })
+        .await
+    })
+    .await
+}

@@ -17,6 +17,7 @@ mod listing;
 mod migrate;
 mod promotion;
 pub mod provision;
+mod queues;
 mod recorder;
 mod schedule;
 #[cfg(test)]
@@ -31,6 +32,7 @@ pub use jobs::{Claim, JobProgress, JobRecord, LatencySummary, StateCount};
 pub use listing::{Batch, Cursor, JobFilter, JobListing, JobPage, MatchCount};
 pub use migrate::SCHEMA_VERSION;
 pub use promotion::{CANCEL_CHANNEL, DUE_CHANNEL, DueJob, Listener, Notification, Promotion};
+pub use queues::QueueCounts;
 pub use recorder::{
     BadInput, RAW_BODY_KEPT, RawBody, RecordRow, Recorded, Recorder, RecorderConfig,
 };

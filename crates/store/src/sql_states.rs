@@ -19,6 +19,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("jobs.rs", include_str!("jobs.rs")),
     ("listing.rs", include_str!("listing.rs")),
     ("promotion.rs", include_str!("promotion.rs")),
+    ("queues.rs", include_str!("queues.rs")),
     ("recorder.rs", include_str!("recorder.rs")),
     ("schedule.rs", include_str!("schedule.rs")),
     (
