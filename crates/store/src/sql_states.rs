@@ -56,6 +56,10 @@ fn known_sets() -> Vec<(&'static str, Set)> {
             set(all.into_iter().filter(|s| s.is_terminal())),
         ),
         (
+            "live states (not terminal)",
+            set(all.into_iter().filter(|s| !s.is_terminal())),
+        ),
+        (
             "states holding an idempotency key: live, or succeeded",
             set(all
                 .into_iter()
