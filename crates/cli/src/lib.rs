@@ -19,6 +19,7 @@ mod jobs;
 mod migrate;
 mod output;
 mod queues;
+mod stats;
 mod workers;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +36,7 @@ pub use jobs::{
 };
 pub use migrate::MigrateArgs;
 pub use queues::{DeclareArgs, QueuesCommand};
+pub use stats::StatsArgs;
 pub use workers::{PruneArgs, WorkersArgs, WorkersCommand};
 
 const LONG_ABOUT: &str = "\
@@ -96,6 +98,8 @@ pub enum Command {
     Dlq(DlqCommand),
     /// Dead jobs grouped by task and error; `dead retry` / `dead cancel` act on a group.
     Dead(DeadArgs),
+    /// Per task and queue: jobs succeeded, retried and dead, and their wait and run times.
+    Stats(StatsArgs),
     /// Print a shell completion script (bash, zsh or fish).
     Completions(CompletionsArgs),
 }
@@ -121,6 +125,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Command::Workers(args) => workers::run(args, &connection).await,
         Command::Dlq(command) => dlq::run(command, &connection).await,
         Command::Dead(args) => dead::run(args, &connection).await,
+        Command::Stats(args) => stats::run(args, &connection).await,
         Command::Completions(args) => completions::run(args),
     }
 }

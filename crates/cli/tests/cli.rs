@@ -1475,3 +1475,53 @@ async fn queues_list_and_show_join_the_broker_and_the_database() -> anyhow::Resu
     })
     .await
 }
+
+/// `warren stats` counts, per task and queue, the jobs that succeeded, the retries and the
+/// dead, with wait and run percentiles from Postgres.
+#[tokio::test]
+async fn stats_count_outcomes_and_retries_per_task() -> anyhow::Result<()> {
+    with_env(&["default"], async |env| {
+        let builder = warren_worker::tasks::register_builtins(Worker::builder());
+        with_worker(env, builder, async || {
+            let mut ids = Vec::new();
+            for _ in 0..3 {
+                ids.push(enqueue_one(env, &["warren.noop", "--payload", "{}"]).await?);
+            }
+            let dead =
+                enqueue_one(env, &["warren.fail", "--payload", r#"{"permanent": true}"#]).await?;
+            let retried =
+                enqueue_one(env, &["warren.fail", "--payload", r#"{"times": 1}"#]).await?;
+            for id in ids {
+                wait_for_state(env, id, JobState::Succeeded).await?;
+            }
+            wait_for_state(env, dead, JobState::Dead).await?;
+            wait_for_state(env, retried, JobState::Succeeded).await?;
+
+            let run = warren(env, &["stats", "--since", "1h", "--json"]).await?;
+            ensure!(run.code == Some(0), "{run:?}");
+            let stats = run.json()?;
+            let of = |task: &str| {
+                stats
+                    .as_array()
+                    .and_then(|s| s.iter().find(|t| t["task"] == task).cloned())
+                    .with_context(|| format!("{task} in {stats}"))
+            };
+            let noop = of("warren.noop")?;
+            ensure!(noop["succeeded"] == 3 && noop["dead"] == 0, "{noop}");
+            ensure!(noop["run_p50_ms"].is_number(), "{noop}");
+            let fail = of("warren.fail")?;
+            ensure!(
+                fail["succeeded"] == 1 && fail["dead"] == 1 && fail["retried"] == 1,
+                "{fail}"
+            );
+            let table = warren(env, &["stats"]).await?;
+            ensure!(
+                table.code == Some(0) && table.stdout.contains("WAIT p50/p95/p99"),
+                "{table:?}"
+            );
+            Ok(())
+        })
+        .await
+    })
+    .await
+}

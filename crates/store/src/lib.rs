@@ -22,6 +22,7 @@ mod recorder;
 mod schedule;
 #[cfg(test)]
 mod sql_states;
+mod stats;
 mod store;
 mod workers;
 
@@ -37,6 +38,7 @@ pub use recorder::{
     BadInput, RAW_BODY_KEPT, RawBody, RecordRow, Recorded, Recorder, RecorderConfig,
 };
 pub use schedule::{PgTransaction, ScheduledJob, schedule_in};
+pub use stats::TaskStats;
 pub use store::{Store, StoreConfig};
 pub use workers::{LOST_AFTER, WorkerInfo, WorkerRecord};
 

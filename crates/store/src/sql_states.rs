@@ -20,6 +20,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("listing.rs", include_str!("listing.rs")),
     ("promotion.rs", include_str!("promotion.rs")),
     ("queues.rs", include_str!("queues.rs")),
+    ("stats.rs", include_str!("stats.rs")),
     ("recorder.rs", include_str!("recorder.rs")),
     ("schedule.rs", include_str!("schedule.rs")),
     (

@@ -1,0 +1,68 @@
+//! Outcome counts and timing percentiles per task and queue, for `warren stats`.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::{Error, Store};
+
+/// What one task on one queue did in a window.
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
+pub struct TaskStats {
+    /// The task name.
+    pub task: String,
+    /// The Warren queue.
+    pub queue: String,
+    /// Jobs that succeeded in the window.
+    pub succeeded: i64,
+    /// Attempts beyond the first, over the jobs that finished in the window: each is a
+    /// failure that was retried.
+    pub retried: i64,
+    /// Jobs that ended dead in the window.
+    pub dead: i64,
+    /// Queue wait (enqueue to the start of the last attempt), milliseconds, p50/p95/p99.
+    pub wait_p50_ms: Option<f64>,
+    /// See `wait_p50_ms`.
+    pub wait_p95_ms: Option<f64>,
+    /// See `wait_p50_ms`.
+    pub wait_p99_ms: Option<f64>,
+    /// Run time of the last attempt (start to finish), milliseconds, p50/p95/p99.
+    pub run_p50_ms: Option<f64>,
+    /// See `run_p50_ms`.
+    pub run_p95_ms: Option<f64>,
+    /// See `run_p50_ms`.
+    pub run_p99_ms: Option<f64>,
+}
+
+/// Jobs that ended (succeeded, dead or cancelled) since the cut-off, grouped by task and
+/// queue; Postgres computes the percentiles.
+const STATS: &str = "
+SELECT task, queue,
+       count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
+       coalesce(sum(greatest(attempt - 1, 0)), 0)::int8 AS retried,
+       count(*) FILTER (WHERE state = 'dead') AS dead,
+       percentile_cont(0.50) WITHIN GROUP (ORDER BY wait_ms) AS wait_p50_ms,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY wait_ms) AS wait_p95_ms,
+       percentile_cont(0.99) WITHIN GROUP (ORDER BY wait_ms) AS wait_p99_ms,
+       percentile_cont(0.50) WITHIN GROUP (ORDER BY run_ms) AS run_p50_ms,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY run_ms) AS run_p95_ms,
+       percentile_cont(0.99) WITHIN GROUP (ORDER BY run_ms) AS run_p99_ms
+FROM (
+    SELECT task, queue, state, attempt,
+           extract(epoch FROM (started_at - enqueued_at)) * 1000 AS wait_ms,
+           extract(epoch FROM (finished_at - started_at)) * 1000 AS run_ms
+    FROM warren_jobs
+    WHERE state IN ('succeeded', 'dead', 'cancelled') AND finished_at >= $1
+) finished
+GROUP BY task, queue
+ORDER BY task, queue";
+
+impl Store {
+    /// Per task and queue, what the jobs that ended since `since` did.
+    pub async fn task_stats(&self, since: DateTime<Utc>) -> Result<Vec<TaskStats>, Error> {
+        sqlx::query_as(STATS)
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Error::query("computing statistics per task"))
+    }
+}
