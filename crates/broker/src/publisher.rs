@@ -97,14 +97,7 @@ impl Publisher {
     /// Publishes one message and waits for its confirm.
     pub async fn publish(&self, queue: &str, message: &RawMessage) -> Result<(), Error> {
         let req = PublishRequest { queue, message };
-        let confirm = self.send(&self.exchange, req).await?;
-        self.settle(
-            &self.exchange,
-            req,
-            confirm,
-            Instant::now() + self.confirm_timeout,
-        )
-        .await
+        self.publish_one(&self.exchange, &self.exchange, req).await
     }
 
     /// Publishes many messages with their confirms pipelined, and reports each one's outcome
@@ -167,14 +160,7 @@ impl Publisher {
             queue: &self.intake_queue,
             message,
         };
-        let confirm = self.send("", req).await?;
-        self.settle(
-            "(default)",
-            req,
-            confirm,
-            Instant::now() + self.confirm_timeout,
-        )
-        .await
+        self.publish_one("", "(default)", req).await
     }
 
     /// Publishes a dead letter to the parking queue (through the default exchange), confirmed,
@@ -204,14 +190,7 @@ impl Publisher {
             queue: &self.parking_queue,
             message: &message,
         };
-        let confirm = self.send("", req).await?;
-        self.settle(
-            "(default)",
-            req,
-            confirm,
-            Instant::now() + self.confirm_timeout,
-        )
-        .await
+        self.publish_one("", "(default)", req).await
     }
 
     /// Publishes a message straight to the dead-letter queue with `warren-dead-reason` set.
@@ -231,14 +210,21 @@ impl Publisher {
             queue,
             message: &message,
         };
-        let confirm = self.send(&self.dead_letter_exchange, req).await?;
-        self.settle(
-            &self.dead_letter_exchange,
-            req,
-            confirm,
-            Instant::now() + self.confirm_timeout,
-        )
-        .await
+        self.publish_one(&self.dead_letter_exchange, &self.dead_letter_exchange, req)
+            .await
+    }
+
+    /// Sends one message to `exchange` (named `label` in errors) and waits for its confirm,
+    /// until `confirm_timeout` after sending.
+    async fn publish_one(
+        &self,
+        exchange: &str,
+        label: &str,
+        req: PublishRequest<'_>,
+    ) -> Result<(), Error> {
+        let confirm = self.send(exchange, req).await?;
+        let deadline = Instant::now() + self.confirm_timeout;
+        self.settle(label, req, confirm, deadline).await
     }
 
     async fn send(

@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use warren_core::JobId;
-use warren_store::{CancelOutcome, RetryOutcome};
+use warren_store::{CancelOutcome, JobFilter, RetryOutcome};
 
 use super::bulk::{self, Action, BulkFlags};
 use super::filter::FilterArgs;
@@ -109,19 +109,28 @@ fn not_found(id: JobId) -> anyhow::Error {
     .into()
 }
 
+/// Runs a bulk action on the jobs `filter` matches, on a store of its own.
+async fn run_bulk(
+    action: Action,
+    filter: &JobFilter,
+    flags: BulkFlags,
+    json: bool,
+    connection: &ConnectionArgs,
+) -> anyhow::Result<()> {
+    let command = match action {
+        Action::Cancel => "jobs cancel",
+        Action::Retry => "jobs retry",
+    };
+    let store = connection.store(command).await?;
+    let result = bulk::run(&store, action, filter, flags, json).await;
+    store.close().await;
+    result
+}
+
 pub(super) async fn cancel(args: CancelArgs, connection: &ConnectionArgs) -> anyhow::Result<()> {
     let Some(id) = one_or_bulk("cancel", args.id, &args.filter, args.bulk)? else {
-        let store = connection.store("jobs cancel").await?;
-        let result = bulk::run(
-            &store,
-            Action::Cancel,
-            &args.filter.to_filter(),
-            args.bulk,
-            args.json,
-        )
-        .await;
-        store.close().await;
-        return result;
+        let filter = args.filter.to_filter();
+        return run_bulk(Action::Cancel, &filter, args.bulk, args.json, connection).await;
     };
     let store = connection.store("jobs cancel").await?;
     let outcome = store.cancel_job(id).await;
@@ -155,17 +164,8 @@ pub(super) async fn cancel(args: CancelArgs, connection: &ConnectionArgs) -> any
 
 pub(super) async fn retry(args: RetryArgs, connection: &ConnectionArgs) -> anyhow::Result<()> {
     let Some(id) = one_or_bulk("retry", args.id, &args.filter, args.bulk)? else {
-        let store = connection.store("jobs retry").await?;
-        let result = bulk::run(
-            &store,
-            Action::Retry,
-            &args.filter.to_filter(),
-            args.bulk,
-            args.json,
-        )
-        .await;
-        store.close().await;
-        return result;
+        let filter = args.filter.to_filter();
+        return run_bulk(Action::Retry, &filter, args.bulk, args.json, connection).await;
     };
     let store = connection.store("jobs retry").await?;
     let outcome = store.retry_job(id).await;
