@@ -12,14 +12,13 @@ use anyhow::{Context, ensure};
 use serde_json::Value;
 use tokio::process::Command;
 use warren_core::{JobId, JobState};
-use warren_runtime::{JobContext, JobError, Worker, WorkerBuilder};
+use warren_runtime::{JobContext, JobError, Worker};
 use warren_store::provision;
 use warren_testkit::{TestEnv, wait_until};
 
 mod support;
 
 use support::*;
-
 
 #[tokio::test]
 async fn migrate_creates_and_migrates_a_fresh_database() -> anyhow::Result<()> {
