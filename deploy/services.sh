@@ -53,6 +53,15 @@ ensure_rabbitmq() {
   wait_port 5672 RabbitMQ 120
 }
 
+# The management plugin serves the HTTP API that `warren queues` reads unacked counts and
+# rates from (WARREN_RABBITMQ_API_URL); the CLI tests check both sides of it.
+ensure_rabbitmq_management() {
+  if port_open 15672; then log "RabbitMQ management API is up"; return 0; fi
+  log "enabling the RabbitMQ management plugin"
+  rabbitmq-plugins enable rabbitmq_management >/dev/null
+  wait_port 15672 "RabbitMQ management API" 60
+}
+
 ensure_rust() {
   if ! command -v cargo >/dev/null; then
     [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
@@ -75,4 +84,5 @@ ensure_nextest() {
 ensure_services() {
   ensure_postgres
   ensure_rabbitmq
+  ensure_rabbitmq_management
 }

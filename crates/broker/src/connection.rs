@@ -169,20 +169,33 @@ impl Broker {
         tag: &str,
     ) -> Result<Consumer, Error> {
         let name = self.config.topology.queue(queue);
-        Consumer::open(&self.config, &name, prefetch, tag).await
+        Consumer::open(&self.config, &name, prefetch, tag, false).await
+    }
+
+    /// Same as [`Broker::consume`], but paused from the start: connected, subscribed to
+    /// nothing until [`Consumer::resume`]. For a queue an admin paused before the worker
+    /// started, so that no message is delivered only to be returned.
+    pub async fn consume_paused(
+        &self,
+        queue: &QueueName,
+        prefetch: u16,
+        tag: &str,
+    ) -> Result<Consumer, Error> {
+        let name = self.config.topology.queue(queue);
+        Consumer::open(&self.config, &name, prefetch, tag, true).await
     }
 
     /// A consumer of the intake queue (delayed jobs from producers without database access).
     pub async fn consume_intake(&self, prefetch: u16, tag: &str) -> Result<Consumer, Error> {
         let name = self.config.topology.intake_queue();
-        Consumer::open(&self.config, &name, prefetch, tag).await
+        Consumer::open(&self.config, &name, prefetch, tag, false).await
     }
 
     /// A consumer of the dead-letter queue, for the workers' reconciler. It is a [`Consumer`]
     /// like any other, so a frame lapin cannot parse costs only itself (careful mode).
     pub async fn consume_dead_letters(&self, prefetch: u16, tag: &str) -> Result<Consumer, Error> {
         let name = self.config.topology.dead_letter_queue();
-        Consumer::open(&self.config, &name, prefetch, tag).await
+        Consumer::open(&self.config, &name, prefetch, tag, false).await
     }
 
     /// Ready messages and consumers of a work queue, or `None` if it does not exist. Uses a

@@ -35,7 +35,8 @@ pub struct Consumer {
     careful: Option<u32>,
     connection: Connection,
     channel: Channel,
-    inner: lapin::Consumer,
+    /// The subscription; `None` while paused ([`Consumer::pause`]).
+    inner: Option<lapin::Consumer>,
 }
 
 /// Deliveries read cleanly, in a row, that end careful mode. Quorum queues hand returned
@@ -50,6 +51,7 @@ impl fmt::Debug for Consumer {
             .field("tag", &self.tag)
             .field("prefetch", &self.prefetch)
             .field("careful", &self.careful)
+            .field("paused", &self.inner.is_none())
             .finish_non_exhaustive()
     }
 }
@@ -60,9 +62,10 @@ impl Consumer {
         queue: &str,
         prefetch: u16,
         tag: &str,
+        paused: bool,
     ) -> Result<Self, Error> {
         let prefetch = prefetch.max(1);
-        let (connection, channel, inner) = subscribe(config, queue, prefetch, tag).await?;
+        let (connection, channel, inner) = subscribe(config, queue, prefetch, tag, paused).await?;
         Ok(Self {
             config: config.clone(),
             queue: queue.to_owned(),
@@ -80,9 +83,14 @@ impl Consumer {
     /// (lapin recovers the channel and the consumer); a failure lapin cannot recover from is
     /// met with a new connection in careful mode. Deliveries received before either can no
     /// longer be acked and will be redelivered by the broker.
+    ///
+    /// While the consumer is paused, this waits forever: call [`Consumer::resume`] first.
     pub async fn next(&mut self) -> Option<Result<Delivery, Error>> {
         loop {
-            let error = match self.inner.next().await {
+            let Some(inner) = self.inner.as_mut() else {
+                return std::future::pending().await;
+            };
+            let error = match inner.next().await {
                 Some(Ok(d)) => {
                     self.count_clean().await;
                     return Some(Ok(delivery_of(d)));
@@ -130,7 +138,7 @@ impl Consumer {
         let mut delay = std::time::Duration::from_millis(100);
         let mut logged = false;
         loop {
-            match subscribe(&self.config, &self.queue, 1, &self.tag).await {
+            match subscribe(&self.config, &self.queue, 1, &self.tag, false).await {
                 Ok((connection, channel, inner)) => {
                     tracing::warn!(queue = %self.queue, "consumer reconnected in careful mode: prefetch 1 until {CAREFUL_CLEAN_DELIVERIES} deliveries in a row are read cleanly");
                     self.connection = connection;
@@ -181,8 +189,11 @@ impl Consumer {
     }
 
     /// Stops new deliveries. Deliveries already received stay valid until acked or the
-    /// channel closes.
+    /// channel closes. A paused consumer has nothing to cancel.
     pub async fn cancel(&self) -> Result<(), Error> {
+        if self.inner.is_none() {
+            return Ok(());
+        }
         within(
             self.config.connect_timeout,
             "cancelling a consumer",
@@ -190,6 +201,84 @@ impl Consumer {
                 .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default()),
         )
         .await
+    }
+
+    /// True while paused: subscribed to nothing, with the connection and channel kept so that
+    /// deliveries handed out before the pause can still be acked.
+    pub fn is_paused(&self) -> bool {
+        self.inner.is_none()
+    }
+
+    /// Stops deliveries and returns the ones received but not yet handed out by
+    /// [`Consumer::next`] to the queue (nack with requeue); returns how many. Deliveries already
+    /// handed out stay valid: their jobs finish and are acked as usual.
+    ///
+    /// RabbitMQ counts a returned message as delivered, so each pause charges the prefetched
+    /// messages one delivery against the queue's `x-delivery-limit`.
+    pub async fn pause(&mut self) -> Result<usize, Error> {
+        let Some(mut inner) = self.inner.take() else {
+            return Ok(0);
+        };
+        let t = self.config.connect_timeout;
+        let cancelled = within(
+            t,
+            "pausing a consumer",
+            self.channel
+                .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default()),
+        )
+        .await;
+        if let Err(e) = cancelled {
+            // The channel is unusable: closing its connection returns every unacked delivery,
+            // and `resume` subscribes on a new one.
+            let _ =
+                tokio::time::timeout(t, self.connection.close(200, "pause failed".into())).await;
+            return Err(e);
+        }
+        // After cancel-ok the broker sends nothing more; the stream yields what it had
+        // buffered and then ends.
+        let requeue = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        let mut returned = 0;
+        while let Ok(Some(Ok(delivery))) = tokio::time::timeout(t, inner.next()).await {
+            if delivery.acker.nack(requeue).await.is_ok() {
+                returned += 1;
+            }
+        }
+        Ok(returned)
+    }
+
+    /// Subscribes again after [`Consumer::pause`], on the same channel. If that channel has
+    /// gone, it reconnects as after a failure: in careful mode, retried with backoff while the
+    /// broker cannot be reached. Does nothing if the consumer is not paused.
+    pub async fn resume(&mut self) -> Result<(), Error> {
+        if self.inner.is_some() {
+            return Ok(());
+        }
+        if self.connection.status().connected() {
+            let subscribed = within(
+                self.config.connect_timeout,
+                "resuming a consumer",
+                self.channel.basic_consume(
+                    self.queue.as_str().into(),
+                    self.tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                ),
+            )
+            .await;
+            match subscribed {
+                Ok(inner) => {
+                    self.inner = Some(inner);
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(queue = %self.queue, error = %e, "cannot resume on the consumer's channel; reconnecting")
+                }
+            }
+        }
+        self.reopen_carefully().await
     }
 
     /// Closes the channel and the connection: every unacked delivery of this consumer returns
@@ -229,13 +318,15 @@ pub(crate) fn delivery_of(d: lapin::message::Delivery) -> Delivery {
     }
 }
 
-/// Connects and subscribes to `queue` with `prefetch`, every step bounded in time.
+/// Connects and subscribes to `queue` with `prefetch` (unless `paused`: then the channel is
+/// opened but nothing is subscribed), every step bounded in time.
 async fn subscribe(
     config: &BrokerConfig,
     queue: &str,
     prefetch: u16,
     tag: &str,
-) -> Result<(Connection, Channel, lapin::Consumer), Error> {
+    paused: bool,
+) -> Result<(Connection, Channel, Option<lapin::Consumer>), Error> {
     let connection = open_connection(config, &format!("consume {queue}")).await?;
     let opened = async {
         let t = config.connect_timeout;
@@ -246,6 +337,9 @@ async fn subscribe(
             channel.basic_qos(prefetch, BasicQosOptions::default()),
         )
         .await?;
+        if paused {
+            return Ok::<_, Error>((channel, None));
+        }
         let inner = within(
             t,
             "subscribing",
@@ -257,7 +351,7 @@ async fn subscribe(
             ),
         )
         .await?;
-        Ok::<_, Error>((channel, inner))
+        Ok((channel, Some(inner)))
     }
     .await;
     match opened {

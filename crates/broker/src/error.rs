@@ -225,6 +225,20 @@ pub enum Error {
         source: Box<lapin::Error>,
     },
 
+    /// Taking messages from a work queue to purge them failed.
+    #[error(
+        "cannot {what} queue `{queue}` while purging it; check that the broker is reachable (messages not yet recorded stay in the queue)"
+    )]
+    Drain {
+        /// The step that failed, e.g. `read from`.
+        what: &'static str,
+        /// The RabbitMQ name of the queue.
+        queue: String,
+        /// The error lapin reported.
+        #[source]
+        source: Box<lapin::Error>,
+    },
+
     /// A passive declare or delete of a queue or exchange failed.
     #[error("cannot inspect queue `{queue}`")]
     Inspect {

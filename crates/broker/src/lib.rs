@@ -13,6 +13,7 @@
 
 mod connection;
 mod consumer;
+mod drain;
 mod error;
 mod headers;
 mod parking;
@@ -22,6 +23,7 @@ mod topology;
 
 pub use connection::{Broker, BrokerConfig, QueueDepth};
 pub use consumer::{CAREFUL_CLEAN_DELIVERIES, Consumer, Delivery};
+pub use drain::Drain;
 pub use error::Error;
 pub use headers::Death;
 pub use parking::{Parked, Replayed};

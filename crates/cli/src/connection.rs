@@ -30,6 +30,17 @@ pub struct ConnectionArgs {
     #[arg(long, env = "WARREN_AMQP_CA_FILE", global = true)]
     pub amqp_ca_file: Option<std::path::PathBuf>,
 
+    /// RabbitMQ management API, e.g. http://127.0.0.1:15672, for the unacked counts and the
+    /// publish/deliver rates in `warren queues` (user and password from this URL, else from
+    /// --amqp-url). Without it, or when it does not answer, those columns show as n/a.
+    #[arg(
+        long,
+        env = "WARREN_RABBITMQ_API_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub rabbitmq_api_url: Option<String>,
+
     /// PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/warren (needed by migrate, jobs
     /// and workers). TLS: none for a loopback host, verify-full for any other, unless the URL
     /// sets sslmode=; a private CA goes in sslrootcert=/path/to/ca.pem.
@@ -98,6 +109,13 @@ impl fmt::Debug for ConnectionArgs {
                     .as_ref()
                     .map(|u| StoreConfig::new(u).redacted_url()),
             )
+            .field(
+                "rabbitmq_api_url",
+                &self
+                    .rabbitmq_api_url
+                    .as_ref()
+                    .map(|u| BrokerConfig::new(u).redacted_url()),
+            )
             .field("amqp_ca_file", &self.amqp_ca_file)
             .field("namespace", &self.namespace)
             .field("delivery_limit", &self.delivery_limit)
@@ -161,6 +179,28 @@ impl ConnectionArgs {
             .context("connecting to RabbitMQ")
     }
 
+    /// The management API, if one is configured and answers; otherwise `None`, after a
+    /// warning on stderr that says why, so the caller falls back to what AMQP can tell.
+    pub(crate) async fn management(&self) -> Option<crate::management::Management> {
+        let api = self
+            .rabbitmq_api_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())?;
+        let amqp = self.amqp_url.as_deref().unwrap_or_default();
+        match crate::management::Management::connect(api, amqp).await {
+            Ok(m) => Some(m),
+            Err(e) => {
+                let api = BrokerConfig::new(api).redacted_url();
+                eprintln!(
+                    "warning: RabbitMQ management API at {api} unavailable ({}); unacked counts \
+                     and rates are shown as n/a",
+                    crate::output::printable_line(&format!("{e:#}"))
+                );
+                None
+            }
+        }
+    }
+
     pub(crate) async fn store(&self, command: &str) -> anyhow::Result<Store> {
         let config = self.store_config(command)?;
         tracing::debug!(store = ?config, "connecting to PostgreSQL");
@@ -182,6 +222,7 @@ mod tests {
         ConnectionArgs {
             amqp_url: amqp.map(str::to_owned),
             amqp_ca_file: None,
+            rabbitmq_api_url: None,
             database_url: db.map(str::to_owned),
             namespace: Namespace::DEFAULT.to_owned(),
             delivery_limit: Topology::DEFAULT_DELIVERY_LIMIT,

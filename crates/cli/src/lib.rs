@@ -16,8 +16,10 @@ mod dlq;
 mod enqueue;
 mod exit;
 mod jobs;
+mod management;
 mod migrate;
 mod output;
+mod queue_control;
 mod queues;
 mod stats;
 mod workers;
@@ -35,7 +37,7 @@ pub use jobs::{
     SummaryArgs,
 };
 pub use migrate::MigrateArgs;
-pub use queues::{DeclareArgs, QueuesCommand};
+pub use queues::{DeclareArgs, PauseArgs, PurgeArgs, QueuesCommand};
 pub use stats::StatsArgs;
 pub use workers::{PruneArgs, WorkersArgs, WorkersCommand};
 

@@ -2,12 +2,14 @@
 //! Postgres (scheduled, running, recent outcomes).
 
 use anyhow::Context;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use warren_broker::{QueueDepth, Topology};
 use warren_core::QueueName;
 
 use crate::connection::ConnectionArgs;
 use crate::output::{Align, Table, emit, emit_json};
+pub use crate::queue_control::{PauseArgs, PurgeArgs};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum QueuesCommand {
@@ -19,14 +21,21 @@ pub enum QueuesCommand {
     /// Declare queues (idempotent), so jobs can be enqueued before any worker consumes them;
     /// print each with its RabbitMQ name and depth.
     Declare(DeclareArgs),
+    /// Stop every worker taking new jobs from a queue (they wait in RabbitMQ).
+    Pause(PauseArgs),
+    /// Let the workers take a paused queue's jobs again.
+    Resume(PauseArgs),
+    /// Remove a queue's ready messages, recording each job `cancelled` (reason: purged).
+    Purge(PurgeArgs),
 }
 
 #[derive(Debug, clap::Args)]
 #[command(
     after_long_help = "Examples:\n  warren queues list\n  warren queues list --json\n\n\
-The queues are those with live or recent jobs in Postgres or a registered worker (RabbitMQ \
-cannot list queues without its management plugin). Unacked counts and rates need the \
-management API and are not shown yet."
+The queues are those with live or recent jobs in Postgres, a registered worker or a pause. \
+UNACKED and the rates (IN/S published, OUT/S delivered, per second) come from the RabbitMQ \
+management API (--rabbitmq-api-url); without it they show as n/a. STATE is `paused` while \
+`warren queues pause` holds the queue."
 )]
 pub struct ListArgs {
     /// Print the queues as JSON instead of a table.
@@ -46,18 +55,31 @@ pub struct ShowArgs {
     pub json: bool,
 }
 
-/// A queue as `queues list` and `queues show` report it. `ready` and `consumers` are `None`
-/// when RabbitMQ has no such queue.
+/// A queue as `queues list` and `queues show` report it. The RabbitMQ columns are `None`
+/// when they are unknown: `ready` and `consumers` when RabbitMQ has no such queue, `unacked`
+/// and the rates when the management API is not configured or did not answer
+/// (`broker_stats` says which source was used).
 #[derive(Debug, Serialize)]
-struct QueueLine {
-    queue: String,
-    amqp_queue: String,
-    ready: Option<u32>,
-    consumers: Option<u32>,
-    scheduled: i64,
-    running: i64,
-    dead_24h: i64,
-    succeeded_1h: i64,
+pub(crate) struct QueueLine {
+    pub(crate) queue: String,
+    pub(crate) amqp_queue: String,
+    /// True while an admin has the queue paused (`warren queues pause`).
+    pub(crate) paused: bool,
+    pub(crate) paused_at: Option<DateTime<Utc>>,
+    pub(crate) ready: Option<u64>,
+    pub(crate) unacked: Option<u64>,
+    pub(crate) consumers: Option<u64>,
+    /// Messages published to the queue per second (management API).
+    pub(crate) publish_rate: Option<f64>,
+    /// Messages delivered from the queue per second (management API).
+    pub(crate) deliver_rate: Option<f64>,
+    /// Where the RabbitMQ columns came from: `management` (the HTTP API), `amqp` (a passive
+    /// declare: no unacked count, no rates) or `missing` (RabbitMQ has no such queue).
+    pub(crate) broker_stats: &'static str,
+    pub(crate) scheduled: i64,
+    pub(crate) running: i64,
+    pub(crate) dead_24h: i64,
+    pub(crate) succeeded_1h: i64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -89,6 +111,9 @@ pub(crate) async fn run(command: QueuesCommand, connection: &ConnectionArgs) -> 
         QueuesCommand::List(args) => list(None, args.json, connection).await,
         QueuesCommand::Show(args) => list(Some(args.queue), args.json, connection).await,
         QueuesCommand::Declare(args) => declare(args, connection).await,
+        QueuesCommand::Pause(args) => crate::queue_control::pause(args, true, connection).await,
+        QueuesCommand::Resume(args) => crate::queue_control::pause(args, false, connection).await,
+        QueuesCommand::Purge(args) => crate::queue_control::purge(args, connection).await,
     }
 }
 
@@ -98,48 +123,12 @@ async fn list(
     json: bool,
     connection: &ConnectionArgs,
 ) -> anyhow::Result<()> {
-    let store = connection.store("queues").await?;
-    let counts = store.queue_counts().await;
-    store.close().await;
-    let mut counts = counts.context("counting jobs per queue")?;
-    if let Some(only) = &only {
-        counts.retain(|c| c.queue == only.as_str());
-        if counts.is_empty() {
-            counts.push(warren_store::QueueCounts {
-                queue: only.to_string(),
-                scheduled: 0,
-                running: 0,
-                dead_24h: 0,
-                succeeded_1h: 0,
-            });
-        }
-    }
-    let broker = connection.broker("queues").await?;
-    let mut lines = Vec::with_capacity(counts.len());
-    for c in counts {
-        // A name in Postgres that is not a valid queue name has no RabbitMQ queue to look at.
-        let depth = match QueueName::new(c.queue.as_str()) {
-            Ok(name) => broker
-                .queue_depth(&name)
-                .await
-                .with_context(|| format!("reading the depth of queue `{name}`"))?,
-            Err(_) => None,
-        };
-        lines.push(QueueLine {
-            amqp_queue: broker.topology().queue_name_of(&c.queue),
-            ready: depth.map(|d| d.ready),
-            consumers: depth.map(|d| d.consumers),
-            queue: c.queue,
-            scheduled: c.scheduled,
-            running: c.running,
-            dead_24h: c.dead_24h,
-            succeeded_1h: c.succeeded_1h,
-        });
-    }
-    broker.close().await;
+    let lines = queue_lines(only.as_ref(), connection).await?;
     if let Some(only) = only
         && lines.iter().all(|l| {
-            l.ready.is_none() && l.scheduled + l.running + l.dead_24h + l.succeeded_1h == 0
+            l.ready.is_none()
+                && !l.paused
+                && l.scheduled + l.running + l.dead_24h + l.succeeded_1h == 0
         })
     {
         return Err(crate::exit::NotFound(format!(
@@ -156,32 +145,143 @@ async fn list(
     }
 }
 
+/// Every queue Postgres knows of (or just `only`), with its RabbitMQ side: from the
+/// management API when it is configured and answers, else from a passive declare.
+pub(crate) async fn queue_lines(
+    only: Option<&QueueName>,
+    connection: &ConnectionArgs,
+) -> anyhow::Result<Vec<QueueLine>> {
+    let store = connection.store("queues").await?;
+    let counts = store.queue_counts().await;
+    store.close().await;
+    let mut counts = counts.context("counting jobs per queue")?;
+    if let Some(only) = only {
+        counts.retain(|c| c.queue == only.as_str());
+        if counts.is_empty() {
+            counts.push(warren_store::QueueCounts {
+                queue: only.to_string(),
+                scheduled: 0,
+                running: 0,
+                dead_24h: 0,
+                succeeded_1h: 0,
+                paused_at: None,
+            });
+        }
+    }
+    let broker = connection.broker("queues").await?;
+    let mut management = connection.management().await;
+    let mut lines = Vec::with_capacity(counts.len());
+    for c in counts {
+        let amqp_queue = broker.topology().queue_name_of(&c.queue);
+        let mut line = QueueLine {
+            amqp_queue,
+            paused: c.paused_at.is_some(),
+            paused_at: c.paused_at,
+            ready: None,
+            unacked: None,
+            consumers: None,
+            publish_rate: None,
+            deliver_rate: None,
+            broker_stats: "missing",
+            queue: c.queue,
+            scheduled: c.scheduled,
+            running: c.running,
+            dead_24h: c.dead_24h,
+            succeeded_1h: c.succeeded_1h,
+        };
+        if let Some(api) = management.as_mut() {
+            match api.queue(&line.amqp_queue).await {
+                Ok(stats) => {
+                    if let Some(q) = stats {
+                        line.ready = Some(q.ready);
+                        line.unacked = Some(q.unacked);
+                        line.consumers = Some(q.consumers);
+                        line.publish_rate = Some(q.publish_rate);
+                        line.deliver_rate = Some(q.deliver_rate);
+                        line.broker_stats = "management";
+                    }
+                    lines.push(line);
+                    continue;
+                }
+                Err(e) => {
+                    eprintln!(
+                        "warning: RabbitMQ management API failed ({}); unacked counts and rates \
+                         are shown as n/a",
+                        crate::output::printable_line(&format!("{e:#}"))
+                    );
+                    management = None;
+                }
+            }
+        }
+        // A name in Postgres that is not a valid queue name has no RabbitMQ queue to look at.
+        let depth = match QueueName::new(line.queue.as_str()) {
+            Ok(name) => broker
+                .queue_depth(&name)
+                .await
+                .with_context(|| format!("reading the depth of queue `{name}`"))?,
+            Err(_) => None,
+        };
+        if let Some(d) = depth {
+            line.ready = Some(u64::from(d.ready));
+            line.consumers = Some(u64::from(d.consumers));
+            line.broker_stats = "amqp";
+        }
+        lines.push(line);
+    }
+    broker.close().await;
+    Ok(lines)
+}
+
 fn render_lines(lines: &[QueueLine]) -> String {
     if lines.is_empty() {
         return "no queues with live or recent jobs, and no registered workers\n".to_owned();
     }
     let mut table = Table::new(&[
         ("QUEUE", Align::Left),
+        ("STATE", Align::Left),
         ("READY", Align::Right),
+        ("UNACKED", Align::Right),
         ("CONSUMERS", Align::Right),
+        ("IN/S", Align::Right),
+        ("OUT/S", Align::Right),
         ("SCHEDULED", Align::Right),
         ("RUNNING", Align::Right),
         ("DEAD 24H", Align::Right),
-        ("SUCCEEDED 1H", Align::Right),
+        ("OK 1H", Align::Right),
     ]);
-    let number = |n: Option<u32>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
     for l in lines {
+        // `-`: RabbitMQ has no such queue; `n/a`: this source cannot tell.
+        let known = |n: Option<u64>| match (n, l.broker_stats) {
+            (Some(n), _) => n.to_string(),
+            (None, "missing") => "-".to_owned(),
+            (None, _) => "n/a".to_owned(),
+        };
+        let rate = |r: Option<f64>| match (r, l.broker_stats) {
+            (Some(r), _) => format!("{r:.1}"),
+            (None, "missing") => "-".to_owned(),
+            (None, _) => "n/a".to_owned(),
+        };
         table.row(vec![
             l.queue.clone(),
-            number(l.ready),
-            number(l.consumers),
+            if l.paused { "paused" } else { "active" }.to_owned(),
+            known(l.ready),
+            known(l.unacked),
+            known(l.consumers),
+            rate(l.publish_rate),
+            rate(l.deliver_rate),
             l.scheduled.to_string(),
             l.running.to_string(),
             l.dead_24h.to_string(),
             l.succeeded_1h.to_string(),
         ]);
     }
-    table.render()
+    let mut out = table.render();
+    if lines.iter().any(|l| l.broker_stats == "amqp") {
+        out.push_str(
+            "n/a: unacked counts and rates need the management API (--rabbitmq-api-url)\n",
+        );
+    }
+    out
 }
 
 async fn declare(args: DeclareArgs, connection: &ConnectionArgs) -> anyhow::Result<()> {

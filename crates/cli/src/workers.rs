@@ -26,7 +26,8 @@ Examples:
 
 --json prints [{\"id\", \"hostname\", \"pid\", \"queues\", \"concurrency\", \"state\" (running,
 stopping, stopped or lost), \"started_at\", \"last_seen_at\", \"stopped_at\", \"in_flight\",
-\"processed\"}].";
+\"processed\", \"paused_queues\"}]. A queue paused by `warren queues pause` shows as
+QUEUE(paused): the worker takes no new jobs from it.";
 
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true, after_long_help = WORKERS_HELP)]
@@ -148,7 +149,17 @@ fn render(workers: &[WorkerRecord], now: DateTime<Utc>) -> String {
         table.row(vec![
             w.id.clone(),
             w.state.clone(),
-            w.queues.join(","),
+            w.queues
+                .iter()
+                .map(|q| {
+                    if w.paused_queues.contains(q) {
+                        format!("{q}(paused)")
+                    } else {
+                        q.clone()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(","),
             w.concurrency.to_string(),
             w.in_flight.to_string(),
             w.processed.to_string(),
@@ -183,6 +194,7 @@ mod tests {
             stopped_at: None,
             in_flight: 3,
             processed: 12_034,
+            paused_queues: vec![],
         };
         assert_eq!(
             render(&[worker], now),

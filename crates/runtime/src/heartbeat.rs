@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use warren_core::ErrorChain;
 use warren_store::Store;
 
@@ -16,8 +16,7 @@ pub(crate) async fn heartbeat_loop(
     store: Store,
     worker_id: String,
     every: Duration,
-    slots: Arc<Semaphore>,
-    concurrency: usize,
+    jobs: TaskTracker,
     executor: Arc<Executor>,
     stop: CancellationToken,
 ) {
@@ -31,7 +30,8 @@ pub(crate) async fn heartbeat_loop(
         }
         let c = &executor.counters;
         let processed = c.succeeded.load(Ordering::Relaxed) + c.dead.load(Ordering::Relaxed);
-        let in_flight = (concurrency - slots.available_permits()) as u32;
+        // The job tasks, not the taken slots: a consume loop waiting for a delivery holds a slot.
+        let in_flight = jobs.len() as u32;
         let beat = tokio::select! {
             r = store.heartbeat(&worker_id, "running", in_flight, processed) => r,
             () = stop.cancelled() => break,
@@ -57,7 +57,7 @@ pub(crate) async fn heartbeat_loop(
     }
     let c = &executor.counters;
     let processed = c.succeeded.load(Ordering::Relaxed) + c.dead.load(Ordering::Relaxed);
-    let in_flight = (concurrency - slots.available_permits()) as u32;
+    let in_flight = jobs.len() as u32;
     let _ = store
         .heartbeat(&worker_id, "stopping", in_flight, processed)
         .await;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,12 +32,10 @@ use crate::supervise::Supervised;
 pub(crate) struct Running {
     pub(crate) worker_id: String,
     pub(crate) grace: Duration,
-    pub(crate) concurrency: usize,
     pub(crate) broker: Broker,
     pub(crate) store: Store,
     pub(crate) executor: Arc<Executor>,
     pub(crate) recorder_task: tokio::task::JoinHandle<()>,
-    pub(crate) slots: Arc<Semaphore>,
     /// One task per job being handled.
     pub(crate) jobs: TaskTracker,
     /// The consume loops (work queues and intake).
@@ -58,8 +56,10 @@ pub(crate) struct Background {
 }
 
 impl Running {
+    /// Jobs being handled. Counted by their tasks, not by the slots taken: a consume loop
+    /// waiting for a delivery holds a slot too.
     fn in_flight(&self) -> usize {
-        self.concurrency - self.slots.available_permits()
+        self.jobs.len()
     }
 
     /// The shutdown sequence; returns the run's totals.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{Mutex, Notify, Semaphore};
+use tokio::sync::{Mutex, Notify, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warren_broker::{Broker, BrokerConfig, Consumer, Publisher};
@@ -16,7 +16,7 @@ use warren_core::{JobError, QueueName, Task, TaskName};
 use warren_store::{Recorder, RecorderConfig, Store, StoreConfig, WorkerInfo};
 
 use crate::consumer::consume_loop;
-use crate::control::notification_loop;
+use crate::control::{PausedQueues, notification_loop};
 use crate::executor::{Cancels, Counters, Executor};
 use crate::heartbeat::heartbeat_loop;
 use crate::registry::{Registry, TaskOptions};
@@ -411,10 +411,18 @@ impl Worker {
             counters: Counters::default(),
             cancels: Cancels::default(),
         });
+        // Read before consuming, so that a worker started while a queue is paused honours it.
+        let paused: PausedQueues = store
+            .paused_queues()
+            .await?
+            .into_iter()
+            .map(|p| p.queue)
+            .collect();
         let shared = Shared {
             slots: Arc::new(Semaphore::new(cfg.concurrency)),
             jobs: TaskTracker::new(),
             executor,
+            paused: watch::Sender::new(paused),
             stop: CancellationToken::new(),
             fatal,
         };
@@ -424,12 +432,10 @@ impl Worker {
         Ok(Running {
             worker_id: cfg.worker_id,
             grace: cfg.shutdown_grace,
-            concurrency: cfg.concurrency,
             broker,
             store,
             executor: shared.executor,
             recorder_task,
-            slots: shared.slots,
             jobs: shared.jobs,
             loops,
             consumers,
@@ -446,6 +452,8 @@ struct Shared {
     slots: Arc<Semaphore>,
     jobs: TaskTracker,
     executor: Arc<Executor>,
+    /// The queues an admin paused: the control loop writes it, the consume loops watch it.
+    paused: watch::Sender<PausedQueues>,
     /// Cancelled to stop consuming, promoting, beating and listening.
     stop: CancellationToken,
     fatal: Fatal,
@@ -491,9 +499,14 @@ async fn open_consumers(
     }
     for queue in &cfg.queues {
         let tag = format!("{}/{}", cfg.worker_id, queue);
-        let consumer = Arc::new(Mutex::new(
-            broker.consume(queue, cfg.prefetch.max(1), &tag).await?,
-        ));
+        let prefetch = cfg.prefetch.max(1);
+        let consumer = if shared.paused.borrow().contains(queue.as_str()) {
+            tracing::info!(queue = %queue, "queue is paused: taking no jobs from it until it is resumed");
+            broker.consume_paused(queue, prefetch, &tag).await?
+        } else {
+            broker.consume(queue, prefetch, &tag).await?
+        };
+        let consumer = Arc::new(Mutex::new(consumer));
         consumers.push(consumer.clone());
         loops.spawn(consume_loop(
             queue.clone(),
@@ -501,6 +514,7 @@ async fn open_consumers(
             shared.slots.clone(),
             shared.jobs.clone(),
             shared.executor.clone(),
+            shared.paused.subscribe(),
             shared.stop.clone(),
             shared.fatal.clone(),
         ));
@@ -521,14 +535,14 @@ fn spawn_background(
         store.clone(),
         shared.executor.clone(),
         due.clone(),
+        shared.paused.clone(),
         shared.stop.clone(),
     );
     let heartbeat = heartbeat_loop(
         store.clone(),
         cfg.worker_id.clone(),
         cfg.heartbeat_interval,
-        shared.slots.clone(),
-        cfg.concurrency,
+        shared.jobs.clone(),
         shared.executor.clone(),
         shared.stop.clone(),
     );

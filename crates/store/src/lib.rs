@@ -15,6 +15,7 @@ mod error;
 mod jobs;
 mod listing;
 mod migrate;
+mod pauses;
 mod promotion;
 pub mod provision;
 mod queues;
@@ -32,6 +33,7 @@ pub use error::Error;
 pub use jobs::{Claim, JobProgress, JobRecord, LatencySummary, StateCount};
 pub use listing::{Batch, Cursor, JobFilter, JobListing, JobPage, MatchCount};
 pub use migrate::SCHEMA_VERSION;
+pub use pauses::{PAUSE_CHANNEL, QueuePause};
 pub use promotion::{CANCEL_CHANNEL, DUE_CHANNEL, DueJob, Listener, Notification, Promotion};
 pub use queues::QueueCounts;
 pub use recorder::{

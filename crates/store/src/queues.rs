@@ -1,5 +1,6 @@
 //! Per-queue counts from the jobs table, for `warren queues`.
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::{Error, Store};
@@ -17,6 +18,8 @@ pub struct QueueCounts {
     pub dead_24h: i64,
     /// Jobs that succeeded in the last hour.
     pub succeeded_1h: i64,
+    /// When an admin paused the queue, if it is paused (`warren queues pause`).
+    pub paused_at: Option<DateTime<Utc>>,
 }
 
 /// Counts per queue. Only live rows and recent outcomes are read, each selected by state
@@ -35,14 +38,18 @@ WITH recent AS (
     SELECT queue FROM recent
     UNION
     SELECT unnest(queues) FROM warren_workers
+    UNION
+    SELECT queue FROM warren_queue_pauses
 )
 SELECT n.queue,
        count(r.state) FILTER (WHERE r.state = 'scheduled') AS scheduled,
        count(r.state) FILTER (WHERE r.state = 'running') AS running,
        count(r.state) FILTER (WHERE r.state = 'dead') AS dead_24h,
-       count(r.state) FILTER (WHERE r.state = 'succeeded') AS succeeded_1h
+       count(r.state) FILTER (WHERE r.state = 'succeeded') AS succeeded_1h,
+       p.paused_at
 FROM named n LEFT JOIN recent r ON r.queue = n.queue
-GROUP BY n.queue
+             LEFT JOIN warren_queue_pauses p ON p.queue = n.queue
+GROUP BY n.queue, p.paused_at
 ORDER BY n.queue";
 
 impl Store {

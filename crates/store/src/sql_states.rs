@@ -39,6 +39,10 @@ const SOURCES: &[(&str, &str)] = &[
         "0004_admin_indexes.sql",
         include_str!("../../../schemas/migrations/0004_admin_indexes.sql"),
     ),
+    (
+        "0005_queue_pauses.sql",
+        include_str!("../../../schemas/migrations/0005_queue_pauses.sql"),
+    ),
 ];
 
 type Set = BTreeSet<&'static str>;

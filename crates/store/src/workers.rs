@@ -55,6 +55,9 @@ pub struct WorkerRecord {
     pub in_flight: i32,
     /// Jobs it has finished since it started.
     pub processed: i64,
+    /// Those of its queues an admin has paused (`warren queues pause`): it takes no new jobs
+    /// from them.
+    pub paused_queues: Vec<String>,
 }
 
 impl Store {
@@ -107,7 +110,9 @@ impl Store {
             "SELECT id, hostname, pid, queues, concurrency,
                     CASE WHEN state <> 'stopped' AND last_seen_at < now() - $1
                          THEN 'lost' ELSE state END AS state,
-                    started_at, last_seen_at, stopped_at, in_flight, processed
+                    started_at, last_seen_at, stopped_at, in_flight, processed,
+                    ARRAY(SELECT q FROM unnest(queues) q
+                          WHERE q IN (SELECT queue FROM warren_queue_pauses)) AS paused_queues
              FROM warren_workers ORDER BY started_at",
         )
         .bind(LOST_AFTER)
