@@ -35,6 +35,7 @@ pub use jobs::{
     SummaryArgs,
 };
 pub use migrate::MigrateArgs;
+pub use output::ColourChoice;
 pub use queues::{DeclareArgs, QueuesCommand};
 pub use stats::StatsArgs;
 pub use workers::{PruneArgs, WorkersArgs, WorkersCommand};
@@ -70,6 +71,10 @@ Examples:
 pub struct Args {
     #[command(flatten)]
     pub connection: ConnectionArgs,
+
+    /// Colour tables: auto (only on a terminal, and not when NO_COLOR is set), always, never.
+    #[arg(long, global = true, value_enum, value_name = "WHEN", default_value_t)]
+    pub color: ColourChoice,
 
     #[command(subcommand)]
     pub command: Command,
@@ -115,8 +120,10 @@ pub fn error_text(error: &anyhow::Error) -> String {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let Args {
         connection,
+        color,
         command,
     } = args;
+    output::init_colour(color);
     match command {
         Command::Migrate(args) => migrate::run(args, &connection).await,
         Command::Enqueue(args) => enqueue::run(args, &connection).await,
