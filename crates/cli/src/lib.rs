@@ -20,6 +20,7 @@ mod migrate;
 mod output;
 mod queues;
 mod stats;
+mod top;
 mod workers;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +39,7 @@ pub use migrate::MigrateArgs;
 pub use output::ColourChoice;
 pub use queues::{DeclareArgs, QueuesCommand};
 pub use stats::StatsArgs;
+pub use top::TopArgs;
 pub use workers::{PruneArgs, WorkersArgs, WorkersCommand};
 
 const LONG_ABOUT: &str = "\
@@ -105,6 +107,8 @@ pub enum Command {
     Dead(DeadArgs),
     /// Per task and queue: jobs succeeded, retried and dead, and their wait and run times.
     Stats(StatsArgs),
+    /// A live view of queues, tasks and workers, refreshed every second (q quits).
+    Top(TopArgs),
     /// Print a shell completion script (bash, zsh or fish).
     Completions(CompletionsArgs),
 }
@@ -133,6 +137,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Command::Dlq(command) => dlq::run(command, &connection).await,
         Command::Dead(args) => dead::run(args, &connection).await,
         Command::Stats(args) => stats::run(args, &connection).await,
+        Command::Top(args) => top::run(args, &connection).await,
         Command::Completions(args) => completions::run(args),
     }
 }

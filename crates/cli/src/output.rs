@@ -84,7 +84,7 @@ pub(crate) fn printable_width(c: char) -> usize {
 /// escape sequences written are the colours of [`Style`], from the style marks that
 /// [`Table::render`] places around already escaped cells (see [`Style`]).
 pub(crate) fn emit(output: &str) -> anyhow::Result<()> {
-    write_stdout(&terminal_text(output, colour()))
+    write_stdout(&terminal_text(output, colour_on()))
 }
 
 /// `output` as [`emit`] writes it: control characters escaped, style marks turned into SGR
@@ -120,7 +120,8 @@ pub enum ColourChoice {
 /// so unit tests and library callers get plain text.
 static COLOUR: OnceLock<bool> = OnceLock::new();
 
-fn colour() -> bool {
+/// Whether this process colours its output (see [`init_colour`]).
+pub(crate) fn colour_on() -> bool {
     COLOUR.get().copied().unwrap_or(false)
 }
 
@@ -306,7 +307,7 @@ impl Table {
     /// (see [`init_colour`]): a bold header, and state words coloured in the columns whose
     /// header names a state (`STATE`, `PAUSED`).
     pub(crate) fn render(&self) -> String {
-        self.render_styled(colour())
+        self.render_styled(colour_on())
     }
 
     fn render_styled(&self, colour: bool) -> String {

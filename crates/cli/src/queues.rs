@@ -3,8 +3,9 @@
 
 use anyhow::Context;
 use serde::Serialize;
-use warren_broker::{QueueDepth, Topology};
+use warren_broker::{Broker, QueueDepth, Topology};
 use warren_core::QueueName;
+use warren_store::Store;
 
 use crate::connection::ConnectionArgs;
 use crate::output::{Align, Table, emit, emit_json};
@@ -49,15 +50,15 @@ pub struct ShowArgs {
 /// A queue as `queues list` and `queues show` report it. `ready` and `consumers` are `None`
 /// when RabbitMQ has no such queue.
 #[derive(Debug, Serialize)]
-struct QueueLine {
-    queue: String,
-    amqp_queue: String,
-    ready: Option<u32>,
-    consumers: Option<u32>,
-    scheduled: i64,
-    running: i64,
-    dead_24h: i64,
-    succeeded_1h: i64,
+pub(crate) struct QueueLine {
+    pub(crate) queue: String,
+    pub(crate) amqp_queue: String,
+    pub(crate) ready: Option<u32>,
+    pub(crate) consumers: Option<u32>,
+    pub(crate) scheduled: i64,
+    pub(crate) running: i64,
+    pub(crate) dead_24h: i64,
+    pub(crate) succeeded_1h: i64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -92,17 +93,54 @@ pub(crate) async fn run(command: QueuesCommand, connection: &ConnectionArgs) -> 
     }
 }
 
-/// Counts from Postgres joined with each queue's depth from a passive declare.
 async fn list(
     only: Option<QueueName>,
     json: bool,
     connection: &ConnectionArgs,
 ) -> anyhow::Result<()> {
     let store = connection.store("queues").await?;
-    let counts = store.queue_counts().await;
+    let broker = match connection.broker("queues").await {
+        Ok(broker) => broker,
+        Err(e) => {
+            store.close().await;
+            return Err(e);
+        }
+    };
+    let lines = queue_lines(&store, &broker, only.as_ref()).await;
     store.close().await;
-    let mut counts = counts.context("counting jobs per queue")?;
-    if let Some(only) = &only {
+    broker.close().await;
+    let lines = lines?;
+    if let Some(only) = only
+        && lines.iter().all(|l| {
+            l.ready.is_none() && l.scheduled + l.running + l.dead_24h + l.succeeded_1h == 0
+        })
+    {
+        return Err(crate::exit::NotFound(format!(
+            "no queue `{only}` in RabbitMQ or Postgres (namespace `{}`); check the name and \
+             --namespace",
+            connection.namespace
+        ))
+        .into());
+    }
+    if json {
+        emit_json(&lines)
+    } else {
+        emit(&render_lines(&lines))
+    }
+}
+
+/// Counts from Postgres joined with each queue's depth from a passive declare: the rows of
+/// `queues list`, or of `queues show` with `only`. `warren top` calls it on every refresh.
+pub(crate) async fn queue_lines(
+    store: &Store,
+    broker: &Broker,
+    only: Option<&QueueName>,
+) -> anyhow::Result<Vec<QueueLine>> {
+    let mut counts = store
+        .queue_counts()
+        .await
+        .context("counting jobs per queue")?;
+    if let Some(only) = only {
         counts.retain(|c| c.queue == only.as_str());
         if counts.is_empty() {
             counts.push(warren_store::QueueCounts {
@@ -114,7 +152,6 @@ async fn list(
             });
         }
     }
-    let broker = connection.broker("queues").await?;
     let mut lines = Vec::with_capacity(counts.len());
     for c in counts {
         // A name in Postgres that is not a valid queue name has no RabbitMQ queue to look at.
@@ -136,24 +173,7 @@ async fn list(
             succeeded_1h: c.succeeded_1h,
         });
     }
-    broker.close().await;
-    if let Some(only) = only
-        && lines.iter().all(|l| {
-            l.ready.is_none() && l.scheduled + l.running + l.dead_24h + l.succeeded_1h == 0
-        })
-    {
-        return Err(crate::exit::NotFound(format!(
-            "no queue `{only}` in RabbitMQ or Postgres (namespace `{}`); check the name and \
-             --namespace",
-            connection.namespace
-        ))
-        .into());
-    }
-    if json {
-        emit_json(&lines)
-    } else {
-        emit(&render_lines(&lines))
-    }
+    Ok(lines)
 }
 
 fn render_lines(lines: &[QueueLine]) -> String {

@@ -38,7 +38,7 @@ pub use recorder::{
     BadInput, RAW_BODY_KEPT, RawBody, RecordRow, Recorded, Recorder, RecorderConfig,
 };
 pub use schedule::{PgTransaction, ScheduledJob, schedule_in};
-pub use stats::TaskStats;
+pub use stats::{MinuteCounts, TaskStats};
 pub use store::{Store, StoreConfig};
 pub use workers::{LOST_AFTER, WorkerInfo, WorkerRecord};
 

@@ -39,6 +39,10 @@ const SOURCES: &[(&str, &str)] = &[
         "0004_admin_indexes.sql",
         include_str!("../../../schemas/migrations/0004_admin_indexes.sql"),
     ),
+    (
+        "0007_finished_index.sql",
+        include_str!("../../../schemas/migrations/0007_finished_index.sql"),
+    ),
 ];
 
 type Set = BTreeSet<&'static str>;
