@@ -16,6 +16,7 @@ mod dlq;
 mod enqueue;
 mod exit;
 mod jobs;
+mod logs;
 mod migrate;
 mod output;
 mod queues;
@@ -35,6 +36,7 @@ pub use jobs::{
     BulkFlags, CancelArgs, FilterArgs, JobsCommand, ListArgs, Refused, RetryArgs, ShowArgs,
     SummaryArgs,
 };
+pub use logs::{LogWriter, log_writer};
 pub use migrate::MigrateArgs;
 pub use output::ColourChoice;
 pub use queues::{DeclareArgs, QueuesCommand};

@@ -94,8 +94,9 @@ struct Stats {
 }
 
 /// Blocks in the sparkline at most, so that it fits an 80-column terminal with room to spare;
-/// an hour (the default window) is one block per minute.
-pub(crate) const SPARKLINE_WIDTH: usize = 60;
+/// an hour (the default window, 61 minutes counting the partial first one) is one block per
+/// minute.
+const SPARKLINE_WIDTH: usize = 64;
 
 /// The sparkline of jobs finished per minute under its caption, e.g.
 /// `jobs finished per minute (max 214):\n▁▁▃▅█▇▅▃`; `None` when nothing finished. A window
@@ -209,13 +210,15 @@ mod tests {
         // 7 minutes into at most 3 blocks: 3 minutes each, the last one short.
         let line = throughput_line(&minutes(&[1, 1, 1, 0, 0, 0, 6]), 3).unwrap();
         assert_eq!(line, "jobs finished per 3 minutes (max 6):\n▅▁█");
-        let day = minutes(&vec![5; 1_440]);
+        // A day is 1,441 minutes counting the partial first one: 63 blocks of 23 minutes,
+        // the last of them 15 minutes long.
+        let day = minutes(&vec![5; 1_441]);
         let line = throughput_line(&day, SPARKLINE_WIDTH).unwrap();
         assert_eq!(
             line,
             format!(
-                "jobs finished per 24 minutes (max 120):\n{}",
-                "█".repeat(60)
+                "jobs finished per 23 minutes (max 115):\n{}▆",
+                "█".repeat(62)
             )
         );
     }

@@ -203,6 +203,7 @@ struct RestoreTerminal;
 impl Drop for RestoreTerminal {
     fn drop(&mut self) {
         ratatui::restore();
+        crate::logs::release();
     }
 }
 
@@ -239,8 +240,9 @@ async fn live(source: &Source<'_>, interval: Duration) -> anyhow::Result<()> {
     let mut snapshot = source.read().await?;
     let mut signals = Signals::new()?;
     let mut view = View::new(crate::output::colour_on());
-    let mut terminal = ratatui::try_init().context("taking over the terminal")?;
+    crate::logs::hold();
     let _restore = RestoreTerminal;
+    let mut terminal = ratatui::try_init().context("taking over the terminal")?;
     loop {
         let mut shown = [0; 3];
         terminal

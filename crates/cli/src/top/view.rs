@@ -16,7 +16,7 @@ use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Table};
 
 use super::{Move, Snapshot};
 use crate::output::{self, age, printable_line};
-use crate::stats::{SPARKLINE_WIDTH, sparkline};
+use crate::stats::sparkline;
 
 /// The three sections, top to bottom.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,7 +110,7 @@ pub(crate) fn render(frame: &mut Frame<'_>, snapshot: &Snapshot, view: &View) ->
         shown[i] = room;
         draw_section(frame, areas[i], section, snapshot, view, room);
     }
-    frame.render_widget(Paragraph::new(sparkline_line(snapshot)), spark);
+    frame.render_widget(Paragraph::new(sparkline_line(snapshot, spark.width)), spark);
     frame.render_widget(Paragraph::new(status_line(snapshot, view)), keys);
     shown
 }
@@ -156,15 +156,19 @@ fn clock(at: DateTime<Utc>) -> String {
     at.format("%H:%M:%S UTC").to_string()
 }
 
-fn sparkline_line(snapshot: &Snapshot) -> Line<'static> {
+/// The jobs finished per minute, newest minutes last, as many as fit `width`.
+fn sparkline_line(snapshot: &Snapshot, width: u16) -> Line<'static> {
     let finished: Vec<i64> = snapshot.throughput.iter().map(|m| m.finished()).collect();
+    let max = finished.iter().copied().max().unwrap_or(0);
+    let prefix = "finished/min ";
+    let suffix = format!(" max {max}");
+    let room = usize::from(width).saturating_sub(prefix.len() + suffix.len());
     // The newest minutes that fit: the line is for what is happening now.
-    let recent = &finished[finished.len().saturating_sub(SPARKLINE_WIDTH)..];
-    let max = recent.iter().copied().max().unwrap_or(0);
+    let recent = &finished[finished.len().saturating_sub(room)..];
     Line::from(vec![
-        Span::raw("finished/min "),
+        Span::raw(prefix),
         Span::styled(sparkline(recent), Style::new().fg(Color::Cyan)),
-        Span::raw(format!(" max {max}")),
+        Span::raw(suffix),
     ])
 }
 
@@ -303,26 +307,32 @@ fn draw_section(
             .map(|c| Cell::from(align(c.header.to_owned(), c.number))),
     )
     .style(Style::new().add_modifier(Modifier::BOLD));
-    let body: Vec<Row<'static>> = if rows.is_empty() {
-        vec![Row::new([Cell::from(Span::styled(
-            empty_text(section),
-            Style::new().add_modifier(Modifier::DIM),
-        ))])]
-    } else {
-        rows[offset..end]
-            .iter()
-            .map(|cells| {
-                Row::new(cells.iter().zip(columns).map(|((text, style), column)| {
-                    Cell::from(align(text.clone(), column.number)).style(*style)
-                }))
-            })
-            .collect()
-    };
+    let body: Vec<Row<'static>> = rows[offset..end]
+        .iter()
+        .map(|cells| {
+            Row::new(cells.iter().zip(columns).map(|((text, style), column)| {
+                Cell::from(align(text.clone(), column.number)).style(*style)
+            }))
+        })
+        .collect();
     let table = Table::new(body, columns.iter().map(|c| c.width))
         .header(header)
         .column_spacing(1)
         .block(block);
     frame.render_widget(table, area);
+    // An empty section says so across the whole width, under its column headers.
+    if rows.is_empty() && area.height > 2 {
+        let below = Rect {
+            y: area.y + 2,
+            height: 1,
+            ..area
+        };
+        let note = Span::styled(
+            empty_text(section),
+            Style::new().add_modifier(Modifier::DIM),
+        );
+        frame.render_widget(Paragraph::new(note), below);
+    }
 }
 
 fn empty_text(section: Section) -> &'static str {
@@ -614,6 +624,18 @@ mod tests {
         assert!(screen.contains("evil\\u{1b}[2J"), "{screen}");
         assert!(!screen.contains('\u{1b}'));
         assert!(lines[23].starts_with("refresh failed (showing 06:36:15 UTC): counting jobs"));
+    }
+
+    #[test]
+    fn an_empty_section_says_so() {
+        let mut snapshot = snapshot();
+        snapshot.workers.clear();
+        let (lines, _, _) = draw(&snapshot, &View::new(false), 80, 24);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("no workers have registered"))
+        );
     }
 
     #[test]
