@@ -17,25 +17,25 @@ use warren_runtime::WorkerBuilder;
 use warren_testkit::{TestEnv, wait_until};
 
 /// Long enough for a slow CI machine, short enough that a hung command fails the test.
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What one run of `warren` produced.
 #[derive(Debug)]
-pub struct Run {
-    pub code: Option<i32>,
-    pub stdout: String,
-    pub stderr: String,
+pub(crate) struct Run {
+    pub(crate) code: Option<i32>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Run {
-    pub fn json(&self) -> anyhow::Result<Value> {
+    pub(crate) fn json(&self) -> anyhow::Result<Value> {
         serde_json::from_str(&self.stdout).with_context(|| format!("stdout is not JSON: {self:?}"))
     }
 }
 
 /// Runs `warren` with `env` as its only WARREN_* settings, so the developer's own environment
 /// cannot leak into a test.
-pub async fn warren_with(env: &[(&str, &str)], args: &[&str]) -> anyhow::Result<Run> {
+pub(crate) async fn warren_with(env: &[(&str, &str)], args: &[&str]) -> anyhow::Result<Run> {
     let mut command = Command::new(env!("CARGO_BIN_EXE_warren"));
     for var in [
         "WARREN_AMQP_URL",
@@ -64,7 +64,7 @@ pub async fn warren_with(env: &[(&str, &str)], args: &[&str]) -> anyhow::Result<
 }
 
 /// Runs `warren` pointed at the test's services through the environment variables.
-pub async fn warren(env: &TestEnv, args: &[&str]) -> anyhow::Result<Run> {
+pub(crate) async fn warren(env: &TestEnv, args: &[&str]) -> anyhow::Result<Run> {
     let vars = [
         ("WARREN_AMQP_URL", env.amqp_url.as_str()),
         ("WARREN_DATABASE_URL", env.database_url.as_str()),
@@ -74,7 +74,7 @@ pub async fn warren(env: &TestEnv, args: &[&str]) -> anyhow::Result<Run> {
 }
 
 /// Waits until job `id` has a row in `state`.
-pub async fn wait_for_state(env: &TestEnv, id: JobId, state: JobState) -> anyhow::Result<()> {
+pub(crate) async fn wait_for_state(env: &TestEnv, id: JobId, state: JobState) -> anyhow::Result<()> {
     wait_until(
         Duration::from_secs(30),
         &format!("job {id} to be {state}"),
@@ -89,7 +89,7 @@ pub async fn wait_for_state(env: &TestEnv, id: JobId, state: JobState) -> anyhow
 }
 
 /// Runs `body`, then cleans `env` up whether or not it failed.
-pub async fn with_env(
+pub(crate) async fn with_env(
     queues: &[&str],
     body: impl AsyncFnOnce(&TestEnv) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
@@ -101,7 +101,7 @@ pub async fn with_env(
 
 /// Runs `body` with a worker `w` running `builder`'s tasks, then stops the worker whether or
 /// not `body` failed, so that no worker outlives its test.
-pub async fn with_worker(
+pub(crate) async fn with_worker(
     env: &TestEnv,
     builder: WorkerBuilder,
     body: impl AsyncFnOnce() -> anyhow::Result<()>,
@@ -113,7 +113,7 @@ pub async fn with_worker(
 }
 
 /// Runs `warren enqueue` with `args` for one job and returns the id it printed.
-pub async fn enqueue_one(env: &TestEnv, args: &[&str]) -> anyhow::Result<JobId> {
+pub(crate) async fn enqueue_one(env: &TestEnv, args: &[&str]) -> anyhow::Result<JobId> {
     let run = warren(env, &[&["enqueue"], args].concat()).await?;
     ensure!(run.code == Some(0), "{run:?}");
     run.stdout
