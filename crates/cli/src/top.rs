@@ -8,6 +8,7 @@
 //! owns the terminal: raw mode and the alternate screen are entered only after the first
 //! snapshot was read, and left on every way out (`q`, an error, a signal, a panic).
 
+mod columns;
 mod view;
 
 use std::io::IsTerminal;
