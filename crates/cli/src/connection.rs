@@ -191,9 +191,9 @@ impl ConnectionArgs {
             Ok(m) => Some(m),
             Err(e) => {
                 let api = BrokerConfig::new(api).redacted_url();
-                eprintln!(
-                    "warning: RabbitMQ management API at {api} unavailable ({}); unacked counts \
-                     and rates are shown as n/a",
+                tracing::warn!(
+                    "RabbitMQ management API at {api} unavailable ({}); unacked counts and \
+                     rates are shown as n/a",
                     crate::output::printable_line(&format!("{e:#}"))
                 );
                 None

@@ -16,12 +16,14 @@ mod dlq;
 mod enqueue;
 mod exit;
 mod jobs;
+mod logs;
 mod management;
 mod migrate;
 mod output;
 mod queue_control;
 mod queues;
 mod stats;
+mod top;
 mod workers;
 
 use clap::{Parser, Subcommand};
@@ -36,9 +38,12 @@ pub use jobs::{
     BulkFlags, CancelArgs, FilterArgs, JobsCommand, ListArgs, Refused, RetryArgs, ShowArgs,
     SummaryArgs,
 };
+pub use logs::{LogWriter, log_writer};
 pub use migrate::MigrateArgs;
+pub use output::ColourChoice;
 pub use queues::{DeclareArgs, PauseArgs, PurgeArgs, QueuesCommand};
 pub use stats::StatsArgs;
+pub use top::TopArgs;
 pub use workers::{PruneArgs, WorkersArgs, WorkersCommand};
 
 const LONG_ABOUT: &str = "\
@@ -73,6 +78,10 @@ pub struct Args {
     #[command(flatten)]
     pub connection: ConnectionArgs,
 
+    /// Colour tables: auto (only on a terminal, and not when NO_COLOR is set), always, never.
+    #[arg(long, global = true, value_enum, value_name = "WHEN", default_value_t)]
+    pub color: ColourChoice,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -102,6 +111,8 @@ pub enum Command {
     Dead(DeadArgs),
     /// Per task and queue: jobs succeeded, retried and dead, and their wait and run times.
     Stats(StatsArgs),
+    /// A live view of queues, tasks and workers, refreshed every second (q quits).
+    Top(TopArgs),
     /// Print a shell completion script (bash, zsh or fish).
     Completions(CompletionsArgs),
 }
@@ -117,8 +128,10 @@ pub fn error_text(error: &anyhow::Error) -> String {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let Args {
         connection,
+        color,
         command,
     } = args;
+    output::init_colour(color);
     match command {
         Command::Migrate(args) => migrate::run(args, &connection).await,
         Command::Enqueue(args) => enqueue::run(args, &connection).await,
@@ -128,6 +141,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Command::Dlq(command) => dlq::run(command, &connection).await,
         Command::Dead(args) => dead::run(args, &connection).await,
         Command::Stats(args) => stats::run(args, &connection).await,
+        Command::Top(args) => top::run(args, &connection).await,
         Command::Completions(args) => completions::run(args),
     }
 }

@@ -36,7 +36,8 @@ fn main() -> ExitCode {
     status.into()
 }
 
-/// Logs go to stderr so they never mix with output meant for pipes; only warnings by default,
+/// Logs go to stderr so they never mix with output meant for pipes (held back while `warren
+/// top` draws, so they cannot tear its screen); only warnings by default,
 /// since the commands report their own results. lapin is held to errors: it warns about every
 /// returned (unroutable) message with a full dump of it, which the command already reports as
 /// its error, once and readably. `RUST_LOG` overrides both.
@@ -45,6 +46,6 @@ fn init_tracing() {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,lapin=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(warren_cli::log_writer)
         .init();
 }

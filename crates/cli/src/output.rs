@@ -1,8 +1,11 @@
 //! How results reach the terminal: stdout writing that tolerates a closed pipe, JSON, aligned
-//! tables, and the human forms of times and durations every command shares.
+//! tables (with colour on a terminal), and the human forms of times and durations every
+//! command shares.
 
 use std::borrow::Cow;
-use std::io::{self, Write};
+use std::ffi::OsStr;
+use std::io::{self, IsTerminal, Write};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -32,7 +35,9 @@ fn escaped(c: char, keep_newline: bool) -> Option<String> {
         '\n' => Some("\\n".to_owned()),
         '\r' => Some("\\r".to_owned()),
         '\t' => Some("\\t".to_owned()),
-        c if c.is_control() || is_bidi_control(c) => Some(format!("\\u{{{:x}}}", u32::from(c))),
+        c if c.is_control() || is_bidi_control(c) || Style::of_mark(c).is_some() => {
+            Some(format!("\\u{{{:x}}}", u32::from(c)))
+        }
         _ => None,
     }
 }
@@ -75,9 +80,166 @@ pub(crate) fn printable_width(c: char) -> usize {
 /// error worth reporting, so a broken pipe counts as success; `println!` would panic instead.
 ///
 /// As a last line of defence, control characters other than newlines are escaped here too:
-/// every human-readable output passes through, and none of it means to send any.
+/// every human-readable output passes through, and none of it means to send any. The only
+/// escape sequences written are the colours of [`Style`], from the style marks that
+/// [`Table::render`] places around already escaped cells (see [`Style`]).
 pub(crate) fn emit(output: &str) -> anyhow::Result<()> {
-    write_stdout(&printable_text(output))
+    write_stdout(&terminal_text(output, colour_on()))
+}
+
+/// `output` as [`emit`] writes it: control characters escaped, style marks turned into SGR
+/// sequences when `colour` is on and shown as escapes when it is off.
+fn terminal_text(output: &str, colour: bool) -> Cow<'_, str> {
+    if !colour {
+        return printable_text(output);
+    }
+    let mut out = String::with_capacity(output.len() + 16);
+    for c in output.chars() {
+        match (Style::of_mark(c), escaped(c, true)) {
+            (Some(style), _) => out.push_str(style.sgr()),
+            (None, Some(e)) => out.push_str(&e),
+            (None, None) => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// When `--color` says to colour.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColourChoice {
+    /// Colour when stdout is a terminal and `NO_COLOR` is not set (https://no-color.org).
+    #[default]
+    Auto,
+    /// Always colour, even into a pipe or with `NO_COLOR` set.
+    Always,
+    /// Never colour.
+    Never,
+}
+
+/// Whether tables are coloured, decided once per process by [`init_colour`]; off until then,
+/// so unit tests and library callers get plain text.
+static COLOUR: OnceLock<bool> = OnceLock::new();
+
+/// Whether this process colours its output (see [`init_colour`]).
+pub(crate) fn colour_on() -> bool {
+    COLOUR.get().copied().unwrap_or(false)
+}
+
+/// Decides, once, whether this process colours its tables: from `--color`, whether stdout is
+/// a terminal, and the `NO_COLOR` and `TERM` variables.
+pub(crate) fn init_colour(choice: ColourChoice) {
+    let on = colour_wanted(
+        choice,
+        io::stdout().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+        std::env::var_os("TERM").as_deref(),
+    );
+    let _ = COLOUR.set(on);
+}
+
+/// The rule behind [`init_colour`]. `NO_COLOR` counts when it is set to anything but the empty
+/// string (as no-color.org says); an explicit `--color always` overrides it, as a command-line
+/// flag should; `TERM=dumb` is a terminal that understands no escapes.
+fn colour_wanted(
+    choice: ColourChoice,
+    stdout_is_terminal: bool,
+    no_color: Option<&OsStr>,
+    term: Option<&OsStr>,
+) -> bool {
+    match choice {
+        ColourChoice::Always => true,
+        ColourChoice::Never => false,
+        ColourChoice::Auto => {
+            stdout_is_terminal
+                && no_color.is_none_or(OsStr::is_empty)
+                && term != Some(OsStr::new("dumb"))
+        }
+    }
+}
+
+/// A colour or weight for a piece of a table. A rendered table carries it in-band as a *style
+/// mark*: one Unicode noncharacter (U+FDD0 to U+FDEF are reserved for exactly this kind of
+/// internal use and never mean anything in interchanged text) before the styled text and
+/// [`Style::Reset`]'s after it. [`emit`] turns marks into SGR sequences when colour is on.
+///
+/// Job data cannot forge a mark: [`printable_line`] and [`printable_text`] escape these
+/// characters like control characters (`\u{fdd2}`), and [`Table::row`] escapes every cell
+/// before [`Table::render`] adds its marks. Only a caller that hands raw job data straight to
+/// [`emit`] (a bug: it is meant to be escaped first) could get a mark through, and even then
+/// only one of these fixed colours, never a cursor move or any other escape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Style {
+    Reset,
+    Bold,
+    Green,
+    Red,
+    Cyan,
+    Blue,
+    Yellow,
+    Dim,
+}
+
+impl Style {
+    const ALL: [Style; 8] = [
+        Style::Reset,
+        Style::Bold,
+        Style::Green,
+        Style::Red,
+        Style::Cyan,
+        Style::Blue,
+        Style::Yellow,
+        Style::Dim,
+    ];
+
+    fn mark(self) -> char {
+        match self {
+            Style::Reset => '\u{fdd0}',
+            Style::Bold => '\u{fdd1}',
+            Style::Green => '\u{fdd2}',
+            Style::Red => '\u{fdd3}',
+            Style::Cyan => '\u{fdd4}',
+            Style::Blue => '\u{fdd5}',
+            Style::Yellow => '\u{fdd6}',
+            Style::Dim => '\u{fdd7}',
+        }
+    }
+
+    fn of_mark(c: char) -> Option<Style> {
+        Style::ALL.into_iter().find(|s| s.mark() == c)
+    }
+
+    fn sgr(self) -> &'static str {
+        match self {
+            Style::Reset => "\u{1b}[0m",
+            Style::Bold => "\u{1b}[1m",
+            Style::Green => "\u{1b}[32m",
+            Style::Red => "\u{1b}[31m",
+            Style::Cyan => "\u{1b}[36m",
+            Style::Blue => "\u{1b}[34m",
+            Style::Yellow => "\u{1b}[33m",
+            Style::Dim => "\u{1b}[2m",
+        }
+    }
+
+    /// The colour of a job, worker or queue state word, the same everywhere: green for done
+    /// well, red for dead or lost, cyan and blue for live work, yellow for a pause, dim for
+    /// what was stopped on purpose.
+    pub(crate) fn of_state(word: &str) -> Option<Style> {
+        Some(match word {
+            "succeeded" => Style::Green,
+            "dead" | "lost" => Style::Red,
+            "running" | "queued" => Style::Cyan,
+            "scheduled" => Style::Blue,
+            "paused" | "stopping" => Style::Yellow,
+            "cancelled" | "stopped" => Style::Dim,
+            _ => return None,
+        })
+    }
+
+    /// `text` between this style's mark and a reset, for [`emit`] to colour.
+    fn wrap(self, text: &str) -> String {
+        format!("{}{text}{}", self.mark(), Style::Reset.mark())
+    }
 }
 
 /// Writes `value` to stdout as pretty JSON followed by a newline.
@@ -141,7 +303,14 @@ impl Table {
         );
     }
 
+    /// The table as text, with style marks for [`emit`] when this process colours its output
+    /// (see [`init_colour`]): a bold header, and state words coloured in the columns whose
+    /// header names a state (`STATE`, `PAUSED`).
     pub(crate) fn render(&self) -> String {
+        self.render_styled(colour_on())
+    }
+
+    fn render_styled(&self, colour: bool) -> String {
         let cell = |row: &[String], i: usize| row.get(i).map_or("", String::as_str).to_owned();
         let header: Vec<String> = self.columns.iter().map(|(h, _)| (*h).to_owned()).collect();
         let widths: Vec<usize> = (0..self.columns.len())
@@ -154,31 +323,46 @@ impl Table {
             })
             .collect();
         let mut out = String::new();
-        for row in std::iter::once(&header).chain(&self.rows) {
+        for (r, row) in std::iter::once(&header).chain(&self.rows).enumerate() {
             let mut line = String::new();
-            for (i, (_, align)) in self.columns.iter().enumerate() {
+            for (i, (name, align)) in self.columns.iter().enumerate() {
                 let text = cell(row, i);
+                // Widths count the visible (escaped) text; marks take no room on screen.
                 let pad = widths[i] - text.chars().count();
+                let shown = match Style::of_state(&text) {
+                    Some(style) if colour && r > 0 && names_a_state(name) => style.wrap(&text),
+                    _ => text,
+                };
                 if i > 0 {
                     line.push_str("  ");
                 }
                 match align {
                     Align::Left => {
-                        line.push_str(&text);
+                        line.push_str(&shown);
                         line.push_str(&" ".repeat(pad));
                     }
                     Align::Right => {
                         line.push_str(&" ".repeat(pad));
-                        line.push_str(&text);
+                        line.push_str(&shown);
                     }
                 }
             }
             // Left-aligned last columns would otherwise leave trailing blanks on every line.
-            out.push_str(line.trim_end());
+            let line = line.trim_end();
+            if colour && r == 0 {
+                out.push_str(&Style::Bold.wrap(line));
+            } else {
+                out.push_str(line);
+            }
             out.push('\n');
         }
         out
     }
+}
+
+/// Whether a column holds state words to colour.
+fn names_a_state(header: &str) -> bool {
+    header.contains("STATE") || header.contains("PAUSED")
 }
 
 /// A timestamp as RFC 3339 in UTC with milliseconds, e.g. `2025-01-31T09:15:02.137Z`: sortable,
@@ -302,6 +486,94 @@ mod tests {
         let mut t = Table::new(&[("TASK", Align::Left)]);
         t.row(vec!["evil\nFAKE ROW\u{1b}[2J".into()]);
         assert_eq!(t.render(), "TASK\nevil\\nFAKE ROW\\u{1b}[2J\n");
+    }
+
+    fn jobs_table() -> Table {
+        let mut t = Table::new(&[
+            ("ID", Align::Left),
+            ("STATE", Align::Left),
+            ("TASK", Align::Left),
+            ("N", Align::Right),
+        ]);
+        t.row(vec!["a".into(), "dead".into(), "dead".into(), "5".into()]);
+        t.row(vec![
+            "bb".into(),
+            "succeeded".into(),
+            "x".into(),
+            "12".into(),
+        ]);
+        t.row(vec!["c".into(), "weird".into()]);
+        t
+    }
+
+    #[test]
+    fn without_colour_a_table_is_plain_text() {
+        let t = jobs_table();
+        let plain = "ID  STATE      TASK   N\n\
+                     a   dead       dead   5\n\
+                     bb  succeeded  x     12\n\
+                     c   weird\n";
+        assert_eq!(t.render_styled(false), plain);
+        // The process-wide setting is off unless `run` turned it on, and `emit` then writes
+        // exactly what it wrote before colour existed.
+        assert_eq!(t.render(), plain);
+        assert_eq!(terminal_text(plain, false), plain);
+    }
+
+    #[test]
+    fn with_colour_state_words_are_coloured_and_columns_stay_aligned() {
+        let t = jobs_table();
+        let shown = terminal_text(&t.render_styled(true), true).into_owned();
+        assert_eq!(
+            shown,
+            "\u{1b}[1mID  STATE      TASK   N\u{1b}[0m\n\
+             a   \u{1b}[31mdead\u{1b}[0m       dead   5\n\
+             bb  \u{1b}[32msucceeded\u{1b}[0m  x     12\n\
+             c   weird\n"
+        );
+        // Only the STATE column is coloured: a task that happens to be called `dead` is not.
+        let strip = |s: &str| {
+            ["\u{1b}[0m", "\u{1b}[1m", "\u{1b}[31m", "\u{1b}[32m"]
+                .iter()
+                .fold(s.to_owned(), |s, sgr| s.replace(sgr, ""))
+        };
+        assert_eq!(strip(&shown), t.render_styled(false));
+    }
+
+    #[test]
+    fn with_colour_job_data_still_cannot_send_escapes() {
+        let mut t = Table::new(&[("STATE", Align::Left), ("ERROR", Align::Left)]);
+        // An ESC sequence, and forged style marks meant to be turned into colour.
+        t.row(vec![
+            "dead".into(),
+            "x\u{1b}[2J\u{fdd3}red\u{fdd0}\u{9b}y".into(),
+        ]);
+        let shown = terminal_text(&t.render_styled(true), true).into_owned();
+        assert_eq!(
+            shown,
+            "\u{1b}[1mSTATE  ERROR\u{1b}[0m\n\
+             \u{1b}[31mdead\u{1b}[0m   x\\u{1b}[2J\\u{fdd3}red\\u{fdd0}\\u{9b}y\n"
+        );
+        // The only ESC characters written are the four SGR sequences of the header and the
+        // state word.
+        assert_eq!(shown.matches('\u{1b}').count(), 4);
+        // A mark that reaches `emit` unescaped while colour is off is shown, not dropped.
+        assert_eq!(terminal_text("a\u{fdd3}b", false), "a\\u{fdd3}b");
+    }
+
+    #[test]
+    fn colour_follows_the_flag_the_terminal_and_no_color() {
+        use ColourChoice::{Always, Auto, Never};
+        let set = Some(OsStr::new("1"));
+        let empty = Some(OsStr::new(""));
+        let xterm = Some(OsStr::new("xterm-256color"));
+        assert!(colour_wanted(Auto, true, None, xterm));
+        assert!(!colour_wanted(Auto, false, None, xterm));
+        assert!(!colour_wanted(Auto, true, set, xterm));
+        assert!(colour_wanted(Auto, true, empty, xterm));
+        assert!(!colour_wanted(Auto, true, None, Some(OsStr::new("dumb"))));
+        assert!(colour_wanted(Always, false, set, None));
+        assert!(!colour_wanted(Never, true, None, xterm));
     }
 
     #[test]

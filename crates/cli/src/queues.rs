@@ -4,10 +4,12 @@
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use warren_broker::{QueueDepth, Topology};
+use warren_broker::{Broker, QueueDepth, Topology};
 use warren_core::QueueName;
+use warren_store::Store;
 
 use crate::connection::ConnectionArgs;
+use crate::management::Management;
 use crate::output::{Align, Table, emit, emit_json};
 pub use crate::queue_control::{PauseArgs, PurgeArgs};
 
@@ -117,13 +119,24 @@ pub(crate) async fn run(command: QueuesCommand, connection: &ConnectionArgs) -> 
     }
 }
 
-/// Counts from Postgres joined with each queue's depth from a passive declare.
 async fn list(
     only: Option<QueueName>,
     json: bool,
     connection: &ConnectionArgs,
 ) -> anyhow::Result<()> {
-    let lines = queue_lines(only.as_ref(), connection).await?;
+    let store = connection.store("queues").await?;
+    let broker = match connection.broker("queues").await {
+        Ok(broker) => broker,
+        Err(e) => {
+            store.close().await;
+            return Err(e);
+        }
+    };
+    let mut management = connection.management().await;
+    let lines = queue_lines(&store, &broker, &mut management, only.as_ref()).await;
+    store.close().await;
+    broker.close().await;
+    let lines = lines?;
     if let Some(only) = only
         && lines.iter().all(|l| {
             l.ready.is_none()
@@ -146,15 +159,19 @@ async fn list(
 }
 
 /// Every queue Postgres knows of (or just `only`), with its RabbitMQ side: from the
-/// management API when it is configured and answers, else from a passive declare.
+/// management API when one is given and answers, else from a passive declare. The rows of
+/// `queues list` and `queues show`; `warren top` calls it on every refresh. An API that fails
+/// is dropped (set to `None`) with a warning, and the rest comes from AMQP.
 pub(crate) async fn queue_lines(
+    store: &Store,
+    broker: &Broker,
+    management: &mut Option<Management>,
     only: Option<&QueueName>,
-    connection: &ConnectionArgs,
 ) -> anyhow::Result<Vec<QueueLine>> {
-    let store = connection.store("queues").await?;
-    let counts = store.queue_counts().await;
-    store.close().await;
-    let mut counts = counts.context("counting jobs per queue")?;
+    let mut counts = store
+        .queue_counts()
+        .await
+        .context("counting jobs per queue")?;
     if let Some(only) = only {
         counts.retain(|c| c.queue == only.as_str());
         if counts.is_empty() {
@@ -168,8 +185,6 @@ pub(crate) async fn queue_lines(
             });
         }
     }
-    let broker = connection.broker("queues").await?;
-    let mut management = connection.management().await;
     let mut lines = Vec::with_capacity(counts.len());
     for c in counts {
         let amqp_queue = broker.topology().queue_name_of(&c.queue);
@@ -204,12 +219,12 @@ pub(crate) async fn queue_lines(
                     continue;
                 }
                 Err(e) => {
-                    eprintln!(
-                        "warning: RabbitMQ management API failed ({}); unacked counts and rates \
-                         are shown as n/a",
+                    tracing::warn!(
+                        "RabbitMQ management API failed ({}); unacked counts and rates are \
+                         shown as n/a",
                         crate::output::printable_line(&format!("{e:#}"))
                     );
-                    management = None;
+                    *management = None;
                 }
             }
         }
@@ -228,7 +243,6 @@ pub(crate) async fn queue_lines(
         }
         lines.push(line);
     }
-    broker.close().await;
     Ok(lines)
 }
 

@@ -132,6 +132,21 @@ async fn run_prune(args: PruneArgs, connection: &ConnectionArgs) -> anyhow::Resu
     emit(&text)
 }
 
+/// A worker's queues, comma-separated, each paused one marked `(paused)`.
+pub(crate) fn queues_text(w: &WorkerRecord) -> String {
+    w.queues
+        .iter()
+        .map(|q| {
+            if w.paused_queues.contains(q) {
+                format!("{q}(paused)")
+            } else {
+                q.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn render(workers: &[WorkerRecord], now: DateTime<Utc>) -> String {
     if workers.is_empty() {
         return "no workers have registered\n".to_owned();
@@ -149,17 +164,7 @@ fn render(workers: &[WorkerRecord], now: DateTime<Utc>) -> String {
         table.row(vec![
             w.id.clone(),
             w.state.clone(),
-            w.queues
-                .iter()
-                .map(|q| {
-                    if w.paused_queues.contains(q) {
-                        format!("{q}(paused)")
-                    } else {
-                        q.clone()
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(","),
+            queues_text(w),
             w.concurrency.to_string(),
             w.in_flight.to_string(),
             w.processed.to_string(),

@@ -1424,7 +1424,8 @@ async fn stats_count_outcomes_and_retries_per_task() -> anyhow::Result<()> {
             let stats = run.json()?;
             let of = |task: &str| {
                 stats
-                    .as_array()
+                    .get("tasks")
+                    .and_then(|t| t.as_array())
                     .and_then(|s| s.iter().find(|t| t["task"] == task).cloned())
                     .with_context(|| format!("{task} in {stats}"))
             };

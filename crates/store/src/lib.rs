@@ -43,7 +43,7 @@ pub use recorder::{
     Recorded, Recorder, RecorderConfig,
 };
 pub use schedule::{PgTransaction, ScheduledJob, schedule_in};
-pub use stats::TaskStats;
+pub use stats::{MinuteCounts, TaskStats};
 pub use store::{Store, StoreConfig};
 pub use workers::{LOST_AFTER, WorkerInfo, WorkerRecord};
 

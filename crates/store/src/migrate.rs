@@ -90,10 +90,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "queue_pauses",
         sql: include_str!("../../../schemas/migrations/0005_queue_pauses.sql"),
     },
+    Migration {
+        version: 6,
+        name: "finished_index",
+        sql: include_str!("../../../schemas/migrations/0006_finished_index.sql"),
+    },
 ];
 
 /// The schema version this binary creates and expects.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// An arbitrary constant naming Warren's migration lock among other advisory locks.
 const LOCK_KEY: i64 = 0x5741_5252_454E_0001;

@@ -44,6 +44,10 @@ const SOURCES: &[(&str, &str)] = &[
         "0005_queue_pauses.sql",
         include_str!("../../../schemas/migrations/0005_queue_pauses.sql"),
     ),
+    (
+        "0006_finished_index.sql",
+        include_str!("../../../schemas/migrations/0006_finished_index.sql"),
+    ),
 ];
 
 type Set = BTreeSet<&'static str>;

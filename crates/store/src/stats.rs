@@ -1,4 +1,8 @@
-//! Outcome counts and timing percentiles per task and queue, for `warren stats`.
+//! Outcome counts and timing percentiles per task and queue, and finished jobs per minute, for
+//! `warren stats` and `warren top`.
+//!
+//! Both queries select jobs by state and `finished_at`, which the `warren_jobs_state_finished`
+//! index (migration 7) serves: they read the window's rows, not the table.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -56,6 +60,53 @@ FROM (
 GROUP BY task, queue
 ORDER BY task, queue";
 
+/// What the jobs that finished in one minute did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct MinuteCounts {
+    /// The start of the minute.
+    pub minute: DateTime<Utc>,
+    /// Jobs that succeeded in this minute.
+    pub succeeded: i64,
+    /// Attempts beyond the first, over the jobs that finished in this minute (as in
+    /// [`TaskStats::retried`]: a retry is counted when its job finishes, since the failed
+    /// attempt itself leaves no time of its own in the row).
+    pub retried: i64,
+    /// Jobs that ended dead in this minute.
+    pub dead: i64,
+    /// Jobs cancelled in this minute.
+    pub cancelled: i64,
+}
+
+impl MinuteCounts {
+    /// Jobs that ended in this minute, whatever their end.
+    pub fn finished(&self) -> i64 {
+        self.succeeded + self.dead + self.cancelled
+    }
+}
+
+/// One row per minute from the minute of the cut-off to the current one, minutes without a
+/// finished job included (as zeros), so that a series has no gaps to guess at. The window's
+/// rows are grouped first and only then joined to the minutes.
+const PER_MINUTE: &str = "
+SELECT m.minute,
+       coalesce(c.succeeded, 0) AS succeeded,
+       coalesce(c.retried, 0) AS retried,
+       coalesce(c.dead, 0) AS dead,
+       coalesce(c.cancelled, 0) AS cancelled
+FROM generate_series(date_trunc('minute', $1::timestamptz), date_trunc('minute', now()),
+                     interval '1 minute') AS m(minute)
+LEFT JOIN (
+    SELECT date_trunc('minute', finished_at) AS minute,
+           count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
+           coalesce(sum(greatest(attempt - 1, 0)), 0)::int8 AS retried,
+           count(*) FILTER (WHERE state = 'dead') AS dead,
+           count(*) FILTER (WHERE state = 'cancelled') AS cancelled
+    FROM warren_jobs
+    WHERE state IN ('succeeded', 'dead', 'cancelled') AND finished_at >= $1
+    GROUP BY 1
+) c ON c.minute = m.minute
+ORDER BY m.minute";
+
 impl Store {
     /// Per task and queue, what the jobs that ended since `since` did.
     pub async fn task_stats(&self, since: DateTime<Utc>) -> Result<Vec<TaskStats>, Error> {
@@ -64,5 +115,15 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(Error::query("computing statistics per task"))
+    }
+
+    /// Per minute since `since` (the first minute is partial), what the jobs that finished in
+    /// it did. Minutes without a finished job are there with zeros.
+    pub async fn throughput(&self, since: DateTime<Utc>) -> Result<Vec<MinuteCounts>, Error> {
+        sqlx::query_as(PER_MINUTE)
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Error::query("counting finished jobs per minute"))
     }
 }
