@@ -9,7 +9,9 @@
 //! is `warren_broker`'s, queries and migrations are `warren_store`'s. A command here checks its
 //! input, calls them, and formats the answer.
 
+mod batches;
 mod completions;
+mod confirm;
 mod connection;
 mod dead;
 mod dlq;
@@ -18,6 +20,7 @@ mod exit;
 mod jobs;
 mod migrate;
 mod output;
+mod prune;
 mod queues;
 mod stats;
 mod workers;
@@ -35,6 +38,7 @@ pub use jobs::{
     SummaryArgs,
 };
 pub use migrate::MigrateArgs;
+pub use prune::PruneJobsArgs;
 pub use queues::{DeclareArgs, QueuesCommand};
 pub use stats::StatsArgs;
 pub use workers::{PruneArgs, WorkersArgs, WorkersCommand};
@@ -42,11 +46,11 @@ pub use workers::{PruneArgs, WorkersArgs, WorkersCommand};
 const LONG_ABOUT: &str = "\
 Administers Warren: applies database migrations, enqueues jobs, lists them and shows what
 happened to them, retries or cancels them one by one or in bulk, groups dead jobs, declares
-queues and lists workers.
+queues and lists workers, and prunes old finished jobs.
 
 Settings come from flags or WARREN_* environment variables. Each command needs only the service
-it talks to: --amqp-url for `enqueue`, `queues` and `dlq`, --database-url for `migrate`, `jobs` and
-`workers`.
+it talks to: --amqp-url for `enqueue`, `queues` and `dlq`, --database-url for `migrate`, `jobs`,
+`dead`, `stats`, `prune` and `workers`.
 
 Exit status:
   0  success
@@ -56,7 +60,7 @@ Exit status:
      end of the parking queue)
   4  refused: the job's state does not allow it (retry of a succeeded job, cancel of a
      finished one)
-  130  a bulk retry or cancel was interrupted by Ctrl-C (committed batches stay done)
+  130  a bulk retry, cancel or prune was interrupted by Ctrl-C (committed batches stay done)
 
 Examples:
   warren jobs list --state dead --since 1h
@@ -100,6 +104,8 @@ pub enum Command {
     Dead(DeadArgs),
     /// Per task and queue: jobs succeeded, retried and dead, and their wait and run times.
     Stats(StatsArgs),
+    /// Delete finished jobs (succeeded, dead, cancelled) older than --older-than, in batches.
+    Prune(PruneJobsArgs),
     /// Print a shell completion script (bash, zsh or fish).
     Completions(CompletionsArgs),
 }
@@ -126,6 +132,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Command::Dlq(command) => dlq::run(command, &connection).await,
         Command::Dead(args) => dead::run(args, &connection).await,
         Command::Stats(args) => stats::run(args, &connection).await,
+        Command::Prune(args) => prune::run(args, &connection).await,
         Command::Completions(args) => completions::run(args),
     }
 }

@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 mod broker_timeout;
+mod cleaner;
 mod consumer;
 mod context;
 mod control;
@@ -36,6 +37,7 @@ mod signal;
 mod supervise;
 mod worker;
 
+pub use cleaner::{Cleaner, CleanerPass, RetentionConfig};
 pub use context::JobContext;
 pub use error::Error;
 pub use promoter::{Promoter, PromoterConfig};

@@ -55,6 +55,9 @@ pub(crate) struct Background {
     pub(crate) heartbeat: Supervised,
     pub(crate) control: Supervised,
     pub(crate) promoter: Option<Supervised>,
+    /// Deletes old finished jobs; a batch in progress is a short transaction, and one cut off
+    /// by the end of the grace period rolls back.
+    pub(crate) cleaner: Supervised,
 }
 
 impl Running {
@@ -131,10 +134,12 @@ impl Running {
             heartbeat,
             control,
             promoter,
+            cleaner,
         } = self.background;
         for (task, what) in [
             (heartbeat, "stopping the heartbeat"),
             (control, "closing the LISTEN connection"),
+            (cleaner, "stopping the cleaner"),
         ] {
             task.join_until(closing, what).await;
         }

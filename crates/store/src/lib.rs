@@ -19,6 +19,7 @@ mod promotion;
 pub mod provision;
 mod queues;
 mod recorder;
+mod retention;
 mod schedule;
 #[cfg(test)]
 mod sql_states;
@@ -37,6 +38,7 @@ pub use queues::QueueCounts;
 pub use recorder::{
     BadInput, RAW_BODY_KEPT, RawBody, RecordRow, Recorded, Recorder, RecorderConfig,
 };
+pub use retention::{PRUNE_LOCK, PruneBatch, PruneLock};
 pub use schedule::{PgTransaction, ScheduledJob, schedule_in};
 pub use stats::TaskStats;
 pub use store::{Store, StoreConfig};

@@ -85,10 +85,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "admin_indexes",
         sql: include_str!("../../../schemas/migrations/0004_admin_indexes.sql"),
     },
+    Migration {
+        version: 6,
+        name: "retention_indexes",
+        sql: include_str!("../../../schemas/migrations/0006_retention_indexes.sql"),
+    },
 ];
 
 /// The schema version this binary creates and expects.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// An arbitrary constant naming Warren's migration lock among other advisory locks.
 const LOCK_KEY: i64 = 0x5741_5252_454E_0001;

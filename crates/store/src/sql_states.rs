@@ -22,6 +22,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("queues.rs", include_str!("queues.rs")),
     ("stats.rs", include_str!("stats.rs")),
     ("recorder.rs", include_str!("recorder.rs")),
+    ("retention.rs", include_str!("retention.rs")),
     ("schedule.rs", include_str!("schedule.rs")),
     (
         "0001_init.sql",
@@ -38,6 +39,10 @@ const SOURCES: &[(&str, &str)] = &[
     (
         "0004_admin_indexes.sql",
         include_str!("../../../schemas/migrations/0004_admin_indexes.sql"),
+    ),
+    (
+        "0006_retention_indexes.sql",
+        include_str!("../../../schemas/migrations/0006_retention_indexes.sql"),
     ),
 ];
 
