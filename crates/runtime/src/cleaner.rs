@@ -147,7 +147,7 @@ impl Cleaner {
                     }
                 }
                 Err(e) if !failing => {
-                    tracing::warn!(error = %ErrorChain(&e), "pruning old jobs failed; retrying every retention interval until it works");
+                    tracing::warn!(error = %ErrorChain(&e), "pruning old jobs failed (the worker's role needs DELETE on warren_jobs; --retain-* off turns pruning off); retrying every retention interval");
                     failing = true;
                 }
                 Err(_) => {}

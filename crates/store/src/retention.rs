@@ -97,26 +97,30 @@ impl Store {
             .await
             .map_err(Error::query("starting a prune batch"))?;
         let locked: bool = match lock {
-            PruneLock::Wait => sqlx::query_scalar("SELECT pg_advisory_xact_lock($1) IS NULL"),
+            // Returns void: selected from, it makes one row once the lock is held.
+            PruneLock::Wait => sqlx::query_scalar("SELECT true FROM pg_advisory_xact_lock($1)"),
             PruneLock::Skip => sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)"),
         }
         .bind(PRUNE_LOCK)
         .fetch_one(&mut *tx)
         .await
         .map_err(Error::query("taking the prune lock"))?;
-        // pg_advisory_xact_lock returns void (NULL), so `IS NULL` is true once it is held.
         if !locked {
             return Ok(PruneBatch::Busy);
         }
         let deleted = sqlx::query(
-            "DELETE FROM warren_jobs
-             WHERE id IN (SELECT id FROM warren_jobs
-                          WHERE state = $1 AND finished_at < now() - $2::interval
-                          ORDER BY finished_at
-                          LIMIT $3
-                          FOR UPDATE SKIP LOCKED)
-               AND state = $1 AND finished_at < now() - $2::interval
-               AND state IN ('succeeded', 'dead', 'cancelled')",
+            // The batch is a materialized CTE: as `id IN (SELECT … LIMIT)`, the planner may
+            // run the subquery again per row and delete more than `limit` rows.
+            "WITH batch AS MATERIALIZED (
+                 SELECT id FROM warren_jobs
+                 WHERE state = $1 AND finished_at < now() - $2::interval
+                 ORDER BY finished_at
+                 LIMIT $3
+                 FOR UPDATE SKIP LOCKED)
+             DELETE FROM warren_jobs j USING batch
+             WHERE j.id = batch.id
+               AND j.state = $1 AND j.finished_at < now() - $2::interval
+               AND j.state IN ('succeeded', 'dead', 'cancelled')",
         )
         .bind(state.as_str())
         .bind(older_than)
