@@ -133,7 +133,10 @@ async fn run(settings: &Settings) -> anyhow::Result<Report<'_>> {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    // sqlx warns of every statement over a second, and the admin-reads phase seeds with
+    // statements of half a minute: it would print each one whole.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("warn,sqlx::query=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

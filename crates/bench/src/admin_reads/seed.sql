@@ -3,9 +3,10 @@
 --
 -- The mix: 91% succeeded (one in twenty after a retry), 5% dead (three attempts, a dozen
 -- distinct errors), 3% cancelled, and 1% live (scheduled, queued, running: a backlog of
--- 100,000 at 10 million rows) enqueued in the last hour. Twenty tasks with a skewed popularity (the first few carry most jobs) plus a
--- rare one (`report.yearly`, about one job in 10,000), each on one of four queues. Ids are
--- UUIDv7 made from the enqueue time, as Warren's are. Only the benchmark runs this.
+-- 100,000 at 10 million rows) enqueued in the last hour. Twenty tasks with a skewed
+-- popularity (the first few carry most jobs) plus a rare one (`report.yearly`, about one job
+-- in 10,000), each on one of four queues. Ids are UUIDv7 made from the enqueue time, as
+-- Warren's are. Only the benchmark runs this.
 INSERT INTO warren_jobs (id, queue, task, payload, state, attempt, max_attempts, timeout_ms,
                          run_at, enqueued_at, started_at, finished_at, updated_at, result,
                          errors, worker_id)
