@@ -16,6 +16,7 @@ mod poison;
 mod privileges;
 mod promotion_faults;
 mod redelivery;
+mod retention;
 mod retries;
 mod scheduling;
 mod shutdown;

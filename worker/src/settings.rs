@@ -132,6 +132,22 @@ pub struct Args {
     /// fleet-wide queue gauges (one worker at a time does).
     #[arg(long, env = "WARREN_METRICS_ADDR", value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Delete succeeded jobs this long after they finished, e.g. 12h or 7d, or `off` to keep
+    /// them. One worker of the fleet at a time prunes (docs/operations.md, "Retention").
+    #[arg(long, env = "WARREN_RETAIN_SUCCEEDED", default_value = "1d", value_parser = parse_retention)]
+    pub retain_succeeded: Retention,
+
+    /// Delete cancelled jobs this long after they were cancelled, or `off`.
+    #[arg(long, env = "WARREN_RETAIN_CANCELLED", default_value = "7d", value_parser = parse_retention)]
+    pub retain_cancelled: Retention,
+
+    /// Delete dead jobs this long after they died, or `off`.
+    #[arg(long, env = "WARREN_RETAIN_DEAD", default_value = "30d", value_parser = parse_retention)]
+    pub retain_dead: Retention,
+
+    /// Time between two looks for jobs past their retention.
+    #[arg(long, env = "WARREN_RETENTION_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub retention_interval: Duration,
 }
 
 /// Everything the worker needs, validated.
@@ -207,6 +223,12 @@ impl Args {
                 self.default_timeout
             ));
         }
+        if self.retention_interval < Duration::from_secs(1) {
+            return Err(format!(
+                "--retention-interval / WARREN_RETENTION_INTERVAL must be at least 1s, got {:?}",
+                self.retention_interval
+            ));
+        }
         if self.shutdown_grace < Duration::from_millis(100) || self.shutdown_grace > MAX_DURATION {
             return Err(format!(
                 "--shutdown-grace / WARREN_SHUTDOWN_GRACE must be between 100ms and 24 days, got {:?}",
@@ -253,6 +275,10 @@ impl Args {
         if self.no_promoter {
             worker.promoter = None;
         }
+        worker.retention.succeeded = self.retain_succeeded.0;
+        worker.retention.cancelled = self.retain_cancelled.0;
+        worker.retention.dead = self.retain_dead.0;
+        worker.retention.interval = self.retention_interval;
         Ok(worker)
     }
 }
@@ -267,6 +293,25 @@ fn parse_broker_timeout(input: &str) -> Result<BrokerTimeout, String> {
         other => match parse_duration(other)? {
             d if d.is_zero() => Ok(BrokerTimeout(None)),
             d => Ok(BrokerTimeout(Some(d))),
+        },
+    }
+}
+
+/// How long one state's finished jobs are kept: `None` (`off`) keeps them forever.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention(pub Option<Duration>);
+
+/// `off`, or a duration of at least a second. Zero is refused rather than read as either
+/// `off` or "delete at once": both readings are plausible, and the wrong one deletes history.
+fn parse_retention(input: &str) -> Result<Retention, String> {
+    match input.trim() {
+        "off" => Ok(Retention(None)),
+        other => match parse_duration(other)? {
+            d if d < Duration::from_secs(1) => Err(format!(
+                "`{other}` is too short: give a retention of at least 1s, or `off` to keep \
+                 these jobs forever"
+            )),
+            d => Ok(Retention(Some(d))),
         },
     }
 }
@@ -319,6 +364,28 @@ mod tests {
             !format!("{s:?}").contains("secret"),
             "the password never reaches logs"
         );
+        assert_eq!(
+            s.worker.retention,
+            warren_runtime::RetentionConfig::default(),
+            "the flags' defaults are the library's"
+        );
+    }
+
+    #[test]
+    fn retention_is_a_duration_or_off() {
+        let s = parse(&["--retain-succeeded", "7d", "--retain-dead", "off"]).unwrap();
+        assert_eq!(
+            s.worker.retention.succeeded,
+            Some(Duration::from_secs(7 * 86_400))
+        );
+        assert_eq!(s.worker.retention.dead, None);
+        let err = parse(&["--retain-cancelled", "0s"]).unwrap_err();
+        assert!(
+            err.contains("--retain-cancelled") && err.contains("`off`"),
+            "{err}"
+        );
+        let err = parse(&["--retention-interval", "0s"]).unwrap_err();
+        assert!(err.contains("--retention-interval"), "{err}");
     }
 
     #[test]

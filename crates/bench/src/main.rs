@@ -8,6 +8,7 @@
 //!
 //! Exit codes: 0 after a complete run, 1 when a phase fails or is interrupted, 2 on bad flags.
 
+mod admin_reads;
 mod ceiling;
 mod end_to_end;
 mod promotion;
@@ -18,6 +19,7 @@ mod settings;
 mod workload;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -77,6 +79,22 @@ async fn run(settings: &Settings) -> anyhow::Result<Report<'_>> {
     let run_id = &id[id.len() - 12..];
     let limit = settings.phase_timeout;
 
+    if settings.admin_rows.is_some() {
+        // Seeding millions of rows takes minutes: at least an hour, whatever --timeout-secs.
+        let admin = Sandbox::create(settings, run_id, "admin", true)
+            .await?
+            .run(
+                limit.max(Duration::from_secs(3_600)),
+                &shutdown,
+                async |s, stop| admin_reads::measure(settings, s, stop).await,
+            )
+            .await
+            .context("admin-reads phase")?;
+        return Ok(Report {
+            settings,
+            phases: vec![admin],
+        });
+    }
     let ceiling = Sandbox::create(settings, run_id, "ceiling", false)
         .await?
         .run(limit, &shutdown, async |s, stop| {
@@ -115,7 +133,10 @@ async fn run(settings: &Settings) -> anyhow::Result<Report<'_>> {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    // sqlx warns of every statement over a second, and the admin-reads phase seeds with
+    // statements of half a minute: it would print each one whole.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("warn,sqlx::query=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -141,6 +141,12 @@ impl Sandbox {
 }
 
 impl Database {
+    /// The private database's URL, for provisioning scripts (the admin-reads phase seeds its
+    /// rows with one).
+    pub(crate) fn url(&self) -> &str {
+        &self.config.url
+    }
+
     /// A pool on the private database: the usual size when `max_connections` is `None` (the
     /// worker's), or smaller for the benchmark's own queries, which should not take
     /// connections from the system under test.

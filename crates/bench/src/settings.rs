@@ -56,6 +56,12 @@ pub(crate) struct Args {
     )]
     pub(crate) database_url: String,
 
+    /// Instead of the default phases, seed a jobs table of this many rows and time the
+    /// `warren` CLI's read queries on it (docs/benchmarks.md, "Admin reads"). Ten million
+    /// rows take a few minutes to seed.
+    #[arg(long, env = "WARREN_BENCH_ADMIN_ROWS", value_name = "N")]
+    pub(crate) admin_rows: Option<u64>,
+
     /// Also print the results as one JSON line after the table.
     #[arg(long, env = "WARREN_BENCH_JSON")]
     pub(crate) json: bool,
@@ -73,6 +79,8 @@ pub(crate) struct Settings {
     pub(crate) amqp_url: String,
     pub(crate) admin_database_url: String,
     pub(crate) json: bool,
+    /// Seed this many rows and time the admin reads, instead of the default phases.
+    pub(crate) admin_rows: Option<u64>,
     /// Cores the operating system gives this process; printed with the results because the
     /// broker, the database and the benchmark all share them.
     pub(crate) cores: usize,
@@ -105,6 +113,9 @@ impl Args {
         if self.prefetch == 0 {
             return Err("--prefetch / WARREN_BENCH_PREFETCH must be at least 1".to_owned());
         }
+        if self.admin_rows == Some(0) {
+            return Err("--admin-rows / WARREN_BENCH_ADMIN_ROWS must be at least 1".to_owned());
+        }
         if self.timeout_secs == 0 {
             return Err("--timeout-secs / WARREN_BENCH_TIMEOUT_SECS must be at least 1".to_owned());
         }
@@ -118,6 +129,7 @@ impl Args {
             amqp_url: self.amqp_url,
             admin_database_url: self.database_url,
             json: self.json,
+            admin_rows: self.admin_rows,
             cores: std::thread::available_parallelism().map_or(1, usize::from),
         })
     }

@@ -9,7 +9,9 @@
 //! is `warren_broker`'s, queries and migrations are `warren_store`'s. A command here checks its
 //! input, calls them, and formats the answer.
 
+mod batches;
 mod completions;
+mod confirm;
 mod connection;
 mod dead;
 mod dlq;
@@ -20,6 +22,7 @@ mod logs;
 mod management;
 mod migrate;
 mod output;
+mod prune;
 mod queue_control;
 mod queues;
 mod stats;
@@ -41,6 +44,7 @@ pub use jobs::{
 pub use logs::{LogWriter, log_writer};
 pub use migrate::MigrateArgs;
 pub use output::ColourChoice;
+pub use prune::PruneJobsArgs;
 pub use queues::{DeclareArgs, PauseArgs, PurgeArgs, QueuesCommand};
 pub use stats::StatsArgs;
 pub use top::TopArgs;
@@ -49,11 +53,12 @@ pub use workers::{PruneArgs, WorkersArgs, WorkersCommand};
 const LONG_ABOUT: &str = "\
 Administers Warren: applies database migrations, enqueues jobs, lists them and shows what
 happened to them, retries or cancels them one by one or in bulk, groups dead jobs, lists,
-declares, pauses, resumes and purges queues, and lists workers.
+declares, pauses, resumes and purges queues, lists workers, prunes old finished jobs, and
+shows it all live (`top`).
 
 Settings come from flags or WARREN_* environment variables. Each command needs only the service
-it talks to: --amqp-url for `enqueue`, `queues` and `dlq`, --database-url for `migrate`, `jobs` and
-`workers`.
+it talks to: --amqp-url for `enqueue`, `queues` and `dlq`, --database-url for `migrate`, `jobs`,
+`dead`, `stats`, `prune` and `workers`.
 
 Exit status:
   0  success
@@ -63,7 +68,8 @@ Exit status:
      end of the parking queue; `queues show` or `queues purge` of an unknown queue)
   4  refused: the job's state does not allow it (retry of a succeeded job, cancel of a
      finished one)
-  130  a bulk retry, cancel or purge was interrupted by Ctrl-C (committed batches stay done)
+  130  a bulk retry, cancel, prune or purge was interrupted by Ctrl-C (committed batches stay
+       done)
 
 Examples:
   warren jobs list --state dead --since 1h
@@ -113,6 +119,8 @@ pub enum Command {
     Stats(StatsArgs),
     /// A live view of queues, tasks and workers, refreshed every second (q quits).
     Top(TopArgs),
+    /// Delete finished jobs (succeeded, dead, cancelled) older than --older-than, in batches.
+    Prune(PruneJobsArgs),
     /// Print a shell completion script (bash, zsh or fish).
     Completions(CompletionsArgs),
 }
@@ -142,6 +150,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Command::Dead(args) => dead::run(args, &connection).await,
         Command::Stats(args) => stats::run(args, &connection).await,
         Command::Top(args) => top::run(args, &connection).await,
+        Command::Prune(args) => prune::run(args, &connection).await,
         Command::Completions(args) => completions::run(args),
     }
 }

@@ -17,7 +17,7 @@ pub enum Error {
     /// One of the worker's background tasks panicked, a bug rather than an outage.
     #[error("the worker's {task} task panicked ({message}); restart the worker")]
     TaskPanicked {
-        /// The task's role: `promoter`, `control` or `heartbeat`.
+        /// The task's role: `promoter`, `control`, `heartbeat` or `cleaner`.
         task: &'static str,
         /// The panic's message.
         message: String,

@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 mod broker_timeout;
+mod cleaner;
 mod consumer;
 mod context;
 mod control;
@@ -39,6 +40,7 @@ mod signal;
 mod supervise;
 mod worker;
 
+pub use cleaner::{Cleaner, CleanerPass, RetentionConfig};
 pub use context::JobContext;
 pub use error::Error;
 pub use health::{Health, HealthReport};

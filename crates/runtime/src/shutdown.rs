@@ -56,6 +56,9 @@ pub(crate) struct Background {
     pub(crate) control: Supervised,
     pub(crate) promoter: Option<Supervised>,
     pub(crate) gauges: Option<Supervised>,
+    /// Deletes old finished jobs; a batch in progress is a short transaction, and one cut off
+    /// by the end of the grace period rolls back.
+    pub(crate) cleaner: Supervised,
 }
 
 impl Running {
@@ -136,10 +139,12 @@ impl Running {
             control,
             promoter,
             gauges,
+            cleaner,
         } = self.background;
         for (task, what) in [
             (heartbeat, "stopping the heartbeat"),
             (control, "closing the LISTEN connection"),
+            (cleaner, "stopping the cleaner"),
         ] {
             task.join_until(closing, what).await;
         }

@@ -22,7 +22,7 @@ use crate::heartbeat::heartbeat_loop;
 use crate::registry::{Registry, TaskOptions};
 use crate::shutdown::{Background, Running};
 use crate::supervise::{Fatal, Supervised};
-use crate::{Error, Health, JobContext, Promoter, PromoterConfig};
+use crate::{Cleaner, Error, Health, JobContext, Promoter, PromoterConfig, RetentionConfig};
 
 /// How a worker runs. Plain data: the binary fills it from flags and environment.
 #[derive(Clone, Debug)]
@@ -59,12 +59,15 @@ pub struct WorkerConfig {
     pub fleet_gauges: Option<Duration>,
     /// Updated as the worker starts, beats and stops; read it to answer health checks.
     pub health: Health,
+    /// How long finished jobs are kept; one worker of the fleet at a time deletes older ones.
+    pub retention: RetentionConfig,
 }
 
 impl WorkerConfig {
     /// A config with the defaults: 64 handlers at once, a prefetch of 128, 30 s of shutdown
     /// grace, a 5 min job timeout, 1 MiB bodies, RabbitMQ's default 30 min consumer
-    /// timeout, 5 s heartbeats and a promoter in this process. Checked by
+    /// timeout, 5 s heartbeats, a promoter in this process and the default
+    /// [`RetentionConfig`]. Checked by
     /// [`WorkerBuilder::build`].
     pub fn new(worker_id: impl Into<String>, queues: Vec<QueueName>) -> Self {
         Self {
@@ -82,6 +85,7 @@ impl WorkerConfig {
             promoter: Some(PromoterConfig::default()),
             fleet_gauges: None,
             health: Health::default(),
+            retention: RetentionConfig::default(),
         }
     }
 
@@ -108,6 +112,7 @@ impl WorkerConfig {
         if self.shutdown_grace < Duration::from_millis(100) {
             return fail("the shutdown grace period must be at least 100ms");
         }
+        self.retention.validate().map_err(Error::Config)?;
         crate::broker_timeout::check(
             self.broker_consumer_timeout,
             self.default_timeout,
@@ -577,6 +582,11 @@ fn spawn_background(
         heartbeat: Supervised::spawn("heartbeat", heartbeat, shared.fatal.clone()),
         promoter,
         gauges,
+        cleaner: Supervised::spawn(
+            "cleaner",
+            Cleaner::new(store.clone(), cfg.retention).run(shared.stop.clone()),
+            shared.fatal.clone(),
+        ),
     }
 }
 

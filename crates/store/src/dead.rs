@@ -42,7 +42,9 @@ struct DeadGroupRow {
 impl Store {
     /// Dead jobs that died at or after `since` (all of them when `None`), grouped, largest
     /// group first. A job's time of death is its `finished_at`, or its last update when a
-    /// row has none.
+    /// row has none. The window is spelt on `finished_at` itself, not on the `coalesce`, so
+    /// that the `(state, finished_at)` index serves it: about 1 s at ten million rows
+    /// otherwise, whatever the window.
     pub async fn dead_groups(&self, since: Option<DateTime<Utc>>) -> Result<Vec<DeadGroup>, Error> {
         let rows: Vec<DeadGroupRow> = sqlx::query_as(
             "SELECT task,
@@ -54,7 +56,8 @@ impl Store {
                     (array_agg(id ORDER BY coalesce(finished_at, updated_at) DESC))[1] AS example_id
              FROM warren_jobs
              WHERE state = 'dead'
-               AND ($1::timestamptz IS NULL OR coalesce(finished_at, updated_at) >= $1)
+               AND ($1::timestamptz IS NULL OR finished_at >= $1
+                    OR (finished_at IS NULL AND updated_at >= $1))
              GROUP BY 1, 2, 3
              ORDER BY count(*) DESC, max(coalesce(finished_at, updated_at)) DESC",
         )

@@ -162,6 +162,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// A prune named a state whose jobs are not finished; only succeeded, dead and
+    /// cancelled jobs can be deleted. Nothing was deleted.
+    #[error(
+        "jobs in state `{state}` cannot be pruned: only finished jobs (succeeded, dead, \
+         cancelled) are deleted"
+    )]
+    NotPrunable {
+        /// The state that was named.
+        state: warren_core::JobState,
+    },
+
     /// An aggregate over many jobs met a state it does not know (a count per state).
     #[error("a stored job state is corrupt: {reason}")]
     CorruptState {

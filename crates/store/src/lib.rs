@@ -21,6 +21,7 @@ mod promotion;
 pub mod provision;
 mod queues;
 mod recorder;
+mod retention;
 mod schedule;
 #[cfg(test)]
 mod sql_states;
@@ -42,6 +43,7 @@ pub use recorder::{
     BadInput, RAW_BODY_KEPT, RECORDER_BATCH_SIZE, RECORDER_COMMIT_SECONDS, RawBody, RecordRow,
     Recorded, Recorder, RecorderConfig,
 };
+pub use retention::{PRUNE_LOCK, PruneBatch, PruneLock};
 pub use schedule::{PgTransaction, ScheduledJob, schedule_in};
 pub use stats::{MinuteCounts, TaskStats};
 pub use store::{Store, StoreConfig};

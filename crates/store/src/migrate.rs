@@ -95,10 +95,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "finished_index",
         sql: include_str!("../../../schemas/migrations/0006_finished_index.sql"),
     },
+    Migration {
+        version: 7,
+        name: "retention_indexes",
+        sql: include_str!("../../../schemas/migrations/0007_retention_indexes.sql"),
+    },
 ];
 
 /// The schema version this binary creates and expects.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// An arbitrary constant naming Warren's migration lock among other advisory locks.
 const LOCK_KEY: i64 = 0x5741_5252_454E_0001;

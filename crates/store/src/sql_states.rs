@@ -23,6 +23,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("queues.rs", include_str!("queues.rs")),
     ("stats.rs", include_str!("stats.rs")),
     ("recorder.rs", include_str!("recorder.rs")),
+    ("retention.rs", include_str!("retention.rs")),
     ("schedule.rs", include_str!("schedule.rs")),
     (
         "0001_init.sql",
@@ -47,6 +48,10 @@ const SOURCES: &[(&str, &str)] = &[
     (
         "0006_finished_index.sql",
         include_str!("../../../schemas/migrations/0006_finished_index.sql"),
+    ),
+    (
+        "0007_retention_indexes.sql",
+        include_str!("../../../schemas/migrations/0007_retention_indexes.sql"),
     ),
 ];
 

@@ -161,7 +161,12 @@ impl Store {
     /// [`Error::Connect`]). It does not check the schema: see [`Store::check_schema`].
     pub async fn connect(config: &StoreConfig) -> Result<Self, Error> {
         // TLS: verify-full for remote hosts, none on loopback, unless the URL says otherwise.
-        let options = connect_options(&config.url)?.application_name(&config.application_name);
+        // JIT off: compiling a plan costs 0.3 to 1 s, more than the admin aggregates on a
+        // ten-million-row table take without it, and Warren runs no query long enough to
+        // win that back (docs/benchmarks.md, "Admin reads").
+        let options = connect_options(&config.url)?
+            .application_name(&config.application_name)
+            .options([("jit", "off")]);
         let mode = options.get_ssl_mode();
         let endpoint = format!(
             "{}:{}/{}",

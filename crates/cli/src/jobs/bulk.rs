@@ -10,9 +10,6 @@
 //! 130.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use serde::Serialize;
@@ -20,7 +17,8 @@ use warren_core::JobState;
 use warren_core::lifecycle::{Event, transition};
 use warren_store::{CancelOutcome, JobFilter, RetryOutcome, Store};
 
-use crate::exit::{Interrupted, Usage};
+use crate::batches::Batches;
+use crate::exit::Interrupted;
 use crate::output::{emit, emit_json};
 
 /// Jobs per transaction: small enough that a batch holds its row locks for well under a
@@ -192,31 +190,13 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
     }
 }
 
-/// Asks on the terminal; refuses when there is none, since nobody could have said yes.
+/// Asks on the terminal (see [`crate::confirm`]).
 fn confirm(action: Action, planned: &Report) -> anyhow::Result<()> {
     let n = match action {
         Action::Retry => planned.done,
         Action::Cancel => planned.done + planned.signalled,
     };
-    if !std::io::stdin().is_terminal() {
-        return Err(Usage(format!(
-            "refusing to {} {n} jobs without confirmation: stdin is not a terminal; pass --yes \
-             to go ahead, or --dry-run to see what would be done",
-            action.verb()
-        ))
-        .into());
-    }
-    eprint!("{}{} {n} jobs? [y/N] ", planned.text(), action.verb());
-    let _ = std::io::stderr().flush();
-    let mut answer = String::new();
-    std::io::stdin()
-        .read_line(&mut answer)
-        .context("reading the confirmation")?;
-    if matches!(answer.trim(), "y" | "Y" | "yes") {
-        Ok(())
-    } else {
-        Err(Usage("not confirmed; nothing was done".to_owned()).into())
-    }
+    crate::confirm::confirm(&planned.text(), &format!("{} {n} jobs", action.verb()))
 }
 
 async fn execute(
@@ -225,16 +205,7 @@ async fn execute(
     filter: &JobFilter,
     matched: i64,
 ) -> anyhow::Result<Report> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                stop.store(true, Ordering::SeqCst);
-            }
-        })
-    };
-    let progress = std::io::stderr().is_terminal();
+    let batches = Batches::start();
     let mut report = Report {
         action: Some(action),
         matched,
@@ -272,26 +243,21 @@ async fn execute(
                 Err(e) => break Err(e),
             },
         };
-        if progress {
-            let seen = report.done
-                + report.signalled
-                + report.no_payload
-                + report.refused.values().sum::<i64>();
-            eprint!("\r{} {seen}/{matched}", action.verb());
-        }
+        let seen = report.done
+            + report.signalled
+            + report.no_payload
+            + report.refused.values().sum::<i64>();
+        batches.progress(&format!("{} {seen}/{matched}", action.verb()));
         after = next;
         if after.is_none() {
             break Ok(());
         }
-        if stop.load(Ordering::SeqCst) {
+        if batches.interrupted() {
             report.interrupted = true;
             break Ok(());
         }
     };
-    watcher.abort();
-    if progress {
-        eprintln!();
-    }
+    batches.finish();
     result.with_context(|| {
         format!(
             "{} stopped after {} jobs (each committed batch stays done; run again for the rest)",
