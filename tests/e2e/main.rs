@@ -4,6 +4,7 @@
 mod admin;
 mod alarm;
 mod bad_input;
+mod broker_accounts;
 mod consumer_timeout;
 mod crash_loop;
 mod faults;
