@@ -7,6 +7,7 @@ mod bad_input;
 mod broker_accounts;
 mod consumer_timeout;
 mod crash_loop;
+mod deploy_manifests;
 mod faults;
 mod fencing;
 mod idempotency;
