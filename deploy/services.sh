@@ -81,7 +81,13 @@ ensure_nextest() {
   cargo install --locked cargo-nextest >/dev/null
 }
 
+# The tests check deploy/systemd's unit file with `systemd-analyze verify`.
+ensure_systemd_analyze() {
+  command -v systemd-analyze >/dev/null || apt_install systemd
+}
+
 ensure_services() {
+  ensure_systemd_analyze
   ensure_postgres
   ensure_rabbitmq
   ensure_rabbitmq_management

@@ -4,8 +4,10 @@
 mod admin;
 mod alarm;
 mod bad_input;
+mod broker_accounts;
 mod consumer_timeout;
 mod crash_loop;
+mod deploy_manifests;
 mod faults;
 mod fencing;
 mod idempotency;
