@@ -22,6 +22,7 @@ pub mod problem;
 pub mod request;
 pub mod settings;
 pub mod telemetry;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -13,7 +13,7 @@ use warren_client::{Broker, Client, Store};
 use warren_producer::auth::{Tokens, new_token};
 use warren_producer::contracts::Contracts;
 use warren_producer::settings::{Args, Command, LogFormat, Settings, TokenCommand};
-use warren_producer::{AppState, router};
+use warren_producer::{AppState, router, tls};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -39,7 +39,7 @@ fn main() -> ExitCode {
     };
     init_logging(settings.log_format);
     // The configuration is read before any connection, so that a mistake in it exits 2.
-    let (tokens, contracts) = match load_files(&settings) {
+    let (tokens, contracts, tls) = match load_files(&settings) {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("warren-producer: {e}");
@@ -54,6 +54,7 @@ fn main() -> ExitCode {
         tasks = ?contracts.tasks().collect::<Vec<_>>(),
         allow_unknown_tasks = settings.allow_unknown_tasks,
         limits = ?settings.limits,
+        tls = tls.is_some(),
         "starting"
     );
     let runtime = match tokio::runtime::Runtime::new() {
@@ -63,7 +64,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(serve(settings, tokens, contracts)) {
+    match runtime.block_on(serve(settings, tokens, contracts, tls)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -74,7 +75,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_files(settings: &Settings) -> Result<(Tokens, Contracts), String> {
+/// What `load_files` reads: the tokens, the contracts, and the TLS config if any.
+type Files = (
+    Tokens,
+    Contracts,
+    Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
+);
+
+fn load_files(settings: &Settings) -> Result<Files, String> {
     let path = &settings.tokens_file;
     let text = std::fs::read_to_string(path).map_err(|e| {
         format!(
@@ -84,10 +92,19 @@ fn load_files(settings: &Settings) -> Result<(Tokens, Contracts), String> {
     })?;
     let tokens = Tokens::parse(&text, &path.display().to_string())?;
     let contracts = Contracts::load(&settings.schemas_dir, settings.allow_unknown_tasks)?;
-    Ok((tokens, contracts))
+    let tls = match &settings.tls {
+        Some((cert, key)) => Some(tls::server_config(cert, key)?),
+        None => None,
+    };
+    Ok((tokens, contracts, tls))
 }
 
-async fn serve(settings: Settings, tokens: Tokens, contracts: Contracts) -> anyhow::Result<()> {
+async fn serve(
+    settings: Settings,
+    tokens: Tokens,
+    contracts: Contracts,
+    tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
+) -> anyhow::Result<()> {
     let broker = Broker::connect(settings.broker.clone())
         .await
         .context("connecting to RabbitMQ")?;
@@ -111,13 +128,25 @@ async fn serve(settings: Settings, tokens: Tokens, contracts: Contracts) -> anyh
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("listening on {}", settings.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "listening");
+    let addr = listener.local_addr()?;
+    let app = router(state);
     // Graceful: on a signal, stop accepting, let in-flight requests finish (each is bounded
     // by the request timeout), then close the connections.
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
+    match tls {
+        None => {
+            tracing::info!(%addr, "listening (HTTP)");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+        }
+        Some(config) => {
+            tracing::info!(%addr, "listening (HTTPS)");
+            axum::serve(tls::TlsListener::new(listener, config)?, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+        }
+    }
+    .context("serving HTTP")?;
     tracing::info!("in-flight requests finished; closing connections");
     broker.close().await;
     if let Some(store) = store {

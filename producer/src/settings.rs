@@ -78,6 +78,14 @@ pub struct Args {
     #[arg(long, env = "WARREN_NAMESPACE", default_value = Namespace::DEFAULT)]
     pub namespace: String,
 
+    /// PEM certificate chain (leaf first) to serve HTTPS with; needs --tls-key.
+    #[arg(long, env = "WARREN_TLS_CERT_FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "WARREN_TLS_KEY_FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Log format.
     #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -121,6 +129,8 @@ pub struct Settings {
     pub allow_unknown_tasks: bool,
     /// Request limits.
     pub limits: Limits,
+    /// Certificate and key files, to serve HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -179,6 +189,7 @@ impl Args {
                 max_batch: self.max_batch,
                 request_timeout: self.request_timeout,
             },
+            tls: self.tls_cert.zip(self.tls_key),
             log_format: self.log_format,
         })
     }
@@ -228,6 +239,11 @@ mod tests {
             parse(&["--namespace", "a b"])
                 .unwrap_err()
                 .contains("--namespace")
+        );
+        assert!(
+            parse(&["--tls-cert", "c.pem"])
+                .unwrap_err()
+                .contains("--tls-key")
         );
         let e = Args::try_parse_from(["warren-producer"])
             .unwrap()

@@ -232,3 +232,72 @@ async fn bad_configuration_exits_2_naming_the_setting() -> anyhow::Result<()> {
     assert_eq!(out.status.code(), Some(2));
     Ok(())
 }
+
+#[tokio::test]
+async fn with_a_certificate_it_serves_https_only() -> anyhow::Result<()> {
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+    let env = TestEnv::new(&["default"]).await?;
+    let dir = std::env::temp_dir().join(format!("warren-producer-tls-{}", env.name));
+    std::fs::create_dir_all(&dir)?;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem())?;
+    std::fs::write(dir.join("key.pem"), cert.key_pair.serialize_pem())?;
+    let (_, line) = warren_producer::auth::new_token("tls", &[]).map_err(anyhow::Error::msg)?;
+    std::fs::write(dir.join("tokens"), line)?;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut child = Command::new(BIN)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--namespace", env.namespace()])
+        .args([
+            "--schemas-dir",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas/payloads"),
+        ])
+        .arg("--tls-cert")
+        .arg(dir.join("cert.pem"))
+        .arg("--tls-key")
+        .arg(dir.join("key.pem"))
+        .arg("--tokens-file")
+        .arg(dir.join("tokens"))
+        .env("WARREN_AMQP_URL", &env.amqp_url)
+        .env_remove("WARREN_DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("log"))?)
+        .kill_on_drop(true)
+        .spawn()?;
+
+    let mut roots = RootCertStore::empty();
+    roots.add(cert.cert.der().clone())?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let answer = wait_until(Duration::from_secs(30), "an HTTPS answer", || async {
+        let attempt = async {
+            let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+            let name = rustls_pki_types::ServerName::try_from("localhost")?;
+            let mut tls = connector.connect(name, tcp).await?;
+            tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .await?;
+            let mut answer = Vec::new();
+            tls.read_to_end(&mut answer).await?;
+            anyhow::Ok(String::from_utf8_lossy(&answer).into_owned())
+        };
+        let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+        Ok(attempt
+            .await
+            .map_err(|e| format!("{e:#}; producer log:\n{log}")))
+    })
+    .await?;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Plain HTTP on the same port gets no HTTP answer.
+    let plain = http(port, "GET", "/healthz", None, None).await;
+    assert!(plain.is_err() || plain.is_ok_and(|(s, _)| s != 200));
+    child.kill().await?;
+    std::fs::remove_dir_all(&dir)?;
+    env.cleanup().await
+}
