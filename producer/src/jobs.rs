@@ -53,7 +53,18 @@ impl AppState {
         header_key: Option<String>,
         trace: Option<&(String, Option<String>)>,
     ) -> Result<Prepared, Problem> {
-        let request = JobRequest::from_value(value, at).map_err(|v| invalid_job(at, v))?;
+        let request = JobRequest::from_value(value, at).map_err(|mut v| {
+            // Report the payload's violations too when the task can be read, so that one
+            // answer lists every mistake.
+            if let Some(task) = value.get("task").and_then(Value::as_str)
+                && caller.allows(task)
+                && let Some(payload) = value.get("payload")
+                && let Err(more) = self.contracts.check(task, payload, at)
+            {
+                v.extend(more);
+            }
+            invalid_job(at, v)
+        })?;
         if !caller.allows(&request.task) {
             return Err(caller.refuse(&request.task));
         }

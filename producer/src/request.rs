@@ -80,11 +80,8 @@ pub async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<
         bytes.extend_from_slice(&chunk);
     }
     serde_json::from_slice(&bytes).map_err(|e| {
-        Problem::malformed(format!(
-            "the body is not valid JSON: {e} (line {}, column {})",
-            e.line(),
-            e.column()
-        ))
+        // serde_json's message ends with the line and column.
+        Problem::malformed(format!("the body is not valid JSON: {e}"))
     })
 }
 
