@@ -251,7 +251,10 @@ async fn bad_bodies_get_precise_problems() -> anyhow::Result<()> {
             "/attempts",
         ),
         (json!({"task": "warren.echo"}), "/payload"),
-        (json!({"task": "warren.sleep", "payload": {"ms": -1}, "delay": "x"}), "/payload/ms"),
+        (
+            json!({"task": "warren.sleep", "payload": {"ms": -1}, "delay": "x"}),
+            "/payload/ms",
+        ),
         (
             json!({"task": "warren.echo", "payload": 1, "queue": "nobody-declared-this"}),
             "/queue",
