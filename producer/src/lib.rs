@@ -54,7 +54,7 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Most jobs in one batch; more get 422.
     pub max_batch: usize,
-    /// Longest a request may take; a slower one gets 408.
+    /// Longest a request may take; a slower one gets 503 (its job, if any, is not accepted).
     pub request_timeout: Duration,
 }
 
@@ -197,11 +197,14 @@ pub fn router(state: AppState) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .with_state(state.clone())
-        .layer(middleware::map_response(problemize))
+        // A request that outlives its timeout is waiting on RabbitMQ or Postgres: 503, like
+        // any other unavailability, so that clients retry it the same way.
         .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
+            StatusCode::SERVICE_UNAVAILABLE,
             state.limits.request_timeout,
         ))
+        // Outside the timeout, so that its answer is made problem+json too.
+        .layer(middleware::map_response(problemize))
         .layer(TraceLayer::new_for_http().make_span_with(|r: &Request| {
             let id = r
                 .headers()
@@ -232,7 +235,12 @@ async fn problemize(response: Response) -> Response {
         return response;
     }
     let mut problem = Problem::from_status(status);
-    if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        problem = Problem::unavailable(
+            "no answer within the request timeout (--request-timeout / WARREN_REQUEST_TIMEOUT): \
+             RabbitMQ or PostgreSQL is slow or unreachable; nothing was accepted, send it again",
+        );
+    } else if status.is_server_error() {
         // Never an internal message; a fault here is this service's and is logged.
         tracing::error!(
             status = status.as_u16(),

@@ -152,15 +152,10 @@ impl Problem {
         )
     }
 
-    /// 408/504-style timeouts and any other status a middleware produced without a body.
+    /// Any status a middleware or extractor produced without a body.
     pub fn from_status(status: StatusCode) -> Self {
         let title = status.canonical_reason().unwrap_or("Error");
-        let detail = match status {
-            StatusCode::REQUEST_TIMEOUT => {
-                "the request took longer than this service's request timeout (--request-timeout / WARREN_REQUEST_TIMEOUT); try again".to_owned()
-            }
-            _ => format!("the request failed with status {}", status.as_u16()),
-        };
+        let detail = format!("the request failed with status {}", status.as_u16());
         let kind = title.to_ascii_lowercase().replace(' ', "-");
         Self::new(status, &kind, title, detail)
     }

@@ -70,7 +70,7 @@ pub struct Args {
     #[arg(long, env = "WARREN_MAX_BATCH", default_value_t = 1000)]
     pub max_batch: usize,
 
-    /// Longest a request may take, e.g. 30s; a slower one gets 408.
+    /// Longest a request may take, e.g. 30s; a slower one gets 503 and nothing is accepted.
     #[arg(long, env = "WARREN_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 

@@ -621,6 +621,34 @@ async fn a_broker_outage_is_503_and_never_a_false_accept() -> anyhow::Result<()>
     send(&a.router, "GET", "/readyz", None, &[], Body::empty())
         .await
         .problem(503);
+
+    // A broker that takes the connection but never answers: the request timeout answers.
+    let quiet = Proxy::start("127.0.0.1:5672").await?;
+    let mut config = env.broker_config.clone();
+    config.url = quiet.url_through(&config.url, "127.0.0.1:5672");
+    let broker = warren_client::Broker::connect(config).await?;
+    let limits = Limits {
+        request_timeout: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let slow = app(
+        &env,
+        Options {
+            broker: Some(broker),
+            with_store: false,
+            limits,
+            ..Options::default()
+        },
+    )
+    .await?;
+    quiet.blackhole();
+    let hung = post(&slow.router, "/v1/jobs", &slow.all, &job).await;
+    assert!(
+        hung.problem(503)["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("request timeout")
+    );
     env.cleanup().await
 }
 
