@@ -72,7 +72,9 @@ impl Default for Limits {
 /// What every request handler shares. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct AppState {
-    client: Client,
+    /// Behind an `Arc` because axum clones the state for every request, and a client clone
+    /// clones its channel handles.
+    client: Arc<Client>,
     store: Option<Store>,
     tokens: Arc<Tokens>,
     contracts: Arc<Contracts>,
@@ -95,7 +97,7 @@ impl AppState {
             None => client,
         };
         Self {
-            client,
+            client: Arc::new(client),
             store,
             tokens: Arc::new(tokens),
             contracts: Arc::new(contracts),
