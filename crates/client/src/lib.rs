@@ -441,6 +441,8 @@ pub struct Client {
     broker: Broker,
     publisher: Publisher,
     store: Option<Store>,
+    /// Whether keyed jobs go through the store; see [`Client::keyed_through_store`].
+    keyed_through_store: bool,
 }
 
 impl Client {
@@ -457,6 +459,7 @@ impl Client {
             broker,
             publisher,
             store: None,
+            keyed_through_store: false,
         })
     }
 
@@ -465,6 +468,26 @@ impl Client {
     pub fn with_store(mut self, store: Store) -> Self {
         self.store = Some(store);
         self
+    }
+
+    /// With a store, writes every job that carries an idempotency key as a `scheduled` row due
+    /// now (a promoter publishes it), instead of publishing it at once. A key that another
+    /// live or succeeded job holds then returns that job's id at enqueue, and no second job
+    /// exists; on the hot path the duplicate would be published and only recognised by the
+    /// worker (recorded `cancelled`, `duplicate_of` the holder). It costs keyed jobs one
+    /// insert and a promoter's hop; jobs without a key are not affected. No effect without a
+    /// store. The HTTP producer turns it on, since its callers cannot see the worker's verdict.
+    pub fn keyed_through_store(mut self, on: bool) -> Self {
+        self.keyed_through_store = on;
+        self
+    }
+
+    /// Whether this job waits in Postgres rather than being published now.
+    fn goes_to_rows(&self, job: &Checked, now: DateTime<Utc>) -> bool {
+        job.is_delayed(now)
+            || (self.keyed_through_store
+                && self.store.is_some()
+                && job.message.idempotency_key.is_some())
     }
 
     /// The connection this client publishes on, e.g. to read queue depths or to share it
@@ -504,7 +527,7 @@ impl Client {
     /// ```
     pub async fn enqueue(&self, job: impl IntoJob) -> Result<JobId, Error> {
         let job = job.into_job().check()?;
-        if job.is_delayed(Utc::now()) {
+        if self.goes_to_rows(&job, Utc::now()) {
             return self.enqueue_delayed(job).await;
         }
         let raw = job.message.encode();
@@ -558,7 +581,7 @@ impl Client {
             results.push(None);
             match job.into_job().check() {
                 Err(e) => results[i] = Some(Err(e)),
-                Ok(job) if job.is_delayed(now) && self.store.is_some() => {
+                Ok(job) if self.goes_to_rows(&job, now) && self.store.is_some() => {
                     scheduled.push((i, job.into_scheduled()));
                 }
                 Ok(job) if job.is_delayed(now) => intake.push((i, job)),

@@ -1,0 +1,527 @@
+//! The job routes: enqueue one, enqueue a batch, read one, cancel one.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde::Serialize;
+use serde_json::Value;
+use warren_client::{JobId, NewJob};
+use warren_core::ErrorChain;
+use warren_core::message::is_traceparent;
+use warren_store::CancelOutcome;
+
+use crate::auth::Caller;
+use crate::problem::{Problem, RETRY_AFTER_SECS, Violation};
+use crate::request::{JobRequest, When, pointer, read_json};
+use crate::{AppState, telemetry};
+
+/// The header a client may send the idempotency key in, instead of the body's field.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The answer for an accepted job.
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    /// The job's id; for a repeated idempotency key, the id of the job that holds it.
+    pub id: JobId,
+    /// `queued` (confirmed by RabbitMQ) or `scheduled` (a committed row, or on its way to
+    /// one through the intake queue); for a repeated key, the holder's state.
+    pub state: String,
+    /// True when the idempotency key was already held: no new job was made.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+}
+
+/// A job that passed every check, ready to enqueue.
+struct Prepared {
+    job: NewJob,
+    id: JobId,
+    /// Whether it waits in Postgres rather than being published now.
+    to_rows: bool,
+}
+
+impl AppState {
+    /// Checks one job object found at `at`: its shape (422), the caller's right to its task
+    /// (403), its task's contract (422) and every option (422).
+    fn prepare(
+        &self,
+        caller: &Caller,
+        value: &Value,
+        at: &str,
+        header_key: Option<String>,
+        trace: Option<&(String, Option<String>)>,
+    ) -> Result<Prepared, Problem> {
+        let request = JobRequest::from_value(value, at).map_err(|mut v| {
+            // Report the payload's violations too when the task can be read, so that one
+            // answer lists every mistake.
+            if let Some(task) = value.get("task").and_then(Value::as_str)
+                && caller.allows(task)
+                && let Some(payload) = value.get("payload")
+                && let Err(more) = self.contracts.check(task, payload, at)
+            {
+                v.extend(more);
+            }
+            invalid_job(at, v)
+        })?;
+        if !caller.allows(&request.task) {
+            return Err(caller.refuse(&request.task));
+        }
+        self.contracts
+            .check(&request.task, &request.payload, at)
+            .map_err(|v| invalid_job(at, v))?;
+        let key = match (request.idempotency_key, header_key) {
+            (Some(body), Some(header)) if body != header => {
+                return Err(invalid_job(
+                    at,
+                    vec![Violation::new(
+                        pointer(at, "idempotency_key"),
+                        "differs from the Idempotency-Key header; give one key, in either place",
+                    )],
+                ));
+            }
+            (body, header) => body.or(header),
+        };
+        let id = JobId::new();
+        let mut job = NewJob::new(&request.task, &request.payload).id(id);
+        if let Some(q) = &request.queue {
+            job = job.queue(q);
+        }
+        if let Some(n) = request.max_attempts {
+            job = job.max_attempts(n);
+        }
+        if let Some(t) = request.timeout {
+            job = job.timeout(t);
+        }
+        let keyed_row = key.is_some() && self.store.is_some();
+        if let Some(k) = key {
+            job = job.idempotency_key(k);
+        }
+        if let Some((tp, ts)) = trace {
+            job = job.trace(tp, ts.as_deref());
+        }
+        let to_rows = match request.when {
+            When::Now => keyed_row,
+            When::After(d) => keyed_row || !d.is_zero(),
+            When::At(t) => keyed_row || t > Utc::now(),
+        };
+        job = match request.when {
+            When::Now => job,
+            When::After(d) => job.delay(d),
+            When::At(t) => job.run_at(t),
+        };
+        if let Err(warren_client::Error::Invalid { problems, .. }) = job.validate() {
+            let v = problems
+                .into_iter()
+                .map(|p| Violation::new(pointer(at, field_of(p.field)), p.text))
+                .collect();
+            return Err(invalid_job(at, v));
+        }
+        Ok(Prepared { job, id, to_rows })
+    }
+
+    /// The answer for an enqueue that returned `id`.
+    async fn accepted(&self, prepared_id: JobId, to_rows: bool, id: JobId) -> Accepted {
+        telemetry::job("accepted");
+        if id == prepared_id {
+            let state = if to_rows { "scheduled" } else { "queued" };
+            return Accepted {
+                id,
+                state: state.to_owned(),
+                duplicate: false,
+            };
+        }
+        // The key is held by another job: say where that one is.
+        let state = match &self.store {
+            Some(store) => match store.job(id).await {
+                Ok(Some(record)) => record.state.to_string(),
+                _ => "scheduled".to_owned(),
+            },
+            None => "scheduled".to_owned(),
+        };
+        Accepted {
+            id,
+            state,
+            duplicate: true,
+        }
+    }
+}
+
+/// The body field a `warren_client::Problem` names.
+fn field_of(field: &'static str) -> &'static str {
+    match field {
+        "trace" => "traceparent",
+        other => other,
+    }
+}
+
+fn invalid_job(at: &str, violations: Vec<Violation>) -> Problem {
+    telemetry::job("refused");
+    let place = if at.is_empty() {
+        "the job".to_owned()
+    } else {
+        format!("the job at {at}")
+    };
+    let detail = format!(
+        "{place} is not acceptable: {}",
+        violations
+            .iter()
+            .map(|v| format!("{}: {}", v.pointer, v.detail))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    Problem::invalid(detail, violations)
+}
+
+/// The problem for an enqueue that failed, for the job at `at`.
+fn enqueue_failed(e: &warren_client::Error, at: &str) -> Problem {
+    match e {
+        warren_client::Error::Invalid { problems, .. } => {
+            let v = problems
+                .iter()
+                .map(|p| Violation::new(pointer(at, field_of(p.field)), p.text.clone()))
+                .collect();
+            invalid_job(at, v)
+        }
+        warren_client::Error::Broker(warren_broker::Error::Unroutable { .. }) => invalid_job(
+            at,
+            vec![Violation::new(pointer(at, "queue"), e.to_string())],
+        ),
+        _ => {
+            telemetry::job("unavailable");
+            tracing::warn!(error = %ErrorChain(e), "enqueue failed; answering 503");
+            Problem::unavailable(format!(
+                "{e}; the job was not accepted: send it again in a moment (with an idempotency \
+                 key, a retry never makes a second job)"
+            ))
+        }
+    }
+}
+
+/// Records the caller's token NAME on the request's span; the token itself is never logged.
+fn record_caller(caller: &Caller) {
+    tracing::Span::current().record("caller", caller.name.as_str());
+}
+
+/// The W3C trace context of the request, when its `traceparent` is well-formed (a malformed
+/// one is ignored, as the W3C recommendation says, rather than failing the request).
+fn trace_context(headers: &HeaderMap) -> Option<(String, Option<String>)> {
+    let tp = headers.get("traceparent")?.to_str().ok()?.trim();
+    if !is_traceparent(tp) {
+        tracing::debug!("ignoring a malformed traceparent header");
+        return None;
+    }
+    let ts = headers
+        .get("tracestate")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Some((tp.to_owned(), ts))
+}
+
+/// `POST /v1/jobs`.
+pub(crate) async fn post_job(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match post_job_inner(&s, &headers, body).await {
+        Ok(accepted) => (StatusCode::ACCEPTED, Json(accepted)).into_response(),
+        Err(p) => p.into_response(),
+    }
+}
+
+async fn post_job_inner(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Accepted, Problem> {
+    let caller = s.tokens.authenticate(headers)?;
+    record_caller(&caller);
+    let value = read_json(headers, body, s.limits.max_body_bytes).await?;
+    let header_key = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(v) => Some(v.to_str().map(str::to_owned).map_err(|_| {
+            invalid_job(
+                "",
+                vec![Violation::new(
+                    "/idempotency_key",
+                    "the Idempotency-Key header must be visible ASCII",
+                )],
+            )
+        })?),
+    };
+    let trace = trace_context(headers);
+    let p = s.prepare(&caller, &value, "", header_key, trace.as_ref())?;
+    let id = s
+        .client
+        .enqueue(p.job)
+        .await
+        .map_err(|e| enqueue_failed(&e, ""))?;
+    let accepted = s.accepted(p.id, p.to_rows, id).await;
+    tracing::info!(caller = %caller.name, job.id = %accepted.id, state = %accepted.state, "job accepted");
+    Ok(accepted)
+}
+
+/// One job's result in a batch answer.
+#[derive(Debug, Serialize)]
+pub struct BatchItem {
+    /// The status this job alone would have had: 202, or the error's.
+    pub status: u16,
+    /// The job's id, when accepted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<JobId>,
+    /// Its state, when accepted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// True when its idempotency key was already held.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+    /// Why it was not accepted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<Problem>,
+}
+
+impl BatchItem {
+    fn refused(problem: Problem) -> Self {
+        Self {
+            status: problem.status,
+            id: None,
+            state: None,
+            duplicate: false,
+            problem: Some(problem),
+        }
+    }
+}
+
+/// The answer to a batch: one item per job, in the order sent.
+#[derive(Debug, Serialize)]
+pub struct BatchAnswer {
+    /// Jobs accepted.
+    pub accepted: usize,
+    /// Jobs not accepted; retry exactly these (those with status 503 as they are).
+    pub failed: usize,
+    /// One result per job, in order.
+    pub results: Vec<BatchItem>,
+}
+
+/// `POST /v1/jobs/batch`.
+pub(crate) async fn post_batch(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match post_batch_inner(&s, &headers, body).await {
+        Ok(answer) => {
+            let retry = answer.results.iter().any(|r| r.status == 503);
+            let mut response = (StatusCode::OK, Json(answer)).into_response();
+            if retry {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            response
+        }
+        Err(p) => p.into_response(),
+    }
+}
+
+async fn post_batch_inner(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<BatchAnswer, Problem> {
+    let caller = s.tokens.authenticate(headers)?;
+    record_caller(&caller);
+    let value = read_json(headers, body, s.limits.max_body_bytes).await?;
+    let jobs = batch_jobs(&value, s.limits.max_batch)?;
+    let trace = trace_context(headers);
+    let mut results: Vec<Option<BatchItem>> = Vec::with_capacity(jobs.len());
+    let mut ready = Vec::new();
+    for (i, job) in jobs.iter().enumerate() {
+        match s.prepare(&caller, job, &format!("/jobs/{i}"), None, trace.as_ref()) {
+            Ok(p) => {
+                results.push(None);
+                ready.push((i, p.id, p.to_rows, p.job));
+            }
+            Err(problem) => results.push(Some(BatchItem::refused(problem))),
+        }
+    }
+    let (meta, new_jobs): (Vec<_>, Vec<_>) = ready
+        .into_iter()
+        .map(|(i, id, to_rows, job)| ((i, id, to_rows), job))
+        .unzip();
+    let outcomes = s.client.enqueue_many(new_jobs).await;
+    for ((i, prepared_id, to_rows), outcome) in meta.into_iter().zip(outcomes) {
+        results[i] = Some(match outcome {
+            Ok(id) => {
+                let a = s.accepted(prepared_id, to_rows, id).await;
+                BatchItem {
+                    status: 202,
+                    id: Some(a.id),
+                    state: Some(a.state),
+                    duplicate: a.duplicate,
+                    problem: None,
+                }
+            }
+            Err(e) => BatchItem::refused(enqueue_failed(&e, &format!("/jobs/{i}"))),
+        });
+    }
+    let results: Vec<BatchItem> = results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                BatchItem::refused(Problem::unavailable("the job's outcome is unknown"))
+            })
+        })
+        .collect();
+    let accepted = results.iter().filter(|r| r.status == 202).count();
+    tracing::info!(caller = %caller.name, accepted, failed = results.len() - accepted, "batch answered");
+    Ok(BatchAnswer {
+        accepted,
+        failed: results.len() - accepted,
+        results,
+    })
+}
+
+/// The `jobs` array of a batch body, at most `max` long.
+fn batch_jobs(value: &Value, max: usize) -> Result<&Vec<Value>, Problem> {
+    let one = |pointer: &str, detail: String| {
+        Problem::invalid(detail.clone(), vec![Violation::new(pointer, detail)])
+    };
+    let Value::Object(fields) = value else {
+        return Err(one(
+            "",
+            "a batch must be an object `{\"jobs\": [...]}`".to_owned(),
+        ));
+    };
+    if let Some(other) = fields.keys().find(|k| *k != "jobs") {
+        return Err(one(
+            &pointer("", other),
+            format!("unknown field `{other}`; a batch has only `jobs`"),
+        ));
+    }
+    match fields.get("jobs") {
+        Some(Value::Array(jobs)) if jobs.is_empty() => Err(one(
+            "/jobs",
+            "the batch is empty; send at least one job".to_owned(),
+        )),
+        Some(Value::Array(jobs)) if jobs.len() > max => Err(one(
+            "/jobs",
+            format!(
+                "the batch has {} jobs, more than {max}, the limit of this service \
+                 (--max-batch / WARREN_MAX_BATCH); split it",
+                jobs.len()
+            ),
+        )),
+        Some(Value::Array(jobs)) => Ok(jobs),
+        _ => Err(one("/jobs", "required: an array of jobs".to_owned())),
+    }
+}
+
+/// The job `id` names, after checking the caller may see its task.
+async fn find_job(
+    s: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<(warren_store::Store, warren_store::JobRecord), Problem> {
+    let caller = s.tokens.authenticate(headers)?;
+    record_caller(&caller);
+    let Some(store) = s.store.clone() else {
+        return Err(Problem::unavailable(
+            "this producer has no database (--database-url / WARREN_DATABASE_URL), so it \
+             cannot read or cancel jobs; use `warren jobs show` or configure one",
+        ));
+    };
+    let id: JobId = id
+        .parse()
+        .map_err(|_| Problem::not_found(format!("`{id}` is not a job id (a UUID)")))?;
+    let record = store
+        .job(id)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %ErrorChain(&e), "reading a job failed; answering 503");
+            Problem::unavailable(format!(
+                "reading job {id} from Postgres failed: {e}; try again"
+            ))
+        })?
+        .ok_or_else(|| {
+            Problem::not_found(format!(
+                "no job {id} is recorded. A job published at once gets its row when a worker \
+                 starts it, so a job accepted moments ago may not be found yet"
+            ))
+        })?;
+    if !caller.allows(&record.task) {
+        return Err(caller.refuse(&record.task));
+    }
+    Ok((store, record))
+}
+
+/// `GET /v1/jobs/{id}`.
+pub(crate) async fn get_job(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    match find_job(&s, &headers, &id).await {
+        Ok((_, record)) => Json(record).into_response(),
+        Err(p) => p.into_response(),
+    }
+}
+
+/// What a cancel did.
+#[derive(Debug, Serialize)]
+pub struct Cancelled {
+    /// The job.
+    pub id: JobId,
+    /// `cancelled` (it was waiting and will never run) or `signalled` (it is running; its
+    /// worker was told to stop it).
+    pub outcome: &'static str,
+    /// The state it was cancelled from, for `cancelled`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
+}
+
+/// `POST /v1/jobs/{id}/cancel`.
+pub(crate) async fn cancel_job(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let (store, record) = match find_job(&s, &headers, &id).await {
+        Ok(found) => found,
+        Err(p) => return p.into_response(),
+    };
+    let id = record.id;
+    match store.cancel_job(id).await {
+        Ok(CancelOutcome::Cancelled { previous }) => Json(Cancelled {
+            id,
+            outcome: "cancelled",
+            previous: Some(previous.to_string()),
+        })
+        .into_response(),
+        Ok(CancelOutcome::Signalled { .. }) => (
+            StatusCode::ACCEPTED,
+            Json(Cancelled {
+                id,
+                outcome: "signalled",
+                previous: None,
+            }),
+        )
+            .into_response(),
+        Ok(CancelOutcome::AlreadyFinal { state }) => Problem::conflict(format!(
+            "job {id} is already {state}; there is nothing to cancel"
+        ))
+        .into_response(),
+        Ok(CancelOutcome::NotFound) => {
+            Problem::not_found(format!("no job {id} is recorded")).into_response()
+        }
+        Err(e) => {
+            tracing::warn!(error = %ErrorChain(&e), "cancelling a job failed; answering 503");
+            Problem::unavailable(format!(
+                "cancelling job {id} in Postgres failed: {e}; try again"
+            ))
+            .into_response()
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! warren-producer: the HTTP service through which any service, in any language, enqueues
+//! Warren jobs.
+//!
+//! It is a thin HTTP face on `warren-client`: a job is answered `202` only once RabbitMQ has
+//! confirmed it (or its `scheduled` row is committed), every payload is checked against its
+//! task's contract (`schemas/payloads/<task>.schema.json`) before it is published, callers
+//! authenticate with bearer tokens whose SHA-256 digests are in a tokens file, and every error
+//! is an RFC 7807 `application/problem+json` body. [`router`] builds the whole service from an
+//! [`AppState`]; `main` only parses flags, connects and serves.
+//!
+//! It deliberately holds no job logic of its own: checking options, publishing with confirms,
+//! scheduling and idempotency are `warren-client`'s; reading and cancelling are
+//! `warren-store`'s.
+
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod contracts;
+mod jobs;
+pub mod openapi;
+pub mod problem;
+pub mod request;
+pub mod settings;
+pub mod telemetry;
+pub mod tls;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
+use axum::{Json, middleware};
+use serde_json::json;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use warren_client::{Broker, Client, Store};
+
+pub use jobs::{Accepted, BatchAnswer, BatchItem, Cancelled, IDEMPOTENCY_KEY};
+
+use crate::auth::Tokens;
+use crate::contracts::Contracts;
+use crate::problem::{PROBLEM_JSON, Problem};
+
+/// Limits on what one request may ask.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest request body; larger ones get 413 before they are buffered whole.
+    pub max_body_bytes: usize,
+    /// Most jobs in one batch; more get 422.
+    pub max_batch: usize,
+    /// Longest a request may take; a slower one gets 503 (its job, if any, is not accepted).
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    /// 1 MiB bodies, batches of 1,000, 30 s per request.
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1 << 20,
+            max_batch: 1000,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What every request handler shares. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// Behind an `Arc` because axum clones the state for every request, and a client clone
+    /// clones its channel handles.
+    client: Arc<Client>,
+    store: Option<Store>,
+    tokens: Arc<Tokens>,
+    contracts: Arc<Contracts>,
+    limits: Limits,
+}
+
+impl AppState {
+    /// The service's state. With a `store`, delayed and keyed jobs are written as rows (so a
+    /// repeated idempotency key returns the first job's id) and jobs can be read and
+    /// cancelled; without, delayed jobs go through the intake queue.
+    pub fn new(
+        client: Client,
+        store: Option<Store>,
+        tokens: Tokens,
+        contracts: Contracts,
+        limits: Limits,
+    ) -> Self {
+        let client = match &store {
+            Some(store) => client.with_store(store.clone()).keyed_through_store(true),
+            None => client,
+        };
+        Self {
+            client: Arc::new(client),
+            store,
+            tokens: Arc::new(tokens),
+            contracts: Arc::new(contracts),
+            limits,
+        }
+    }
+
+    /// The broker connection, e.g. to close it on shutdown.
+    pub fn broker(&self) -> &Broker {
+        self.client.broker()
+    }
+}
+
+/// One route of the service: the single list both [`router`] and the OpenAPI document are
+/// made from (a test checks the document against it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// HTTP method.
+    pub method: &'static str,
+    /// Path pattern, `{id}` for a parameter (axum's and OpenAPI's syntax alike).
+    pub path: &'static str,
+}
+
+/// Every route the service answers.
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: "POST",
+        path: "/v1/jobs",
+    },
+    Route {
+        method: "POST",
+        path: "/v1/jobs/batch",
+    },
+    Route {
+        method: "GET",
+        path: "/v1/jobs/{id}",
+    },
+    Route {
+        method: "POST",
+        path: "/v1/jobs/{id}/cancel",
+    },
+    Route {
+        method: "GET",
+        path: "/healthz",
+    },
+    Route {
+        method: "GET",
+        path: "/readyz",
+    },
+    Route {
+        method: "GET",
+        path: "/metrics",
+    },
+    Route {
+        method: "GET",
+        path: "/openapi.json",
+    },
+];
+
+fn handler(route: &Route) -> MethodRouter<AppState> {
+    match (route.method, route.path) {
+        ("POST", "/v1/jobs") => post(jobs::post_job),
+        ("POST", "/v1/jobs/batch") => post(jobs::post_batch),
+        ("GET", "/v1/jobs/{id}") => get(jobs::get_job),
+        ("POST", "/v1/jobs/{id}/cancel") => post(jobs::cancel_job),
+        ("GET", "/healthz") => get(healthz),
+        ("GET", "/readyz") => get(readyz),
+        ("GET", "/metrics") => get(metrics),
+        ("GET", "/openapi.json") => get(openapi_json),
+        _ => unreachable!("every entry of ROUTES has a handler; a test builds the router"),
+    }
+}
+
+/// Request ids are UUIDv7 (time-ordered, like job ids) unless the client sent `x-request-id`.
+#[derive(Clone, Copy, Debug)]
+struct MakeRequestUuid7;
+
+impl MakeRequestId for MakeRequestUuid7 {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        HeaderValue::from_str(&uuid::Uuid::now_v7().to_string())
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+/// The whole service: every route in [`ROUTES`], with request ids, a span per request,
+/// metrics, the request timeout, and problem+json for every error.
+pub fn router(state: AppState) -> Router {
+    // Installed before the first request, so that no count is recorded into the void.
+    if let Err(e) = telemetry::handle() {
+        tracing::warn!("{e}; /metrics will answer 503");
+    }
+    let request_id = HeaderName::from_static("x-request-id");
+    let mut app = Router::new();
+    for route in ROUTES {
+        app = app.route(route.path, handler(route));
+    }
+    app.route_layer(middleware::from_fn(telemetry::track))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .with_state(state.clone())
+        // A request that outlives its timeout is waiting on RabbitMQ or Postgres: 503, like
+        // any other unavailability, so that clients retry it the same way.
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            state.limits.request_timeout,
+        ))
+        // Outside the timeout, so that its answer is made problem+json too.
+        .layer(middleware::map_response(problemize))
+        .layer(TraceLayer::new_for_http().make_span_with(|r: &Request| {
+            let id = r
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            tracing::info_span!(
+                "request",
+                method = %r.method(),
+                path = %r.uri().path(),
+                request_id = %id,
+                caller = tracing::field::Empty,
+            )
+        }))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid7))
+}
+
+/// Turns any error answer made without a body (a timeout, an extractor's rejection) into
+/// problem+json, so that every error has the same shape.
+async fn problemize(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    if status.as_u16() < 400 || is_problem {
+        return response;
+    }
+    let mut problem = Problem::from_status(status);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        problem = Problem::unavailable(
+            "no answer within the request timeout (--request-timeout / WARREN_REQUEST_TIMEOUT): \
+             RabbitMQ or PostgreSQL is slow or unreachable; nothing was accepted, send it again",
+        );
+    } else if status.is_server_error() {
+        // Never an internal message; a fault here is this service's and is logged.
+        tracing::error!(
+            status = status.as_u16(),
+            "answering an unexpected server error"
+        );
+        problem = Problem::unavailable("the service failed to answer; try again");
+    }
+    problem.into_response()
+}
+
+async fn no_route(method: Method, uri: axum::http::Uri) -> Problem {
+    Problem::not_found(format!(
+        "no route {method} {}; the routes are listed at GET /openapi.json",
+        uri.path()
+    ))
+}
+
+async fn wrong_method(method: Method, uri: axum::http::Uri) -> Response {
+    let allowed: Vec<&str> = ROUTES
+        .iter()
+        .filter(|r| openapi::matches(r.path, uri.path()))
+        .map(|r| r.method)
+        .collect();
+    let mut response = Problem::method_not_allowed(format!(
+        "{} does not take {method}; it takes {}",
+        uri.path(),
+        allowed.join(", ")
+    ))
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
+        response.headers_mut().insert(header::ALLOW, v);
+    }
+    response
+}
+
+/// `GET /healthz`: the process is up and answering.
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// How long a readiness probe waits for each service.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `GET /readyz`: RabbitMQ and (if configured) Postgres answer.
+async fn readyz(State(s): State<AppState>) -> Response {
+    let broker = match tokio::time::timeout(PROBE_TIMEOUT, s.broker().dead_letter_depth()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
+    };
+    let database = match &s.store {
+        None => None,
+        Some(store) => Some(
+            match tokio::time::timeout(PROBE_TIMEOUT, store.check_schema()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
+            },
+        ),
+    };
+    let mut failures = Vec::new();
+    if let Err(e) = &broker {
+        failures.push(format!("RabbitMQ: {e}"));
+    }
+    if let Some(Err(e)) = &database {
+        failures.push(format!("PostgreSQL: {e}"));
+    }
+    if !failures.is_empty() {
+        return Problem::unavailable(format!("not ready: {}", failures.join("; "))).into_response();
+    }
+    Json(json!({
+        "status": "ready",
+        "broker": "ok",
+        "database": if database.is_some() { "ok" } else { "not configured" },
+    }))
+    .into_response()
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics() -> Response {
+    match telemetry::handle() {
+        Ok(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        Err(e) => Problem::unavailable(e).into_response(),
+    }
+}
+
+/// `GET /openapi.json`.
+async fn openapi_json(State(s): State<AppState>) -> Json<serde_json::Value> {
+    Json(openapi::document(&s.contracts, &s.limits))
+}

@@ -1,0 +1,181 @@
+//! Every error the service answers with: an RFC 7807 `application/problem+json` body with a
+//! precise `detail`, and for bad jobs the JSON pointer of each violation.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// The media type of every error answer.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Seconds a client is told to wait after a 503 before trying again.
+pub const RETRY_AFTER_SECS: u64 = 5;
+
+/// One thing wrong with a request body, and where.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    /// RFC 6901 JSON pointer into the request body, e.g. `/payload/ms` or `/jobs/3/delay`.
+    pub pointer: String,
+    /// What is wrong there.
+    pub detail: String,
+}
+
+impl Violation {
+    /// A violation at `pointer`.
+    pub fn new(pointer: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            pointer: pointer.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// An RFC 7807 problem. `kind` is the last part of its `type` URI (`urn:warren:problem:<kind>`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Problem {
+    /// `urn:warren:problem:<kind>`, stable: clients may branch on it.
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    /// A short, fixed summary of the kind.
+    pub title: &'static str,
+    /// The HTTP status, repeated in the body as RFC 7807 asks.
+    pub status: u16,
+    /// What exactly went wrong with this request, and what to do about it.
+    pub detail: String,
+    /// For bad jobs: each violation with its JSON pointer.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<Violation>,
+}
+
+impl Problem {
+    fn new(status: StatusCode, kind: &str, title: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            type_uri: format!("urn:warren:problem:{kind}"),
+            title,
+            status: status.as_u16(),
+            detail: detail.into(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// 400: the body is not JSON.
+    pub fn malformed(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "malformed-json",
+            "Malformed JSON",
+            detail,
+        )
+    }
+
+    /// 401: no bearer token, or one that is not in the tokens file.
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Unauthorized",
+            detail,
+        )
+    }
+
+    /// 403: the token may not use this task.
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail)
+    }
+
+    /// 404: no such job, or no such route.
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
+    }
+
+    /// 405: the route exists, the method does not.
+    pub fn method_not_allowed(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "Method not allowed",
+            detail,
+        )
+    }
+
+    /// 409: the job's state does not allow what was asked (cancelling a finished job).
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", "Conflict", detail)
+    }
+
+    /// 413: the body is larger than the configured limit.
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Body too large",
+            format!(
+                "the request body is larger than {limit} bytes, the limit of this service \
+                 (--max-body-bytes / WARREN_MAX_BODY_BYTES); send smaller payloads or fewer jobs per batch"
+            ),
+        )
+    }
+
+    /// 415: the body is not declared as JSON.
+    pub fn unsupported_media_type(got: Option<&str>) -> Self {
+        let got = got.map_or("no Content-Type".to_owned(), |t| {
+            format!("Content-Type `{t}`")
+        });
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            format!("the body must be JSON sent with `Content-Type: application/json`; got {got}"),
+        )
+    }
+
+    /// 422: the job (or batch) is well-formed JSON but not an acceptable job.
+    pub fn invalid(detail: impl Into<String>, errors: Vec<Violation>) -> Self {
+        let mut p = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-job",
+            "Invalid job",
+            detail,
+        );
+        p.errors = errors;
+        p
+    }
+
+    /// 503: the broker or the database is unavailable, a publish was nacked or its confirm
+    /// did not come; the job was not accepted. Answered with `Retry-After`.
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Service unavailable",
+            detail,
+        )
+    }
+
+    /// Any status a middleware or extractor produced without a body.
+    pub fn from_status(status: StatusCode) -> Self {
+        let title = status.canonical_reason().unwrap_or("Error");
+        let detail = format!("the request failed with status {}", status.as_u16());
+        let kind = title.to_ascii_lowercase().replace(' ', "-");
+        Self::new(status, &kind, title, detail)
+    }
+
+    /// The HTTP status of this problem.
+    pub fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = self.status_code();
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        response
+    }
+}
