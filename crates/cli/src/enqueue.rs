@@ -54,7 +54,7 @@ pub struct EnqueueArgs {
     pub max_attempts: Option<u32>,
 
     /// Per-attempt timeout, e.g. 30s or 500ms; the task's default when unset.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     pub timeout: Option<Duration>,
 
     /// Idempotency key passed to the handler. Only with --count 1, since copies sharing a key
@@ -64,7 +64,7 @@ pub struct EnqueueArgs {
 
     /// Run no earlier than this from now, e.g. 30s or 2h. Delayed jobs are written to
     /// PostgreSQL (so this needs --database-url too) and published by a worker when due.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     pub delay: Option<Duration>,
 
     /// Print {"enqueued": n, "failed": m, "ids": [...]} instead of text.
@@ -493,6 +493,20 @@ mod tests {
                 .unwrap_err()
                 .contains("no unit")
         );
+        // The value reaches the duration parser, which says what is wrong with it, instead
+        // of clap taking `-5s` for an unknown flag.
+        let negative = parse(&["t", "--payload", "{}", "--timeout", "-5s"]).unwrap_err();
+        assert!(
+            negative.contains("a duration cannot be negative"),
+            "{negative}"
+        );
+        let negative = parse(&["t", "--payload", "{}", "--delay", "-1m"]).unwrap_err();
+        assert!(
+            negative.contains("a duration cannot be negative"),
+            "{negative}"
+        );
+        let twice = parse(&["t", "--payload", "{}", "--timeout", "1h1h"]).unwrap_err();
+        assert!(twice.contains("repeats the unit `h`"), "{twice}");
         let zero = parse(&["t", "--payload", "{}", "--timeout", "0s"])
             .unwrap()
             .plan()

@@ -21,7 +21,7 @@ use crate::output::{emit, emit_json, timestamp};
 pub struct SummaryArgs {
     /// How far back the latency and throughput figures look, e.g. 15m or 1d: they cover
     /// finished jobs enqueued since then.
-    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration, allow_hyphen_values = true)]
     pub since: Duration,
 
     /// Count only this queue's jobs per state (the latency figures cover every queue).

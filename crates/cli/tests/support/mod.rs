@@ -75,7 +75,11 @@ pub(crate) async fn warren(env: &TestEnv, args: &[&str]) -> anyhow::Result<Run> 
 }
 
 /// Waits until job `id` has a row in `state`.
-pub(crate) async fn wait_for_state(env: &TestEnv, id: JobId, state: JobState) -> anyhow::Result<()> {
+pub(crate) async fn wait_for_state(
+    env: &TestEnv,
+    id: JobId,
+    state: JobState,
+) -> anyhow::Result<()> {
     wait_until(
         Duration::from_secs(30),
         &format!("job {id} to be {state}"),
