@@ -81,7 +81,7 @@ pub(crate) async fn run(args: WorkersArgs, connection: &ConnectionArgs) -> anyho
         return run_prune(prune, connection).await;
     }
     let store = connection.store("workers").await?;
-    let workers = store.workers().await.context("listing workers");
+    let workers = store.workers().await.map_err(anyhow::Error::from);
     store.close().await;
     let workers = workers?;
     if args.json {

@@ -200,10 +200,13 @@ impl Store {
                     Error::Tls {
                         endpoint,
                         mode: ssl_mode_name(mode),
-                        source,
+                        source: source.into(),
                     }
                 } else {
-                    Error::Connect { endpoint, source }
+                    Error::Connect {
+                        endpoint,
+                        source: source.into(),
+                    }
                 }
             })?;
         Ok(Self { pool })

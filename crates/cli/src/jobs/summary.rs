@@ -3,7 +3,6 @@
 use std::fmt::Write;
 use std::time::Duration;
 
-use anyhow::Context;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 use warren_core::duration::parse_duration;
@@ -143,14 +142,11 @@ pub(super) async fn run(args: SummaryArgs, connection: &ConnectionArgs) -> anyho
         .ok_or_else(|| Usage(format!("--since {:?} reaches too far back", args.since)))?;
     let queue = args.queue.as_ref().map(QueueName::as_str);
     let store = connection.store("jobs summary").await?;
-    let counts = store
-        .state_counts(queue)
-        .await
-        .context("counting jobs per state");
+    let counts = store.state_counts(queue).await.map_err(anyhow::Error::from);
     let latency = store
         .latency_summary(since)
         .await
-        .context("summarising latencies");
+        .map_err(anyhow::Error::from);
     store.close().await;
     let summary = Summary {
         queue: queue.map(str::to_owned),
