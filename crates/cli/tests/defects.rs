@@ -4,8 +4,15 @@
 //! Test bodies use `ensure!` rather than `assert!` so that a failure still reaches the cleanup
 //! that drops the test's database and deletes its queues.
 
-use anyhow::ensure;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use serde_json::Value;
+use tokio::process::Command;
+use warren_core::QueueName;
 use warren_store::provision;
+use warren_testkit::{TestEnv, wait_until};
 
 mod support;
 
@@ -38,6 +45,148 @@ async fn a_postgres_error_says_each_cause_once() -> anyhow::Result<()> {
                     exist (SQLSTATE 42P01)\n",
             "{run:?}"
         );
+        Ok(())
+    })
+    .await
+}
+
+/// Ready messages in `queue`, as a passive declare reports them.
+async fn ready(env: &TestEnv, queue: &str) -> anyhow::Result<u64> {
+    let depth = env
+        .broker
+        .queue_depth(&QueueName::new(queue)?)
+        .await?
+        .context("the queue exists")?;
+    Ok(u64::from(depth.ready))
+}
+
+/// Ctrl-C during a long `enqueue --count` stops after the current batch, prints what was
+/// enqueued (the queue holds exactly that many) and exits 130. It used to die at once with
+/// nothing printed, although thousands of jobs were in the queue.
+#[tokio::test]
+async fn ctrl_c_stops_a_long_enqueue_and_reports_what_is_in_the_queue() -> anyhow::Result<()> {
+    with_env(&["default"], async |env| {
+        let child = Command::new(env!("CARGO_BIN_EXE_warren"))
+            .env("WARREN_AMQP_URL", &env.amqp_url)
+            .env("WARREN_NAMESPACE", env.namespace())
+            .env_remove("WARREN_DATABASE_URL")
+            .env_remove("RUST_LOG")
+            .args(["enqueue", "warren.noop", "--payload", "{}"])
+            .args(["--count", "10000000", "--json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting warren")?;
+        let pid = child.id().context("pid")?;
+        // The handler is installed before the first batch, so it is in place once the queue
+        // holds messages.
+        wait_until(
+            Duration::from_secs(30),
+            "the first jobs to reach the queue",
+            || async {
+                let n = ready(env, "default").await?;
+                Ok(if n > 0 { Ok(()) } else { Err(n.to_string()) })
+            },
+        )
+        .await?;
+        let kill = Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .await?;
+        ensure!(kill.success(), "kill -INT {pid}");
+        let output = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output()).await??;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        ensure!(
+            output.status.code() == Some(130),
+            "{:?}\n{stdout}\n{stderr}",
+            output.status
+        );
+        let report: Value = serde_json::from_str(&stdout)
+            .with_context(|| format!("stdout is the JSON report: {stdout:?} {stderr:?}"))?;
+        ensure!(report["interrupted"] == true, "{report}");
+        let enqueued = report["enqueued"].as_u64().context("enqueued")?;
+        ensure!(
+            enqueued > 0 && enqueued < 10_000_000 && report["failed"] == 0,
+            "{report}"
+        );
+        ensure!(
+            report["skipped"].as_u64() == Some(10_000_000 - enqueued),
+            "{report}"
+        );
+        ensure!(
+            report["first_id"].is_string() && report["last_id"].is_string(),
+            "{report}"
+        );
+        ensure!(stderr.contains("interrupted by Ctrl-C"), "{stderr}");
+        // No worker runs: every job reported enqueued is ready in the queue, and no other.
+        wait_until(
+            Duration::from_secs(30),
+            "the queue to hold exactly the jobs reported",
+            || async {
+                let n = ready(env, "default").await?;
+                Ok(if n == enqueued {
+                    Ok(())
+                } else {
+                    Err(format!("{n} ready, {enqueued} reported"))
+                })
+            },
+        )
+        .await
+    })
+    .await
+}
+
+/// A delayed job whose idempotency key is held says `duplicate of ID` and is counted as a
+/// duplicate, not as enqueued; the holder keeps its payload. It used to print the holder's
+/// id as if a new job had been added, dropping the new payload without a word.
+#[tokio::test]
+async fn a_delayed_duplicate_is_named_and_counted_apart() -> anyhow::Result<()> {
+    with_env(&["default"], async |env| {
+        let args = |payload: &'static str| {
+            [
+                "t",
+                "--payload",
+                payload,
+                "--delay",
+                "1m",
+                "--idempotency-key",
+                "report-2026-12",
+            ]
+        };
+        let first = enqueue_one(env, &args(r#"{"v": 1}"#)).await?;
+
+        let again = warren(env, &[&["enqueue"], &args(r#"{"v": 2}"#)[..]].concat()).await?;
+        ensure!(again.code == Some(0), "{again:?}");
+        ensure!(
+            again.stdout == format!("duplicate of {first}\n"),
+            "{again:?}"
+        );
+        let json = warren(
+            env,
+            &[&["enqueue"], &args(r#"{"v": 3}"#)[..], &["--json"]].concat(),
+        )
+        .await?
+        .json()?;
+        ensure!(
+            json["enqueued"] == 0 && json["duplicates"] == 1 && json["skipped"] == 0,
+            "{json}"
+        );
+        ensure!(json["ids"] == serde_json::json!([]), "{json}");
+        ensure!(
+            json["duplicate_of"] == serde_json::json!([first.to_string()]),
+            "{json}"
+        );
+        let holder = env.store.job(first).await?.context("the holder's row")?;
+        ensure!(
+            holder.payload == Some(serde_json::json!({"v": 1})),
+            "{holder:?}"
+        );
+        let listed = warren(env, &["jobs", "list", "--json"]).await?.json()?;
+        let rows = listed["jobs"].as_array().map(Vec::len);
+        ensure!(rows == Some(1), "one row, the holder's: {listed}");
         Ok(())
     })
     .await
