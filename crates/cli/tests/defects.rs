@@ -10,7 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use serde_json::Value;
 use tokio::process::Command;
-use warren_core::QueueName;
+use warren_core::{JobState, QueueName};
+use warren_runtime::{JobContext, JobError, Worker};
 use warren_store::provision;
 use warren_testkit::{TestEnv, wait_until};
 
@@ -188,6 +189,41 @@ async fn a_delayed_duplicate_is_named_and_counted_apart() -> anyhow::Result<()> 
         let rows = listed["jobs"].as_array().map(Vec::len);
         ensure!(rows == Some(1), "one row, the holder's: {listed}");
         Ok(())
+    })
+    .await
+}
+
+/// A job recorded as a duplicate never ran: `jobs show` says so instead of a run time
+/// (`ran 46ms`) and an attempt count (`attempt 1 of 5`).
+#[tokio::test]
+async fn show_says_a_duplicate_never_ran() -> anyhow::Result<()> {
+    with_env(&["default"], async |env| {
+        let builder = Worker::builder().register("t", |_ctx: JobContext, _p: Value| async move {
+            Ok::<_, JobError>(())
+        });
+        with_worker(env, builder, async || {
+            let args = ["t", "--payload", "{}", "--idempotency-key", "once"];
+            let original = enqueue_one(env, &args).await?;
+            wait_for_state(env, original, JobState::Succeeded).await?;
+            let duplicate = enqueue_one(env, &args).await?;
+            wait_for_state(env, duplicate, JobState::Cancelled).await?;
+            let show = warren(env, &["jobs", "show", &duplicate.to_string()]).await?;
+            ensure!(show.code == Some(0), "{show:?}");
+            for line in [
+                format!("attempt      not run (duplicate of {original})\n"),
+                "started      -\n".to_owned(),
+                format!("duplicate of {original} ("),
+            ] {
+                ensure!(show.stdout.contains(&line), "{line:?} in:\n{}", show.stdout);
+            }
+            ensure!(
+                show.stdout.contains(", not run\n") && !show.stdout.contains(", ran "),
+                "{}",
+                show.stdout
+            );
+            Ok(())
+        })
+        .await
     })
     .await
 }
