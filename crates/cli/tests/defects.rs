@@ -193,6 +193,31 @@ async fn a_delayed_duplicate_is_named_and_counted_apart() -> anyhow::Result<()> 
     .await
 }
 
+/// `jobs cancel ID` and `jobs retry ID` end their line, like every other text output.
+#[tokio::test]
+async fn single_cancel_and_retry_end_with_a_newline() -> anyhow::Result<()> {
+    with_env(&["default"], async |env| {
+        let id = enqueue_one(env, &["t", "--payload", "{}", "--delay", "1h"]).await?;
+        let cancel = warren(env, &["jobs", "cancel", &id.to_string()]).await?;
+        ensure!(
+            cancel.code == Some(0)
+                && cancel.stdout
+                    == format!("cancelled job {id} (it was scheduled; it will not run)\n"),
+            "{cancel:?}"
+        );
+        let retry = warren(env, &["jobs", "retry", &id.to_string()]).await?;
+        ensure!(
+            retry.code == Some(0)
+                && retry.stdout.starts_with(&format!("job {id} is due now: "))
+                && retry.stdout.ends_with('\n')
+                && retry.stdout.lines().count() == 1,
+            "{retry:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
 /// A job recorded as a duplicate never ran: `jobs show` says so instead of a run time
 /// (`ran 46ms`) and an attempt count (`attempt 1 of 5`).
 #[tokio::test]
