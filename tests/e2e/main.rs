@@ -22,3 +22,4 @@ mod shutdown;
 mod support;
 mod tls;
 mod typed;
+mod worker_ids;

@@ -165,6 +165,28 @@ pub enum Error {
         reason: String,
     },
 
+    /// Another live worker process holds this worker id.
+    #[error(
+        "worker id `{id}` is in use by a live worker: pid {pid} on {hostname}, last heartbeat \
+         at {}; give this worker another id (--worker-id, or leave it unset for a \
+         generated one), or stop that worker first (a worker killed without stopping frees its \
+         id once it has sent no heartbeat for {}s)",
+        last_seen_at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+        lost_after.as_secs()
+    )]
+    WorkerIdInUse {
+        /// The id asked for.
+        id: String,
+        /// The host of the worker holding it.
+        hostname: String,
+        /// Its process id on that host.
+        pid: i32,
+        /// Its last heartbeat.
+        last_seen_at: chrono::DateTime<chrono::Utc>,
+        /// How long without a heartbeat makes a worker lost, and its id free.
+        lost_after: std::time::Duration,
+    },
+
     /// An aggregate over many jobs met a state it does not know (a count per state).
     #[error("a stored job state is corrupt: {reason}")]
     CorruptState {
