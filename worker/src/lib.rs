@@ -5,6 +5,7 @@
 //! [`tasks`] holds the built-in diagnostic tasks; [`settings`] turns flags and environment
 //! into validated configuration.
 
+pub mod metrics_server;
 mod run;
 pub mod settings;
 pub mod tasks;

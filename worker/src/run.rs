@@ -58,6 +58,7 @@ pub fn run(register: impl FnOnce(WorkerBuilder) -> WorkerBuilder) -> ExitCode {
         worker: config,
         migrate,
         crash_task,
+        metrics_addr,
         ..
     } = settings;
     tracing::info!(broker = ?broker, store = ?store, worker = ?config, "starting");
@@ -66,6 +67,7 @@ pub fn run(register: impl FnOnce(WorkerBuilder) -> WorkerBuilder) -> ExitCode {
         tracing::warn!("warren.abort is enabled: a job can kill this process");
         builder = register_crash_task(builder);
     }
+    let config_health = config.health.clone();
     let worker = match builder.build(config) {
         Ok(w) => w,
         Err(e) => {
@@ -80,7 +82,8 @@ pub fn run(register: impl FnOnce(WorkerBuilder) -> WorkerBuilder) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(serve(worker, broker, store, migrate)) {
+    let health = config_health;
+    match runtime.block_on(serve(worker, broker, store, migrate, metrics_addr, health)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -97,8 +100,20 @@ async fn serve(
     broker: BrokerConfig,
     store: StoreConfig,
     migrate: bool,
+    metrics_addr: Option<std::net::SocketAddr>,
+    health: warren_runtime::Health,
 ) -> anyhow::Result<()> {
     let shutdown = shutdown_on_signal();
+    // Bound before connecting, so a taken port fails the start at once; served until the
+    // worker has stopped, so a scrape during the drain still answers (readyz: 503).
+    let endpoints = tokio_util::sync::CancellationToken::new();
+    let server = match metrics_addr {
+        Some(addr) => {
+            let handle = crate::metrics_server::install()?;
+            Some(crate::metrics_server::serve(addr, handle, health, endpoints.clone()).await?)
+        }
+        None => None,
+    };
     // A second signal means "now": exit without waiting for in-flight jobs. Nothing is lost;
     // their deliveries are unacked and the broker hands them to another worker.
     let second = shutdown.clone();
@@ -127,10 +142,15 @@ async fn serve(
     let broker = Broker::connect(broker)
         .await
         .context("connecting to RabbitMQ")?;
-    worker
+    let ran = worker
         .run(broker, store.clone(), shutdown.cancelled_owned())
         .await
-        .context("running the worker")?;
+        .context("running the worker");
+    endpoints.cancel();
+    if let Some(server) = server {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
+    }
+    ran?;
     store.close().await;
     Ok(())
 }

@@ -128,6 +128,12 @@ pub struct Args {
     /// Log format.
     #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Serve Prometheus metrics on /metrics, and /healthz and /readyz, at this address, e.g.
+    /// 0.0.0.0:9464 (off when unset). With it, this worker also takes its turn exporting the
+    /// fleet-wide queue gauges (one worker at a time does).
+    #[arg(long, env = "WARREN_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Everything the worker needs, validated.
@@ -139,6 +145,7 @@ pub struct Settings {
     pub migrate: bool,
     pub log_format: LogFormat,
     pub crash_task: bool,
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Args {
@@ -174,6 +181,7 @@ impl Args {
             migrate: self.migrate,
             log_format: self.log_format,
             crash_task: self.enable_crash_task,
+            metrics_addr: self.metrics_addr,
         })
     }
 
@@ -218,6 +226,10 @@ impl Args {
     ) -> Result<WorkerConfig, String> {
         let mut worker = WorkerConfig::new(worker_id, queues);
         worker.concurrency = self.concurrency;
+        // The fleet gauges only mean something where they are scraped.
+        worker.fleet_gauges = self
+            .metrics_addr
+            .map(|_| crate::metrics_server::FLEET_GAUGE_INTERVAL);
         worker.prefetch = self
             .prefetch
             .unwrap_or_else(|| (self.concurrency * 2).min(usize::from(u16::MAX)) as u16);

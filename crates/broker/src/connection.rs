@@ -97,6 +97,11 @@ impl fmt::Debug for Broker {
 }
 
 impl Broker {
+    /// True while the publishing connection is up (not connecting, recovering or closed).
+    pub fn is_connected(&self) -> bool {
+        self.connection.status().connected()
+    }
+
     /// Connects for publishing and administration. Consumers open connections of their own
     /// (see [`Broker::consume`]), so that a broker alarm blocking this publishing connection
     /// never blocks their acks, and a connection killed by one malformed delivery takes only

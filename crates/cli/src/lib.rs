@@ -43,8 +43,8 @@ pub use workers::{PruneArgs, WorkersArgs, WorkersCommand};
 
 const LONG_ABOUT: &str = "\
 Administers Warren: applies database migrations, enqueues jobs, lists them and shows what
-happened to them, retries or cancels them one by one or in bulk, groups dead jobs, declares
-queues and lists workers.
+happened to them, retries or cancels them one by one or in bulk, groups dead jobs, lists,
+declares, pauses, resumes and purges queues, and lists workers.
 
 Settings come from flags or WARREN_* environment variables. Each command needs only the service
 it talks to: --amqp-url for `enqueue`, `queues` and `dlq`, --database-url for `migrate`, `jobs` and
@@ -55,10 +55,10 @@ Exit status:
   1  the operation failed (a service unreachable, a job refused by RabbitMQ)
   2  bad usage or input; nothing was done
   3  not found (`jobs show`, `cancel` or `retry` of an id with no row; `dlq show` past the
-     end of the parking queue)
+     end of the parking queue; `queues show` or `queues purge` of an unknown queue)
   4  refused: the job's state does not allow it (retry of a succeeded job, cancel of a
      finished one)
-  130  a bulk retry or cancel was interrupted by Ctrl-C (committed batches stay done)
+  130  a bulk retry, cancel or purge was interrupted by Ctrl-C (committed batches stay done)
 
 Examples:
   warren jobs list --state dead --since 1h

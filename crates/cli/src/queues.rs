@@ -247,7 +247,7 @@ fn render_lines(lines: &[QueueLine]) -> String {
         ("SCHEDULED", Align::Right),
         ("RUNNING", Align::Right),
         ("DEAD 24H", Align::Right),
-        ("OK 1H", Align::Right),
+        ("SUCCEEDED 1H", Align::Right),
     ]);
     for l in lines {
         // `-`: RabbitMQ has no such queue; `n/a`: this source cannot tell.

@@ -1181,7 +1181,7 @@ async fn dead_jobs_are_grouped_and_retried_by_group() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn a_silent_worker_shows_as_lost_and_is_pruned() -> anyhow::Result<()> {
+async fn a_worker_killed_with_sigkill_shows_as_lost_and_is_pruned() -> anyhow::Result<()> {
     with_env(&["default"], async |env| {
         let info = |id: &str| warren_store::WorkerInfo {
             id: id.into(),
@@ -1190,28 +1190,52 @@ async fn a_silent_worker_shows_as_lost_and_is_pruned() -> anyhow::Result<()> {
             queues: vec!["default".into()],
             concurrency: 1,
         };
-        // A worker that registers and then never sends another heartbeat: as after kill -9.
-        env.store.register_worker(&info("silent")).await?;
-        env.store.register_worker(&info("done")).await?;
-        env.store.heartbeat("done", "stopped", 0, 0).await?;
-        let early = warren(env, &["workers", "--json"]).await?;
-        ensure!(early.json()?[0]["state"] == "running", "{early:?}");
+        // A real worker process, killed with SIGKILL: it never says it stopped.
+        let mut worker = warren_testkit::WorkerProcess::spawn(env, "silent", &[])?;
+        let silent = format!("{}-silent", env.name);
         wait_until(
-            warren_store::LOST_AFTER + Duration::from_secs(15),
-            "the silent worker to show as lost",
+            Duration::from_secs(60),
+            "the worker to register",
             || async {
-                let run = warren(env, &["workers", "--json"]).await?;
-                let rows = run.json()?;
-                Ok(if rows[0]["id"] == "silent" && rows[0]["state"] == "lost" {
+                let rows = env.store.workers().await?;
+                Ok(if rows.iter().any(|w| w.id == silent) {
                     Ok(())
                 } else {
-                    Err(run.stdout)
+                    Err(format!("{rows:?}"))
                 })
             },
         )
         .await?;
+        env.store.register_worker(&info("done")).await?;
+        env.store.heartbeat("done", "stopped", 0, 0).await?;
+        let early = warren(env, &["workers", "--json"]).await?;
+        ensure!(early.json()?[0]["state"] == "running", "{early:?}");
+        worker.signal("KILL").await?;
+        ensure!(
+            worker.wait(Duration::from_secs(10)).await?.is_none(),
+            "killed by a signal"
+        );
+        wait_until(
+            warren_store::LOST_AFTER + Duration::from_secs(15),
+            "the killed worker to show as lost",
+            || async {
+                let run = warren(env, &["workers", "--json"]).await?;
+                let rows = run.json()?;
+                Ok(
+                    if rows[0]["id"] == silent.as_str() && rows[0]["state"] == "lost" {
+                        Ok(())
+                    } else {
+                        Err(run.stdout)
+                    },
+                )
+            },
+        )
+        .await?;
         let table = warren(env, &["workers"]).await?;
-        ensure!(table.stdout.contains("silent  lost"), "{table:?}");
+        ensure!(
+            table.stdout.contains(&format!("{silent}  lost")),
+            "{table:?}"
+        );
         let refused = warren(env, &["workers", "prune", "--older-than", "0s"]).await?;
         ensure!(refused.code == Some(2), "{refused:?}");
         let pruned = warren(
@@ -1221,7 +1245,7 @@ async fn a_silent_worker_shows_as_lost_and_is_pruned() -> anyhow::Result<()> {
         .await?;
         let mut removed: Vec<String> = serde_json::from_value(pruned.json()?["removed"].clone())?;
         removed.sort();
-        ensure!(removed == ["done", "silent"], "{pruned:?}");
+        ensure!(removed == ["done".to_owned(), silent], "{pruned:?}");
         Ok(())
     })
     .await

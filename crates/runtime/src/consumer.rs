@@ -67,7 +67,9 @@ pub(crate) async fn consume_loop(
                 let executor = executor.clone();
                 let queue = queue.clone();
                 jobs.spawn(async move {
+                    crate::observe::in_flight(1.0);
                     executor.handle(queue, delivery).await;
+                    crate::observe::in_flight(-1.0);
                     drop(permit);
                 });
             }

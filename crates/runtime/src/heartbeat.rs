@@ -18,6 +18,7 @@ pub(crate) async fn heartbeat_loop(
     every: Duration,
     jobs: TaskTracker,
     executor: Arc<Executor>,
+    (broker, health): (warren_broker::Broker, crate::Health),
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(every);
@@ -36,6 +37,7 @@ pub(crate) async fn heartbeat_loop(
             r = store.heartbeat(&worker_id, "running", in_flight, processed) => r,
             () = stop.cancelled() => break,
         };
+        health.set_connections(broker.is_connected(), beat.is_ok());
         match beat {
             Ok(()) if degraded => {
                 tracing::info!("recording worker heartbeats again");

@@ -131,6 +131,11 @@ impl Promoter {
         promotion
             .finish(&published, &deferred, self.config.defer_on_failure)
             .await?;
+        let max_lateness = lateness_ms.iter().max().copied().unwrap_or(0).max(0);
+        crate::observe::promoted(
+            published.len(),
+            std::time::Duration::from_millis(max_lateness as u64),
+        );
         tracing::debug!(
             published = published.len(),
             deferred = deferred.len(),

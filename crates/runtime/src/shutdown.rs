@@ -30,6 +30,8 @@ use crate::supervise::Supervised;
 
 /// Everything a started worker runs, held until it stops.
 pub(crate) struct Running {
+    /// Told when the worker stops consuming, so `/readyz` fails while it drains.
+    pub(crate) health: crate::Health,
     pub(crate) worker_id: String,
     pub(crate) grace: Duration,
     pub(crate) broker: Broker,
@@ -53,6 +55,7 @@ pub(crate) struct Background {
     pub(crate) heartbeat: Supervised,
     pub(crate) control: Supervised,
     pub(crate) promoter: Option<Supervised>,
+    pub(crate) gauges: Option<Supervised>,
 }
 
 impl Running {
@@ -70,6 +73,7 @@ impl Running {
         // shutdown fits in it.
         let close_budget = (self.grace / 5).min(Duration::from_secs(1));
         let soft_end = deadline - close_budget;
+        self.health.set_consuming(false);
         self.stop_consuming.cancel();
         bounded(soft_end, "stopping the consumers", self.loops.wait()).await;
         if let Some(promoter) = self.background.promoter.take() {
@@ -131,6 +135,7 @@ impl Running {
             heartbeat,
             control,
             promoter,
+            gauges,
         } = self.background;
         for (task, what) in [
             (heartbeat, "stopping the heartbeat"),
@@ -140,6 +145,11 @@ impl Running {
         }
         if let Some(promoter) = promoter {
             promoter.join_until(closing, "stopping the promoter").await;
+        }
+        if let Some(gauges) = gauges {
+            gauges
+                .join_until(closing, "stopping the fleet gauges")
+                .await;
         }
         if bounded(closing, "flushing the recorder", self.recorder_task)
             .await

@@ -22,7 +22,7 @@ use crate::heartbeat::heartbeat_loop;
 use crate::registry::{Registry, TaskOptions};
 use crate::shutdown::{Background, Running};
 use crate::supervise::{Fatal, Supervised};
-use crate::{Error, JobContext, Promoter, PromoterConfig};
+use crate::{Error, Health, JobContext, Promoter, PromoterConfig};
 
 /// How a worker runs. Plain data: the binary fills it from flags and environment.
 #[derive(Clone, Debug)]
@@ -54,6 +54,11 @@ pub struct WorkerConfig {
     pub recorder: RecorderConfig,
     /// Run a promoter in this process (`None`: another process does it).
     pub promoter: Option<PromoterConfig>,
+    /// Take part in exporting the fleet-wide queue gauges (one worker at a time does), every
+    /// this often; `None`: never. Only worth it with a metrics recorder installed.
+    pub fleet_gauges: Option<Duration>,
+    /// Updated as the worker starts, beats and stops; read it to answer health checks.
+    pub health: Health,
 }
 
 impl WorkerConfig {
@@ -75,6 +80,8 @@ impl WorkerConfig {
             heartbeat_interval: Duration::from_secs(5),
             recorder: RecorderConfig::default(),
             promoter: Some(PromoterConfig::default()),
+            fleet_gauges: None,
+            health: Health::default(),
         }
     }
 
@@ -430,9 +437,11 @@ impl Worker {
             fatal,
         };
         let (loops, consumers) = open_consumers(&cfg, &broker, &store, &shared).await?;
-        let background = spawn_background(&cfg, &store, &shared, promoter_publisher);
+        let background = spawn_background(&cfg, &broker, &store, &shared, promoter_publisher);
+        cfg.health.set_consuming(true);
         tracing::info!(worker = %cfg.worker_id, queues = ?cfg.queues.iter().map(ToString::to_string).collect::<Vec<_>>(), concurrency = cfg.concurrency, prefetch = cfg.prefetch, "worker running");
         Ok(Running {
+            health: cfg.health,
             worker_id: cfg.worker_id,
             grace: cfg.shutdown_grace,
             broker,
@@ -529,6 +538,7 @@ async fn open_consumers(
 /// Starts the control (LISTEN), heartbeat and promoter tasks, each supervised.
 fn spawn_background(
     cfg: &WorkerConfig,
+    broker: &Broker,
     store: &Store,
     shared: &Shared,
     promoter_publisher: Option<Publisher>,
@@ -547,8 +557,19 @@ fn spawn_background(
         cfg.heartbeat_interval,
         shared.jobs.clone(),
         shared.executor.clone(),
+        (broker.clone(), cfg.health.clone()),
         shared.stop.clone(),
     );
+    let gauges = cfg.fleet_gauges.map(|every| {
+        let run = crate::gauges::fleet_gauges_loop(
+            store.clone(),
+            broker.clone(),
+            cfg.queues.clone(),
+            every,
+            shared.stop.clone(),
+        );
+        Supervised::spawn("fleet gauges", run, shared.fatal.clone())
+    });
     let promoter = cfg.promoter.zip(promoter_publisher).map(|(pc, publisher)| {
         let promoter = Promoter::new(store.clone(), publisher, pc).with_wakeup(due.clone());
         let run = promoter.run(shared.stop.clone());
@@ -558,6 +579,7 @@ fn spawn_background(
         control: Supervised::spawn("control", control, shared.fatal.clone()),
         heartbeat: Supervised::spawn("heartbeat", heartbeat, shared.fatal.clone()),
         promoter,
+        gauges,
     }
 }
 

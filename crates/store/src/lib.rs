@@ -12,6 +12,7 @@
 mod admin;
 mod dead;
 mod error;
+mod fleet;
 mod jobs;
 mod listing;
 mod migrate;
@@ -30,6 +31,7 @@ mod workers;
 pub use admin::{CancelOutcome, RetryOutcome};
 pub use dead::DeadGroup;
 pub use error::{Error, SqlxError};
+pub use fleet::FleetLock;
 pub use jobs::{Claim, JobProgress, JobRecord, LatencySummary, StateCount};
 pub use listing::{Batch, Cursor, JobFilter, JobListing, JobPage, MatchCount};
 pub use migrate::SCHEMA_VERSION;
@@ -37,7 +39,8 @@ pub use pauses::{PAUSE_CHANNEL, QueuePause};
 pub use promotion::{CANCEL_CHANNEL, DUE_CHANNEL, DueJob, Listener, Notification, Promotion};
 pub use queues::QueueCounts;
 pub use recorder::{
-    BadInput, RAW_BODY_KEPT, RawBody, RecordRow, Recorded, Recorder, RecorderConfig,
+    BadInput, RAW_BODY_KEPT, RECORDER_BATCH_SIZE, RECORDER_COMMIT_SECONDS, RawBody, RecordRow,
+    Recorded, Recorder, RecorderConfig,
 };
 pub use schedule::{PgTransaction, ScheduledJob, schedule_in};
 pub use stats::TaskStats;

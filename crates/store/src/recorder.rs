@@ -369,6 +369,11 @@ async fn run(store: Store, config: RecorderConfig, mut rx: mpsc::Receiver<Item>)
     while flushes.join_next().await.is_some() {}
 }
 
+/// Rows per batch the recorder wrote (a histogram; `docs/observability.md`).
+pub const RECORDER_BATCH_SIZE: &str = "warren_recorder_batch_size";
+/// Seconds one batch took to write and commit, retries included (a histogram).
+pub const RECORDER_COMMIT_SECONDS: &str = "warren_recorder_commit_seconds";
+
 async fn flush(store: &Store, batch: Vec<Item>) {
     let n = batch.len();
     let (rows, kept, waiters) = coalesce(batch);
@@ -379,7 +384,10 @@ async fn flush(store: &Store, batch: Vec<Item>) {
         .filter(|w| kept.get(&w.job) != Some(&w.origin))
         .map(|w| w.job)
         .collect();
+    let started = std::time::Instant::now();
     let result = write_with_retry(store, &rows, &folded).await;
+    metrics::histogram!(RECORDER_BATCH_SIZE).record(rows.len() as f64);
+    metrics::histogram!(RECORDER_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
     tracing::debug!(
         items = n,
         rows = rows.len(),

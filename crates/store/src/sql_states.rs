@@ -16,6 +16,7 @@ use warren_core::JobState;
 const SOURCES: &[(&str, &str)] = &[
     ("admin.rs", include_str!("admin.rs")),
     ("dead.rs", include_str!("dead.rs")),
+    ("fleet.rs", include_str!("fleet.rs")),
     ("jobs.rs", include_str!("jobs.rs")),
     ("listing.rs", include_str!("listing.rs")),
     ("promotion.rs", include_str!("promotion.rs")),

@@ -49,6 +49,10 @@ impl Executor {
             worker_id: self.worker_id.clone(),
             cancel: cancel.clone(),
         };
+        let waited = (chrono::Utc::now() - message.enqueued_at)
+            .to_std()
+            .unwrap_or_default();
+        crate::observe::started(message.task.as_str(), queue, waited);
         let admin = self.cancels.start(message.id, cancel.clone());
         let ended = run_attempt(
             (ready.registered.handler)(ctx, &message.payload),

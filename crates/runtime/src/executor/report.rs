@@ -8,12 +8,15 @@ use chrono::Utc;
 use warren_broker::Delivery;
 use warren_core::lifecycle::{self, Event};
 use warren_core::message::MAX_ATTEMPTS_LIMIT;
-use warren_core::{DecodeError, ErrorChain, FailureKind, JobId, JobMessage, JobState, QueueName};
+use warren_core::{
+    DecodeError, ErrorChain, FailureKind, JobId, JobMessage, JobState, QueueName, TaskName,
+};
 use warren_store::{BadInput, JobProgress, RecordRow, Recorded};
 
 use super::attempt::Ended;
 use super::preflight::Ready;
 use super::{Executor, transition};
+use crate::observe::Outcome;
 
 impl Executor {
     /// Records how the attempt ended and acks. An abandoned attempt (the grace period ran
@@ -165,8 +168,21 @@ impl Executor {
     async fn commit_then_ack(&self, row: RecordRow, delivery: &Delivery) {
         let state = row.state;
         let duplicate = row.duplicate_of.is_some();
+        let observed = (!duplicate).then(|| self.observation(&row));
         match self.recorder.record(row).await {
             Ok(Recorded::Written) => {
+                if let Some((task, queue, ran)) = observed {
+                    let outcome = match state {
+                        JobState::Succeeded => Some(Outcome::Succeeded),
+                        JobState::Scheduled => Some(Outcome::Retried),
+                        JobState::Dead => Some(Outcome::Dead),
+                        JobState::Cancelled => Some(Outcome::Cancelled),
+                        _ => None,
+                    };
+                    if let Some(outcome) = outcome {
+                        crate::observe::finished(&task, &queue, outcome, ran);
+                    }
+                }
                 let c = &self.counters;
                 let counter = match state {
                     JobState::Succeeded => Some(&c.succeeded),
@@ -193,6 +209,21 @@ impl Executor {
                 }
             }
         }
+    }
+
+    /// The labels and run time of an outcome, for the metrics. A task name no handler is
+    /// registered for (bad input) is labelled `(unregistered)`: labels come from message
+    /// headers anyone can write, and each new value would be a new series.
+    fn observation(&self, row: &RecordRow) -> (String, String, Option<std::time::Duration>) {
+        let registered =
+            TaskName::new(&row.task).is_ok_and(|name| self.registry.get(&name).is_some());
+        let task = if registered {
+            row.task.clone()
+        } else {
+            "(unregistered)".to_owned()
+        };
+        let ran = row.started_at.and_then(|s| (Utc::now() - s).to_std().ok());
+        (task, row.queue.clone(), ran)
     }
 
     pub(super) async fn ack(&self, delivery: &Delivery) {
