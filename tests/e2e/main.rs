@@ -25,3 +25,4 @@ mod shutdown;
 mod support;
 mod tls;
 mod typed;
+mod worker_ids;

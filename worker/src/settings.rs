@@ -92,7 +92,9 @@ pub struct Args {
     #[arg(long, env = "WARREN_DELIVERY_LIMIT", default_value_t = Topology::DEFAULT_DELIVERY_LIMIT)]
     pub delivery_limit: u32,
 
-    /// Identity of this process in the workers table (default: host-pid).
+    /// Identity of this process in the workers table (default: host-pid). One live process
+    /// per id: a worker refuses to start while another process's worker with this id is
+    /// running (heard from in the last 30 s); a stopped or lost one's row is taken over.
     #[arg(long, env = "WARREN_WORKER_ID")]
     pub worker_id: Option<String>,
 

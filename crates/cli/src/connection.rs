@@ -78,6 +78,7 @@ pub struct ConnectionArgs {
         env = "WARREN_CONFIRM_TIMEOUT",
         default_value = "30s",
         value_parser = parse_timeout,
+        allow_hyphen_values = true,
         global = true
     )]
     pub confirm_timeout: std::time::Duration,

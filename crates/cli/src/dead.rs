@@ -2,7 +2,6 @@
 //! error; `dead retry` and `dead cancel` act on a group (or any filter) through the bulk
 //! machinery, with the state fixed to `dead`.
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 use warren_core::JobState;
 use warren_store::DeadGroup;
@@ -80,7 +79,7 @@ async fn list(
     connection: &ConnectionArgs,
 ) -> anyhow::Result<()> {
     let store = connection.store("dead").await?;
-    let groups = store.dead_groups(since).await.context("grouping dead jobs");
+    let groups = store.dead_groups(since).await.map_err(anyhow::Error::from);
     store.close().await;
     let groups = groups?;
     if json {

@@ -1,6 +1,8 @@
 //! `warren enqueue`: publish one job, or many copies of it, each confirmed by RabbitMQ.
 
 use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -12,7 +14,7 @@ use warren_core::message::{MAX_ATTEMPTS_LIMIT, check_payload};
 use warren_core::{DEFAULT_QUEUE, JobId, QueueName, TaskName};
 
 use crate::connection::ConnectionArgs;
-use crate::exit::Usage;
+use crate::exit::{Interrupted, Usage};
 use crate::output::{emit, emit_json, printable_line, printable_width};
 
 /// Jobs handed to `enqueue_many` at once: enough to keep the publisher's confirm window full,
@@ -23,10 +25,28 @@ const CHUNK: u64 = 1_000;
 /// so the output stays proportionate to what a script can use.
 const ID_LIST_LIMIT: u64 = 1_000;
 
+const ENQUEUE_HELP: &str = "\
+Examples:
+  warren enqueue warren.echo --payload '{\"hello\": \"world\"}'
+  warren enqueue email.send --payload '{\"to\": \"a@example.com\"}' --queue emails --delay 30s
+  warren enqueue report.build --payload '{}' --delay 1m --idempotency-key report-2026-12
+  warren enqueue warren.noop --count 1000 --json
+
+One job prints its id. A delayed job whose idempotency key another live or succeeded job
+holds is not added: it prints `duplicate of ID` (that job's id) instead, and its payload is
+dropped. An immediate job's key is checked when a worker takes it, so such a duplicate is
+published, then recorded cancelled with `warren jobs show` saying `duplicate of ID`.
+--count N prints a summary line. Ctrl-C stops after the current batch of 1000 and prints
+what was enqueued so far (exit 130).
+
+--json prints {\"queue\", \"requested\", \"enqueued\", \"duplicates\", \"failed\", \"skipped\",
+\"interrupted\", \"seconds\"}; \"enqueued\" counts new jobs only, \"duplicates\" jobs whose
+key was already held, \"skipped\" jobs never attempted. Up to 1000 jobs it adds \"ids\" (the
+new jobs' ids, in order); beyond, \"first_id\" and \"last_id\". With duplicates it adds
+\"duplicate_of\": the ids of the jobs holding their keys.";
+
 #[derive(Debug, clap::Args)]
-#[command(
-    after_long_help = "Examples:\n  warren enqueue warren.echo --payload '{\"hello\": \"world\"}'\n  warren enqueue email.send --payload '{\"to\": \"a@example.com\"}' --queue emails --delay 30s\n  warren enqueue warren.noop --count 1000 --json"
-)]
+#[command(after_long_help = ENQUEUE_HELP)]
 pub struct EnqueueArgs {
     /// Task to run, e.g. email.send.
     pub task: TaskName,
@@ -45,7 +65,8 @@ pub struct EnqueueArgs {
     pub queue: QueueName,
 
     /// Identical jobs to enqueue, each with its own id. Published in batches of 1000; the
-    /// first batch in which a job fails is the last one attempted.
+    /// first batch in which a job fails is the last one attempted, and Ctrl-C stops after
+    /// the current batch (exit 130).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub count: u64,
 
@@ -54,20 +75,22 @@ pub struct EnqueueArgs {
     pub max_attempts: Option<u32>,
 
     /// Per-attempt timeout, e.g. 30s or 500ms; the task's default when unset.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     pub timeout: Option<Duration>,
 
-    /// Idempotency key passed to the handler. Only with --count 1, since copies sharing a key
-    /// would look like one job to the handler.
+    /// Idempotency key: at most one live or succeeded job holds it, and a job whose key is
+    /// held is a duplicate and does not run. Only with --count 1, since copies sharing a key
+    /// would be duplicates of the first.
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
 
     /// Run no earlier than this from now, e.g. 30s or 2h. Delayed jobs are written to
     /// PostgreSQL (so this needs --database-url too) and published by a worker when due.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     pub delay: Option<Duration>,
 
-    /// Print {"enqueued": n, "failed": m, "ids": [...]} instead of text.
+    /// Print the outcome as JSON: counts, and "ids" up to 1000 jobs or "first_id" and
+    /// "last_id" beyond (see below).
     #[arg(long)]
     pub json: bool,
 }
@@ -205,7 +228,20 @@ pub(crate) async fn run(args: EnqueueArgs, connection: &ConnectionArgs) -> anyho
 
 /// Publishes the plan's jobs in batches, stopping after the first batch with a failure:
 /// whatever refused one job (a missing queue, a full one) would most likely refuse the rest.
+///
+/// Ctrl-C stops it after the current batch: the batch's confirms are awaited (what the broker
+/// took is enqueued whether or not we wait), so the report counts every job that is in the
+/// queue.
 async fn publish(client: &Client, plan: &Plan) -> Report {
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                stop.store(true, Ordering::SeqCst);
+            }
+        })
+    };
     let progress = Progress::new(plan.count);
     let mut report = Report::new(plan.queue.clone(), plan.count);
     let started = Instant::now();
@@ -213,16 +249,23 @@ async fn publish(client: &Client, plan: &Plan) -> Report {
     while left > 0 {
         let n = left.min(CHUNK);
         left -= n;
-        // `n` is at most CHUNK, so it fits a usize on every platform.
-        let batch = vec![plan.job.clone(); n as usize];
-        for outcome in client.enqueue_many(batch).await {
-            report.record(outcome);
+        // Each copy gets its id here, so that an id coming back different says the job was
+        // a duplicate of the job holding its idempotency key.
+        let ids: Vec<JobId> = (0..n).map(|_| JobId::new()).collect();
+        let batch = ids.iter().map(|id| plan.job.clone().id(*id));
+        for (id, outcome) in ids.iter().zip(client.enqueue_many(batch).await) {
+            report.record(*id, outcome);
         }
         progress.show(&report);
         if report.failed > 0 {
             break;
         }
+        if left > 0 && stop.load(Ordering::SeqCst) {
+            report.interrupted = true;
+            break;
+        }
     }
+    watcher.abort();
     report.elapsed = started.elapsed();
     progress.finish();
     report
@@ -270,10 +313,17 @@ impl Progress {
 struct Report {
     queue: QueueName,
     requested: u64,
+    /// New jobs, confirmed by the broker or committed to Postgres.
     enqueued: u64,
+    /// Jobs not added because another job held their idempotency key.
+    duplicates: u64,
     failed: u64,
-    /// Every confirmed id, kept only while `requested` is within [`ID_LIST_LIMIT`].
+    /// Ctrl-C stopped the run before every batch was attempted.
+    interrupted: bool,
+    /// Every new job's id, kept only while `requested` is within [`ID_LIST_LIMIT`].
     ids: Vec<JobId>,
+    /// The ids of the jobs holding the duplicates' keys, within the same limit.
+    duplicate_of: Vec<JobId>,
     first: Option<JobId>,
     last: Option<JobId>,
     first_error: Option<warren_client::Error>,
@@ -285,12 +335,18 @@ struct Report {
 struct JsonReport<'a> {
     queue: &'a str,
     requested: u64,
+    /// New jobs only.
     enqueued: u64,
+    /// Jobs whose idempotency key another job held: not added.
+    duplicates: u64,
     failed: u64,
-    /// Jobs never published because an earlier batch had a failure.
+    /// Jobs never attempted, because an earlier batch had a failure or Ctrl-C stopped the run.
     skipped: u64,
+    interrupted: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     ids: Option<&'a [JobId]>,
+    #[serde(skip_serializing_if = "<[JobId]>::is_empty")]
+    duplicate_of: &'a [JobId],
     #[serde(skip_serializing_if = "Option::is_none")]
     first_id: Option<JobId>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -304,8 +360,11 @@ impl Report {
             queue,
             requested,
             enqueued: 0,
+            duplicates: 0,
             failed: 0,
+            interrupted: false,
             ids: Vec::new(),
+            duplicate_of: Vec::new(),
             first: None,
             last: None,
             first_error: None,
@@ -313,8 +372,15 @@ impl Report {
         }
     }
 
-    fn record(&mut self, outcome: Result<JobId, warren_client::Error>) {
+    /// Counts the outcome of the job that was given id `sent`.
+    fn record(&mut self, sent: JobId, outcome: Result<JobId, warren_client::Error>) {
         match outcome {
+            Ok(holder) if holder != sent => {
+                self.duplicates += 1;
+                if self.requested <= ID_LIST_LIMIT {
+                    self.duplicate_of.push(holder);
+                }
+            }
             Ok(id) => {
                 self.enqueued += 1;
                 self.first.get_or_insert(id);
@@ -331,7 +397,7 @@ impl Report {
     }
 
     fn skipped(&self) -> u64 {
-        self.requested - self.enqueued - self.failed
+        self.requested - self.enqueued - self.duplicates - self.failed
     }
 
     fn rate(&self) -> f64 {
@@ -344,45 +410,73 @@ impl Report {
             queue: self.queue.as_str(),
             requested: self.requested,
             enqueued: self.enqueued,
+            duplicates: self.duplicates,
             failed: self.failed,
             skipped: self.skipped(),
+            interrupted: self.interrupted,
             ids: listed.then_some(self.ids.as_slice()),
+            duplicate_of: &self.duplicate_of,
             first_id: if listed { None } else { self.first },
             last_id: if listed { None } else { self.last },
             seconds: self.elapsed.as_secs_f64(),
         }
     }
 
-    /// One job: its id alone, so `id=$(warren enqueue ...)` works. Many: a summary line.
+    /// One job: its id alone, so `id=$(warren enqueue ...)` works, or `duplicate of ID` when
+    /// another job held its key. Many: a summary line.
     fn text(&self) -> String {
         if self.requested == 1 {
+            if let Some(holder) = self.duplicate_of.first() {
+                return format!("duplicate of {holder}\n");
+            }
             return self.first.map(|id| format!("{id}\n")).unwrap_or_default();
         }
         let secs = self.elapsed.as_secs_f64();
         let rate = self.rate();
-        if self.enqueued == self.requested {
+        let mut text = if self.enqueued == self.requested {
             format!(
-                "enqueued {} jobs to queue {} in {secs:.2} s ({rate:.0} jobs/s)\n",
+                "enqueued {} jobs to queue {} in {secs:.2} s ({rate:.0} jobs/s)",
                 self.enqueued, self.queue
             )
         } else {
-            format!(
-                "enqueued {} of {} jobs to queue {} in {secs:.2} s ({rate:.0} jobs/s); {} failed, {} not attempted\n",
-                self.enqueued,
-                self.requested,
-                self.queue,
-                self.failed,
-                self.skipped()
-            )
+            let mut text = format!(
+                "enqueued {} of {} jobs to queue {} in {secs:.2} s ({rate:.0} jobs/s)",
+                self.enqueued, self.requested, self.queue,
+            );
+            if self.duplicates > 0 {
+                text.push_str(&format!("; {} duplicates not added", self.duplicates));
+            }
+            if self.failed > 0 || self.skipped() > 0 {
+                text.push_str(&format!(
+                    "; {} failed, {} not attempted",
+                    self.failed,
+                    self.skipped()
+                ));
+            }
+            text
+        };
+        if self.interrupted {
+            text.push_str("; interrupted by Ctrl-C");
         }
+        text.push('\n');
+        text
     }
 
-    /// The first failure, if any, as the command's error.
+    /// The first failure, if any, as the command's error; else an interruption.
     fn into_result(self) -> anyhow::Result<()> {
         let Some(error) = self.first_error else {
+            if self.interrupted {
+                return Err(Interrupted(format!(
+                    "interrupted by Ctrl-C after {} of {} jobs were enqueued; the other {} were not",
+                    self.enqueued,
+                    self.requested,
+                    self.skipped()
+                ))
+                .into());
+            }
             return Ok(());
         };
-        let lost = self.requested - self.enqueued;
+        let lost = self.requested - self.enqueued - self.duplicates;
         let what = if self.requested == 1 {
             "the job was not enqueued".to_owned()
         } else {
@@ -493,6 +587,20 @@ mod tests {
                 .unwrap_err()
                 .contains("no unit")
         );
+        // The value reaches the duration parser, which says what is wrong with it, instead
+        // of clap taking `-5s` for an unknown flag.
+        let negative = parse(&["t", "--payload", "{}", "--timeout", "-5s"]).unwrap_err();
+        assert!(
+            negative.contains("a duration cannot be negative"),
+            "{negative}"
+        );
+        let negative = parse(&["t", "--payload", "{}", "--delay", "-1m"]).unwrap_err();
+        assert!(
+            negative.contains("a duration cannot be negative"),
+            "{negative}"
+        );
+        let twice = parse(&["t", "--payload", "{}", "--timeout", "1h1h"]).unwrap_err();
+        assert!(twice.contains("repeats the unit `h`"), "{twice}");
         let zero = parse(&["t", "--payload", "{}", "--timeout", "0s"])
             .unwrap()
             .plan()
@@ -516,16 +624,20 @@ mod tests {
     fn report(requested: u64, enqueued: u64, failed: bool) -> Report {
         let mut r = Report::new(QueueName::new("emails").unwrap(), requested);
         for _ in 0..enqueued {
-            r.record(Ok(JobId::new()));
+            let id = JobId::new();
+            r.record(id, Ok(id));
         }
         if failed {
-            r.record(Err(warren_client::Error::Invalid {
-                task: "t".into(),
-                problems: vec![warren_client::Problem {
-                    field: "queue",
-                    text: "refused".into(),
-                }],
-            }));
+            r.record(
+                JobId::new(),
+                Err(warren_client::Error::Invalid {
+                    task: "t".into(),
+                    problems: vec![warren_client::Problem {
+                        field: "queue",
+                        text: "refused".into(),
+                    }],
+                }),
+            );
         }
         r.elapsed = Duration::from_millis(500);
         r
@@ -576,5 +688,62 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("refused"), "{err}");
+    }
+
+    #[test]
+    fn a_duplicate_is_named_and_counted_apart_from_new_jobs() {
+        let holder = JobId::new();
+        let mut r = Report::new(QueueName::new("emails").unwrap(), 1);
+        r.record(JobId::new(), Ok(holder));
+        assert_eq!(r.text(), format!("duplicate of {holder}\n"));
+        let json = serde_json::to_value(r.json()).unwrap();
+        assert_eq!(
+            (
+                json["enqueued"].as_u64(),
+                json["duplicates"].as_u64(),
+                json["skipped"].as_u64()
+            ),
+            (Some(0), Some(1), Some(0))
+        );
+        assert_eq!(json["ids"], serde_json::json!([]));
+        assert_eq!(json["duplicate_of"], serde_json::json!([holder]));
+        assert!(r.into_result().is_ok());
+    }
+
+    #[test]
+    fn an_interrupted_run_reports_what_it_enqueued_and_exits_130() {
+        let mut r = report(5000, 2000, false);
+        r.interrupted = true;
+        assert_eq!(
+            r.text(),
+            "enqueued 2000 of 5000 jobs to queue emails in 0.50 s (4000 jobs/s); 0 failed, \
+             3000 not attempted; interrupted by Ctrl-C\n"
+        );
+        let json = serde_json::to_value(r.json()).unwrap();
+        assert_eq!(json["interrupted"], true);
+        assert_eq!(json["skipped"].as_u64(), Some(3000));
+        assert!(json.get("duplicate_of").is_none());
+        let err = r.into_result().unwrap_err();
+        assert_eq!(
+            crate::exit::Status::of(&err),
+            crate::exit::Status::Interrupted
+        );
+        assert!(err.to_string().contains("after 2000 of 5000"), "{err}");
+    }
+
+    #[test]
+    fn the_help_names_every_json_field_printed() {
+        let big = serde_json::to_value(report(2000, 2000, false).json()).unwrap();
+        let mut small = report(3, 2, false);
+        small.record(JobId::new(), Ok(JobId::new()));
+        let small = serde_json::to_value(small.json()).unwrap();
+        for json in [big, small] {
+            for field in json.as_object().unwrap().keys() {
+                assert!(
+                    ENQUEUE_HELP.contains(&format!("\"{field}\"")),
+                    "{field} is not in the help"
+                );
+            }
+        }
     }
 }

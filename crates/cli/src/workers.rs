@@ -59,7 +59,7 @@ Examples:
 #[command(after_long_help = PRUNE_HELP)]
 pub struct PruneArgs {
     /// Remove rows last seen longer ago than this, e.g. 1h or 7d.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     pub older_than: Duration,
 
     /// Do it without asking (needed when stdin is not a terminal).
@@ -81,7 +81,7 @@ pub(crate) async fn run(args: WorkersArgs, connection: &ConnectionArgs) -> anyho
         return run_prune(prune, connection).await;
     }
     let store = connection.store("workers").await?;
-    let workers = store.workers().await.context("listing workers");
+    let workers = store.workers().await.map_err(anyhow::Error::from);
     store.close().await;
     let workers = workers?;
     if args.json {

@@ -508,6 +508,13 @@ impl Client {
     /// `scheduled` row itself and returns once it is committed; a broker-only client publishes
     /// it to the intake queue, and a worker writes the row before acking it.
     ///
+    /// Idempotency keys: when a client with a store writes a delayed job whose key another
+    /// live or succeeded job holds, nothing is added and *that* job's id is returned. To tell
+    /// such a duplicate from a new job, give the job its id with [`NewJob::id`]: a different
+    /// id coming back names the job holding the key. (An immediate job, or a delayed one sent
+    /// through the intake queue, is checked when a worker takes it: it is recorded as a
+    /// duplicate then, and not run.)
+    ///
     /// ```no_run
     /// # use serde::{Deserialize, Serialize};
     /// # use warren_client::{Client, NewJob};
@@ -567,7 +574,9 @@ impl Client {
 
     /// Enqueues many jobs: immediate ones published with pipelined confirms, delayed ones
     /// written to Postgres in one statement. The result at index `i` is the outcome of the
-    /// `i`-th job: its id once confirmed or committed, or why it was not enqueued.
+    /// `i`-th job: its id once confirmed or committed (for a delayed duplicate, the id of the
+    /// job holding its idempotency key, as with [`Client::enqueue`]), or why it was not
+    /// enqueued.
     pub async fn enqueue_many<J: IntoJob>(
         &self,
         jobs: impl IntoIterator<Item = J>,

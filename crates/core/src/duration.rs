@@ -1,15 +1,38 @@
 //! Human durations for flags and CLI arguments: `250ms`, `30s`, `5m`, `2h`, `1d`, or
-//! combinations such as `1m30s`. A bare number is refused: the unit is where mistakes hide.
+//! combinations such as `1m30s` or `1d12h`. A bare number is refused: the unit is where
+//! mistakes hide.
 
 use std::time::Duration;
 
+/// The units, largest first: the order they must appear in.
+const UNITS: [&str; 5] = ["d", "h", "m", "s", "ms"];
+
 /// Parses a human duration, saying what is wrong with a bad one.
+///
+/// Accepted: one or more `<whole number><unit>` parts, units `d`, `h`, `m`, `s`, `ms`, each
+/// at most once and largest first (`1h30m`, `2m500ms`), with no spaces between parts and
+/// surrounding whitespace ignored. Refused, each with its reason: a bare number (`30`), a
+/// repeated unit (`1h1h`, which is more likely a typo than a wish for `2h`), units out of
+/// order (`30s1m`), fractions (`1.5h`), a sign (`-5s`: a duration cannot be negative), and
+/// anything that overflows.
 pub fn parse_duration(input: &str) -> Result<Duration, String> {
     let s = input.trim();
     if s.is_empty() {
         return Err("empty duration: expected e.g. 500ms, 30s, 5m, 2h".to_owned());
     }
+    if let Some(unsigned) = s.strip_prefix('-') {
+        // Said only of what would otherwise be a duration; `--json` taken as a value (the
+        // flag before it lacked one) is not a duration at all.
+        if parse_duration(unsigned).is_ok() {
+            return Err(format!("`{input}`: a duration cannot be negative"));
+        }
+        return Err(format!(
+            "`{input}` is not a duration: expected e.g. 500ms, 30s, 5m, 2h"
+        ));
+    }
     let mut total = Duration::ZERO;
+    // Index in UNITS of the last unit seen: each part must use a smaller one.
+    let mut previous: Option<usize> = None;
     let mut rest = s;
     while !rest.is_empty() {
         let digits = rest
@@ -48,6 +71,21 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
                 ));
             }
         };
+        if let Some(rank) = UNITS.iter().position(|u| *u == unit) {
+            match previous {
+                Some(p) if p == rank => {
+                    return Err(format!(
+                        "`{input}` repeats the unit `{unit}`: write each unit once, e.g. 2h or 1h30m"
+                    ));
+                }
+                Some(p) if p > rank => {
+                    return Err(format!(
+                        "`{input}`: units go from largest to smallest (d, h, m, s, ms), e.g. 1m30s"
+                    ));
+                }
+                _ => previous = Some(rank),
+            }
+        }
         // Saturating here would turn a typo into an "almost forever" that overflows later,
         // wherever the duration is added to a clock.
         total = total.checked_add(part).ok_or_else(too_long)?;
@@ -65,6 +103,26 @@ mod tests {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration(" 2h "), Ok(Duration::from_secs(7200)));
+        assert_eq!(
+            parse_duration("1d2h3m4s5ms"),
+            Ok(Duration::from_millis(93_784_005))
+        );
+    }
+
+    #[test]
+    fn refuses_a_repeated_unit_units_out_of_order_and_a_sign() {
+        let repeated = parse_duration("1h1h").unwrap_err();
+        assert!(repeated.contains("repeats the unit `h`"), "{repeated}");
+        assert!(parse_duration("1m30s30s").is_err());
+        let order = parse_duration("30s1m").unwrap_err();
+        assert!(order.contains("largest to smallest"), "{order}");
+        assert!(parse_duration("5ms1s").is_err());
+        let negative = parse_duration("-5s").unwrap_err();
+        assert_eq!(negative, "`-5s`: a duration cannot be negative");
+        let flag = parse_duration("--json").unwrap_err();
+        assert!(flag.contains("is not a duration"), "{flag}");
+        assert!(parse_duration("+5s").is_err());
+        assert!(parse_duration("1.5h").unwrap_err().contains("unknown unit"));
     }
 
     #[test]
@@ -83,7 +141,7 @@ mod tests {
         assert!(parse_duration("").unwrap_err().contains("empty"));
         for huge in [
             "213503982334602d",
-            "18446744073709551615s18446744073709551615s",
+            "18446744073709551615s18446744073709551615ms",
         ] {
             assert!(
                 parse_duration(huge).unwrap_err().contains("too long"),

@@ -27,7 +27,12 @@ pub enum Error {
     #[error("RabbitMQ failed")]
     Broker(#[from] warren_broker::Error),
 
-    /// Connecting to Postgres, checking the schema or registering the worker failed.
+    /// Connecting to Postgres or checking the schema failed.
     #[error("Postgres failed")]
     Store(#[from] warren_store::Error),
+
+    /// The worker's row could not be written, or a live worker in another process holds its
+    /// id (`warren_store::Error::WorkerIdInUse`, which says which process and what to do).
+    #[error("cannot register the worker")]
+    Register(#[source] warren_store::Error),
 }

@@ -402,7 +402,10 @@ impl Worker {
     async fn start(self, broker: Broker, store: Store, fatal: Fatal) -> Result<Running, Error> {
         let cfg = self.config;
         broker.declare(&cfg.queues).await?;
-        store.register_worker(&worker_info(&cfg)).await?;
+        store
+            .register_worker(&worker_info(&cfg))
+            .await
+            .map_err(Error::Register)?;
         let dead_letters = broker.publisher().await?;
         let promoter_publisher = match cfg.promoter {
             Some(_) => Some(broker.publisher().await?),

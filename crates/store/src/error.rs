@@ -1,6 +1,9 @@
+use std::fmt;
+
 use warren_core::JobId;
 
-/// What went wrong talking to PostgreSQL. The sqlx error, when there is one, is the `source()`.
+/// What went wrong talking to PostgreSQL. The sqlx error, when there is one, is the `source()`
+/// (as a [`SqlxError`], which keeps each cause in the chain once).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The Postgres URL cannot be used: it does not parse, it has a query parameter sqlx
@@ -22,7 +25,7 @@ pub enum Error {
         endpoint: String,
         /// The error sqlx reported.
         #[source]
-        source: sqlx::Error,
+        source: SqlxError,
     },
 
     /// The TLS handshake failed, or the server offers no TLS. Not transient.
@@ -40,7 +43,7 @@ pub enum Error {
         mode: &'static str,
         /// The error sqlx reported.
         #[source]
-        source: sqlx::Error,
+        source: SqlxError,
     },
 
     /// No TCP connection could be made within the acquire timeout. Transient.
@@ -62,7 +65,7 @@ pub enum Error {
         name: &'static str,
         /// The error sqlx reported.
         #[source]
-        source: sqlx::Error,
+        source: SqlxError,
     },
 
     /// A migration this database applied has since been edited: its checksum differs.
@@ -121,7 +124,7 @@ pub enum Error {
         jobs: usize,
         /// The error sqlx reported.
         #[source]
-        source: sqlx::Error,
+        source: SqlxError,
     },
 
     /// This outcome's batch failed; the outcome was not written and its delivery must not
@@ -148,7 +151,7 @@ pub enum Error {
         what: &'static str,
         /// The error sqlx reported.
         #[source]
-        source: sqlx::Error,
+        source: SqlxError,
     },
 
     /// A stored value could not be read back, e.g. an unknown state.
@@ -173,6 +176,28 @@ pub enum Error {
         state: warren_core::JobState,
     },
 
+    /// Another live worker process holds this worker id.
+    #[error(
+        "worker id `{id}` is in use by a live worker: pid {pid} on {hostname}, last heartbeat \
+         at {}; give this worker another id (--worker-id, or leave it unset for a \
+         generated one), or stop that worker first (a worker killed without stopping frees its \
+         id once it has sent no heartbeat for {}s)",
+        last_seen_at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+        lost_after.as_secs()
+    )]
+    WorkerIdInUse {
+        /// The id asked for.
+        id: String,
+        /// The host of the worker holding it.
+        hostname: String,
+        /// Its process id on that host.
+        pid: i32,
+        /// Its last heartbeat.
+        last_seen_at: chrono::DateTime<chrono::Utc>,
+        /// How long without a heartbeat makes a worker lost, and its id free.
+        lost_after: std::time::Duration,
+    },
+
     /// An aggregate over many jobs met a state it does not know (a count per state).
     #[error("a stored job state is corrupt: {reason}")]
     CorruptState {
@@ -190,14 +215,101 @@ impl Error {
             Error::Unreachable { .. } | Error::RecorderStopped { .. } => true,
             Error::Connect { source, .. }
             | Error::Query { source, .. }
-            | Error::Record { source, .. } => is_transient(source),
+            | Error::Record { source, .. } => is_transient(&source.0),
             _ => false,
         }
     }
 
     pub(crate) fn query(what: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
-        move |source| Error::Query { what, source }
+        move |source| Error::Query {
+            what,
+            source: source.into(),
+        }
     }
+}
+
+/// A sqlx error as the `source()` of an [`Error`], printed so that a whole chain says each
+/// cause once.
+///
+/// sqlx's own errors print their cause in their message *and* return it as their `source()`
+/// (`error returned from database: X` whose source is `X`), so an error chain printed whole,
+/// as `{:#}` or a log line does, said every Postgres cause twice. This wrapper prints sqlx's
+/// message and, as its source, skips a cause that message already contains. A server error
+/// is printed as the server's message and SQLSTATE code: sqlx would add ` at line N`, a line
+/// of Postgres' own C source, which readers take for a line of their SQL.
+#[derive(Debug)]
+pub struct SqlxError(pub sqlx::Error);
+
+impl SqlxError {
+    /// The error sqlx reported.
+    pub fn inner(&self) -> &sqlx::Error {
+        &self.0
+    }
+}
+
+impl From<sqlx::Error> for SqlxError {
+    fn from(e: sqlx::Error) -> Self {
+        SqlxError(e)
+    }
+}
+
+impl fmt::Display for SqlxError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        message(&self.0, f)
+    }
+}
+
+impl std::error::Error for SqlxError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        cause(&self.0)
+    }
+}
+
+/// sqlx's message for `e`, or the server's message and code for a server error.
+fn message(e: &sqlx::Error, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    match e {
+        sqlx::Error::Database(db) => {
+            write!(f, "{}", db.message())?;
+            if let Some(code) = db.code() {
+                write!(f, " (SQLSTATE {code})")?;
+            }
+            Ok(())
+        }
+        other => write!(f, "{other}"),
+    }
+}
+
+/// The first cause of `e` that its message does not already contain.
+fn cause(e: &sqlx::Error) -> Option<&(dyn std::error::Error + 'static)> {
+    if let sqlx::Error::Database(_) = e {
+        // The message and code are all a server error has to say.
+        return None;
+    }
+    let cause = std::error::Error::source(e)?;
+    if e.to_string().contains(&cause.to_string()) {
+        cause.source()
+    } else {
+        Some(cause)
+    }
+}
+
+/// A bare sqlx error's whole chain, each cause once, for log lines (where no [`Error`]
+/// wraps it yet).
+pub(crate) fn sqlx_chain(e: &sqlx::Error) -> String {
+    struct Message<'a>(&'a sqlx::Error);
+    impl fmt::Display for Message<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            message(self.0, f)
+        }
+    }
+    let mut text = Message(e).to_string();
+    let mut next = cause(e);
+    while let Some(c) = next {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        next = c.source();
+    }
+    text
 }
 
 /// Whether a database error is worth retrying as is: the connection or the server had a
@@ -218,5 +330,51 @@ pub(crate) fn is_transient(e: &sqlx::Error) -> bool {
                 .any(|class| code.starts_with(class))
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The chain as `{:#}` prints it, one cause per element.
+    fn chain(e: &dyn std::error::Error) -> Vec<String> {
+        let mut out = vec![e.to_string()];
+        let mut next = e.source();
+        while let Some(cause) = next {
+            out.push(cause.to_string());
+            next = cause.source();
+        }
+        out
+    }
+
+    #[test]
+    fn a_chain_says_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "peer reset");
+        let err = Error::query("listing workers")(sqlx::Error::Io(io));
+        let links = chain(&err);
+        assert_eq!(
+            links,
+            [
+                "listing workers failed",
+                "error communicating with database: peer reset"
+            ]
+        );
+        let printed = links.join(": ");
+        assert_eq!(printed.matches("peer reset").count(), 1, "{printed}");
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "peer reset");
+        assert_eq!(
+            sqlx_chain(&sqlx::Error::Io(io)),
+            "error communicating with database: peer reset"
+        );
+    }
+
+    #[test]
+    fn a_cause_sqlx_does_not_print_stays_in_the_chain() {
+        let err = Error::query("reading a job")(sqlx::Error::ColumnNotFound("x".to_owned()));
+        assert_eq!(
+            chain(&err),
+            ["reading a job failed", "no column found for name: x"]
+        );
     }
 }

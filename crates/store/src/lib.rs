@@ -31,7 +31,7 @@ mod workers;
 
 pub use admin::{CancelOutcome, RetryOutcome};
 pub use dead::DeadGroup;
-pub use error::Error;
+pub use error::{Error, SqlxError};
 pub use fleet::FleetLock;
 pub use jobs::{Claim, JobProgress, JobRecord, LatencySummary, StateCount};
 pub use listing::{Batch, Cursor, JobFilter, JobListing, JobPage, MatchCount};

@@ -214,10 +214,10 @@ async fn apply_pending(conn: &mut sqlx::PgConnection) -> Result<(), Error> {
         );
     }
     for m in MIGRATIONS.iter().filter(|m| m.version > current) {
-        let fail = |source| Error::Migrate {
+        let fail = |source: sqlx::Error| Error::Migrate {
             version: m.version,
             name: m.name,
-            source,
+            source: source.into(),
         };
         let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(fail)?;
         sqlx::raw_sql(m.sql).execute(&mut *tx).await.map_err(fail)?;

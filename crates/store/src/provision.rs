@@ -52,9 +52,10 @@ async fn admin_connection(admin_url: &str, name: &str) -> Result<sqlx::PgConnect
     check_name(name)?;
     let opts = options(admin_url)?;
     let endpoint = format!("{}:{}", opts.get_host(), opts.get_port());
-    opts.connect()
-        .await
-        .map_err(|source| Error::Connect { endpoint, source })
+    opts.connect().await.map_err(|source| Error::Connect {
+        endpoint,
+        source: source.into(),
+    })
 }
 
 /// Creates database `name` on the server of `admin_url` if it does not exist.
@@ -80,7 +81,7 @@ pub async fn create_database(admin_url: &str, name: &str) -> Result<(), Error> {
             Err(source) => {
                 return Err(Error::Query {
                     what: "creating the database",
-                    source,
+                    source: source.into(),
                 });
             }
         }
@@ -94,10 +95,10 @@ pub async fn create_database(admin_url: &str, name: &str) -> Result<(), Error> {
 pub async fn execute_script(url: &str, script: &str) -> Result<(), Error> {
     let opts = options(url)?;
     let endpoint = format!("{}:{}", opts.get_host(), opts.get_port());
-    let mut conn = opts
-        .connect()
-        .await
-        .map_err(|source| Error::Connect { endpoint, source })?;
+    let mut conn = opts.connect().await.map_err(|source| Error::Connect {
+        endpoint,
+        source: source.into(),
+    })?;
     // The caller vouches for the script: it is an administrator's, as the name says.
     sqlx::raw_sql(sqlx::AssertSqlSafe(script.to_owned()))
         .execute(&mut conn)
@@ -143,10 +144,10 @@ const SANDBOX_LOCK_KEY: i64 = 0x5741_5252_454E_0002;
 async fn register(admin_url: &str) -> Result<sqlx::PgConnection, Error> {
     let opts = options(admin_url)?;
     let endpoint = format!("{}:{}", opts.get_host(), opts.get_port());
-    let mut conn = opts
-        .connect()
-        .await
-        .map_err(|source| Error::Connect { endpoint, source })?;
+    let mut conn = opts.connect().await.map_err(|source| Error::Connect {
+        endpoint,
+        source: source.into(),
+    })?;
     let mut tx = conn
         .begin()
         .await

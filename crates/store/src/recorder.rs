@@ -482,7 +482,7 @@ async fn write_with_retry(
                 }
                 Err(e) if is_transient(&e) => {
                     if !degraded.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                        tracing::warn!(error = %warren_core::ErrorChain(&e), rows = rows.len(), "recording outcomes failed; holding their deliveries unacked and retrying until the database is back");
+                        tracing::warn!(error = %crate::error::sqlx_chain(&e), rows = rows.len(), "recording outcomes failed; holding their deliveries unacked and retrying until the database is back");
                     }
                     Err(backoff::Error::transient(e))
                 }
@@ -493,7 +493,7 @@ async fn write_with_retry(
     match backoff::future::retry(policy, attempt).await {
         Ok(fenced) => Ok(fenced),
         Err(e) if rows.len() > 1 => {
-            tracing::warn!(error = %warren_core::ErrorChain(&e), rows = rows.len(), "batch rejected by the database; writing row by row");
+            tracing::warn!(error = %crate::error::sqlx_chain(&e), rows = rows.len(), "batch rejected by the database; writing row by row");
             let mut fenced = HashSet::new();
             for (i, row) in rows.iter().enumerate() {
                 // Folded duplicates are counted once, with the first row.
@@ -507,21 +507,30 @@ async fn write_with_retry(
         Err(e) => {
             let row = &rows[0];
             if row.payload.is_none() && row.result.is_none() && row.idempotency_key.is_none() {
-                return Err(Error::Record { jobs: 1, source: e });
+                return Err(Error::Record {
+                    jobs: 1,
+                    source: e.into(),
+                });
             }
-            tracing::warn!(job = %row.id, error = %warren_core::ErrorChain(&e), "row rejected; storing its payload as raw bytes");
+            tracing::warn!(job = %row.id, error = %crate::error::sqlx_chain(&e), "row rejected; storing its payload as raw bytes");
             let mut raw = row.clone();
             raw.raw_body = raw.payload.take().map(|p| RawBody::of(p.get().as_bytes()));
             // A key another job holds (a race the claim did not see) must not block the
             // outcome: record it without the key.
             raw.idempotency_key = None;
             if raw.result.take().is_some() {
-                let note = format!("result could not be stored as JSON: {e}");
+                let note = format!(
+                    "result could not be stored as JSON: {}",
+                    crate::error::sqlx_chain(&e)
+                );
                 raw.result = serde_json::value::to_raw_value(&note).ok();
             }
             write(store, std::slice::from_ref(&raw), folded)
                 .await
-                .map_err(|source| Error::Record { jobs: 1, source })
+                .map_err(|source| Error::Record {
+                    jobs: 1,
+                    source: source.into(),
+                })
         }
     }
 }

@@ -205,10 +205,13 @@ impl Store {
                     Error::Tls {
                         endpoint,
                         mode: ssl_mode_name(mode),
-                        source,
+                        source: source.into(),
                     }
                 } else {
-                    Error::Connect { endpoint, source }
+                    Error::Connect {
+                        endpoint,
+                        source: source.into(),
+                    }
                 }
             })?;
         Ok(Self { pool })

@@ -61,22 +61,57 @@ pub struct WorkerRecord {
 }
 
 impl Store {
-    /// Inserts the worker's row as `running`, or revives an existing row with the same id.
+    /// Inserts the worker's row as `running`, or takes over an existing row with the same id
+    /// whose worker is gone (stopped, or lost: no heartbeat for [`LOST_AFTER`]), replacing
+    /// every column as a fresh row would have them.
+    ///
+    /// Refuses with [`Error::WorkerIdInUse`] when a live worker (`running` or `stopping`,
+    /// heard from within [`LOST_AFTER`]) in another process holds the id: two processes
+    /// sharing one row would overwrite each other's heartbeats and show as one worker. The
+    /// same process (host and pid) may register again, e.g. after a restart of its runtime.
     pub async fn register_worker(&self, info: &WorkerInfo) -> Result<(), Error> {
-        sqlx::query(
+        let taken: Option<i32> = sqlx::query_scalar(
             "INSERT INTO warren_workers (id, hostname, pid, queues, concurrency, state)
              VALUES ($1, $2, $3, $4, $5, 'running')
-             ON CONFLICT (id) DO UPDATE SET state = 'running', last_seen_at = now(), stopped_at = NULL",
+             ON CONFLICT (id) DO UPDATE SET
+                 hostname = EXCLUDED.hostname, pid = EXCLUDED.pid, queues = EXCLUDED.queues,
+                 concurrency = EXCLUDED.concurrency, state = 'running', started_at = now(),
+                 last_seen_at = now(), stopped_at = NULL, in_flight = 0, processed = 0
+             WHERE warren_workers.state = 'stopped'
+                OR warren_workers.last_seen_at < now() - $6
+                OR (warren_workers.hostname, warren_workers.pid) = (EXCLUDED.hostname, EXCLUDED.pid)
+             RETURNING 1",
         )
         .bind(&info.id)
         .bind(&info.hostname)
         .bind(info.pid as i32)
         .bind(&info.queues)
         .bind(info.concurrency as i32)
-        .execute(&self.pool)
+        .bind(LOST_AFTER)
+        .fetch_optional(&self.pool)
         .await
         .map_err(Error::query("registering the worker"))?;
-        Ok(())
+        if taken.is_some() {
+            return Ok(());
+        }
+        // The row belongs to a live worker: say which, so that the operator can find it.
+        let holder: Option<(String, i32, DateTime<Utc>)> =
+            sqlx::query_as("SELECT hostname, pid, last_seen_at FROM warren_workers WHERE id = $1")
+                .bind(&info.id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(Error::query("reading the worker holding this id"))?;
+        let Some((hostname, pid, last_seen_at)) = holder else {
+            // Deleted (pruned) in between: the id is free now.
+            return Box::pin(self.register_worker(info)).await;
+        };
+        Err(Error::WorkerIdInUse {
+            id: info.id.clone(),
+            hostname,
+            pid,
+            last_seen_at,
+            lost_after: LOST_AFTER,
+        })
     }
 
     /// Updates the worker's row: `state` (`running`, `stopping` or `stopped`, which also

@@ -23,11 +23,11 @@ pub struct FilterArgs {
 
     /// Only jobs enqueued at or after this time: a duration back from now (15m, 2h, 7d) or an
     /// RFC 3339 time (2026-12-01T06:00:00Z).
-    #[arg(long, value_name = "WHEN", value_parser = parse_when)]
+    #[arg(long, value_name = "WHEN", value_parser = parse_when, allow_hyphen_values = true)]
     pub since: Option<DateTime<Utc>>,
 
     /// Only jobs enqueued before this time (same forms as --since).
-    #[arg(long, value_name = "WHEN", value_parser = parse_when)]
+    #[arg(long, value_name = "WHEN", value_parser = parse_when, allow_hyphen_values = true)]
     pub until: Option<DateTime<Utc>>,
 
     /// Only jobs whose latest error message contains this text (ignoring case).
@@ -53,8 +53,13 @@ pub(crate) fn parse_when(s: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(at) = DateTime::parse_from_rfc3339(s) {
         return Ok(at.with_timezone(&Utc));
     }
-    let back = parse_duration(s).map_err(|_| {
-        format!("`{s}` is neither a duration back from now (15m, 2h, 7d) nor an RFC 3339 time")
+    let back = parse_duration(s).map_err(|e| {
+        if s.trim_start().starts_with('-') {
+            // `-2h`: the duration parser says why a sign is wrong.
+            e
+        } else {
+            format!("`{s}` is neither a duration back from now (15m, 2h, 7d) nor an RFC 3339 time")
+        }
     })?;
     let back = chrono::TimeDelta::from_std(back).map_err(|_| format!("`{s}` is too long ago"))?;
     Utc::now()
@@ -77,5 +82,10 @@ mod tests {
         let ago = Utc::now() - parse_when("2h").unwrap();
         assert!((ago.num_seconds() - 7_200).abs() < 5, "{ago}");
         assert!(parse_when("yesterday").unwrap_err().contains("neither"));
+        assert!(
+            parse_when("-2h")
+                .unwrap_err()
+                .contains("cannot be negative")
+        );
     }
 }

@@ -1,6 +1,5 @@
 //! `warren jobs list`: jobs newest first, filtered, a page at a time.
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 use warren_store::{Cursor, JobPage};
 
@@ -41,7 +40,7 @@ pub(super) async fn run(args: ListArgs, connection: &ConnectionArgs) -> anyhow::
     let page = store
         .list_jobs(&args.filter.to_filter(), args.after, args.limit)
         .await
-        .context("listing jobs");
+        .map_err(anyhow::Error::from);
     store.close().await;
     let page = page?;
     if args.json {

@@ -97,10 +97,13 @@ fn identity(out: &mut Lines, job: &JobRecord) {
     out.line("task", &job.task);
     out.line("queue", &job.queue);
     out.line("state", job.state.as_str());
-    out.line(
-        "attempt",
-        &format!("{} of {}", job.attempt, job.max_attempts),
-    );
+    // A duplicate was recorded when a worker took it, and never started: its row's attempt
+    // and start time say when it was checked, not that it ran.
+    let attempt = match job.duplicate_of {
+        Some(original) => format!("not run (duplicate of {original})"),
+        None => format!("{} of {}", job.attempt, job.max_attempts),
+    };
+    out.line("attempt", &attempt);
 }
 
 /// When it was due, queued, started and finished, how long that took, and its time limit.
@@ -109,9 +112,10 @@ fn timing(out: &mut Lines, job: &JobRecord) {
         out.line("run at", &timestamp(run_at));
     }
     out.line("enqueued", &timestamp(job.enqueued_at));
+    let started = job.started_at.filter(|_| job.duplicate_of.is_none());
     out.line(
         "started",
-        &job.started_at.map_or_else(|| "-".to_owned(), timestamp),
+        &started.map_or_else(|| "-".to_owned(), timestamp),
     );
     out.line(
         "finished",
@@ -196,10 +200,14 @@ fn error_history(out: &mut Lines, job: &JobRecord) {
 
 /// `queued 12ms, ran 3ms`: the time waiting for a worker and the time running, as far as the
 /// job got. Both refer to the last attempt, since `started_at` is overwritten per attempt.
+///
+/// A duplicate's row has a start time (when a worker took it and found its key held) but it
+/// never ran: `queued 12ms, not run`.
 fn timings(job: &JobRecord) -> Option<String> {
     let started = job.started_at?;
     let queued = format!("queued {}", delta(started - job.enqueued_at));
     Some(match job.finished_at {
+        _ if job.duplicate_of.is_some() => format!("{queued}, not run"),
         Some(finished) => format!("{queued}, ran {}", delta(finished - started)),
         None => queued,
     })
@@ -367,6 +375,26 @@ errors       1
             text.contains("    line one\\u{1b}[2J\n    line two\\r\n"),
             "error messages keep their lines: {text}"
         );
+    }
+
+    #[test]
+    fn a_duplicate_shows_it_never_ran() {
+        let mut j = job();
+        let original = JobId::new();
+        j.state = JobState::Cancelled;
+        j.attempt = 1;
+        j.duplicate_of = Some(original);
+        let text = render(&j);
+        assert!(
+            text.contains(&format!("attempt      not run (duplicate of {original})\n")),
+            "{text}"
+        );
+        assert!(text.contains("started      -\n"), "{text}");
+        assert!(
+            text.contains("took         queued 12ms, not run\n"),
+            "{text}"
+        );
+        assert!(!text.contains("ran ") && !text.contains(" of 3"), "{text}");
     }
 
     #[test]

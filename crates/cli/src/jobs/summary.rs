@@ -3,7 +3,6 @@
 use std::fmt::Write;
 use std::time::Duration;
 
-use anyhow::Context;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 use warren_core::duration::parse_duration;
@@ -21,7 +20,7 @@ use crate::output::{emit, emit_json, timestamp};
 pub struct SummaryArgs {
     /// How far back the latency and throughput figures look, e.g. 15m or 1d: they cover
     /// finished jobs enqueued since then.
-    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration, allow_hyphen_values = true)]
     pub since: Duration,
 
     /// Count only this queue's jobs per state (the latency figures cover every queue).
@@ -143,14 +142,11 @@ pub(super) async fn run(args: SummaryArgs, connection: &ConnectionArgs) -> anyho
         .ok_or_else(|| Usage(format!("--since {:?} reaches too far back", args.since)))?;
     let queue = args.queue.as_ref().map(QueueName::as_str);
     let store = connection.store("jobs summary").await?;
-    let counts = store
-        .state_counts(queue)
-        .await
-        .context("counting jobs per state");
+    let counts = store.state_counts(queue).await.map_err(anyhow::Error::from);
     let latency = store
         .latency_summary(since)
         .await
-        .context("summarising latencies");
+        .map_err(anyhow::Error::from);
     store.close().await;
     let summary = Summary {
         queue: queue.map(str::to_owned),
