@@ -17,6 +17,7 @@ fn elsewhere(id: &str) -> WorkerInfo {
         pid: std::process::id() + 1,
         queues: vec!["other".to_owned()],
         concurrency: 99,
+        version: "0.0.0-elsewhere".to_owned(),
     }
 }
 

@@ -26,7 +26,7 @@ Examples:
 
 --json prints [{\"id\", \"hostname\", \"pid\", \"queues\", \"concurrency\", \"state\" (running,
 stopping, stopped or lost), \"started_at\", \"last_seen_at\", \"stopped_at\", \"in_flight\",
-\"processed\", \"paused_queues\"}]. A queue paused by `warren queues pause` shows as
+\"processed\", \"failed\", \"version\", \"paused_queues\"}]. A queue paused by `warren queues pause` shows as
 QUEUE(paused): the worker takes no new jobs from it.";
 
 #[derive(Debug, clap::Args)]
@@ -154,20 +154,35 @@ fn render(workers: &[WorkerRecord], now: DateTime<Utc>) -> String {
     let mut table = Table::new(&[
         ("ID", Align::Left),
         ("STATE", Align::Left),
+        ("HOST", Align::Left),
+        ("PID", Align::Right),
+        ("VERSION", Align::Left),
         ("QUEUES", Align::Left),
         ("CONCURRENCY", Align::Right),
         ("IN FLIGHT", Align::Right),
         ("PROCESSED", Align::Right),
+        ("FAILED", Align::Right),
+        ("STARTED", Align::Left),
         ("LAST SEEN", Align::Left),
     ]);
     for w in workers {
         table.row(vec![
             w.id.clone(),
             w.state.clone(),
+            w.hostname.clone(),
+            w.pid.to_string(),
+            if w.version.is_empty() {
+                "-"
+            } else {
+                &w.version
+            }
+            .to_owned(),
             queues_text(w),
             w.concurrency.to_string(),
             w.in_flight.to_string(),
             w.processed.to_string(),
+            w.failed.to_string(),
+            age(now - w.started_at),
             age(now - w.last_seen_at),
         ]);
     }
@@ -199,12 +214,18 @@ mod tests {
             stopped_at: None,
             in_flight: 3,
             processed: 12_034,
-            paused_queues: vec![],
+            failed: 17,
+            version: "0.1.0".into(),
+            paused_queues: vec!["emails".into()],
         };
         assert_eq!(
             render(&[worker], now),
-            "ID       STATE    QUEUES          CONCURRENCY  IN FLIGHT  PROCESSED  LAST SEEN\n\
-             host-12  running  default,emails           64          3      12034  3s ago\n"
+            concat!(
+                "ID       STATE    HOST  PID  VERSION  QUEUES                  CONCURRENCY  ",
+                "IN FLIGHT  PROCESSED  FAILED  STARTED  LAST SEEN\n",
+                "host-12  running  host   12  0.1.0    default,emails(paused)           64  ",
+                "        3      12034      17  1h ago   3s ago\n",
+            )
         );
         assert_eq!(render(&[], now), "no workers have registered\n");
     }

@@ -1189,6 +1189,7 @@ async fn a_worker_killed_with_sigkill_shows_as_lost_and_is_pruned() -> anyhow::R
             pid: 1,
             queues: vec!["default".into()],
             concurrency: 1,
+            version: "0.0.0-test".into(),
         };
         // A real worker process, killed with SIGKILL: it never says it stopped.
         let mut worker = warren_testkit::WorkerProcess::spawn(env, "silent", &[])?;
@@ -1207,7 +1208,7 @@ async fn a_worker_killed_with_sigkill_shows_as_lost_and_is_pruned() -> anyhow::R
         )
         .await?;
         env.store.register_worker(&info("done")).await?;
-        env.store.heartbeat("done", "stopped", 0, 0).await?;
+        env.store.heartbeat("done", "stopped", 0, 0, 0).await?;
         let early = warren(env, &["workers", "--json"]).await?;
         ensure!(early.json()?[0]["state"] == "running", "{early:?}");
         worker.signal("KILL").await?;

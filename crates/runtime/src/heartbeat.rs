@@ -31,12 +31,14 @@ pub(crate) async fn heartbeat_loop(
         }
         let c = &executor.counters;
         let processed = c.succeeded.load(Ordering::Relaxed) + c.dead.load(Ordering::Relaxed);
+        let failed = c.retried.load(Ordering::Relaxed) + c.dead.load(Ordering::Relaxed);
         // The job tasks, not the taken slots: a consume loop waiting for a delivery holds a slot.
         let in_flight = jobs.len() as u32;
-        let beat = tokio::select! {
-            r = store.heartbeat(&worker_id, "running", in_flight, processed) => r,
-            () = stop.cancelled() => break,
-        };
+        // Not raced against `stop`: an UPDATE dropped half-sent could still land after the
+        // shutdown's `stopped` beat and leave the row saying `running`.
+        let beat = store
+            .heartbeat(&worker_id, "running", in_flight, processed, failed)
+            .await;
         health.set_connections(broker.is_connected(), beat.is_ok());
         match beat {
             Ok(()) if degraded => {
@@ -59,8 +61,9 @@ pub(crate) async fn heartbeat_loop(
     }
     let c = &executor.counters;
     let processed = c.succeeded.load(Ordering::Relaxed) + c.dead.load(Ordering::Relaxed);
+    let failed = c.retried.load(Ordering::Relaxed) + c.dead.load(Ordering::Relaxed);
     let in_flight = jobs.len() as u32;
     let _ = store
-        .heartbeat(&worker_id, "stopping", in_flight, processed)
+        .heartbeat(&worker_id, "stopping", in_flight, processed, failed)
         .await;
 }

@@ -165,9 +165,10 @@ impl Running {
             );
         }
         let processed = stats.succeeded + stats.dead;
+        let failed = stats.retried + stats.dead;
         let stopped = self
             .store
-            .heartbeat(&self.worker_id, "stopped", 0, processed);
+            .heartbeat(&self.worker_id, "stopped", 0, processed, failed);
         if let Some(Err(e)) = bounded(closing, "marking the worker stopped", stopped).await {
             tracing::warn!(error = %ErrorChain(&e), "cannot mark the worker stopped");
         }

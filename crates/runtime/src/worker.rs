@@ -600,6 +600,7 @@ fn worker_info(cfg: &WorkerConfig) -> WorkerInfo {
         pid: std::process::id(),
         queues: cfg.queues.iter().map(ToString::to_string).collect(),
         concurrency: cfg.concurrency as u32,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
     }
 }
 

@@ -100,10 +100,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "retention_indexes",
         sql: include_str!("../../../schemas/migrations/0007_retention_indexes.sql"),
     },
+    Migration {
+        version: 8,
+        name: "worker_details",
+        sql: include_str!("../../../schemas/migrations/0008_worker_details.sql"),
+    },
 ];
 
 /// The schema version this binary creates and expects.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// An arbitrary constant naming Warren's migration lock among other advisory locks.
 const LOCK_KEY: i64 = 0x5741_5252_454E_0001;

@@ -53,6 +53,10 @@ const SOURCES: &[(&str, &str)] = &[
         "0007_retention_indexes.sql",
         include_str!("../../../schemas/migrations/0007_retention_indexes.sql"),
     ),
+    (
+        "0008_worker_details.sql",
+        include_str!("../../../schemas/migrations/0008_worker_details.sql"),
+    ),
 ];
 
 type Set = BTreeSet<&'static str>;

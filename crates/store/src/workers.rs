@@ -26,6 +26,8 @@ pub struct WorkerInfo {
     pub queues: Vec<String>,
     /// The most jobs it runs at once.
     pub concurrency: u32,
+    /// The version of Warren it runs.
+    pub version: String,
 }
 
 /// A row of the workers table.
@@ -55,6 +57,10 @@ pub struct WorkerRecord {
     pub in_flight: i32,
     /// Jobs it has finished since it started.
     pub processed: i64,
+    /// Attempts that failed (retried or dead) since it started.
+    pub failed: i64,
+    /// The version of Warren it runs (empty for a worker older than this column).
+    pub version: String,
     /// Those of its queues an admin has paused (`warren queues pause`): it takes no new jobs
     /// from them.
     pub paused_queues: Vec<String>,
@@ -71,12 +77,13 @@ impl Store {
     /// same process (host and pid) may register again, e.g. after a restart of its runtime.
     pub async fn register_worker(&self, info: &WorkerInfo) -> Result<(), Error> {
         let taken: Option<i32> = sqlx::query_scalar(
-            "INSERT INTO warren_workers (id, hostname, pid, queues, concurrency, state)
-             VALUES ($1, $2, $3, $4, $5, 'running')
+            "INSERT INTO warren_workers (id, hostname, pid, queues, concurrency, state, version)
+             VALUES ($1, $2, $3, $4, $5, 'running', $7)
              ON CONFLICT (id) DO UPDATE SET
                  hostname = EXCLUDED.hostname, pid = EXCLUDED.pid, queues = EXCLUDED.queues,
                  concurrency = EXCLUDED.concurrency, state = 'running', started_at = now(),
-                 last_seen_at = now(), stopped_at = NULL, in_flight = 0, processed = 0
+                 last_seen_at = now(), stopped_at = NULL, in_flight = 0, processed = 0,
+                 failed = 0, version = EXCLUDED.version
              WHERE warren_workers.state = 'stopped'
                 OR warren_workers.last_seen_at < now() - $6
                 OR (warren_workers.hostname, warren_workers.pid) = (EXCLUDED.hostname, EXCLUDED.pid)
@@ -88,6 +95,7 @@ impl Store {
         .bind(&info.queues)
         .bind(info.concurrency as i32)
         .bind(LOST_AFTER)
+        .bind(&info.version)
         .fetch_optional(&self.pool)
         .await
         .map_err(Error::query("registering the worker"))?;
@@ -122,10 +130,11 @@ impl Store {
         state: &str,
         in_flight: u32,
         processed: u64,
+        failed: u64,
     ) -> Result<(), Error> {
         sqlx::query(
             "UPDATE warren_workers
-             SET last_seen_at = now(), state = $2, in_flight = $3, processed = $4,
+             SET last_seen_at = now(), state = $2, in_flight = $3, processed = $4, failed = $5,
                  stopped_at = CASE WHEN $2 = 'stopped' THEN now() END
              WHERE id = $1",
         )
@@ -133,6 +142,7 @@ impl Store {
         .bind(state)
         .bind(in_flight as i32)
         .bind(processed.min(i64::MAX as u64) as i64)
+        .bind(failed.min(i64::MAX as u64) as i64)
         .execute(&self.pool)
         .await
         .map_err(Error::query("recording a worker heartbeat"))?;
@@ -145,7 +155,7 @@ impl Store {
             "SELECT id, hostname, pid, queues, concurrency,
                     CASE WHEN state <> 'stopped' AND last_seen_at < now() - $1
                          THEN 'lost' ELSE state END AS state,
-                    started_at, last_seen_at, stopped_at, in_flight, processed,
+                    started_at, last_seen_at, stopped_at, in_flight, processed, failed, version,
                     ARRAY(SELECT q FROM unnest(queues) q
                           WHERE q IN (SELECT queue FROM warren_queue_pauses)) AS paused_queues
              FROM warren_workers ORDER BY started_at",

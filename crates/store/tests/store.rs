@@ -83,6 +83,7 @@ async fn rows_read_back_as_written_and_unreadable_payloads_as_text() -> anyhow::
             pid: 7,
             queues: vec!["default".to_owned()],
             concurrency: 4,
+            version: "1.2.3".to_owned(),
         })
         .await?;
     let workers = store.workers().await?;

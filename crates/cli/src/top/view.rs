@@ -342,6 +342,8 @@ mod tests {
             stopped_at: None,
             in_flight: 2,
             processed: 1234,
+            failed: 0,
+            version: "0.1.0".to_owned(),
             paused_queues: vec![],
         }
     }
