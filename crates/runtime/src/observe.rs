@@ -120,3 +120,29 @@ pub(crate) fn connections(broker: bool, database: bool) {
     gauge!(BROKER_CONNECTED).set(f64::from(u8::from(broker)));
     gauge!(DATABASE_CONNECTED).set(f64::from(u8::from(database)));
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// The series table of `docs/observability.md` names exactly the series the worker
+    /// records: a renamed metric breaks dashboards and alerts, so it must break this first.
+    #[test]
+    fn the_documented_series_are_the_recorded_ones() {
+        let page = include_str!("../../../docs/observability.md");
+        let section = page
+            .split("## Worker metrics")
+            .nth(1)
+            .expect("docs/observability.md has a Worker metrics section");
+        let documented: BTreeSet<&str> = section
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .filter(|name| name.starts_with("warren_"))
+            .collect();
+        let mut recorded: BTreeSet<&str> = super::SERIES.iter().copied().collect();
+        recorded.insert(warren_store::RECORDER_BATCH_SIZE);
+        recorded.insert(warren_store::RECORDER_COMMIT_SECONDS);
+        assert_eq!(documented, recorded);
+    }
+}
