@@ -4,10 +4,6 @@
 //! workers do the rest. Purge takes the ready messages out of RabbitMQ itself and records
 //! each purged job `cancelled` before acking its message, so nothing vanishes untraced.
 
-use std::io::{IsTerminal, Write};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use anyhow::Context;
 use serde::Serialize;
 use warren_broker::{Delivery, Drain, Publisher};
@@ -15,7 +11,7 @@ use warren_core::{FailureKind, JobMessage, JobState, QueueName};
 use warren_store::{RecordRow, Recorded, Recorder, RecorderConfig};
 
 use crate::connection::ConnectionArgs;
-use crate::exit::{Interrupted, Usage};
+use crate::exit::Interrupted;
 use crate::output::{emit, emit_json, printable_line};
 
 #[derive(Debug, clap::Args)]
@@ -40,7 +36,7 @@ pub struct PauseArgs {
 
 #[derive(Debug, clap::Args)]
 #[command(
-    after_long_help = "Examples:\n  warren queues purge emails --yes\n  warren queues purge emails --yes --json\n\n\
+    after_long_help = "Examples:\n  warren queues purge emails --dry-run\n  warren queues purge emails --yes\n  warren queues purge emails --yes --json\n\n\
 Takes the messages ready in the queue when it starts and records each job `cancelled` \
 (reason: purged) before removing its message; a message without a readable job id is moved to \
 the parking queue (`warren dlq`). Messages a worker holds are not touched: pause the queue \
@@ -57,6 +53,10 @@ pub struct PurgeArgs {
     /// Purge without asking (required when stdin is not a terminal).
     #[arg(long)]
     pub yes: bool,
+
+    /// Only say how many messages are ready to be purged.
+    #[arg(long, conflicts_with = "yes")]
+    pub dry_run: bool,
 
     /// Print the result as JSON.
     #[arg(long)]
@@ -160,8 +160,24 @@ pub(crate) async fn purge(args: PurgeArgs, connection: &ConnectionArgs) -> anyho
             return Err(e);
         }
     };
+    if args.dry_run {
+        broker.close().await;
+        let plan = serde_json::json!({ "queue": args.queue.to_string(), "ready": depth.ready });
+        return if args.json {
+            emit_json(&plan)
+        } else {
+            emit(&format!(
+                "would purge {} ready message(s) from queue `{}`; nothing was done\n",
+                depth.ready, args.queue
+            ))
+        };
+    }
+    let what = format!(
+        "purge {} ready message(s) from queue `{}`, recording each job cancelled",
+        depth.ready, args.queue
+    );
     if !args.yes
-        && let Err(e) = confirm(&args.queue, depth.ready)
+        && let Err(e) = crate::confirm::confirm("", &what)
     {
         broker.close().await;
         return Err(e);
@@ -213,30 +229,6 @@ pub(crate) async fn purge(args: PurgeArgs, connection: &ConnectionArgs) -> anyho
     Ok(())
 }
 
-/// Asks on the terminal; refuses when there is none, since nobody could have said yes.
-fn confirm(queue: &QueueName, ready: u32) -> anyhow::Result<()> {
-    if !std::io::stdin().is_terminal() {
-        return Err(Usage(format!(
-            "refusing to purge {ready} message(s) from queue `{queue}` without confirmation: \
-             stdin is not a terminal; pass --yes to go ahead"
-        ))
-        .into());
-    }
-    eprint!(
-        "purge {ready} ready message(s) from queue `{queue}`, recording each job cancelled? [y/N] "
-    );
-    let _ = std::io::stderr().flush();
-    let mut answer = String::new();
-    std::io::stdin()
-        .read_line(&mut answer)
-        .context("reading the confirmation")?;
-    if matches!(answer.trim(), "y" | "Y" | "yes") {
-        Ok(())
-    } else {
-        Err(Usage("not confirmed; nothing was done".to_owned()).into())
-    }
-}
-
 /// Takes batches until the queue (as it stood) is empty or Ctrl-C. Each batch is recorded,
 /// then acked; a failure leaves the unacked rest in the queue.
 async fn purge_all(
@@ -246,21 +238,13 @@ async fn purge_all(
     recorder: &Recorder,
     publisher: &Publisher,
 ) -> anyhow::Result<Purged> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                stop.store(true, Ordering::SeqCst);
-            }
-        })
-    };
+    let batches = crate::batches::Batches::start();
     let mut report = Purged {
         queue: queue.to_string(),
         ..Purged::default()
     };
     let result = loop {
-        if stop.load(Ordering::SeqCst) {
+        if batches.interrupted() {
             report.interrupted = true;
             break Ok(());
         }
@@ -272,8 +256,9 @@ async fn purge_all(
         if let Err(e) = purge_batch(queue, &batch, reason, recorder, publisher, &mut report).await {
             break Err(e);
         }
+        batches.progress(&format!("purged {}", report.cancelled + report.parked));
     };
-    watcher.abort();
+    batches.finish();
     result.with_context(|| {
         format!(
             "purge stopped after {} job(s); what was not recorded is still in the queue",

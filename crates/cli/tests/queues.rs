@@ -221,6 +221,13 @@ async fn purge_records_every_purged_job_and_parks_what_it_cannot_read() -> anyho
         ensure!(refused.stderr.contains("--yes"), "{refused:?}");
         ensure!(ready(env, "default").await? == 31);
 
+        let plan = warren(env, &["queues", "purge", "default", "--dry-run", "--json"]).await?;
+        ensure!(
+            plan.json()? == json!({"queue": "default", "ready": 31}),
+            "{plan:?}"
+        );
+        ensure!(ready(env, "default").await? == 31);
+
         let run = warren(env, &["queues", "purge", "default", "--yes", "--json"]).await?;
         ensure!(run.code == Some(0), "{run:?}");
         ensure!(
