@@ -5,6 +5,8 @@
 //! queue, in order, when the reading channel closes. `replay` acks a message only after its
 //! republish is confirmed. `replay` and `purge` change the queue, so they need `--yes`.
 
+use std::fmt::Write as _;
+
 use anyhow::Context;
 use serde::Serialize;
 use warren_broker::Parked;
@@ -288,24 +290,51 @@ fn render(letters: &[Letter]) -> String {
 }
 
 fn render_one(l: &Letter) -> String {
-    let mut out = String::new();
-    let line = |k: &str, v: &str| format!("{k:<19}{}\n", printable_line(v));
-    out.push_str(&line("position", &l.position.to_string()));
-    out.push_str(&line(
-        "message id",
-        l.message_id.as_deref().unwrap_or("(none)"),
-    ));
-    out.push_str(&line("reason", l.reason.as_deref().unwrap_or("-")));
-    out.push_str(&line("queue", l.queue.as_deref().unwrap_or("-")));
-    out.push_str(&line(
-        "dead-lettered from",
-        l.dead_lettered_from.as_deref().unwrap_or("-"),
-    ));
-    out.push_str(&line("size", &format!("{} bytes", l.size)));
+    let mut fields: Vec<(String, String)> = vec![
+        ("position".into(), l.position.to_string()),
+        (
+            "message id".into(),
+            l.message_id.clone().unwrap_or_else(|| "(none)".into()),
+        ),
+        (
+            "reason".into(),
+            l.reason.clone().unwrap_or_else(|| "-".into()),
+        ),
+        (
+            "queue".into(),
+            l.queue.clone().unwrap_or_else(|| "-".into()),
+        ),
+        (
+            "dead-lettered from".into(),
+            l.dead_lettered_from.clone().unwrap_or_else(|| "-".into()),
+        ),
+        ("size".into(), format!("{} bytes", l.size)),
+    ];
     for (k, v) in l.headers.iter().flatten() {
-        out.push_str(&line(&format!("header {k}"), v));
+        fields.push((format!("header {k}"), v.clone()));
     }
-    out.push_str(&line("body", &l.preview));
+    fields.push(("body".into(), l.preview.clone()));
+    // Header names come from whoever published the message: kept to one line like the
+    // values (a newline in a name cannot forge a field), and the label column as wide as
+    // the longest name, so that no name runs into its value.
+    let fields: Vec<(String, String)> = fields
+        .iter()
+        .map(|(k, v)| {
+            (
+                printable_line(k).into_owned(),
+                printable_line(v).into_owned(),
+            )
+        })
+        .collect();
+    let width = fields
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    for (k, v) in &fields {
+        let _ = writeln!(out, "{k:<width$}  {v}");
+    }
     out
 }
 
@@ -347,5 +376,42 @@ mod tests {
         assert!(text.contains("(none)"), "{text}");
         assert!(text.contains("default"), "{text}");
         assert!(text.contains("message has no message_id"), "{text}");
+    }
+
+    #[test]
+    fn show_keeps_long_header_names_apart_from_their_values_and_escapes_them() {
+        let mut raw = RawMessage {
+            message_id: None,
+            content_type: None,
+            timestamp: None,
+            headers: Default::default(),
+            body: b"{}".to_vec(),
+        };
+        raw.headers.insert(
+            "warren-dead-reason".into(),
+            HeaderValue::Str("no id".into()),
+        );
+        // A name that would clear the screen and forge a `body` line.
+        raw.headers
+            .insert("e\u{1b}[2J\nbody".into(), HeaderValue::Str("forged".into()));
+        let p = Parked {
+            position: 1,
+            raw,
+            death: None,
+            deliveries: None,
+        };
+        let text = render_one(&letter(&p, PREVIEW_BYTES, true));
+        assert!(
+            text.contains("header warren-dead-reason  no id\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("header e\\u{1b}[2J\\nbody    forged\n"),
+            "{text}"
+        );
+        assert!(!text.contains('\u{1b}'), "{text}");
+        let bodies = text.lines().filter(|l| l.starts_with("body")).count();
+        assert_eq!(bodies, 1, "{text}");
+        assert!(text.starts_with("position                   1\n"), "{text}");
     }
 }
