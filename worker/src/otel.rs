@@ -29,10 +29,12 @@ pub(crate) struct Exporter {
 }
 
 impl Exporter {
-    /// Builds the exporter to `traces_url` (`…/v1/traces`). Must run inside the tokio
-    /// runtime: the batch processor spawns its task on it.
+    /// Builds the exporter to `traces_url` (`…/v1/traces`), its spans named for
+    /// `service_name`. Must run inside the tokio runtime: the batch processor spawns its task
+    /// on it.
     pub(crate) fn start(
         traces_url: &str,
+        service_name: &str,
     ) -> anyhow::Result<(Exporter, opentelemetry_sdk::trace::Tracer)> {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
@@ -43,14 +45,13 @@ impl Exporter {
             .with_context(|| format!("building the OTLP exporter to {traces_url}"))?;
         let processor =
             BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
-        // The service name an operator set wins over ours.
-        let mut resource = opentelemetry_sdk::Resource::builder();
-        if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
-            resource = resource.with_service_name("warren-worker");
-        }
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
-            .with_resource(resource.build())
+            .with_resource(
+                opentelemetry_sdk::Resource::builder()
+                    .with_service_name(service_name.to_owned())
+                    .build(),
+            )
             .build();
         let tracer = provider.tracer("warren-worker");
         Ok((Exporter { provider }, tracer))

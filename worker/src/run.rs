@@ -60,7 +60,11 @@ pub fn run(register: impl FnOnce(WorkerBuilder) -> WorkerBuilder) -> ExitCode {
     };
     let exporter = {
         let _inside = runtime.enter();
-        match init_logging(settings.log_format, settings.otlp_traces.as_deref()) {
+        match init_logging(
+            settings.log_format,
+            settings.otlp_traces.as_deref(),
+            &settings.otel_service_name,
+        ) {
             Ok(exporter) => exporter,
             Err(e) => {
                 eprintln!("warren-worker: {e:#}");
@@ -211,6 +215,7 @@ pub(crate) fn ensure_io_thread_stack() {
 pub(crate) fn init_logging(
     format: LogFormat,
     otlp_traces: Option<&str>,
+    service_name: &str,
 ) -> anyhow::Result<Option<crate::otel::Exporter>> {
     use tracing_subscriber::EnvFilter;
     use tracing_subscriber::layer::SubscriberExt;
@@ -219,7 +224,7 @@ pub(crate) fn init_logging(
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let (exporter, otel) = match otlp_traces {
         Some(url) => {
-            let (exporter, tracer) = crate::otel::Exporter::start(url)?;
+            let (exporter, tracer) = crate::otel::Exporter::start(url, service_name)?;
             (
                 Some(exporter),
                 Some(tracing_opentelemetry::layer().with_tracer(tracer)),

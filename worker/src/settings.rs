@@ -137,10 +137,18 @@ pub struct Args {
 
     /// Export job spans with OpenTelemetry (OTLP over HTTP, protobuf) to this collector, e.g.
     /// http://127.0.0.1:4318; spans are POSTed to its /v1/traces. Off when unset: no exporter
-    /// is built. The standard OTEL_SERVICE_NAME (default warren-worker) and
-    /// OTEL_EXPORTER_OTLP_HEADERS are honoured.
+    /// is built. The standard OTEL_EXPORTER_OTLP_HEADERS and OTEL_BSP_* are honoured.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+
+    /// The service name exported spans carry.
+    #[arg(
+        long,
+        env = "OTEL_SERVICE_NAME",
+        default_value = "warren-worker",
+        value_name = "NAME"
+    )]
+    pub otel_service_name: String,
     /// Delete succeeded jobs this long after they finished, e.g. 12h or 7d, or `off` to keep
     /// them. One worker of the fleet at a time prunes (docs/operations.md, "Retention").
     #[arg(long, env = "WARREN_RETAIN_SUCCEEDED", default_value = "1d", value_parser = parse_retention)]
@@ -171,6 +179,8 @@ pub struct Settings {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Where job spans are sent (`…/v1/traces`), when OpenTelemetry export is on.
     pub otlp_traces: Option<String>,
+    /// The `service.name` of exported spans.
+    pub otel_service_name: String,
 }
 
 impl Args {
@@ -212,6 +222,7 @@ impl Args {
                 .as_deref()
                 .map(otlp_traces_url)
                 .transpose()?,
+            otel_service_name: self.otel_service_name.clone(),
         })
     }
 
