@@ -25,5 +25,6 @@ mod scheduling;
 mod shutdown;
 mod support;
 mod tls;
+mod traces;
 mod typed;
 mod worker_ids;

@@ -5,7 +5,9 @@
 //! [`tasks`] holds the built-in diagnostic tasks; [`settings`] turns flags and environment
 //! into validated configuration.
 
+mod logging;
 pub mod metrics_server;
+mod otel;
 mod run;
 pub mod settings;
 pub mod tasks;

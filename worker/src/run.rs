@@ -51,7 +51,27 @@ pub fn run(register: impl FnOnce(WorkerBuilder) -> WorkerBuilder) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(settings.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("warren-worker: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let exporter = {
+        let _inside = runtime.enter();
+        match init_logging(
+            settings.log_format,
+            settings.otlp_traces.as_deref(),
+            &settings.otel_service_name,
+        ) {
+            Ok(exporter) => exporter,
+            Err(e) => {
+                eprintln!("warren-worker: {e:#}");
+                return ExitCode::from(2);
+            }
+        }
+    };
     let Settings {
         broker,
         store,
@@ -67,6 +87,9 @@ pub fn run(register: impl FnOnce(WorkerBuilder) -> WorkerBuilder) -> ExitCode {
         tracing::warn!("warren.abort is enabled: a job can kill this process");
         builder = register_crash_task(builder);
     }
+    if exporter.is_some() {
+        builder = builder.on_job_span(crate::otel::link_parent);
+    }
     let config_health = config.health.clone();
     let worker = match builder.build(config) {
         Ok(w) => w,
@@ -75,16 +98,15 @@ pub fn run(register: impl FnOnce(WorkerBuilder) -> WorkerBuilder) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("warren-worker: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
     let health = config_health;
     match runtime.block_on(serve(worker, broker, store, migrate, metrics_addr, health)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            // The runtime is still up, so the batch task can send the last spans.
+            if let Some(exporter) = exporter {
+                exporter.shutdown();
+            }
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("warren-worker: {e:#}");
@@ -187,14 +209,45 @@ pub(crate) fn ensure_io_thread_stack() {
     );
 }
 
-pub(crate) fn init_logging(format: LogFormat) {
+/// Logging on stderr (text, or JSON with the job's ids at the top of each line), filtered by
+/// `RUST_LOG` (default `info`), and the OpenTelemetry layer when `otlp_traces` is set. Runs
+/// inside the tokio runtime, where the exporter's batch task lives.
+pub(crate) fn init_logging(
+    format: LogFormat,
+    otlp_traces: Option<&str>,
+    service_name: &str,
+) -> anyhow::Result<Option<crate::otel::Exporter>> {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let (exporter, otel) = match otlp_traces {
+        Some(url) => {
+            let (exporter, tracer) = crate::otel::Exporter::start(url, service_name)?;
+            (
+                Some(exporter),
+                Some(tracing_opentelemetry::layer().with_tracer(tracer)),
+            )
+        }
+        None => (None, None),
+    };
+    let text = (format == LogFormat::Text)
+        .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let json = (format == LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .event_format(crate::logging::JobJson(
+                tracing_subscriber::fmt::format().json(),
+            ))
+            .with_writer(std::io::stderr)
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(crate::logging::JobIdsLayer)
+        .with(text)
+        .with(json)
+        .with(otel)
+        .init();
+    Ok(exporter)
 }

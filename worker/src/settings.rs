@@ -134,6 +134,21 @@ pub struct Args {
     /// fleet-wide queue gauges (one worker at a time does).
     #[arg(long, env = "WARREN_METRICS_ADDR", value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+
+    /// Export job spans with OpenTelemetry (OTLP over HTTP, protobuf) to this collector, e.g.
+    /// http://127.0.0.1:4318; spans are POSTed to its /v1/traces. Off when unset: no exporter
+    /// is built. The standard OTEL_EXPORTER_OTLP_HEADERS and OTEL_BSP_* are honoured.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// The service name exported spans carry.
+    #[arg(
+        long,
+        env = "OTEL_SERVICE_NAME",
+        default_value = "warren-worker",
+        value_name = "NAME"
+    )]
+    pub otel_service_name: String,
     /// Delete succeeded jobs this long after they finished, e.g. 12h or 7d, or `off` to keep
     /// them. One worker of the fleet at a time prunes (docs/operations.md, "Retention").
     #[arg(long, env = "WARREN_RETAIN_SUCCEEDED", default_value = "1d", value_parser = parse_retention)]
@@ -162,6 +177,10 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub crash_task: bool,
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Where job spans are sent (`…/v1/traces`), when OpenTelemetry export is on.
+    pub otlp_traces: Option<String>,
+    /// The `service.name` of exported spans.
+    pub otel_service_name: String,
 }
 
 impl Args {
@@ -198,6 +217,12 @@ impl Args {
             log_format: self.log_format,
             crash_task: self.enable_crash_task,
             metrics_addr: self.metrics_addr,
+            otlp_traces: self
+                .otlp_endpoint
+                .as_deref()
+                .map(otlp_traces_url)
+                .transpose()?,
+            otel_service_name: self.otel_service_name.clone(),
         })
     }
 
@@ -325,6 +350,30 @@ fn default_worker_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// The OTLP/HTTP traces URL for a collector `endpoint`: its `/v1/traces`, as the
+/// OpenTelemetry specification says for OTEL_EXPORTER_OTLP_ENDPOINT. Only plain `http://` is
+/// taken: the exporter speaks HTTP/1 without TLS, to a collector on the host or in the pod.
+fn otlp_traces_url(endpoint: &str) -> Result<String, String> {
+    let flag = "--otlp-endpoint / OTEL_EXPORTER_OTLP_ENDPOINT";
+    let endpoint = endpoint.trim();
+    let Some(rest) = endpoint.strip_prefix("http://") else {
+        return Err(if endpoint.starts_with("https://") {
+            format!(
+                "{flag}: `{endpoint}`: https is not supported; export to a collector on the same host or pod over http:// (it forwards with TLS)"
+            )
+        } else {
+            format!("{flag}: `{endpoint}` is not an http:// URL, e.g. http://127.0.0.1:4318")
+        });
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() || authority.contains('@') {
+        return Err(format!(
+            "{flag}: `{endpoint}` needs a host and port and no user, e.g. http://127.0.0.1:4318"
+        ));
+    }
+    Ok(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,5 +495,26 @@ mod tests {
             err.contains("--namespace / WARREN_NAMESPACE") && err.contains("only ASCII"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn otlp_endpoint_becomes_the_traces_url_and_refuses_what_the_exporter_cannot_reach() {
+        assert_eq!(
+            otlp_traces_url("http://127.0.0.1:4318").as_deref(),
+            Ok("http://127.0.0.1:4318/v1/traces")
+        );
+        assert_eq!(
+            otlp_traces_url("http://collector:4318/").as_deref(),
+            Ok("http://collector:4318/v1/traces")
+        );
+        for bad in [
+            "https://collector:4318",
+            "collector:4318",
+            "http://",
+            "http://u:p@c:4318",
+        ] {
+            let err = otlp_traces_url(bad).expect_err(bad);
+            assert!(err.contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{err}");
+        }
     }
 }

@@ -31,6 +31,7 @@ Examples:
   warren enqueue email.send --payload '{\"to\": \"a@example.com\"}' --queue emails --delay 30s
   warren enqueue report.build --payload '{}' --delay 1m --idempotency-key report-2026-12
   warren enqueue warren.noop --count 1000 --json
+  warren enqueue warren.echo --payload '{}' --traceparent 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01
 
 One job prints its id. A delayed job whose idempotency key another live or succeeded job
 holds is not added: it prints `duplicate of ID` (that job's id) instead, and its payload is
@@ -88,6 +89,12 @@ pub struct EnqueueArgs {
     /// PostgreSQL (so this needs --database-url too) and published by a worker when due.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     pub delay: Option<Duration>,
+
+    /// W3C trace context of the caller (00-<32 hex>-<16 hex>-<2 hex>), so the job's span
+    /// joins the caller's trace; TRACEPARENT is the variable tracing-aware scripts export.
+    /// Without it every job gets a fresh trace id of its own.
+    #[arg(long, env = "TRACEPARENT", value_name = "TRACEPARENT")]
+    pub traceparent: Option<String>,
 
     /// Print the outcome as JSON: counts, and "ids" up to 1000 jobs or "first_id" and
     /// "last_id" beyond (see below).
@@ -150,6 +157,7 @@ fn flag_of(field: &str) -> String {
         "max_attempts" => "--max-attempts".to_owned(),
         "idempotency_key" => "--idempotency-key".to_owned(),
         "run_at" => "--delay".to_owned(),
+        "trace" => "--traceparent".to_owned(),
         other => format!("--{other}"),
     }
 }
@@ -182,6 +190,9 @@ impl EnqueueArgs {
         }
         if let Some(key) = self.idempotency_key {
             job = job.idempotency_key(key);
+        }
+        if let Some(tp) = &self.traceparent {
+            job = job.trace(tp.trim(), None);
         }
         let delayed = self.delay.is_some_and(|d| !d.is_zero());
         if let Some(delay) = self.delay {
@@ -619,6 +630,11 @@ mod tests {
         .plan()
         .unwrap_err();
         assert!(shared.0.contains("--idempotency-key"), "{shared}");
+        let trace = parse(&["t", "--payload", "{}", "--traceparent", "00-abc-01"])
+            .unwrap()
+            .plan()
+            .unwrap_err();
+        assert!(trace.0.starts_with("--traceparent:"), "{trace}");
     }
 
     fn report(requested: u64, enqueued: u64, failed: bool) -> Report {

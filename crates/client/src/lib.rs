@@ -26,7 +26,9 @@ pub use warren_broker::{Broker, BrokerConfig};
 use warren_core::message::{
     MAX_ATTEMPTS_LIMIT, MAX_IDEMPOTENCY_KEY_LEN, MAX_TIME_MS, check_payload, is_traceparent,
 };
-use warren_core::{DEFAULT_QUEUE, IntakeMessage, JobMessage, QueueName, RawMessage, TaskName};
+use warren_core::{
+    DEFAULT_QUEUE, IntakeMessage, JobMessage, QueueName, RawMessage, TaskName, TraceParent,
+};
 pub use warren_core::{JobId, Task};
 use warren_store::{PgTransaction, ScheduledJob};
 pub use warren_store::{Store, StoreConfig};
@@ -205,7 +207,9 @@ impl NewJob {
         self
     }
 
-    /// W3C trace context of the caller, so the job's spans join the caller's trace.
+    /// W3C trace context of the caller, so the job's spans join the caller's trace. Without
+    /// it the job gets a fresh, sampled trace context at enqueue, so that every job has a
+    /// trace id its logs and spans carry.
     pub fn trace(mut self, traceparent: &str, tracestate: Option<&str>) -> Self {
         self.trace = Some((traceparent.to_owned(), tracestate.map(str::to_owned)));
         self
@@ -238,17 +242,21 @@ impl NewJob {
                 problems: problems.0,
             });
         };
-        let (traceparent, tracestate) = self.trace.unzip();
+        let id = self.id.unwrap_or_default();
+        let (traceparent, tracestate) = match self.trace {
+            Some((tp, ts)) => (tp, ts),
+            None => (fresh_trace(id).to_string(), None),
+        };
         let message = JobMessage {
-            id: self.id.unwrap_or_default(),
+            id,
             task,
             attempt: 1,
             max_attempts: self.max_attempts,
             timeout_ms: self.timeout.map(|t| t.as_millis() as u64),
             idempotency_key: self.idempotency_key,
             enqueued_at: Utc::now(),
-            traceparent,
-            tracestate: tracestate.flatten(),
+            traceparent: Some(traceparent),
+            tracestate,
             has_row: false,
             payload,
         };
@@ -258,6 +266,20 @@ impl NewJob {
             run_at,
         })
     }
+}
+
+/// A fresh trace context for a job enqueued without one: random ids from the operating
+/// system's generator. Should that fail (it practically never does), the job id's own random
+/// bits stand in, so the enqueue never fails for want of a trace id.
+fn fresh_trace(id: JobId) -> TraceParent {
+    let mut bytes = [0u8; 24];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        let uuid = id.as_uuid();
+        let uuid = uuid.as_bytes();
+        bytes[..16].copy_from_slice(uuid);
+        bytes[16..].copy_from_slice(&uuid[8..]);
+    }
+    TraceParent::from_random(bytes)
 }
 
 /// The problems found while checking one job; each check returns its value when it is good.

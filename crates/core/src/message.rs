@@ -628,17 +628,7 @@ fn payload(body: &[u8], max_body: usize) -> Result<Box<RawValue>, DecodeReason> 
 /// Whether `s` is a W3C `traceparent` of version 00: `00-<32 hex>-<16 hex>-<2 hex>`, with
 /// neither id all zeros.
 pub fn is_traceparent(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('-').collect();
-    let hex = |p: &str, n: usize| {
-        p.len() == n && p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    };
-    parts.len() == 4
-        && parts[0] == "00"
-        && hex(parts[1], 32)
-        && hex(parts[2], 16)
-        && hex(parts[3], 2)
-        && parts[1].bytes().any(|b| b != b'0')
-        && parts[2].bytes().any(|b| b != b'0')
+    crate::TraceParent::parse(s).is_some()
 }
 
 pub(crate) fn required_str<'a>(

@@ -48,6 +48,8 @@ pub use promoter::{Promoter, PromoterConfig};
 pub use registry::TaskOptions;
 pub use signal::{shutdown_on_signal, wait_for_signal};
 pub use warren_broker::{BrokerConfig, Topology};
-pub use warren_core::{JobError, JobId, Namespace, QueueName, RetryPolicy, Task, TaskName};
+pub use warren_core::{
+    JobError, JobId, Namespace, QueueName, RetryPolicy, Task, TaskName, TraceParent,
+};
 pub use warren_store::StoreConfig;
-pub use worker::{Handler, Worker, WorkerBuilder, WorkerConfig, WorkerStats};
+pub use worker::{Handler, JobSpanHook, Worker, WorkerBuilder, WorkerConfig, WorkerStats};

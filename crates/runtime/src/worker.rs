@@ -12,7 +12,7 @@ use tokio::sync::{Mutex, Notify, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warren_broker::{Broker, BrokerConfig, Consumer, Publisher};
-use warren_core::{JobError, QueueName, Task, TaskName};
+use warren_core::{JobError, QueueName, Task, TaskName, TraceParent};
 use warren_store::{Recorder, RecorderConfig, Store, StoreConfig, WorkerInfo};
 
 use crate::consumer::consume_loop;
@@ -169,7 +169,13 @@ where
 pub struct WorkerBuilder {
     registry: Registry,
     errors: Vec<String>,
+    job_span: Option<JobSpanHook>,
 }
+
+/// Called as each job's span opens, with the span and the trace context the job continues.
+/// The worker binary uses it to make the span a child of the producer's span in
+/// OpenTelemetry, which keeps this crate free of an exporter it does not need.
+pub type JobSpanHook = Arc<dyn Fn(&tracing::Span, &TraceParent) + Send + Sync>;
 
 impl std::fmt::Debug for WorkerBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -180,6 +186,16 @@ impl std::fmt::Debug for WorkerBuilder {
 }
 
 impl WorkerBuilder {
+    /// Calls `hook` with every job's span as it opens (see [`JobSpanHook`]); one hook, the
+    /// last set.
+    pub fn on_job_span(
+        mut self,
+        hook: impl Fn(&tracing::Span, &TraceParent) + Send + Sync + 'static,
+    ) -> Self {
+        self.job_span = Some(Arc::new(hook));
+        self
+    }
+
     /// Registers a handler with the default options.
     pub fn register<T, R, F, Fut>(self, task: &str, handler: F) -> Self
     where
@@ -283,6 +299,7 @@ impl WorkerBuilder {
         Ok(Worker {
             registry: self.registry,
             config,
+            job_span: self.job_span,
         })
     }
 }
@@ -346,6 +363,7 @@ impl WorkerBuilder {
 pub struct Worker {
     registry: Registry,
     config: WorkerConfig,
+    job_span: Option<JobSpanHook>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -415,6 +433,7 @@ impl Worker {
         let hard_stop = CancellationToken::new();
         let executor = Arc::new(Executor {
             registry: self.registry,
+            job_span: self.job_span,
             recorder,
             store: store.clone(),
             dead_letters,

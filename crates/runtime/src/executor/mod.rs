@@ -22,10 +22,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use warren_broker::{Delivery, Publisher};
 use warren_core::lifecycle::{self, Event};
-use warren_core::{ErrorChain, JobMessage, JobState, QueueName};
+use warren_core::{ErrorChain, JobMessage, JobState, QueueName, TraceParent};
 use warren_store::{Recorder, Store};
 
 use crate::registry::Registry;
+use crate::worker::JobSpanHook;
 pub(crate) use attempt::panic_message;
 pub(crate) use cancels::Cancels;
 use preflight::Preflight;
@@ -46,6 +47,8 @@ pub(crate) struct Counters {
 /// Everything a job task needs, shared by all of them.
 pub(crate) struct Executor {
     pub(crate) registry: Registry,
+    /// Called with each job's span as it opens (the binary's OpenTelemetry parent link).
+    pub(crate) job_span: Option<JobSpanHook>,
     pub(crate) recorder: Recorder,
     pub(crate) store: Store,
     pub(crate) dead_letters: Publisher,
@@ -68,13 +71,19 @@ impl Executor {
             Ok(m) => m,
             Err(e) => return self.reject(&queue, &delivery, e).await,
         };
+        let trace = job_trace(&message);
         let span = tracing::info_span!(
             "job",
             job.id = %message.id,
             job.task = %message.task,
             job.attempt = message.attempt,
             queue = %queue,
+            trace_id = %trace.trace_id_hex(),
+            parent_span_id = %trace.parent_id_hex(),
         );
+        if let Some(hook) = &self.job_span {
+            hook(&span, &trace);
+        }
         self.execute(queue, delivery, message)
             .instrument(span)
             .await
@@ -130,6 +139,22 @@ impl Executor {
             }
         }
     }
+}
+
+/// The trace context a job's span continues: the message's `traceparent`, which every Warren
+/// producer sets (the client makes a fresh one when its caller has none). A message published
+/// by other means without one gets a context derived from its job id, so that its trace id is
+/// the job id in hex, the same on every attempt, and every job's logs carry a trace id.
+fn job_trace(message: &JobMessage) -> TraceParent {
+    if let Some(tp) = message.traceparent.as_deref().and_then(TraceParent::parse) {
+        return tp;
+    }
+    let uuid = message.id.as_uuid();
+    let id = uuid.as_bytes();
+    let mut bytes = [0u8; 24];
+    bytes[..16].copy_from_slice(id);
+    bytes[16..].copy_from_slice(&id[8..]);
+    TraceParent::from_random(bytes)
 }
 
 /// The state `event` moves a job to from `from`; the executor only takes legal transitions,
