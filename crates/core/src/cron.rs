@@ -115,11 +115,9 @@ impl CronSchedule {
     /// Parses `expr` (6 fields with seconds first, or the classic 5 with seconds at 0) and
     /// the IANA time zone `timezone`.
     pub fn parse(expr: &str, timezone: &str) -> Result<Self, CronScheduleError> {
-        let tz: Tz = timezone
-            .parse()
-            .map_err(|_| CronScheduleError::TimeZone {
-                name: timezone.to_owned(),
-            })?;
+        let tz: Tz = timezone.parse().map_err(|_| CronScheduleError::TimeZone {
+            name: timezone.to_owned(),
+        })?;
         let cron = CronParser::builder()
             .seconds(Seconds::Optional)
             .year(Year::Disallowed)
@@ -224,7 +222,10 @@ mod tests {
     fn nothing_is_due_before_the_next_tick() {
         let s = every_2s();
         let last = utc("2026-01-01T00:00:02Z");
-        assert_eq!(s.due(last, utc("2026-01-01T00:00:03.9Z"), CatchUp::Last), None);
+        assert_eq!(
+            s.due(last, utc("2026-01-01T00:00:03.9Z"), CatchUp::Last),
+            None
+        );
         let due = s.due(last, utc("2026-01-01T00:00:04.1Z"), CatchUp::Last);
         assert_eq!(
             due,
