@@ -35,6 +35,7 @@ pub mod observe;
 mod promoter;
 mod reconciler;
 mod registry;
+mod scheduler;
 mod shutdown;
 mod signal;
 mod supervise;

@@ -585,6 +585,10 @@ fn spawn_background(
         heartbeat: Supervised::spawn("heartbeat", heartbeat, shared.fatal.clone()),
         promoter,
         gauges,
+        scheduler: cfg.promoter.map(|_| {
+            let run = crate::scheduler::run(store.clone(), shared.stop.clone());
+            Supervised::spawn("scheduler", run, shared.fatal.clone())
+        }),
         cleaner: Supervised::spawn(
             "cleaner",
             Cleaner::new(store.clone(), cfg.retention).run(shared.stop.clone()),
