@@ -69,6 +69,19 @@ pub struct Fired {
     pub jobs: Vec<(DateTime<Utc>, JobId)>,
 }
 
+/// A job a schedule made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct ScheduleTick {
+    /// The tick it was made for.
+    pub tick: DateTime<Utc>,
+    /// The job's id.
+    pub job_id: uuid::Uuid,
+    /// Its state now.
+    pub state: String,
+    /// Its attempt counter.
+    pub attempt: i32,
+}
+
 /// The columns of [`Schedule`], as a literal so the queries below stay `&'static str`.
 macro_rules! columns {
     () => {
@@ -125,6 +138,22 @@ impl Store {
         .fetch_optional(&self.pool)
         .await
         .map_err(Error::query("reading the schedule"))
+    }
+
+    /// The jobs schedule `name` made that are still in `warren_jobs`, oldest tick first, at
+    /// most `limit` (the most recent).
+    pub async fn schedule_ticks(&self, name: &str, limit: i64) -> Result<Vec<ScheduleTick>, Error> {
+        sqlx::query_as(
+            "SELECT tick, job_id, state, attempt FROM (
+                 SELECT schedule_tick AS tick, id AS job_id, state, attempt FROM warren_jobs
+                 WHERE schedule_name = $1 ORDER BY schedule_tick DESC LIMIT $2) t
+             ORDER BY tick",
+        )
+        .bind(name)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(Error::query("reading the schedule's jobs"))
     }
 
     /// Removes a schedule; it fires nothing more once this returns (jobs it already made
