@@ -148,3 +148,31 @@ async fn after_every_worker_was_down_last_fires_one_catch_up_and_all_fires_each(
     env.cleanup().await?;
     result
 }
+
+#[tokio::test]
+async fn a_schedule_declared_in_code_is_saved_at_start_and_fires() -> anyhow::Result<()> {
+    let env = TestEnv::new(&["default"]).await?;
+    let result = async {
+        let builder = warren_worker::tasks::register_builtins(warren_runtime::Worker::builder())
+            .schedule(
+                warren_runtime::PeriodicJob::new("from-code", EVERY_2S, "warren.echo")
+                    .payload(serde_json::json!({"from": "code"}))
+                    .catch_up(CatchUp::None),
+            );
+        let worker = env.start_worker(builder, env.worker_config("code")).await?;
+        let ticks = wait_for_ticks(&env, "from-code", 2).await;
+        worker.stop().await?;
+        let ticks: Vec<DateTime<Utc>> = ticks?.iter().map(|t| t.tick).collect();
+        assert_contiguous(&ticks);
+        let row = env.store.schedule_named("from-code").await?;
+        let row = row.ok_or_else(|| anyhow::anyhow!("the declared schedule was not saved"))?;
+        assert_eq!(
+            (row.cron.as_str(), row.catch_up.as_str(), &row.payload),
+            (EVERY_2S, "none", &serde_json::json!({"from": "code"}))
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    env.cleanup().await?;
+    result
+}

@@ -16,7 +16,102 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 use warren_core::cron::{CatchUp, CronSchedule, Due};
-use warren_store::{Schedule, Store};
+use warren_core::{DEFAULT_QUEUE, QueueName, TaskName};
+use warren_store::{NewSchedule, Schedule, Store};
+
+/// A periodic job declared in code with [`crate::WorkerBuilder::schedule`]: saved to
+/// `warren_schedules` (added, or its definition replaced) each time the worker starts, so a
+/// deploy rolls out a changed schedule. Its paused state and last tick are kept; `warren
+/// schedules pause` still works on it. Removing it from the code does not remove the row: use
+/// `warren schedules remove`.
+#[derive(Clone, Debug)]
+pub struct PeriodicJob {
+    name: String,
+    cron: String,
+    timezone: String,
+    task: String,
+    payload: serde_json::Value,
+    queue: String,
+    catch_up: CatchUp,
+}
+
+impl PeriodicJob {
+    /// A schedule `name` firing `task` by `cron` (6 fields with seconds first, or 5), in UTC,
+    /// with payload `{}`, on the default queue, catching up on the last missed tick.
+    pub fn new(name: &str, cron: &str, task: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            cron: cron.to_owned(),
+            timezone: "UTC".to_owned(),
+            task: task.to_owned(),
+            payload: serde_json::json!({}),
+            queue: DEFAULT_QUEUE.to_owned(),
+            catch_up: CatchUp::default(),
+        }
+    }
+
+    /// The payload of every job it makes.
+    pub fn payload(mut self, payload: serde_json::Value) -> Self {
+        self.payload = payload;
+        self
+    }
+
+    /// The queue its jobs go to.
+    pub fn queue(mut self, queue: &QueueName) -> Self {
+        self.queue = queue.to_string();
+        self
+    }
+
+    /// The IANA time zone the cron expression is read in, e.g. `Europe/Berlin`.
+    pub fn timezone(mut self, timezone: &str) -> Self {
+        self.timezone = timezone.to_owned();
+        self
+    }
+
+    /// What it does about ticks missed while no worker ran.
+    pub fn catch_up(mut self, catch_up: CatchUp) -> Self {
+        self.catch_up = catch_up;
+        self
+    }
+
+    /// The row to save, or what is wrong with it.
+    pub(crate) fn validate(&self) -> Result<NewSchedule, String> {
+        let what = |e: &dyn std::fmt::Display| format!("schedule `{}`: {e}", self.name);
+        if self.name.trim().is_empty() || self.name.chars().any(char::is_control) {
+            return Err(what(
+                &"the name must be non-empty, without control characters",
+            ));
+        }
+        TaskName::new(self.task.as_str()).map_err(|e| what(&e))?;
+        CronSchedule::parse(&self.cron, &self.timezone).map_err(|e| what(&e))?;
+        Ok(NewSchedule {
+            name: self.name.clone(),
+            cron: self.cron.clone(),
+            timezone: self.timezone.clone(),
+            task: self.task.clone(),
+            payload: self.payload.to_string(),
+            queue: self.queue.clone(),
+            catch_up: self.catch_up,
+        })
+    }
+}
+
+/// Saves the schedules declared in code; called once as the worker starts.
+pub(crate) async fn save_declared(
+    store: &Store,
+    declared: &[NewSchedule],
+) -> Result<(), crate::Error> {
+    for s in declared {
+        store
+            .upsert_schedule(s)
+            .await
+            .map_err(|source| crate::Error::Schedule {
+                name: s.name.clone(),
+                source,
+            })?;
+    }
+    Ok(())
+}
 
 /// Longest sleep between two reads of the schedules.
 const POLL: Duration = Duration::from_secs(1);
@@ -117,5 +212,41 @@ fn parsed(s: &Schedule, invalid: &mut HashSet<String>) -> Option<(CronSchedule, 
             }
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{JobContext, JobError, Worker, WorkerConfig};
+
+    fn builder() -> crate::WorkerBuilder {
+        Worker::builder().register("t", |_ctx: JobContext, _p: serde_json::Value| async {
+            Ok::<_, JobError>(())
+        })
+    }
+
+    fn config_error(b: crate::WorkerBuilder) -> String {
+        let queues = vec![QueueName::new(DEFAULT_QUEUE).expect("valid")];
+        match b.build(WorkerConfig::new("w".to_owned(), queues)) {
+            Err(crate::Error::Config(e)) => e,
+            other => panic!("expected a config error, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
+    fn a_bad_declared_schedule_stops_the_build_naming_it() {
+        let e = config_error(builder().schedule(PeriodicJob::new("a", "99 * * * * *", "t")));
+        assert!(
+            e.contains("schedule `a`") && e.contains("'99 * * * * *'"),
+            "{e}"
+        );
+        let e = config_error(
+            builder().schedule(PeriodicJob::new("b", "* * * * * *", "t").timezone("Nowhere")),
+        );
+        assert!(e.contains("unknown time zone 'Nowhere'"), "{e}");
+        let twice = PeriodicJob::new("c", "* * * * * *", "t");
+        let e = config_error(builder().schedule(twice.clone()).schedule(twice));
+        assert!(e.contains("schedule `c` is declared twice"), "{e}");
     }
 }

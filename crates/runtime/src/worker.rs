@@ -169,6 +169,7 @@ where
 pub struct WorkerBuilder {
     registry: Registry,
     errors: Vec<String>,
+    schedules: Vec<warren_store::NewSchedule>,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
@@ -180,6 +181,30 @@ impl std::fmt::Debug for WorkerBuilder {
 }
 
 impl WorkerBuilder {
+    /// Declares a periodic job, saved to Postgres when the worker starts (see
+    /// [`PeriodicJob`](crate::PeriodicJob)). A bad cron expression, time zone or task name,
+    /// or a name declared twice, is an [`Error::Config`] from [`build`](Self::build).
+    ///
+    /// ```no_run
+    /// use warren_runtime::{PeriodicJob, Worker};
+    ///
+    /// let builder = Worker::builder().schedule(
+    ///     PeriodicJob::new("report.hourly", "0 0 * * * *", "report.build")
+    ///         .timezone("Europe/Berlin"),
+    /// );
+    /// ```
+    pub fn schedule(mut self, schedule: crate::PeriodicJob) -> Self {
+        match schedule.validate() {
+            Ok(s) if self.schedules.iter().any(|d| d.name == s.name) => {
+                self.errors
+                    .push(format!("schedule `{}` is declared twice", s.name));
+            }
+            Ok(s) => self.schedules.push(s),
+            Err(e) => self.errors.push(e),
+        }
+        self
+    }
+
     /// Registers a handler with the default options.
     pub fn register<T, R, F, Fut>(self, task: &str, handler: F) -> Self
     where
@@ -283,6 +308,7 @@ impl WorkerBuilder {
         Ok(Worker {
             registry: self.registry,
             config,
+            schedules: self.schedules,
         })
     }
 }
@@ -346,6 +372,7 @@ impl WorkerBuilder {
 pub struct Worker {
     registry: Registry,
     config: WorkerConfig,
+    schedules: Vec<warren_store::NewSchedule>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -406,6 +433,7 @@ impl Worker {
             .register_worker(&worker_info(&cfg))
             .await
             .map_err(Error::Register)?;
+        crate::scheduler::save_declared(&store, &self.schedules).await?;
         let dead_letters = broker.publisher().await?;
         let promoter_publisher = match cfg.promoter {
             Some(_) => Some(broker.publisher().await?),
