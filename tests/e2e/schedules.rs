@@ -58,11 +58,11 @@ async fn three_workers_make_exactly_one_job_per_tick() -> anyhow::Result<()> {
     let env = TestEnv::new(&["default"]).await?;
     let result = async {
         let mut procs = workers(&env, "cron")?;
-        let created = env
+        let (created, paused) = env
             .store
             .upsert_schedule(&every_2s("tick", CatchUp::Last))
             .await?;
-        assert!(created);
+        assert!(created && !paused);
         let schedule = env
             .store
             .schedule_named("tick")

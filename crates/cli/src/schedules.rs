@@ -57,7 +57,8 @@ Examples:
   warren schedules add digest --cron '0 0 8 * * MON-FRI' --timezone Europe/Berlin \\
       --task email.digest --payload '{\"list\": \"team\"}' --queue emails --catch-up none
 
---json prints {\"name\", \"created\" (false when it replaced one), \"next_fire_at\"}.";
+--json prints {\"name\", \"created\" (false when it replaced one), \"next_fire_at\" (null while
+paused)}.";
 
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = ADD_HELP)]
@@ -215,8 +216,12 @@ async fn add(args: AddArgs, connection: &ConnectionArgs) -> anyhow::Result<()> {
         .await
         .context("adding the schedule");
     store.close().await;
-    let created = created?;
-    let next = cron.next_after(Utc::now());
+    let (created, paused) = created?;
+    let next = if paused {
+        None
+    } else {
+        cron.next_after(Utc::now())
+    };
     if args.json {
         return emit_json(&Added {
             name: &schedule.name,
@@ -225,10 +230,13 @@ async fn add(args: AddArgs, connection: &ConnectionArgs) -> anyhow::Result<()> {
         });
     }
     emit(&format!(
-        "{} schedule {} (next fire {})\n",
+        "{} schedule {} ({})\n",
         if created { "added" } else { "replaced" },
         printable_line(&schedule.name),
-        next.map_or_else(|| "-".to_owned(), timestamp)
+        next.map_or_else(
+            || "paused: resume it with `warren schedules resume`".to_owned(),
+            |t| format!("next fire {}", timestamp(t))
+        )
     ))
 }
 

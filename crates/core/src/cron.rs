@@ -292,6 +292,22 @@ mod tests {
         let first = s.next_after(fall).expect("tick");
         assert_eq!(first, utc("2026-10-25T00:30:00Z"));
         let second = s.next_after(first).expect("tick");
+        // An interval job fires in both passes of the repeated hour (02:00-03:00 twice): eight
+        // quarter hours between 00:00 and 02:00 UTC, as real time passes them.
+        let quarter = CronSchedule::parse("0 */15 * * * *", "Europe/Berlin").expect("valid");
+        let mut t = utc("2026-10-24T23:59:59Z");
+        let mut ticks = Vec::new();
+        while let Some(n) = quarter
+            .next_after(t)
+            .filter(|n| *n < utc("2026-10-25T02:00:00Z"))
+        {
+            ticks.push(n);
+            t = n;
+        }
+        assert_eq!(ticks.len(), 8, "{ticks:?}");
+        // Nicknames work too.
+        let hourly = CronSchedule::parse("@hourly", "UTC").expect("valid");
+        assert_eq!(hourly.next_after(fall), Some(utc("2026-10-24T13:00:00Z")));
         assert_eq!(
             second,
             Tz::Europe__Berlin

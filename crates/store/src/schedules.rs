@@ -92,16 +92,17 @@ macro_rules! columns {
 
 impl Store {
     /// Adds a schedule, or replaces the definition of the one with that name (its paused
-    /// state and last fired tick are kept). Returns `true` if it was new.
-    pub async fn upsert_schedule(&self, s: &NewSchedule) -> Result<bool, Error> {
-        sqlx::query_scalar(
+    /// state and last fired tick are kept). Returns whether it was new, and whether it is
+    /// paused.
+    pub async fn upsert_schedule(&self, s: &NewSchedule) -> Result<(bool, bool), Error> {
+        sqlx::query_as(
             "INSERT INTO warren_schedules (name, cron, timezone, task, payload, queue, catch_up)
              VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7)
              ON CONFLICT (name) DO UPDATE
                SET cron = EXCLUDED.cron, timezone = EXCLUDED.timezone, task = EXCLUDED.task,
                    payload = EXCLUDED.payload, queue = EXCLUDED.queue,
                    catch_up = EXCLUDED.catch_up, updated_at = now()
-             RETURNING (xmax = 0)",
+             RETURNING (xmax = 0), paused",
         )
         .bind(&s.name)
         .bind(&s.cron)
