@@ -6,3 +6,4 @@ GRANT USAGE ON SCHEMA public TO warren_worker;
 GRANT SELECT, INSERT, UPDATE ON warren_jobs, warren_workers TO warren_worker;
 GRANT SELECT ON warren_migrations, warren_queue_pauses TO warren_worker;
 GRANT DELETE ON warren_jobs TO warren_worker;
+GRANT SELECT, INSERT, UPDATE ON warren_schedules TO warren_worker;

@@ -21,6 +21,7 @@ mod promotion_faults;
 mod redelivery;
 mod retention;
 mod retries;
+mod schedules;
 mod scheduling;
 mod shutdown;
 mod support;

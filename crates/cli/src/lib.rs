@@ -25,6 +25,7 @@ mod output;
 mod prune;
 mod queue_control;
 mod queues;
+mod schedules;
 mod stats;
 mod top;
 mod workers;
@@ -46,6 +47,7 @@ pub use migrate::MigrateArgs;
 pub use output::ColourChoice;
 pub use prune::PruneJobsArgs;
 pub use queues::{DeclareArgs, PauseArgs, PurgeArgs, QueuesCommand};
+pub use schedules::SchedulesCommand;
 pub use stats::StatsArgs;
 pub use top::TopArgs;
 pub use workers::{PruneArgs, WorkersArgs, WorkersCommand};
@@ -53,19 +55,20 @@ pub use workers::{PruneArgs, WorkersArgs, WorkersCommand};
 const LONG_ABOUT: &str = "\
 Administers Warren: applies database migrations, enqueues jobs, lists them and shows what
 happened to them, retries or cancels them one by one or in bulk, groups dead jobs, lists,
-declares, pauses, resumes and purges queues, lists workers, prunes old finished jobs, and
+declares, pauses, resumes and purges queues, manages periodic schedules, lists workers, prunes old finished jobs, and
 shows it all live (`top`).
 
 Settings come from flags or WARREN_* environment variables. Each command needs only the service
 it talks to: --amqp-url for `enqueue`, `queues` and `dlq`, --database-url for `migrate`, `jobs`,
-`dead`, `stats`, `prune` and `workers`.
+`dead`, `stats`, `prune`, `schedules` and `workers`.
 
 Exit status:
   0  success
   1  the operation failed (a service unreachable, a job refused by RabbitMQ)
   2  bad usage or input; nothing was done
   3  not found (`jobs show`, `cancel` or `retry` of an id with no row; `dlq show` past the
-     end of the parking queue; `queues show` or `queues purge` of an unknown queue)
+     end of the parking queue; `queues show` or `queues purge` of an unknown queue;
+     `schedules show`, `remove`, `pause` or `resume` of an unknown schedule)
   4  refused: the job's state does not allow it (retry of a succeeded job, cancel of a
      finished one)
   130  a bulk retry, cancel, prune or purge was interrupted by Ctrl-C (committed batches stay
@@ -75,6 +78,7 @@ Examples:
   warren jobs list --state dead --since 1h
   warren dead
   warren dead retry --task email.send --error-contains timeout --yes
+  warren schedules add cleanup --cron '0 */5 * * * *' --task cleanup.run --payload '{}'
   warren workers";
 
 /// Warren's admin command line.
@@ -107,6 +111,9 @@ pub enum Command {
     /// List the workers that have registered, with their state (lost, if their heartbeat
     /// stopped) and last heartbeat; `workers prune` removes old rows.
     Workers(WorkersArgs),
+    /// Periodic jobs: add, list, show, remove, pause and resume cron schedules.
+    #[command(subcommand)]
+    Schedules(SchedulesCommand),
     /// Parked dead letters (no readable job id): list, show, replay or purge them.
     #[command(
         subcommand,
@@ -146,6 +153,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Command::Jobs(command) => jobs::run(command, &connection).await,
         Command::Queues(command) => queues::run(command, &connection).await,
         Command::Workers(args) => workers::run(args, &connection).await,
+        Command::Schedules(command) => schedules::run(command, &connection).await,
         Command::Dlq(command) => dlq::run(command, &connection).await,
         Command::Dead(args) => dead::run(args, &connection).await,
         Command::Stats(args) => stats::run(args, &connection).await,

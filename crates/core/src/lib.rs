@@ -10,6 +10,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cron;
 pub mod duration;
 mod error;
 mod id;

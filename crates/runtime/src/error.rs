@@ -35,4 +35,15 @@ pub enum Error {
     /// id (`warren_store::Error::WorkerIdInUse`, which says which process and what to do).
     #[error("cannot register the worker")]
     Register(#[source] warren_store::Error),
+
+    /// A schedule declared with [`crate::WorkerBuilder::schedule`] could not be written to
+    /// `warren_schedules` at start-up.
+    #[error("cannot save the schedule `{name}` declared in code")]
+    Schedule {
+        /// The schedule's name.
+        name: String,
+        /// What Postgres said.
+        #[source]
+        source: warren_store::Error,
+    },
 }

@@ -35,6 +35,7 @@ pub mod observe;
 mod promoter;
 mod reconciler;
 mod registry;
+mod scheduler;
 mod shutdown;
 mod signal;
 mod supervise;
@@ -46,8 +47,10 @@ pub use error::Error;
 pub use health::{Health, HealthReport};
 pub use promoter::{Promoter, PromoterConfig};
 pub use registry::TaskOptions;
+pub use scheduler::PeriodicJob;
 pub use signal::{shutdown_on_signal, wait_for_signal};
 pub use warren_broker::{BrokerConfig, Topology};
+pub use warren_core::cron::CatchUp;
 pub use warren_core::{
     JobError, JobId, Namespace, QueueName, RetryPolicy, Task, TaskName, TraceParent,
 };

@@ -56,6 +56,8 @@ pub(crate) struct Background {
     pub(crate) control: Supervised,
     pub(crate) promoter: Option<Supervised>,
     pub(crate) gauges: Option<Supervised>,
+    /// Fires periodic schedules; runs where the promoter does.
+    pub(crate) scheduler: Option<Supervised>,
     /// Deletes old finished jobs; a batch in progress is a short transaction, and one cut off
     /// by the end of the grace period rolls back.
     pub(crate) cleaner: Supervised,
@@ -139,6 +141,7 @@ impl Running {
             control,
             promoter,
             gauges,
+            scheduler,
             cleaner,
         } = self.background;
         for (task, what) in [
@@ -150,6 +153,11 @@ impl Running {
         }
         if let Some(promoter) = promoter {
             promoter.join_until(closing, "stopping the promoter").await;
+        }
+        if let Some(scheduler) = scheduler {
+            scheduler
+                .join_until(closing, "stopping the scheduler")
+                .await;
         }
         if let Some(gauges) = gauges {
             gauges

@@ -170,6 +170,7 @@ pub struct WorkerBuilder {
     registry: Registry,
     errors: Vec<String>,
     job_span: Option<JobSpanHook>,
+    schedules: Vec<warren_store::NewSchedule>,
 }
 
 /// Called as each job's span opens, with the span and the trace context the job continues.
@@ -193,6 +194,30 @@ impl WorkerBuilder {
         hook: impl Fn(&tracing::Span, &TraceParent) + Send + Sync + 'static,
     ) -> Self {
         self.job_span = Some(Arc::new(hook));
+        self
+    }
+
+    /// Declares a periodic job, saved to Postgres when the worker starts (see
+    /// [`PeriodicJob`](crate::PeriodicJob)). A bad cron expression, time zone or task name,
+    /// or a name declared twice, is an [`Error::Config`] from [`build`](Self::build).
+    ///
+    /// ```no_run
+    /// use warren_runtime::{PeriodicJob, Worker};
+    ///
+    /// let builder = Worker::builder().schedule(
+    ///     PeriodicJob::new("report.hourly", "0 0 * * * *", "report.build")
+    ///         .timezone("Europe/Berlin"),
+    /// );
+    /// ```
+    pub fn schedule(mut self, schedule: crate::PeriodicJob) -> Self {
+        match schedule.validate() {
+            Ok(s) if self.schedules.iter().any(|d| d.name == s.name) => {
+                self.errors
+                    .push(format!("schedule `{}` is declared twice", s.name));
+            }
+            Ok(s) => self.schedules.push(s),
+            Err(e) => self.errors.push(e),
+        }
         self
     }
 
@@ -300,6 +325,7 @@ impl WorkerBuilder {
             registry: self.registry,
             config,
             job_span: self.job_span,
+            schedules: self.schedules,
         })
     }
 }
@@ -364,6 +390,7 @@ pub struct Worker {
     registry: Registry,
     config: WorkerConfig,
     job_span: Option<JobSpanHook>,
+    schedules: Vec<warren_store::NewSchedule>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -424,6 +451,7 @@ impl Worker {
             .register_worker(&worker_info(&cfg))
             .await
             .map_err(Error::Register)?;
+        crate::scheduler::save_declared(&store, &self.schedules).await?;
         let dead_letters = broker.publisher().await?;
         let promoter_publisher = match cfg.promoter {
             Some(_) => Some(broker.publisher().await?),
@@ -604,6 +632,10 @@ fn spawn_background(
         heartbeat: Supervised::spawn("heartbeat", heartbeat, shared.fatal.clone()),
         promoter,
         gauges,
+        scheduler: cfg.promoter.map(|_| {
+            let run = crate::scheduler::run(store.clone(), shared.stop.clone());
+            Supervised::spawn("scheduler", run, shared.fatal.clone())
+        }),
         cleaner: Supervised::spawn(
             "cleaner",
             Cleaner::new(store.clone(), cfg.retention).run(shared.stop.clone()),

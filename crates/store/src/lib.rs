@@ -23,6 +23,7 @@ mod queues;
 mod recorder;
 mod retention;
 mod schedule;
+mod schedules;
 #[cfg(test)]
 mod sql_states;
 mod stats;
@@ -45,6 +46,7 @@ pub use recorder::{
 };
 pub use retention::{PRUNE_LOCK, PruneBatch, PruneLock};
 pub use schedule::{PgTransaction, ScheduledJob, schedule_in};
+pub use schedules::{Fired, NewSchedule, Schedule, ScheduleTick};
 pub use stats::{MinuteCounts, TaskStats};
 pub use store::{Store, StoreConfig};
 pub use workers::{LOST_AFTER, WorkerInfo, WorkerRecord};

@@ -105,10 +105,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "worker_details",
         sql: include_str!("../../../schemas/migrations/0008_worker_details.sql"),
     },
+    Migration {
+        version: 9,
+        name: "schedules",
+        sql: include_str!("../../../schemas/migrations/0009_schedules.sql"),
+    },
 ];
 
 /// The schema version this binary creates and expects.
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// An arbitrary constant naming Warren's migration lock among other advisory locks.
 const LOCK_KEY: i64 = 0x5741_5252_454E_0001;

@@ -25,6 +25,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("recorder.rs", include_str!("recorder.rs")),
     ("retention.rs", include_str!("retention.rs")),
     ("schedule.rs", include_str!("schedule.rs")),
+    ("schedules.rs", include_str!("schedules.rs")),
     (
         "0001_init.sql",
         include_str!("../../../schemas/migrations/0001_init.sql"),
@@ -56,6 +57,10 @@ const SOURCES: &[(&str, &str)] = &[
     (
         "0008_worker_details.sql",
         include_str!("../../../schemas/migrations/0008_worker_details.sql"),
+    ),
+    (
+        "0009_schedules.sql",
+        include_str!("../../../schemas/migrations/0009_schedules.sql"),
     ),
 ];
 
