@@ -456,6 +456,8 @@ static PATTERNS: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
             r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
             "<ID>",
         ),
+        // A W3C traceparent: every job has one, generated at enqueue when none was given.
+        (r"\b00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\b", "<TRACEPARENT>"),
         // A `jobs list` cursor: microseconds, then the id.
         (r"\b[0-9]{13,}-<ID>", "<CURSOR>"),
         (
