@@ -138,7 +138,9 @@ const PURGE_BATCH: usize = 500;
 
 pub(crate) async fn purge(args: PurgeArgs, connection: &ConnectionArgs) -> anyhow::Result<()> {
     let broker_config = connection.broker_config("queues purge")?;
-    let store_config = connection.store_config("queues purge")?;
+    // Both services are needed: a missing database URL is reported before the broker is
+    // touched.
+    connection.store_config("queues purge")?;
     let broker = connection.broker("queues purge").await?;
     let depth = broker
         .queue_depth(&args.queue)
@@ -182,7 +184,6 @@ pub(crate) async fn purge(args: PurgeArgs, connection: &ConnectionArgs) -> anyho
         broker.close().await;
         return Err(e);
     }
-    drop(store_config);
     let store = connection.store("queues purge").await?;
     let result = async {
         let publisher = broker.publisher().await.context("opening a publisher")?;
