@@ -66,12 +66,15 @@ pub(crate) async fn consume_loop(
             Some(Ok(delivery)) => {
                 let executor = executor.clone();
                 let queue = queue.clone();
-                jobs.spawn(async move {
+                // Boxed so that the task holds a pointer, not the job's state machine:
+                // spawning moves the future into the task and ending it overwrites it with
+                // the output, and each of those copied all of it (see `Executor::handle`).
+                jobs.spawn(Box::pin(async move {
                     crate::observe::in_flight(1.0);
                     executor.handle(queue, delivery).await;
                     crate::observe::in_flight(-1.0);
                     drop(permit);
-                });
+                }));
             }
             Some(Err(e)) => {
                 tracing::error!(queue = %queue, error = %ErrorChain(&e), "consumer failed and could not recover");

@@ -69,7 +69,7 @@ impl Executor {
     pub(crate) async fn handle(self: Arc<Self>, queue: QueueName, delivery: Delivery) {
         let message = match JobMessage::decode(&delivery.raw, self.max_body) {
             Ok(m) => m,
-            Err(e) => return self.reject(&queue, &delivery, e).await,
+            Err(e) => return Box::pin(self.reject(&queue, &delivery, e)).await,
         };
         let trace = job_trace(&message);
         let span = tracing::info_span!(
@@ -84,7 +84,11 @@ impl Executor {
         if let Some(hook) = &self.job_span {
             hook(&span, &trace);
         }
-        self.execute(queue, delivery, message)
+        // Boxed: the attempt's state machine is several KiB, and every job task would
+        // otherwise carry (and copy, as it is spawned and as it ends) all of it inline.
+        // Measured with callgrind: those copies were about a sixth of the benchmark's
+        // instructions.
+        Box::pin(self.execute(queue, delivery, message))
             .instrument(span)
             .await
     }
