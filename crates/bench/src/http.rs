@@ -22,15 +22,17 @@
 //!    request shows up in that request's latency instead of hiding it.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
+use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use warren_client::{Client, NewJob};
@@ -355,24 +357,28 @@ async fn http(server: &Server, clients: usize, load: Load) -> anyhow::Result<Run
 }
 
 /// A keep-alive HTTP/1.1 connection to the service.
+///
+/// The connection's I/O future is polled by the task that sends the requests rather than by
+/// a task of its own: the load generator shares two cores with the service and RabbitMQ, and
+/// a second task per connection would add a wake-up to every request.
 struct Conn {
     sender: SendRequest<Full<Bytes>>,
+    connection: Pin<Box<Connection<TokioIo<TcpStream>, Full<Bytes>>>>,
     authorization: HeaderValue,
 }
 
 impl Conn {
     async fn open(server: &Server) -> anyhow::Result<Conn> {
-        let stream = tokio::net::TcpStream::connect(server.addr)
+        let stream = TcpStream::connect(server.addr)
             .await
             .context("connecting to the producer")?;
         stream.set_nodelay(true)?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .context("HTTP handshake with the producer")?;
-        // Ends when the sender is dropped.
-        tokio::spawn(connection);
         Ok(Conn {
             sender,
+            connection: Box::pin(connection),
             authorization: server.authorization.clone(),
         })
     }
@@ -384,10 +390,20 @@ impl Conn {
             .header(AUTHORIZATION, self.authorization.clone())
             .header(CONTENT_TYPE, "application/json")
             .body(Full::new(body))?;
-        self.sender.ready().await?;
-        let response = self.sender.send_request(request).await?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
+        let exchange = async {
+            self.sender.ready().await?;
+            let response = self.sender.send_request(request).await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            anyhow::Ok((status, body))
+        };
+        let (status, body) = tokio::select! {
+            answered = exchange => answered?,
+            closed = self.connection.as_mut() => {
+                closed.context("the connection to the producer failed")?;
+                anyhow::bail!("the producer closed the connection");
+            }
+        };
         // A batch answers 200 with a count of failures; looking for it in the text keeps the
         // load generator's CPU (which the service and RabbitMQ share) off JSON parsing.
         let accepted = status == 202 || (status == 200 && contains(&body, br#""failed":0"#));
