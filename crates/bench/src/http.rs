@@ -464,7 +464,62 @@ pub(crate) fn summary(report: &Report<'_>) -> Option<(String, Value)> {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser as _;
+
     use super::*;
+
+    fn rate(key: &'static str, jobs_per_sec: f64, latency: Option<Latency>) -> Measure {
+        Measure {
+            key,
+            label: key,
+            jobs_per_sec: Some(jobs_per_sec),
+            latency,
+        }
+    }
+
+    #[test]
+    fn verdicts_compare_each_http_rate_with_enqueue_many_of_the_same_run() {
+        let settings = crate::settings::Args::try_parse_from(["warren-bench", "--http"])
+            .map_err(|e| e.to_string())
+            .and_then(crate::settings::Args::validate)
+            .expect("valid flags");
+        let latency = |p99_ms| {
+            Some(Latency {
+                p50_ms: 1.0,
+                p99_ms,
+            })
+        };
+        let report = Report {
+            settings: &settings,
+            phases: vec![Phase {
+                key: HTTP,
+                title: "http",
+                jobs: 4_000,
+                elapsed: Duration::from_secs(1),
+                measures: vec![
+                    rate(LIBRARY_MANY, 10_000.0, None),
+                    rate(LIBRARY_ONE, 5_000.0, None),
+                    rate(SINGLE, 4_000.0, latency(30.0)),
+                    rate(BATCH, 9_500.0, latency(200.0)),
+                    rate(PACED, 2_000.0, latency(12.5)),
+                ],
+            }],
+        };
+        let (text, json) = summary(&report).expect("the HTTP phase is there");
+        assert_eq!(json["single_percent_of_enqueue_many"], 40.0);
+        assert_eq!(json["batch_percent_of_enqueue_many"], 95.0);
+        assert_eq!(json["single_percent_of_enqueue"], 80.0);
+        assert_eq!(json["half_rate_p99_ms"], 12.5);
+        assert_eq!(json["single_target_met"], false);
+        assert_eq!(json["batch_target_met"], true);
+        assert_eq!(json["latency_target_met"], false);
+        assert!(text.contains("40.0%") && text.contains("12.5 ms"), "{text}");
+        let other = Report {
+            settings: &settings,
+            phases: Vec::new(),
+        };
+        assert!(summary(&other).is_none());
+    }
 
     #[test]
     fn batch_answers_are_recognised_by_their_failure_count() {
