@@ -11,6 +11,7 @@
 mod admin_reads;
 mod ceiling;
 mod end_to_end;
+mod http;
 mod promotion;
 mod report;
 mod retry_path;
@@ -50,8 +51,16 @@ fn main() -> ExitCode {
     match runtime.block_on(run(&settings)) {
         Ok(report) => {
             print!("{}", report.table());
+            let http = http::summary(&report);
+            if let Some((lines, _)) = &http {
+                print!("{lines}");
+            }
             if settings.json {
-                println!("{}", report.json());
+                let mut json = report.json();
+                if let Some((_, verdicts)) = http {
+                    json["http"] = verdicts;
+                }
+                println!("{json}");
             }
             ExitCode::SUCCESS
         }
@@ -93,6 +102,19 @@ async fn run(settings: &Settings) -> anyhow::Result<Report<'_>> {
         return Ok(Report {
             settings,
             phases: vec![admin],
+        });
+    }
+    if settings.http {
+        let http = Sandbox::create(settings, run_id, "http", false)
+            .await?
+            .run(limit, &shutdown, async |s, stop| {
+                http::measure(settings, s, stop).await
+            })
+            .await
+            .context("HTTP producer phase")?;
+        return Ok(Report {
+            settings,
+            phases: vec![http],
         });
     }
     let ceiling = Sandbox::create(settings, run_id, "ceiling", false)

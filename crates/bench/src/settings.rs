@@ -62,6 +62,17 @@ pub(crate) struct Args {
     #[arg(long, env = "WARREN_BENCH_ADMIN_ROWS", value_name = "N")]
     pub(crate) admin_rows: Option<u64>,
 
+    /// Instead of the default phases, measure the HTTP producer's enqueue (single and batch
+    /// requests from `--concurrency` keep-alive clients, and latency at half the saturation
+    /// rate) beside the library's `enqueue_many` (docs/benchmarks.md, "HTTP producer").
+    #[arg(long, env = "WARREN_BENCH_HTTP", conflicts_with = "admin_rows")]
+    pub(crate) http: bool,
+
+    /// Jobs in each `POST /v1/jobs/batch` request, and in each library `enqueue_many` call
+    /// it is compared with (`--http` only).
+    #[arg(long, env = "WARREN_BENCH_HTTP_BATCH", default_value_t = 100)]
+    pub(crate) http_batch: usize,
+
     /// Also print the results as one JSON line after the table.
     #[arg(long, env = "WARREN_BENCH_JSON")]
     pub(crate) json: bool,
@@ -81,6 +92,9 @@ pub(crate) struct Settings {
     pub(crate) json: bool,
     /// Seed this many rows and time the admin reads, instead of the default phases.
     pub(crate) admin_rows: Option<u64>,
+    /// Measure the HTTP producer, instead of the default phases.
+    pub(crate) http: bool,
+    pub(crate) http_batch: usize,
     /// Cores the operating system gives this process; printed with the results because the
     /// broker, the database and the benchmark all share them.
     pub(crate) cores: usize,
@@ -116,6 +130,13 @@ impl Args {
         if self.admin_rows == Some(0) {
             return Err("--admin-rows / WARREN_BENCH_ADMIN_ROWS must be at least 1".to_owned());
         }
+        // The producer's default batch limit (--max-batch): a larger batch would be refused.
+        if !(1..=1000).contains(&self.http_batch) {
+            return Err(format!(
+                "--http-batch / WARREN_BENCH_HTTP_BATCH must be 1 to 1000, got {}",
+                self.http_batch
+            ));
+        }
         if self.timeout_secs == 0 {
             return Err("--timeout-secs / WARREN_BENCH_TIMEOUT_SECS must be at least 1".to_owned());
         }
@@ -130,6 +151,8 @@ impl Args {
             admin_database_url: self.database_url,
             json: self.json,
             admin_rows: self.admin_rows,
+            http: self.http,
+            http_batch: self.http_batch,
             cores: std::thread::available_parallelism().map_or(1, usize::from),
         })
     }
@@ -156,6 +179,8 @@ mod tests {
         assert_eq!(s.prefetch, 256);
         assert_eq!(s.warmup, 1_000);
         assert!(!s.json);
+        assert!(!s.http);
+        assert_eq!(s.http_batch, 100);
     }
 
     #[test]
@@ -165,5 +190,7 @@ mod tests {
         assert!(err(&["--payload-bytes", "3"]).contains("--payload-bytes"));
         assert!(err(&["--concurrency", "0"]).contains("--concurrency"));
         assert!(err(&["--prefetch", "0"]).contains("--prefetch"));
+        assert!(err(&["--http", "--http-batch", "1001"]).contains("--http-batch"));
+        assert!(err(&["--http", "--admin-rows", "10"]).contains("--admin-rows"));
     }
 }
