@@ -62,6 +62,12 @@ pub(crate) struct Args {
     #[arg(long, env = "WARREN_BENCH_ADMIN_ROWS", value_name = "N")]
     pub(crate) admin_rows: Option<u64>,
 
+    /// With --admin-rows: seed into database NAME (on the --database-url server) and keep it,
+    /// instead of a throwaway one. A later run with the same NAME and row count only migrates
+    /// it and times the queries, skipping the minutes of seeding.
+    #[arg(long, env = "WARREN_BENCH_ADMIN_DATABASE", value_name = "NAME")]
+    pub(crate) admin_database: Option<String>,
+
     /// Also print the results as one JSON line after the table.
     #[arg(long, env = "WARREN_BENCH_JSON")]
     pub(crate) json: bool,
@@ -81,6 +87,8 @@ pub(crate) struct Settings {
     pub(crate) json: bool,
     /// Seed this many rows and time the admin reads, instead of the default phases.
     pub(crate) admin_rows: Option<u64>,
+    /// Where the admin reads keep their seeded rows between runs, if anywhere.
+    pub(crate) admin_database: Option<String>,
     /// Cores the operating system gives this process; printed with the results because the
     /// broker, the database and the benchmark all share them.
     pub(crate) cores: usize,
@@ -116,6 +124,11 @@ impl Args {
         if self.admin_rows == Some(0) {
             return Err("--admin-rows / WARREN_BENCH_ADMIN_ROWS must be at least 1".to_owned());
         }
+        if self.admin_database.is_some() && self.admin_rows.is_none() {
+            return Err(
+                "--admin-database / WARREN_BENCH_ADMIN_DATABASE needs --admin-rows".to_owned(),
+            );
+        }
         if self.timeout_secs == 0 {
             return Err("--timeout-secs / WARREN_BENCH_TIMEOUT_SECS must be at least 1".to_owned());
         }
@@ -130,6 +143,7 @@ impl Args {
             admin_database_url: self.database_url,
             json: self.json,
             admin_rows: self.admin_rows,
+            admin_database: self.admin_database,
             cores: std::thread::available_parallelism().map_or(1, usize::from),
         })
     }

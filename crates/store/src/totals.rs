@@ -55,7 +55,7 @@ impl Store {
             .bind(names)
             .fetch_all(&self.pool)
             .await
-            .map_err(Error::query("estimating jobs per state"))?;
+            .map_err(Error::query("counting jobs per state"))?;
         let mut totals = Vec::with_capacity(JobState::ALL.len());
         for state in JobState::ALL {
             let estimate = estimates
