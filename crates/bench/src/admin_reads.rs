@@ -296,13 +296,13 @@ async fn time_queries(store: &Store) -> anyhow::Result<Vec<Measure>> {
         time(
             "summary_states",
             "jobs summary: counts per state",
-            async || store.state_counts(None).await,
+            async || store.state_totals(None).await,
         )
         .await?,
     );
     m.push(
         time("summary_queue", "  counts --queue emails", async || {
-            store.state_counts(Some("emails")).await
+            store.state_totals(Some("emails")).await
         })
         .await?,
     );
