@@ -90,7 +90,9 @@ async fn run(settings: &Settings) -> anyhow::Result<Report<'_>> {
 
     if settings.admin_rows.is_some() {
         // Seeding millions of rows takes minutes: at least an hour, whatever --timeout-secs.
-        let admin = Sandbox::create(settings, run_id, "admin", true)
+        // A kept database is the phase's own business; otherwise the sandbox makes one.
+        let throwaway = settings.admin_database.is_none();
+        let admin = Sandbox::create(settings, run_id, "admin", throwaway)
             .await?
             .run(
                 limit.max(Duration::from_secs(3_600)),

@@ -72,6 +72,11 @@ pub(crate) struct Args {
     /// it is compared with (`--http` only).
     #[arg(long, env = "WARREN_BENCH_HTTP_BATCH", default_value_t = 100)]
     pub(crate) http_batch: usize,
+    /// With --admin-rows: seed into database NAME (on the --database-url server) and keep it,
+    /// instead of a throwaway one. A later run with the same NAME and row count only migrates
+    /// it and times the queries, skipping the minutes of seeding.
+    #[arg(long, env = "WARREN_BENCH_ADMIN_DATABASE", value_name = "NAME")]
+    pub(crate) admin_database: Option<String>,
 
     /// Also print the results as one JSON line after the table.
     #[arg(long, env = "WARREN_BENCH_JSON")]
@@ -95,6 +100,8 @@ pub(crate) struct Settings {
     /// Measure the HTTP producer, instead of the default phases.
     pub(crate) http: bool,
     pub(crate) http_batch: usize,
+    /// Where the admin reads keep their seeded rows between runs, if anywhere.
+    pub(crate) admin_database: Option<String>,
     /// Cores the operating system gives this process; printed with the results because the
     /// broker, the database and the benchmark all share them.
     pub(crate) cores: usize,
@@ -137,6 +144,11 @@ impl Args {
                 self.http_batch
             ));
         }
+        if self.admin_database.is_some() && self.admin_rows.is_none() {
+            return Err(
+                "--admin-database / WARREN_BENCH_ADMIN_DATABASE needs --admin-rows".to_owned(),
+            );
+        }
         if self.timeout_secs == 0 {
             return Err("--timeout-secs / WARREN_BENCH_TIMEOUT_SECS must be at least 1".to_owned());
         }
@@ -153,6 +165,7 @@ impl Args {
             admin_rows: self.admin_rows,
             http: self.http,
             http_batch: self.http_batch,
+            admin_database: self.admin_database,
             cores: std::thread::available_parallelism().map_or(1, usize::from),
         })
     }

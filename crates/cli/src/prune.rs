@@ -189,7 +189,7 @@ async fn prune(store: &Store, args: &PruneJobsArgs) -> anyhow::Result<()> {
 /// Deletes state by state, a batch at a time, until each state has nothing old enough left
 /// or Ctrl-C is pressed.
 async fn execute(store: &Store, args: &PruneJobsArgs, report: &mut Report) -> anyhow::Result<()> {
-    let batches = Batches::start();
+    let batches = Batches::start(u64::try_from(report.matched).ok());
     let mut result = Ok(());
     'states: for i in 0..report.states.len() {
         let state = report.states[i].state;
@@ -212,10 +212,10 @@ async fn execute(store: &Store, args: &PruneJobsArgs, report: &mut Report) -> an
             };
             report.states[i].removed += deleted;
             report.removed += deleted;
-            batches.progress(&format!(
-                "prune {} {}/{}",
-                state, report.removed, report.matched
-            ));
+            batches.progress(
+                &format!("prune {state}"),
+                u64::try_from(report.removed).unwrap_or(0),
+            );
             if deleted < i64::from(args.batch_size) {
                 break;
             }

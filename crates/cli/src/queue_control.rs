@@ -239,7 +239,7 @@ async fn purge_all(
     recorder: &Recorder,
     publisher: &Publisher,
 ) -> anyhow::Result<Purged> {
-    let batches = crate::batches::Batches::start();
+    let batches = crate::batches::Batches::start(None);
     let mut report = Purged {
         queue: queue.to_string(),
         ..Purged::default()
@@ -257,7 +257,7 @@ async fn purge_all(
         if let Err(e) = purge_batch(queue, &batch, reason, recorder, publisher, &mut report).await {
             break Err(e);
         }
-        batches.progress(&format!("purged {}", report.cancelled + report.parked));
+        batches.progress("purged", report.cancelled + report.parked);
     };
     batches.finish();
     result.with_context(|| {

@@ -8,7 +8,8 @@ use warren_core::JobId;
 
 use crate::{Error, Store};
 
-/// Dead jobs sharing a task, an error kind and the first line of their last error message.
+/// Dead jobs sharing a task, an error kind and the first line of their last error message
+/// (its first 500 characters).
 #[derive(Clone, Debug, Serialize)]
 pub struct DeadGroup {
     /// The task.
@@ -16,7 +17,7 @@ pub struct DeadGroup {
     /// The kind of the last failure (`error`, `permanent`, `timeout`, `panic`, …), empty when the
     /// job has no error history (bad input recorded without one).
     pub kind: String,
-    /// The first line of the last error message.
+    /// The first line of the last error message, cut at 500 characters.
     pub message: String,
     /// How many dead jobs are in the group.
     pub count: i64,
@@ -42,24 +43,36 @@ struct DeadGroupRow {
 impl Store {
     /// Dead jobs that died at or after `since` (all of them when `None`), grouped, largest
     /// group first. A job's time of death is its `finished_at`, or its last update when a
-    /// row has none. The window is spelt on `finished_at` itself, not on the `coalesce`, so
-    /// that the `(state, finished_at)` index serves it: about 1 s at ten million rows
-    /// otherwise, whatever the window.
+    /// row has none. The group key is in columns of its own (`last_error_kind`,
+    /// `last_error_line`, which migration 10's trigger sets on every dead row), so that the
+    /// `warren_jobs_dead_groups` index answers by an index-only scan instead of a read of
+    /// every dead row (two seconds at ten million rows). Each group's example is then one
+    /// index probe: the group's most recently finished job.
     pub async fn dead_groups(&self, since: Option<DateTime<Utc>>) -> Result<Vec<DeadGroup>, Error> {
         let rows: Vec<DeadGroupRow> = sqlx::query_as(
-            "SELECT task,
-                    coalesce(errors -> -1 ->> 'kind', '') AS kind,
-                    split_part(coalesce(errors -> -1 ->> 'message', ''), E'\\n', 1) AS message,
-                    count(*) AS count,
-                    min(coalesce(finished_at, updated_at)) AS first_seen,
-                    max(coalesce(finished_at, updated_at)) AS last_seen,
-                    (array_agg(id ORDER BY coalesce(finished_at, updated_at) DESC))[1] AS example_id
-             FROM warren_jobs
-             WHERE state = 'dead'
-               AND ($1::timestamptz IS NULL OR finished_at >= $1
-                    OR (finished_at IS NULL AND updated_at >= $1))
-             GROUP BY 1, 2, 3
-             ORDER BY count(*) DESC, max(coalesce(finished_at, updated_at)) DESC",
+            "SELECT g.task, g.kind, g.message, g.count, g.first_seen, g.last_seen,
+                    e.id AS example_id
+             FROM (
+                 SELECT task,
+                        last_error_kind AS kind,
+                        last_error_line AS message,
+                        count(*) AS count,
+                        min(coalesce(finished_at, updated_at)) AS first_seen,
+                        max(coalesce(finished_at, updated_at)) AS last_seen
+                 FROM warren_jobs
+                 WHERE state = 'dead'
+                   AND ($1::timestamptz IS NULL OR finished_at >= $1
+                        OR (finished_at IS NULL AND updated_at >= $1))
+                 GROUP BY task, last_error_kind, last_error_line
+             ) g
+             CROSS JOIN LATERAL (
+                 SELECT id FROM warren_jobs
+                 WHERE state = 'dead' AND task = g.task
+                   AND last_error_kind = g.kind AND last_error_line = g.message
+                 ORDER BY finished_at DESC NULLS LAST
+                 LIMIT 1
+             ) e
+             ORDER BY g.count DESC, g.last_seen DESC",
         )
         .bind(since)
         .fetch_all(&self.pool)

@@ -28,6 +28,7 @@ mod schedules;
 mod sql_states;
 mod stats;
 mod store;
+mod totals;
 mod workers;
 
 pub use admin::{CancelOutcome, RetryOutcome};
@@ -49,6 +50,7 @@ pub use schedule::{PgTransaction, ScheduledJob, schedule_in};
 pub use schedules::{Fired, NewSchedule, Schedule, ScheduleTick};
 pub use stats::{MinuteCounts, TaskStats};
 pub use store::{Store, StoreConfig};
+pub use totals::{EXACT_UP_TO, StateTotal};
 pub use workers::{LOST_AFTER, WorkerInfo, WorkerRecord};
 
 /// A result whose error is this crate's [`Error`].

@@ -70,11 +70,10 @@ impl JobFilter {
             q.push(" AND enqueued_at < ").push_bind(until);
         }
         if let Some(text) = &self.error_contains {
-            // strpos rather than LIKE: the admin's text is matched as it is, `%` and `_`
-            // included, with nothing to escape.
-            q.push(" AND strpos(lower(errors -> -1 ->> 'message'), lower(")
-                .push_bind(text.clone())
-                .push(")) > 0");
+            // ILIKE on exactly this expression is what the trigram index of migration 10
+            // serves; the admin's text is escaped, so `%` and `_` in it match themselves.
+            q.push(" AND (errors -> -1 ->> 'message') ILIKE ")
+                .push_bind(contains_pattern(text));
         }
         if let Some(c) = after {
             q.push(" AND (enqueued_at, id) < (")
@@ -84,6 +83,21 @@ impl JobFilter {
                 .push(")");
         }
     }
+}
+
+/// A LIKE pattern matching any text that contains `text`: `%` around it, and its own `%`,
+/// `_` and `\\` (LIKE's default escape character) escaped.
+fn contains_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
 }
 
 /// A position in a newest-first listing: the last job of a page. Printed as
@@ -258,28 +272,65 @@ impl Store {
     }
 
     /// How many jobs `filter` matches, per state and payload presence: what a dry run reports.
+    /// Exact. Two counts in one snapshot: per state, which an index-only scan of migration
+    /// 10's `warren_jobs_not_succeeded` answers for the states bulk commands act on, and per
+    /// state among the rare rows without a payload (`warren_jobs_no_payload`). Counting
+    /// `payload IS NOT NULL` directly would visit every matching row (two seconds for
+    /// 110,000 dead jobs of ten million).
     pub async fn count_matching(&self, filter: &JobFilter) -> Result<Vec<MatchCount>, Error> {
-        let mut q = QueryBuilder::new(
-            "SELECT state, payload IS NOT NULL AS has_payload, count(*) AS n FROM warren_jobs",
-        );
-        filter.push_where(&mut q, None);
-        q.push(" GROUP BY 1, 2 ORDER BY 1, 2");
-        let rows: Vec<(String, bool, i64)> = q
-            .build_query_as()
-            .fetch_all(&self.pool)
+        let mut tx = self
+            .pool
+            .begin()
             .await
             .map_err(Error::query("counting matching jobs"))?;
-        rows.into_iter()
-            .map(|(state, has_payload, count)| {
-                Ok(MatchCount {
-                    state: state
-                        .parse()
-                        .map_err(|reason| Error::CorruptState { reason })?,
-                    has_payload,
-                    count,
-                })
-            })
-            .collect()
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::query("counting matching jobs"))?;
+        let mut all = QueryBuilder::new("SELECT state, count(*) AS n FROM warren_jobs");
+        filter.push_where(&mut all, None);
+        all.push(" GROUP BY 1");
+        let all: Vec<(String, i64)> = all
+            .build_query_as()
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(Error::query("counting matching jobs"))?;
+        let mut bare = QueryBuilder::new("SELECT state, count(*) AS n FROM warren_jobs");
+        filter.push_where(&mut bare, None);
+        bare.push(" AND payload IS NULL GROUP BY 1");
+        let bare: Vec<(String, i64)> = bare
+            .build_query_as()
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(Error::query("counting matching jobs without a payload"))?;
+        tx.commit()
+            .await
+            .map_err(Error::query("counting matching jobs"))?;
+        let mut counts = Vec::new();
+        for (state, n) in all {
+            let without = bare
+                .iter()
+                .find(|(s, _)| *s == state)
+                .map_or(0, |(_, n)| *n);
+            let state: JobState = state
+                .parse()
+                .map_err(|reason| Error::CorruptState { reason })?;
+            // Same shape as a GROUP BY (state, has payload): no row for an empty group,
+            // ordered by state name, then without a payload before with one.
+            for (has_payload, count) in [(false, without), (true, n - without)] {
+                if count > 0 {
+                    counts.push(MatchCount {
+                        state,
+                        has_payload,
+                        count,
+                    });
+                }
+            }
+        }
+        counts.sort_by(|a, b| {
+            (a.state.as_str(), a.has_payload).cmp(&(b.state.as_str(), b.has_payload))
+        });
+        Ok(counts)
     }
 
     /// Retries the next `limit` jobs matching `filter` after `after`, in one transaction: each
@@ -416,8 +467,10 @@ mod tests {
         assert_eq!(
             q.sql().as_str(),
             "SELECT id FROM warren_jobs WHERE true AND state = $1 AND task = $2 AND \
-             strpos(lower(errors -> -1 ->> 'message'), lower($3)) > 0"
+             (errors -> -1 ->> 'message') ILIKE $3"
         );
+        assert_eq!(contains_pattern("50%_off"), "%50\\%\\_off%");
+        assert_eq!(contains_pattern("a\\b"), "%a\\\\b%");
         assert!(JobFilter::default().is_empty() && !filter.is_empty());
     }
 }

@@ -110,10 +110,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "schedules",
         sql: include_str!("../../../schemas/migrations/0009_schedules.sql"),
     },
+    Migration {
+        version: 10,
+        name: "read_indexes",
+        sql: include_str!("../../../schemas/migrations/0010_read_indexes.sql"),
+    },
 ];
 
 /// The schema version this binary creates and expects.
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 /// An arbitrary constant naming Warren's migration lock among other advisory locks.
 const LOCK_KEY: i64 = 0x5741_5252_454E_0001;

@@ -62,6 +62,10 @@ const SOURCES: &[(&str, &str)] = &[
         "0009_schedules.sql",
         include_str!("../../../schemas/migrations/0009_schedules.sql"),
     ),
+    (
+        "0010_read_indexes.sql",
+        include_str!("../../../schemas/migrations/0010_read_indexes.sql"),
+    ),
 ];
 
 type Set = BTreeSet<&'static str>;

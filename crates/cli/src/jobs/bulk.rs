@@ -205,7 +205,7 @@ async fn execute(
     filter: &JobFilter,
     matched: i64,
 ) -> anyhow::Result<Report> {
-    let batches = Batches::start();
+    let batches = Batches::start(u64::try_from(matched).ok());
     let mut report = Report {
         action: Some(action),
         matched,
@@ -247,7 +247,7 @@ async fn execute(
             + report.signalled
             + report.no_payload
             + report.refused.values().sum::<i64>();
-        batches.progress(&format!("{} {seen}/{matched}", action.verb()));
+        batches.progress(action.verb(), u64::try_from(seen).unwrap_or(0));
         after = next;
         if after.is_none() {
             break Ok(());

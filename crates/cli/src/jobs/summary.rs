@@ -7,7 +7,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 use warren_core::duration::parse_duration;
 use warren_core::{JobState, QueueName};
-use warren_store::{LatencySummary, StateCount};
+use warren_store::{LatencySummary, StateTotal};
 
 use crate::connection::ConnectionArgs;
 use crate::exit::Usage;
@@ -40,6 +40,9 @@ struct Summary {
     queue: Option<String>,
     /// Jobs with a row, per state, over all time.
     states: StateTotals,
+    /// The states whose count is the planner statistics' estimate, not a count: on a large
+    /// table, those with more than a million rows (`warren_store::EXACT_UP_TO`).
+    approximate: Vec<JobState>,
     since: DateTime<Utc>,
     #[serde(flatten)]
     finished: Finished,
@@ -57,7 +60,7 @@ struct StateTotals {
 }
 
 impl StateTotals {
-    fn from_counts(counts: &[StateCount]) -> Self {
+    fn from_counts(counts: &[StateTotal]) -> Self {
         let mut totals = StateTotals::default();
         for c in counts {
             *totals.slot(c.state) += c.count;
@@ -142,15 +145,21 @@ pub(super) async fn run(args: SummaryArgs, connection: &ConnectionArgs) -> anyho
         .ok_or_else(|| Usage(format!("--since {:?} reaches too far back", args.since)))?;
     let queue = args.queue.as_ref().map(QueueName::as_str);
     let store = connection.store("jobs summary").await?;
-    let counts = store.state_counts(queue).await.map_err(anyhow::Error::from);
+    let counts = store.state_totals(queue).await.map_err(anyhow::Error::from);
     let latency = store
         .latency_summary(since)
         .await
         .map_err(anyhow::Error::from);
     store.close().await;
+    let counts = counts?;
     let summary = Summary {
         queue: queue.map(str::to_owned),
-        states: StateTotals::from_counts(&counts?),
+        states: StateTotals::from_counts(&counts),
+        approximate: counts
+            .iter()
+            .filter(|c| c.approximate)
+            .map(|c| c.state)
+            .collect(),
         since,
         finished: Finished::from_latency(latency?),
     };
@@ -172,11 +181,27 @@ fn render(s: &Summary, window: Duration) -> String {
         "jobs by state, {scope}, all time (jobs still in RabbitMQ have no row yet)"
     );
     let rows = s.states.rows();
+    // An estimated count reads `~9084666`, and so does a total that includes one.
+    let mark = |approximate: bool| if approximate { "~" } else { "" };
     for (state, count) in rows {
-        let _ = writeln!(out, "  {:<11} {count:>9}", state.as_str());
+        let approx = mark(s.approximate.contains(&state));
+        let _ = writeln!(
+            out,
+            "  {:<11} {:>9}",
+            state.as_str(),
+            format!("{approx}{count}")
+        );
     }
     let total: i64 = rows.iter().map(|(_, n)| n).sum();
-    let _ = writeln!(out, "  {:<11} {total:>9}", "total");
+    let approx = mark(!s.approximate.is_empty());
+    let _ = writeln!(out, "  {:<11} {:>9}", "total", format!("{approx}{total}"));
+    if !s.approximate.is_empty() {
+        let _ = writeln!(
+            out,
+            "  (~ estimated from the table's statistics: exact counts of that many rows take \
+             seconds)"
+        );
+    }
 
     let f = &s.finished;
     let _ = writeln!(
@@ -238,18 +263,21 @@ mod tests {
 
     fn summary(finished: i64) -> Summary {
         let counts = [
-            StateCount {
+            StateTotal {
                 state: JobState::Succeeded,
                 count: 7,
+                approximate: false,
             },
-            StateCount {
+            StateTotal {
                 state: JobState::Dead,
                 count: 1,
+                approximate: false,
             },
         ];
         Summary {
             queue: Some("default".into()),
             states: StateTotals::from_counts(&counts),
+            approximate: Vec::new(),
             since: at(-3600),
             finished: Finished::from_latency(latency(finished)),
         }
@@ -300,5 +328,22 @@ mod tests {
             "{text}"
         );
         assert!(render(&summary(0), Duration::from_secs(60)).ends_with("all queues\n  none\n"));
+        assert!(!text.contains('~'), "exact counts carry no mark: {text}");
+    }
+
+    #[test]
+    fn an_estimated_count_is_marked_and_so_is_the_total() {
+        let mut s = summary(8);
+        s.approximate = vec![JobState::Succeeded];
+        let text = render(&s, Duration::from_secs(3600));
+        assert!(text.contains("  succeeded          ~7\n"), "{text}");
+        assert!(text.contains("  dead                1\n"), "{text}");
+        assert!(text.contains("  total              ~8\n"), "{text}");
+        assert!(
+            text.contains("estimated from the table's statistics"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["approximate"], serde_json::json!(["succeeded"]));
     }
 }
