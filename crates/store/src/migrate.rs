@@ -115,10 +115,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "read_indexes",
         sql: include_str!("../../../schemas/migrations/0010_read_indexes.sql"),
     },
+    Migration {
+        version: 11,
+        name: "limits",
+        sql: include_str!("../../../schemas/migrations/0011_limits.sql"),
+    },
 ];
 
 /// The schema version this binary creates and expects.
-pub const SCHEMA_VERSION: i64 = 10;
+pub const SCHEMA_VERSION: i64 = 11;
 
 /// An arbitrary constant naming Warren's migration lock among other advisory locks.
 const LOCK_KEY: i64 = 0x5741_5252_454E_0001;

@@ -26,6 +26,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("retention.rs", include_str!("retention.rs")),
     ("schedule.rs", include_str!("schedule.rs")),
     ("schedules.rs", include_str!("schedules.rs")),
+    ("limits.rs", include_str!("limits.rs")),
     (
         "0001_init.sql",
         include_str!("../../../schemas/migrations/0001_init.sql"),
@@ -65,6 +66,10 @@ const SOURCES: &[(&str, &str)] = &[
     (
         "0010_read_indexes.sql",
         include_str!("../../../schemas/migrations/0010_read_indexes.sql"),
+    ),
+    (
+        "0011_limits.sql",
+        include_str!("../../../schemas/migrations/0011_limits.sql"),
     ),
 ];
 
