@@ -1,7 +1,7 @@
 //! The control channel: one LISTEN connection per worker, for the notifications that steer
 //! it (`warren_due` wakes the promoter, `warren_cancel` stops a running job, `warren_pause`
-//! pauses or resumes a queue), with the rows read back whenever a notification may have been
-//! missed.
+//! pauses or resumes a queue, `warren_limits` re-reads the fleet-wide limits), with the rows
+//! read back whenever a notification may have been missed.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -23,11 +23,11 @@ pub(crate) type PausedQueues = BTreeSet<String>;
 const PAUSES_REREAD: Duration = Duration::from_secs(5);
 
 /// One LISTEN connection for the whole worker: `warren_due` wakes the promoter,
-/// `warren_cancel` fires the token of a job running here, and `warren_pause` makes it re-read
-/// the paused queues. A NOTIFY sent while the connection is down is lost, so every time it is
-/// (re)established the running jobs' cancel requests and the paused queues are read back (the
-/// heartbeat reads cancel requests too, and the pauses are re-read every few seconds, as safety
-/// nets).
+/// `warren_cancel` fires the token of a job running here, `warren_pause` makes it re-read
+/// the paused queues and `warren_limits` the limits. A NOTIFY sent while the connection is down is lost, so every time it is
+/// (re)established the running jobs' cancel requests, the paused queues and the limits are
+/// read back (the heartbeat reads cancel requests too, and the pauses and limits are re-read
+/// every few seconds, as safety nets).
 pub(crate) async fn notification_loop(
     store: Store,
     executor: Arc<Executor>,
@@ -35,13 +35,13 @@ pub(crate) async fn notification_loop(
     paused: watch::Sender<PausedQueues>,
     stop: CancellationToken,
 ) {
-    use warren_store::{CANCEL_CHANNEL, DUE_CHANNEL, PAUSE_CHANNEL};
+    use warren_store::{CANCEL_CHANNEL, DUE_CHANNEL, LIMITS_CHANNEL, PAUSE_CHANNEL};
     let mut degraded = false;
     let mut reread = tokio::time::interval(PAUSES_REREAD);
     reread.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !stop.is_cancelled() {
         let listening = tokio::select! {
-            l = store.listen(&[DUE_CHANNEL, CANCEL_CHANNEL, PAUSE_CHANNEL]) => l,
+            l = store.listen(&[DUE_CHANNEL, CANCEL_CHANNEL, PAUSE_CHANNEL, LIMITS_CHANNEL]) => l,
             () = stop.cancelled() => break,
         };
         let mut listener = match listening {
@@ -52,7 +52,10 @@ pub(crate) async fn notification_loop(
                     degraded = true;
                 }
                 tokio::select! {
-                    () = refresh_pauses(&store, &paused) => {}
+                    () = async {
+                        refresh_pauses(&store, &paused).await;
+                        executor.limits.refresh().await;
+                    } => {}
                     () = stop.cancelled() => break,
                 }
                 tokio::select! {
@@ -69,6 +72,7 @@ pub(crate) async fn notification_loop(
             () = async {
                 apply_cancel_requests(&store, &executor).await;
                 refresh_pauses(&store, &paused).await;
+                executor.limits.refresh().await;
             } => {}
             () = stop.cancelled() => break,
         }
@@ -79,6 +83,7 @@ pub(crate) async fn notification_loop(
                 n = listener.recv() => n,
                 _ = reread.tick() => {
                     refresh_pauses(&store, &paused).await;
+                    executor.limits.refresh().await;
                     continue;
                 }
                 () = stop.cancelled() => return,
@@ -86,6 +91,7 @@ pub(crate) async fn notification_loop(
             match notification {
                 Ok(n) if n.channel == DUE_CHANNEL => due.notify_one(),
                 Ok(n) if n.channel == PAUSE_CHANNEL => refresh_pauses(&store, &paused).await,
+                Ok(n) if n.channel == LIMITS_CHANNEL => executor.limits.refresh().await,
                 Ok(n) => match n.payload.parse::<warren_core::JobId>() {
                     Ok(id) => executor.cancels.cancel(id),
                     Err(e) => {

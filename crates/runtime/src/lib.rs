@@ -31,6 +31,7 @@ mod gauges;
 mod health;
 mod heartbeat;
 mod intake;
+mod limits;
 pub mod observe;
 mod promoter;
 mod reconciler;

@@ -52,6 +52,8 @@ pub(crate) struct Running {
 
 /// The worker's background tasks, each supervised.
 pub(crate) struct Background {
+    /// Gives back limit slots; ends once the jobs holding them are done.
+    pub(crate) limits: Supervised,
     pub(crate) heartbeat: Supervised,
     pub(crate) control: Supervised,
     pub(crate) promoter: Option<Supervised>,
@@ -137,6 +139,7 @@ impl Running {
         // ends once the executor (its last sender) is gone.
         drop(self.executor);
         let Background {
+            limits,
             heartbeat,
             control,
             promoter,
@@ -148,6 +151,7 @@ impl Running {
             (heartbeat, "stopping the heartbeat"),
             (control, "closing the LISTEN connection"),
             (cleaner, "stopping the cleaner"),
+            (limits, "giving back limit slots"),
         ] {
             task.join_until(closing, what).await;
         }

@@ -19,6 +19,7 @@ use crate::consumer::consume_loop;
 use crate::control::{PausedQueues, notification_loop};
 use crate::executor::{Cancels, Counters, Executor};
 use crate::heartbeat::heartbeat_loop;
+use crate::limits::Limiter;
 use crate::registry::{Registry, TaskOptions};
 use crate::shutdown::{Background, Running};
 use crate::supervise::{Fatal, Supervised};
@@ -459,6 +460,13 @@ impl Worker {
         };
         let (recorder, recorder_task) = Recorder::spawn(store.clone(), cfg.recorder);
         let hard_stop = CancellationToken::new();
+        // Read before consuming, like the pauses: no job starts past a limit set earlier.
+        let limits = Arc::new(Limiter::new(
+            store.clone(),
+            Arc::from(cfg.worker_id.as_str()),
+            cfg.heartbeat_interval,
+        ));
+        limits.set(store.limits().await?);
         let executor = Arc::new(Executor {
             registry: self.registry,
             job_span: self.job_span,
@@ -472,6 +480,7 @@ impl Worker {
             hard_stop: hard_stop.clone(),
             counters: Counters::default(),
             cancels: Cancels::default(),
+            limits,
         });
         // Read before consuming, so that a worker started while a queue is paused honours it.
         let paused: PausedQueues = store
@@ -627,7 +636,14 @@ fn spawn_background(
         let run = promoter.run(shared.stop.clone());
         Supervised::spawn("promoter", run, shared.fatal.clone())
     });
+    let limits = crate::limits::keeper_loop(
+        shared.executor.limits.clone(),
+        cfg.heartbeat_interval,
+        shared.jobs.clone(),
+        shared.stop.clone(),
+    );
     Background {
+        limits: Supervised::spawn("limits", limits, shared.fatal.clone()),
         control: Supervised::spawn("control", control, shared.fatal.clone()),
         heartbeat: Supervised::spawn("heartbeat", heartbeat, shared.fatal.clone()),
         promoter,

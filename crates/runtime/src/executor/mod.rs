@@ -39,6 +39,8 @@ pub(crate) struct Counters {
     pub(crate) retried: AtomicU64,
     pub(crate) dead: AtomicU64,
     pub(crate) skipped: AtomicU64,
+    /// Deliveries deferred because a limit was reached (not attempts).
+    pub(crate) deferred: AtomicU64,
     pub(crate) unrecorded: AtomicU64,
     /// Outcomes the recorder's fence discarded: attempts that ran again for nothing.
     pub(crate) duplicates: AtomicU64,
@@ -61,6 +63,8 @@ pub(crate) struct Executor {
     pub(crate) hard_stop: CancellationToken,
     pub(crate) counters: Counters,
     pub(crate) cancels: Cancels,
+    /// The fleet-wide limits, as this worker applies them.
+    pub(crate) limits: Arc<crate::limits::Limiter>,
 }
 
 impl Executor {

@@ -6,9 +6,10 @@ use std::time::Duration;
 use warren_broker::Delivery;
 use warren_core::message::HEADER_ATTEMPT;
 use warren_core::{DecodeError, DecodeReason, ErrorChain, JobMessage, QueueName};
-use warren_store::{Claim, JobProgress, RecordRow};
+use warren_store::{Claim, Deferral, JobProgress, RecordRow};
 
 use super::Executor;
+use crate::limits::{Admission, Permits};
 use crate::registry::Registered;
 
 /// What pre-flight decided.
@@ -25,6 +26,9 @@ pub(super) struct Ready {
     pub(super) registered: Registered,
     pub(super) row: RecordRow,
     pub(super) timeout: Duration,
+    /// The limits' slots this attempt holds, handed back when it is dropped, after the
+    /// outcome is recorded.
+    pub(super) _permits: Permits,
 }
 
 /// A message that names a job but can never run.
@@ -98,6 +102,10 @@ impl Executor {
                 .await;
             return Preflight::Settled;
         }
+        // Before the row is made: its start time is when the limits let the job start.
+        let Some(permits) = self.limit(queue, delivery, message, max_attempts).await else {
+            return Preflight::Settled;
+        };
         let row = RecordRow::attempt(
             message,
             queue.as_str(),
@@ -112,6 +120,7 @@ impl Executor {
             registered,
             row,
             timeout,
+            _permits: permits,
         }))
     }
 
@@ -193,6 +202,83 @@ impl Executor {
                 self.reject(queue, delivery, unrunnable(message, reason))
                     .await;
                 false
+            }
+        }
+    }
+}
+
+impl Executor {
+    /// Whether the job's limits let it start now. Jobs under no limit pass at the cost of
+    /// one atomic load. One over a limit is deferred: kept as a `scheduled` row (its attempt
+    /// not counted) that the promoter republishes when a slot or token is expected, and its
+    /// delivery acked once that row is committed. Returns `None` when the delivery is settled.
+    async fn limit(
+        &self,
+        queue: &QueueName,
+        delivery: &Delivery,
+        message: &JobMessage,
+        max_attempts: u32,
+    ) -> Option<Permits> {
+        if self.limits.unlimited(message.task.as_str(), queue.as_str()) {
+            return Some(Permits::default());
+        }
+        let admitted = self
+            .through_outage("taking a limit's slot or token", &self.hard_stop, || {
+                self.limits
+                    .admit(message.task.as_str(), queue.as_str(), &message.payload)
+            })
+            .await;
+        let wait = match admitted {
+            Ok(Some(Admission::Run(permits))) => return Some(permits),
+            Ok(Some(Admission::Wait(wait))) => wait,
+            // The hard stop ended the wait: the delivery returns to the broker unsettled.
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(error = %ErrorChain(&e), "cannot apply the job's limits; running it without them");
+                return Some(Permits::default());
+            }
+        };
+        let run_at = chrono::Utc::now()
+            + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::zero());
+        let deferral = Deferral {
+            id: message.id,
+            queue: queue.to_string(),
+            task: message.task.to_string(),
+            payload: message.payload.get().to_owned(),
+            attempt: message.attempt,
+            max_attempts,
+            timeout_ms: message.timeout_ms,
+            run_at,
+            enqueued_at: message.enqueued_at,
+            idempotency_key: message.idempotency_key.clone(),
+            traceparent: message.traceparent.clone(),
+            worker_id: self.worker_id.to_string(),
+        };
+        let deferred = self
+            .through_outage("deferring a job over its limit", &self.hard_stop, || {
+                self.store.defer(&deferral)
+            })
+            .await;
+        match deferred {
+            Ok(Some(written)) => {
+                if written {
+                    tracing::debug!(
+                        wait_ms = wait.as_millis() as u64,
+                        "over its limit; deferred"
+                    );
+                    self.counters.deferred.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    tracing::info!("job already past this attempt; not running it again");
+                    self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+                }
+                self.ack(delivery).await;
+                None
+            }
+            Ok(None) => None,
+            Err(e) => {
+                // A row Postgres refuses (say, a key another job holds) must not lose the job.
+                tracing::warn!(error = %ErrorChain(&e), "cannot defer the job over its limit; running it now");
+                Some(Permits::default())
             }
         }
     }
