@@ -18,6 +18,7 @@ mod dlq;
 mod enqueue;
 mod exit;
 mod jobs;
+mod limits;
 mod logs;
 mod management;
 mod migrate;
@@ -42,6 +43,7 @@ pub use jobs::{
     BulkFlags, CancelArgs, FilterArgs, JobsCommand, ListArgs, Refused, RetryArgs, ShowArgs,
     SummaryArgs,
 };
+pub use limits::LimitsCommand;
 pub use logs::{LogWriter, log_writer};
 pub use migrate::MigrateArgs;
 pub use output::ColourChoice;
@@ -55,12 +57,12 @@ pub use workers::{PruneArgs, WorkersArgs, WorkersCommand};
 const LONG_ABOUT: &str = "\
 Administers Warren: applies database migrations, enqueues jobs, lists them and shows what
 happened to them, retries or cancels them one by one or in bulk, groups dead jobs, lists,
-declares, pauses, resumes and purges queues, manages periodic schedules, lists workers, prunes old finished jobs, and
+declares, pauses, resumes and purges queues, manages periodic schedules and fleet-wide limits, lists workers, prunes old finished jobs, and
 shows it all live (`top`).
 
 Settings come from flags or WARREN_* environment variables. Each command needs only the service
 it talks to: --amqp-url for `enqueue`, `queues` and `dlq`, --database-url for `migrate`, `jobs`,
-`dead`, `stats`, `prune`, `schedules` and `workers`.
+`dead`, `stats`, `prune`, `schedules`, `limits` and `workers`.
 
 Exit status:
   0  success
@@ -68,7 +70,8 @@ Exit status:
   2  bad usage or input; nothing was done
   3  not found (`jobs show`, `cancel` or `retry` of an id with no row; `dlq show` past the
      end of the parking queue; `queues show` or `queues purge` of an unknown queue;
-     `schedules show`, `remove`, `pause` or `resume` of an unknown schedule)
+     `schedules show`, `remove`, `pause` or `resume` of an unknown schedule; `limits remove`
+     of a target without a limit)
   4  refused: the job's state does not allow it (retry of a succeeded job, cancel of a
      finished one)
   130  a bulk retry, cancel, prune or purge was interrupted by Ctrl-C (committed batches stay
@@ -79,6 +82,7 @@ Examples:
   warren dead
   warren dead retry --task email.send --error-contains timeout --yes
   warren schedules add cleanup --cron '0 */5 * * * *' --task cleanup.run --payload '{}'
+  warren limits set email.send --rate 20/s
   warren workers";
 
 /// Warren's admin command line.
@@ -114,6 +118,9 @@ pub enum Command {
     /// Periodic jobs: add, list, show, remove, pause and resume cron schedules.
     #[command(subcommand)]
     Schedules(SchedulesCommand),
+    /// Fleet-wide concurrency and rate limits on a task or queue: set, list, remove.
+    #[command(subcommand)]
+    Limits(LimitsCommand),
     /// Parked dead letters (no readable job id): list, show, replay or purge them.
     #[command(
         subcommand,
@@ -154,6 +161,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Command::Queues(command) => queues::run(command, &connection).await,
         Command::Workers(args) => workers::run(args, &connection).await,
         Command::Schedules(command) => schedules::run(command, &connection).await,
+        Command::Limits(command) => limits::run(command, &connection).await,
         Command::Dlq(command) => dlq::run(command, &connection).await,
         Command::Dead(args) => dead::run(args, &connection).await,
         Command::Stats(args) => stats::run(args, &connection).await,

@@ -134,6 +134,14 @@ async fn list(
     };
     let mut management = connection.management().await;
     let lines = queue_lines(&store, &broker, &mut management, only.as_ref()).await;
+    // Which tasks and queues have a fleet-wide limit, and how long their jobs waited in the
+    // last hour, for people (`warren limits list --json` and `warren stats --json` have it
+    // for scripts). A failed read only leaves the note out.
+    let limited = if json {
+        None
+    } else {
+        crate::limits::limited_note(&store).await
+    };
     store.close().await;
     broker.close().await;
     let lines = lines?;
@@ -154,7 +162,9 @@ async fn list(
     if json {
         emit_json(&lines)
     } else {
-        emit(&render_lines(&lines))
+        let mut text = render_lines(&lines);
+        text.push_str(limited.as_deref().unwrap_or_default());
+        emit(&text)
     }
 }
 

@@ -9,7 +9,7 @@ use anyhow::Context;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 use warren_core::duration::parse_duration;
-use warren_store::{MinuteCounts, TaskStats};
+use warren_store::{LimitWait, MinuteCounts, TaskStats};
 
 use crate::connection::ConnectionArgs;
 use crate::exit::Usage;
@@ -26,7 +26,10 @@ On a terminal a sparkline under the table shows the jobs finished per minute.
 
 --json prints {\"since\", \"tasks\": [{\"task\", \"queue\", \"succeeded\", \"retried\", \"dead\",
 \"wait_p50_ms\", ..., \"run_p99_ms\"}], \"throughput\": [{\"minute\", \"succeeded\", \"retried\",
-\"dead\", \"cancelled\"}]}, one throughput entry per minute of the window, oldest first.";
+\"dead\", \"cancelled\"}], \"limit_waits\": [{\"task\", \"deferred_jobs\", \"deferrals\",
+\"avg_wait_ms\", \"max_wait_ms\"}]}, one throughput entry per minute of the window, oldest first;
+limit_waits lists the tasks whose jobs (enqueued in the window) waited for a fleet-wide limit
+(`warren limits`), with the time the limits deferred them by.";
 
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = STATS_HELP)]
@@ -60,10 +63,15 @@ pub(crate) async fn run(args: StatsArgs, connection: &ConnectionArgs) -> anyhow:
             .throughput(since)
             .await
             .context("reading the throughput per minute")?;
+        let limit_waits = store
+            .limit_waits(since)
+            .await
+            .context("reading the waits for limits")?;
         anyhow::Ok(Stats {
             since,
             tasks,
             throughput,
+            limit_waits,
         })
     }
     .await;
@@ -73,6 +81,7 @@ pub(crate) async fn run(args: StatsArgs, connection: &ConnectionArgs) -> anyhow:
         return emit_json(&stats);
     }
     let mut text = render(&stats.tasks);
+    text.push_str(&render_limit_waits(&stats.limit_waits));
     // A sparkline is for a person looking at a terminal; a pipe gets the table alone.
     if std::io::stdout().is_terminal()
         && let Some(line) = throughput_line(&stats.throughput, SPARKLINE_WIDTH)
@@ -91,6 +100,30 @@ struct Stats {
     tasks: Vec<TaskStats>,
     /// One entry per minute from `since` to now, oldest first.
     throughput: Vec<MinuteCounts>,
+    /// Per task, how its jobs enqueued in the window waited for limits (tasks with a wait).
+    limit_waits: Vec<LimitWait>,
+}
+
+/// The tasks whose jobs waited for a fleet-wide limit, and how long; nothing when none did.
+fn render_limit_waits(waits: &[LimitWait]) -> String {
+    if waits.is_empty() {
+        return String::new();
+    }
+    let mut table = Table::new(&[
+        ("LIMITED TASK", Align::Left),
+        ("JOBS WAITED", Align::Right),
+        ("DEFERRALS", Align::Right),
+        ("WAIT avg/max", Align::Right),
+    ]);
+    for w in waits {
+        table.row(vec![
+            printable_line(&w.task).into_owned(),
+            w.deferred_jobs.to_string(),
+            w.deferrals.to_string(),
+            format!("{}ms/{}ms", w.avg_wait_ms, w.max_wait_ms),
+        ]);
+    }
+    format!("\n{}", table.render())
 }
 
 /// Blocks in the sparkline at most, so that it fits an 80-column terminal with room to spare;
