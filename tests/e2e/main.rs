@@ -11,6 +11,7 @@ mod deploy_manifests;
 mod faults;
 mod fencing;
 mod idempotency;
+mod limits;
 mod metrics;
 mod migrations;
 mod outages;
