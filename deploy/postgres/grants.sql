@@ -7,3 +7,5 @@ GRANT SELECT, INSERT, UPDATE ON warren_jobs, warren_workers TO warren_worker;
 GRANT SELECT ON warren_migrations, warren_queue_pauses TO warren_worker;
 GRANT DELETE ON warren_jobs TO warren_worker;
 GRANT SELECT, INSERT, UPDATE ON warren_schedules TO warren_worker;
+GRANT SELECT ON warren_limits TO warren_worker;
+GRANT SELECT, INSERT, UPDATE, DELETE ON warren_limit_leases, warren_limit_buckets TO warren_worker;
