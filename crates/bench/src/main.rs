@@ -12,6 +12,7 @@ mod admin_reads;
 mod ceiling;
 mod end_to_end;
 mod http;
+mod limits;
 mod promotion;
 mod report;
 mod retry_path;
@@ -118,6 +119,16 @@ async fn run(settings: &Settings) -> anyhow::Result<Report<'_>> {
             settings,
             phases: vec![http],
         });
+    }
+    if settings.limits {
+        let phases = Sandbox::create(settings, run_id, "limits", true)
+            .await?
+            .run(limit, &shutdown, async |s, stop| {
+                limits::measure(settings, s, stop).await
+            })
+            .await
+            .context("limits phase")?;
+        return Ok(Report { settings, phases });
     }
     let ceiling = Sandbox::create(settings, run_id, "ceiling", false)
         .await?

@@ -72,11 +72,17 @@ pub(crate) struct Args {
     /// it is compared with (`--http` only).
     #[arg(long, env = "WARREN_BENCH_HTTP_BATCH", default_value_t = 100)]
     pub(crate) http_batch: usize,
+
     /// With --admin-rows: seed into database NAME (on the --database-url server) and keep it,
     /// instead of a throwaway one. A later run with the same NAME and row count only migrates
     /// it and times the queries, skipping the minutes of seeding.
     #[arg(long, env = "WARREN_BENCH_ADMIN_DATABASE", value_name = "NAME")]
     pub(crate) admin_database: Option<String>,
+
+    /// Instead of the default phases, run the limits scenario: a rate-limited task beside an
+    /// unlimited one on the same queue (docs/limits.md, "Cost, measured").
+    #[arg(long, env = "WARREN_BENCH_LIMITS", conflicts_with_all = ["admin_rows", "http"])]
+    pub(crate) limits: bool,
 
     /// Also print the results as one JSON line after the table.
     #[arg(long, env = "WARREN_BENCH_JSON")]
@@ -102,6 +108,8 @@ pub(crate) struct Settings {
     pub(crate) http_batch: usize,
     /// Where the admin reads keep their seeded rows between runs, if anywhere.
     pub(crate) admin_database: Option<String>,
+    /// Run the limits scenario instead of the default phases.
+    pub(crate) limits: bool,
     /// Cores the operating system gives this process; printed with the results because the
     /// broker, the database and the benchmark all share them.
     pub(crate) cores: usize,
@@ -166,6 +174,7 @@ impl Args {
             http: self.http,
             http_batch: self.http_batch,
             admin_database: self.admin_database,
+            limits: self.limits,
             cores: std::thread::available_parallelism().map_or(1, usize::from),
         })
     }
