@@ -86,17 +86,21 @@ CREATE FUNCTION warren_limit_take(p_target text, p_key text, p_want integer,
                                   OUT granted integer, OUT next_ms bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
-    now_ timestamptz := clock_timestamp();
+    now_ timestamptz;
     have double precision;
+    refilled timestamptz;
 BEGIN
     INSERT INTO warren_limit_buckets (target, key, tokens, refilled_at)
-    VALUES (p_target, p_key, p_burst, now_)
+    VALUES (p_target, p_key, p_burst, clock_timestamp())
     ON CONFLICT (target, key) DO NOTHING;
-    SELECT LEAST(p_burst, b.tokens + GREATEST(0, extract(epoch FROM now_ - b.refilled_at)) * p_per_sec)
-      INTO have
+    SELECT b.tokens, b.refilled_at INTO have, refilled
       FROM warren_limit_buckets b
      WHERE b.target = p_target AND b.key = p_key
        FOR UPDATE;
+    -- The clock is read once the row is locked: read before, a caller that waited for the
+    -- lock would set refilled_at back in time and the next one would refill that time twice.
+    now_ := GREATEST(clock_timestamp(), refilled);
+    have := LEAST(p_burst, have + extract(epoch FROM now_ - refilled) * p_per_sec);
     granted := GREATEST(0, LEAST(p_want, floor(have)::integer));
     UPDATE warren_limit_buckets SET tokens = have - granted, refilled_at = now_
      WHERE target = p_target AND key = p_key;
