@@ -284,17 +284,8 @@ pub(crate) async fn open_connection(
         endpoint: endpoint.clone(),
         source: Box::new(source),
     })?;
-    // Lapin's default reconnect backoff doubles from 1 s up to 60 s: after a broker restart
-    // of about ten seconds, the next attempt came only some 15 s after the kill (measured in
-    // the fault lab). At most 2 s between attempts, over about the same eleven minutes in
-    // all (330 attempts), brings a recovered broker's clients back within 2 s.
     let props = ConnectionProperties::default()
         .with_connection_name(format!("{} {role}", config.connection_name).into())
-        .configure_backoff(|backoff| {
-            backoff
-                .with_max_delay(RECONNECT_MAX_DELAY)
-                .with_max_times(RECONNECT_ATTEMPTS)
-        })
         .enable_auto_recover();
     let nodes = Arc::new(Nodes {
         next: AtomicUsize::new(start),
@@ -345,13 +336,6 @@ pub(crate) async fn open_connection(
         source: Box::new(source),
     })
 }
-
-/// The longest pause between two reconnect attempts of a lost connection.
-const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
-
-/// Reconnect attempts before a lost connection is given up (and a consumer reopens one of
-/// its own): about eleven minutes at [`RECONNECT_MAX_DELAY`].
-const RECONNECT_ATTEMPTS: usize = 330;
 
 /// Checks at once whether anything listens at `uri` (and, for `amqps://`, whether its
 /// certificate is accepted): lapin's reconnect backoff, meant for recovering an established
