@@ -8,6 +8,7 @@ mod broker_accounts;
 mod consumer_timeout;
 mod crash_loop;
 mod deploy_manifests;
+mod fault_lab;
 mod faults;
 mod fencing;
 mod idempotency;

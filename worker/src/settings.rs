@@ -25,7 +25,9 @@ pub enum LogFormat {
 #[derive(Debug, Parser)]
 #[command(name = "warren-worker", version)]
 pub struct Args {
-    /// RabbitMQ URL, e.g. amqp://user:pass@127.0.0.1:5672/%2f
+    /// RabbitMQ URL, e.g. amqp://user:pass@127.0.0.1:5672/%2f; or the comma-separated URLs
+    /// of a cluster's nodes (same user, password and vhost), tried in turn and failed over
+    /// between when a node is lost
     #[arg(long, env = "WARREN_AMQP_URL", hide_env_values = true)]
     pub amqp_url: String,
 

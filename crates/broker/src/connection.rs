@@ -1,74 +1,16 @@
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::tcp::{AMQPUriTcpExt, OwnedTLSConfig};
 use lapin::types::FieldTable;
 use lapin::uri::{AMQPScheme, AMQPUri};
-use lapin::{Connect, Connection, ConnectionProperties};
+use lapin::{Connection, ConnectionProperties};
 use warren_core::QueueName;
 
-use crate::{Consumer, Error, Publisher, Topology};
-
-/// How to reach RabbitMQ. Built by binaries from flags; libraries never read the environment.
-#[derive(Clone)]
-pub struct BrokerConfig {
-    /// `amqp://user:pass@host:port/vhost`. Never logged: `Debug` and [`BrokerConfig::redacted_url`]
-    /// hide the password.
-    pub url: String,
-    /// Shown in RabbitMQ's connection list, e.g. `warren-worker@host/1234`.
-    pub connection_name: String,
-    /// The namespace and queue settings; every party of one deployment must agree on it.
-    pub topology: Topology,
-    /// How long to wait for one publisher confirm before reporting the outcome unknown.
-    pub confirm_timeout: Duration,
-    /// AMQP heartbeat, unless the URL sets one. Dead peers are noticed within about twice it.
-    pub heartbeat: Duration,
-    /// TCP and handshake timeout, unless the URL sets one.
-    pub connect_timeout: Duration,
-    /// PEM file of the CA certificates (one or more) that sign the broker's certificate, for
-    /// an `amqps://` URL and a private CA; trusted in addition to the system's roots. With or
-    /// without it, `amqps://` verifies the certificate chain and that it names the URL's host.
-    pub ca_file: Option<PathBuf>,
-}
-
-impl BrokerConfig {
-    /// A config for `url` with the defaults: connection name `warren`, the default topology,
-    /// a 30 s confirm timeout, a 10 s heartbeat, a 10 s connect timeout and no extra CA.
-    /// Nothing is checked or connected until [`Broker::connect`].
-    pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            connection_name: "warren".to_owned(),
-            topology: Topology::default(),
-            confirm_timeout: Duration::from_secs(30),
-            heartbeat: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(10),
-            ca_file: None,
-        }
-    }
-
-    /// The URL with its password (and any secret query parameter) replaced by `***`, safe
-    /// for logs and errors; see `warren_core::redact`.
-    pub fn redacted_url(&self) -> String {
-        warren_core::redact::redact_url(&self.url)
-    }
-}
-
-impl fmt::Debug for BrokerConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BrokerConfig")
-            .field("url", &self.redacted_url())
-            .field("connection_name", &self.connection_name)
-            .field("topology", &self.topology)
-            .field("confirm_timeout", &self.confirm_timeout)
-            .field("heartbeat", &self.heartbeat)
-            .field("ca_file", &self.ca_file)
-            .finish()
-    }
-}
+use crate::{BrokerConfig, Consumer, Error, Publisher, Topology};
 
 /// Ready and consumer counts of a queue, as a passive declare reports them. Messages delivered
 /// but not yet acked are not counted.
@@ -299,47 +241,90 @@ impl Broker {
 
 /// Opens one AMQP connection with auto-recovery, named `<connection_name> <role>` in the
 /// broker's connection list.
+///
+/// With a list of URLs (the nodes of one cluster), the first node that answers is used, and
+/// every reconnect of the auto-recovery tries the nodes in turn starting with the one after
+/// the node last connected to: a connection lost because its node died lands on another node
+/// at the first attempt, and the dead node is tried last.
 pub(crate) async fn open_connection(
     config: &BrokerConfig,
     role: &str,
 ) -> Result<Connection, Error> {
-    let uri = amqp_uri(config)?;
-    let endpoint = endpoint(&uri);
-    // Find out at once whether anything listens there: lapin's reconnect backoff, meant
-    // for recovering an established connection, would otherwise retry a refused first
-    // connection until the timeout and then only say that nothing answered.
-    let addr = (uri.authority.host.clone(), uri.authority.port);
-    let tcp = tokio::net::TcpStream::connect(addr);
-    probe(config, &endpoint, tcp, |source| Error::Unreachable {
-        endpoint: endpoint.clone(),
-        source,
-    })
-    .await?;
-    let tls = tls_config(config, &uri)?;
+    let uris = config.endpoints()?;
+    let tls = uris
+        .iter()
+        .map(|uri| tls_config(config, uri))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut first_reachable = None;
+    let mut refusal = None;
+    for (index, uri) in uris.iter().enumerate() {
+        match reach(config, uri, &tls[index]).await {
+            Ok(()) => {
+                first_reachable = Some(index);
+                break;
+            }
+            Err(e) => {
+                if uris.len() > 1 {
+                    tracing::warn!(node = %endpoint(uri), error = %warren_core::ErrorChain(&e), "broker node unreachable; trying the next of the list");
+                }
+                refusal = Some(e);
+            }
+        }
+    }
+    let Some(start) = first_reachable else {
+        // `endpoints` returns at least one URL, so some node was tried and refused.
+        return Err(refusal.unwrap_or_else(|| Error::Url {
+            url: config.redacted_url(),
+            reason: "no broker URL given".to_owned(),
+        }));
+    };
+    let primary = uris[start].clone();
+    let endpoint = endpoint(&primary);
     let runtime = lapin::runtime::default_runtime().map_err(|source| Error::Connect {
         endpoint: endpoint.clone(),
         source: Box::new(source),
     })?;
-    // The same for the TLS handshake: lapin retries a failed one too, and would report only
-    // the timeout, not the certificate it refused.
-    if uri.scheme == AMQPScheme::AMQPS {
-        let handshake = uri.connect_with_config_async(tls.as_ref(), &runtime);
-        probe(config, &endpoint, handshake, |source| Error::Tls {
-            endpoint: endpoint.clone(),
-            ca_file: config.ca_file.clone(),
-            source,
-        })
-        .await?;
-    }
     let props = ConnectionProperties::default()
         .with_connection_name(format!("{} {role}", config.connection_name).into())
         .enable_auto_recover();
+    let nodes = Arc::new(Nodes {
+        next: AtomicUsize::new(start),
+        uris,
+        tls,
+        timeout: config.connect_timeout,
+    });
     // amqps:// is verified by lapin's rustls connector: the chain must lead to a system root
     // (rustls-native-certs) or to the CA file, and the certificate must name the URL's host.
-    // The same TLS settings serve auto-recovery's reconnects.
+    // The same TLS settings serve auto-recovery's reconnects. Lapin calls this for the first
+    // connection and for every reconnect (and retries it with its backoff); the URL it passes
+    // is `primary`, whose credentials and vhost every node shares.
+    let connect = async move |_primary, runtime| {
+        let mut failure = None;
+        for index in nodes.order() {
+            let uri = &nodes.uris[index];
+            let attempt = uri.connect_with_config_async(nodes.tls[index].as_ref(), &runtime);
+            match tokio::time::timeout(nodes.timeout, attempt).await {
+                Ok(Ok(stream)) => {
+                    nodes.connected(index);
+                    return Ok(stream);
+                }
+                Ok(Err(e)) => failure = Some(e),
+                Err(_) => {
+                    failure = Some(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer within {:?}", nodes.timeout),
+                    ))
+                }
+            }
+            nodes.failed(index, failure.as_ref());
+        }
+        Err(lapin::Error::from(
+            failure.unwrap_or_else(|| std::io::Error::other("no broker URL")),
+        ))
+    };
     tokio::time::timeout(
         config.connect_timeout,
-        uri.connect_with_config(props, tls, runtime),
+        Connection::connector(primary, runtime, connect, props),
     )
     .await
     .map_err(|_| Error::ConnectTimeout {
@@ -352,20 +337,68 @@ pub(crate) async fn open_connection(
     })
 }
 
-/// The configured URL, with the configured heartbeat and connect timeout filled in where the
-/// URL does not set its own.
-fn amqp_uri(config: &BrokerConfig) -> Result<AMQPUri, Error> {
-    let mut uri: AMQPUri = config.url.parse().map_err(|reason: String| Error::Url {
-        url: config.redacted_url(),
-        reason,
-    })?;
-    if uri.query.heartbeat.is_none() {
-        uri.query.heartbeat = Some(config.heartbeat.as_secs().clamp(1, 600) as u16);
+/// Checks at once whether anything listens at `uri` (and, for `amqps://`, whether its
+/// certificate is accepted): lapin's reconnect backoff, meant for recovering an established
+/// connection, would otherwise retry a refused first connection until the timeout and then
+/// only say that nothing answered; lapin also retries a failed TLS handshake and would report
+/// only the timeout, not the certificate it refused.
+async fn reach(config: &BrokerConfig, uri: &AMQPUri, tls: &OwnedTLSConfig) -> Result<(), Error> {
+    let endpoint = endpoint(uri);
+    let addr = (uri.authority.host.clone(), uri.authority.port);
+    let tcp = tokio::net::TcpStream::connect(addr);
+    probe(config, &endpoint, tcp, |source| Error::Unreachable {
+        endpoint: endpoint.clone(),
+        source,
+    })
+    .await?;
+    if uri.scheme == AMQPScheme::AMQPS {
+        let runtime = lapin::runtime::default_runtime().map_err(|source| Error::Connect {
+            endpoint: endpoint.clone(),
+            source: Box::new(source),
+        })?;
+        let handshake = uri.connect_with_config_async(tls.as_ref(), &runtime);
+        probe(config, &endpoint, handshake, |source| Error::Tls {
+            endpoint: endpoint.clone(),
+            ca_file: config.ca_file.clone(),
+            source,
+        })
+        .await?;
     }
-    if uri.query.connection_timeout.is_none() {
-        uri.query.connection_timeout = Some(config.connect_timeout.as_millis() as u64);
+    Ok(())
+}
+
+/// The nodes of a URL list as one connection's transport sees them, and which to try first.
+struct Nodes {
+    uris: Vec<AMQPUri>,
+    tls: Vec<OwnedTLSConfig>,
+    /// The node the next (re)connect tries first.
+    next: AtomicUsize,
+    /// How long one node gets to accept the connection before the next is tried.
+    timeout: Duration,
+}
+
+impl Nodes {
+    /// Every node once, starting with `next`.
+    fn order(&self) -> impl Iterator<Item = usize> + use<> {
+        let count = self.uris.len();
+        let start = self.next.load(Ordering::Relaxed) % count;
+        (0..count).map(move |step| (start + step) % count)
     }
-    Ok(uri)
+
+    /// `index` accepted a connection: the reconnect after its loss starts with the next node.
+    fn connected(&self, index: usize) {
+        let count = self.uris.len();
+        if count > 1 {
+            self.next.store((index + 1) % count, Ordering::Relaxed);
+            tracing::info!(node = %endpoint(&self.uris[index]), "connected to broker node");
+        }
+    }
+
+    fn failed(&self, index: usize, error: Option<&std::io::Error>) {
+        if self.uris.len() > 1 {
+            tracing::warn!(node = %endpoint(&self.uris[index]), error = ?error, "broker node unreachable; trying the next of the list");
+        }
+    }
 }
 
 /// `host:port`, and the vhost when it is not the default: how errors name the broker. It
@@ -464,18 +497,6 @@ fn is_not_found(e: &lapin::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_never_show() {
-        let redact = |url: &str| BrokerConfig::new(url).redacted_url();
-        assert_eq!(
-            redact("amqp://guest:secret@h:5672/%2f"),
-            "amqp://guest:***@h:5672/%2f"
-        );
-        assert_eq!(redact("amqp://h:5672"), "amqp://h:5672");
-        let cfg = BrokerConfig::new("amqp://u:p4ss@h/v");
-        assert!(!format!("{cfg:?}").contains("p4ss"));
-    }
 
     #[tokio::test]
     async fn a_url_that_does_not_parse_is_not_echoed() {

@@ -1,4 +1,6 @@
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_lite::StreamExt;
 use lapin::options::{
@@ -37,6 +39,9 @@ pub struct Consumer {
     channel: Channel,
     /// The subscription; `None` while paused ([`Consumer::pause`]).
     inner: Option<lapin::Consumer>,
+    /// False while the connection under the subscription is lost and being recovered or
+    /// reopened; see [`Consumer::liveness`].
+    live: Arc<AtomicBool>,
 }
 
 /// Deliveries read cleanly, in a row, that end careful mode. Quorum queues hand returned
@@ -75,7 +80,15 @@ impl Consumer {
             connection,
             channel,
             inner,
+            live: Arc::new(AtomicBool::new(true)),
         })
+    }
+
+    /// A flag that is false while this consumer has lost its connection and is recovering
+    /// or reopening it (no deliveries can arrive), and true otherwise, including while
+    /// deliberately paused. For health checks, which cannot wait for [`Consumer::next`].
+    pub fn liveness(&self) -> Arc<AtomicBool> {
+        self.live.clone()
     }
 
     /// The next delivery, or `None` once the consumer is cancelled (by [`Consumer::cancel`]
@@ -103,6 +116,7 @@ impl Consumer {
                 None if self.connection.status().connected() => return None,
                 None => None,
             };
+            self.live.store(false, Ordering::Relaxed);
             match error {
                 Some(error)
                     if error.can_be_recovered() && self.connection.status().reconnecting() =>
@@ -111,6 +125,7 @@ impl Consumer {
                     match Box::pin(self.channel.wait_for_recovery(error)).await {
                         Ok(()) => {
                             tracing::info!(queue = %self.queue, "consumer connection recovered");
+                            self.live.store(true, Ordering::Relaxed);
                             continue;
                         }
                         Err(e) => {
@@ -149,6 +164,7 @@ impl Consumer {
                     self.connection = connection;
                     self.channel = channel;
                     self.inner = inner;
+                    self.live.store(true, Ordering::Relaxed);
                     return Ok(());
                 }
                 Err(e) if e.is_transient() => {

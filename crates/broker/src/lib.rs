@@ -11,6 +11,7 @@
 
 #![warn(missing_docs)]
 
+mod config;
 mod connection;
 mod consumer;
 mod drain;
@@ -21,7 +22,8 @@ mod publisher;
 mod stack;
 mod topology;
 
-pub use connection::{Broker, BrokerConfig, QueueDepth};
+pub use config::BrokerConfig;
+pub use connection::{Broker, QueueDepth};
 pub use consumer::{CAREFUL_CLEAN_DELIVERIES, Consumer, Delivery};
 pub use drain::Drain;
 pub use error::Error;

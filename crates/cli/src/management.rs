@@ -63,7 +63,8 @@ pub(crate) struct Management {
 
 impl Management {
     /// Connects to the API at `api_url`. The user and password come from `api_url` if it has
-    /// them, else from `amqp_url`; the virtual host is `amqp_url`'s.
+    /// them, else from `amqp_url` (its first URL, if it is a list); the virtual host is
+    /// `amqp_url`'s.
     pub(crate) async fn connect(api_url: &str, amqp_url: &str) -> anyhow::Result<Self> {
         let api = Url::parse(api_url).context("--rabbitmq-api-url is not a URL")?;
         if api.scheme() != "http" {
@@ -73,7 +74,9 @@ impl Management {
                 api.scheme()
             );
         }
-        let amqp = Url::parse(amqp_url).context("--amqp-url is not a URL")?;
+        // Of a cluster's URL list, the first: the nodes share users and the virtual host.
+        let first = amqp_url.split(',').next().unwrap_or_default().trim();
+        let amqp = Url::parse(first).context("--amqp-url is not a URL")?;
         let (user, password) = if api.username().is_empty() {
             (
                 amqp.username().to_owned(),

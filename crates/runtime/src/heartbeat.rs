@@ -40,6 +40,7 @@ pub(crate) async fn heartbeat_loop(
             .heartbeat(&worker_id, "running", in_flight, processed, failed)
             .await;
         health.set_connections(broker.is_connected(), beat.is_ok());
+        health.log_transition();
         match beat {
             Ok(()) if degraded => {
                 tracing::info!("recording worker heartbeats again");

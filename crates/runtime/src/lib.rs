@@ -45,7 +45,7 @@ mod worker;
 pub use cleaner::{Cleaner, CleanerPass, RetentionConfig};
 pub use context::JobContext;
 pub use error::Error;
-pub use health::{Health, HealthReport};
+pub use health::{BROKER_DOWN, CONSUMER_LOST, DATABASE_DOWN, Health, HealthReport, NOT_STARTED};
 pub use promoter::{Promoter, PromoterConfig};
 pub use registry::TaskOptions;
 pub use scheduler::PeriodicJob;

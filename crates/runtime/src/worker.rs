@@ -579,6 +579,8 @@ async fn open_consumers(
         } else {
             broker.consume(queue, prefetch, &tag).await?
         };
+        cfg.health
+            .watch_consumer(queue.to_string(), consumer.liveness());
         let consumer = Arc::new(Mutex::new(consumer));
         consumers.push(consumer.clone());
         loops.spawn(consume_loop(

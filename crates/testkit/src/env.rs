@@ -18,15 +18,27 @@ pub(crate) fn service_url(var: &str, default: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| default.to_owned())
 }
 
+/// Test output at `RUST_LOG` (default `warn`), once per process.
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
 /// One test's private slice of the shared services: a database and a RabbitMQ namespace,
 /// removed by [`TestEnv::cleanup`], or when the env is dropped without it (a failed test).
 #[derive(Debug)]
 pub struct TestEnv {
     /// The env's name: its database's name, also used as a prefix of worker ids.
     pub name: String,
-    /// The shared RabbitMQ's URL (`WARREN_TEST_AMQP_URL`).
+    /// The RabbitMQ URL (or URL list): the shared one (`WARREN_TEST_AMQP_URL`) unless the env
+    /// was made [`TestEnv::with_services`].
     pub amqp_url: String,
-    /// The shared server's administration database URL (`WARREN_TEST_DATABASE_URL`).
+    /// The administration database URL of the env's server: the shared one
+    /// (`WARREN_TEST_DATABASE_URL`) unless the env was made [`TestEnv::with_services`].
     pub admin_database_url: String,
     /// The URL of this env's own database.
     pub database_url: String,
@@ -55,15 +67,38 @@ impl TestEnv {
         queues: &[&str],
         delivery_limit: u32,
     ) -> anyhow::Result<TestEnv> {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "warn".into()),
-            )
-            .with_test_writer()
-            .try_init();
-        let services = Services::from_env();
+        init_tracing();
         crate::sandbox::sweep_once().await;
+        Self::create(Services::from_env(), queues, delivery_limit).await
+    }
+
+    /// Like [`TestEnv::new`], on services of the test's own: a [`DisposableRabbit`]'s URL (or
+    /// the comma-separated URLs of a [`RabbitCluster`]) and a [`DisposablePostgres`]'s
+    /// administration URL; `None` for the shared one. The env's database is made on that
+    /// server, and recorded there for removal.
+    ///
+    /// [`DisposableRabbit`]: crate::DisposableRabbit
+    /// [`RabbitCluster`]: crate::RabbitCluster
+    /// [`DisposablePostgres`]: crate::DisposablePostgres
+    pub async fn with_services(
+        amqp_url: Option<&str>,
+        admin_database_url: Option<&str>,
+        queues: &[&str],
+    ) -> anyhow::Result<TestEnv> {
+        init_tracing();
+        let shared = Services::from_env();
+        let services = Services {
+            amqp_url: amqp_url.map_or(shared.amqp_url, str::to_owned),
+            admin_database_url: admin_database_url.map_or(shared.admin_database_url, str::to_owned),
+        };
+        Self::create(services, queues, Topology::DEFAULT_DELIVERY_LIMIT).await
+    }
+
+    async fn create(
+        services: Services,
+        queues: &[&str],
+        delivery_limit: u32,
+    ) -> anyhow::Result<TestEnv> {
         // The tail of a UUIDv7 is random; its head is the clock, shared by parallel tests.
         let id = uuid::Uuid::now_v7().simple().to_string();
         let short = id[id.len() - 12..].to_owned();

@@ -43,10 +43,45 @@ impl WorkerProcess {
         database_url: &str,
         extra: &[&str],
     ) -> anyhow::Result<WorkerProcess> {
+        let mut command = Self::command(env, id, &env.amqp_url, database_url, extra)?;
+        let child = command.spawn().context("starting warren-worker")?;
+        Ok(WorkerProcess { child })
+    }
+
+    /// Starts `warren-worker` against `env`'s database and namespace, reaching the broker at
+    /// `amqp_url` (a URL list, or a URL with its own `?heartbeat=`), with its log (standard
+    /// output and error, at `RUST_LOG=warn` unless `extra` says otherwise) appended to
+    /// `log`, for a test that reads what the worker said.
+    pub fn spawn_logged(
+        env: &crate::TestEnv,
+        id: &str,
+        amqp_url: &str,
+        extra: &[&str],
+        log: &std::path::Path,
+    ) -> anyhow::Result<WorkerProcess> {
+        let mut command = Self::command(env, id, amqp_url, &env.database_url, extra)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        command.stdout(file.try_clone()?).stderr(file);
+        let child = command.spawn().context("starting warren-worker")?;
+        Ok(WorkerProcess { child })
+    }
+
+    fn command(
+        env: &crate::TestEnv,
+        id: &str,
+        amqp_url: &str,
+        database_url: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Command> {
         let queues: Vec<String> = env.queues.iter().map(ToString::to_string).collect();
-        let child = Command::new(bin_path("warren-worker")?)
+        let mut command = Command::new(bin_path("warren-worker")?);
+        command
             .arg("--amqp-url")
-            .arg(&env.amqp_url)
+            .arg(amqp_url)
             .arg("--database-url")
             .arg(database_url)
             .arg("--namespace")
@@ -63,10 +98,8 @@ impl WorkerProcess {
             .env_remove("WARREN_NO_MIGRATE")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting warren-worker")?;
-        Ok(WorkerProcess { child })
+            .kill_on_drop(true);
+        Ok(command)
     }
 
     /// The process id; an error once the process has been waited for.

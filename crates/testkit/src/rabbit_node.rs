@@ -40,6 +40,9 @@ pub struct RabbitOptions {
     /// Also listen for AMQP over TLS (`amqps://`) on a port of its own, with this PEM
     /// certificate (chain) and PEM private key.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// The Erlang cookie; nodes that are to form a cluster must share one. A random one when
+    /// `None`.
+    pub cookie: Option<String>,
 }
 
 /// A RabbitMQ node started by a test. See the module documentation.
@@ -261,7 +264,11 @@ impl DisposableRabbit {
         std::fs::create_dir_all(d.join("mnesia"))?;
         std::fs::create_dir_all(d.join("log"))?;
         let cookie = d.join("home/.erlang.cookie");
-        std::fs::write(&cookie, uuid::Uuid::now_v7().simple().to_string())?;
+        let value = options
+            .cookie
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
+        std::fs::write(&cookie, value)?;
         std::fs::set_permissions(&cookie, std::fs::Permissions::from_mode(0o400))?;
         std::fs::write(d.join("rabbitmq-env.conf"), "")?;
         std::fs::write(d.join("enabled_plugins"), "[].\n")?;

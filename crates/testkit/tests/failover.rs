@@ -1,0 +1,85 @@
+//! A broker URL list fails over: a connection given the URLs of several nodes connects to the
+//! first that answers and, when that node dies, recovers on another by itself. Two separate
+//! disposable nodes stand in for a cluster here (the cluster itself is tested end to end in
+//! tests/e2e/cluster.rs).
+
+use std::time::Duration;
+
+use warren_broker::{Broker, BrokerConfig, Error};
+use warren_core::QueueName;
+use warren_testkit::{DisposableRabbit, wait_until};
+
+fn config(url: String) -> BrokerConfig {
+    let mut config = BrokerConfig::new(url);
+    config.connect_timeout = Duration::from_secs(5);
+    config.heartbeat = Duration::from_secs(2);
+    config
+}
+
+/// Which of `nodes` (by index) hold a connection whose client-provided name has `name`.
+async fn nodes_with(name: &str, nodes: &[&DisposableRabbit]) -> anyhow::Result<Vec<usize>> {
+    let mut with = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let listed = node
+            .rabbitmqctl(&["list_connections", "client_properties"])
+            .await?;
+        if listed.contains(name) {
+            with.push(i);
+        }
+    }
+    Ok(with)
+}
+
+#[tokio::test]
+async fn a_connection_fails_over_to_the_next_node_of_its_url_list() -> anyhow::Result<()> {
+    let mut a = DisposableRabbit::start().await?;
+    let b = DisposableRabbit::start().await?;
+    let mut cfg = config(format!("{},{}", a.amqp_url(), b.amqp_url()));
+    cfg.connection_name = "failover-test".to_owned();
+    let broker = Broker::connect(cfg.clone()).await?;
+    assert_eq!(
+        nodes_with("failover-test", &[&a, &b]).await?,
+        [0],
+        "the first node first"
+    );
+
+    a.kill().await?;
+    // Auto-recovery reconnects on its own, to the next node of the list.
+    let queue = QueueName::new("after-failover")?;
+    wait_until(
+        Duration::from_secs(60),
+        "the connection to recover on node b",
+        || async {
+            if !broker.is_connected() {
+                return Ok(Err("reconnecting".to_owned()));
+            }
+            Ok(match broker.declare(std::slice::from_ref(&queue)).await {
+                Ok(()) => Ok(()),
+                Err(e) => Err(format!("{}", warren_core::ErrorChain(&e))),
+            })
+        },
+    )
+    .await?;
+    assert_eq!(nodes_with("failover-test", &[&b]).await?, [0]);
+    let on_b = Broker::connect(config(b.amqp_url())).await?;
+    assert!(
+        on_b.queue_depth(&queue).await?.is_some(),
+        "declared on node b"
+    );
+    on_b.close().await;
+    broker.close().await;
+
+    // A list whose first node is down connects to the next at once.
+    let fresh = Broker::connect(cfg.clone()).await?;
+    assert!(fresh.is_connected());
+    fresh.close().await;
+
+    // With every node down, the error is the last node's, and transient.
+    drop(b);
+    let err = Broker::connect(cfg).await.expect_err("no node answers");
+    assert!(
+        matches!(err, Error::Unreachable { .. }) && err.is_transient(),
+        "{err}"
+    );
+    Ok(())
+}
