@@ -120,6 +120,23 @@ impl DisposableRabbit {
             tokio::task::spawn_blocking(move || child.wait())
                 .await
                 .context("waiting for the killed node")??;
+            // The wrapper exits first; until the Erlang VM's own exit closes its listening
+            // socket, the kernel still completes TCP handshakes there and then resets them.
+            // A test that kills a node means "nothing answers there any more".
+            let port = self.port;
+            crate::wait_until(
+                std::time::Duration::from_secs(10),
+                "the killed node's AMQP port to refuse connections",
+                || async move {
+                    Ok(
+                        match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                            Ok(_) => Err(format!("127.0.0.1:{port} still accepts")),
+                            Err(_) => Ok(()),
+                        },
+                    )
+                },
+            )
+            .await?;
         }
         Ok(())
     }

@@ -30,13 +30,24 @@ async fn nodes_with(name: &str, nodes: &[&DisposableRabbit]) -> anyhow::Result<V
     Ok(with)
 }
 
+/// `step`, or an error naming it if it takes over 30 s: a hang fails the test with its place.
+async fn within<T>(step: &str, fut: impl Future<Output = T>) -> anyhow::Result<T> {
+    tokio::time::timeout(Duration::from_secs(30), fut)
+        .await
+        .map_err(|_| anyhow::anyhow!("{step}: no result within 30 s"))
+}
+
 #[tokio::test]
 async fn a_connection_fails_over_to_the_next_node_of_its_url_list() -> anyhow::Result<()> {
     let mut a = DisposableRabbit::start().await?;
-    let b = DisposableRabbit::start().await?;
+    let mut b = DisposableRabbit::start().await?;
     let mut cfg = config(format!("{},{}", a.amqp_url(), b.amqp_url()));
     cfg.connection_name = "failover-test".to_owned();
-    let broker = Broker::connect(cfg.clone()).await?;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn,warren_broker=info,lapin=info")
+        .with_test_writer()
+        .try_init();
+    let broker = within("connecting", Broker::connect(cfg.clone())).await??;
     assert_eq!(
         nodes_with("failover-test", &[&a, &b]).await?,
         [0],
@@ -53,10 +64,16 @@ async fn a_connection_fails_over_to_the_next_node_of_its_url_list() -> anyhow::R
             if !broker.is_connected() {
                 return Ok(Err("reconnecting".to_owned()));
             }
-            Ok(match broker.declare(std::slice::from_ref(&queue)).await {
-                Ok(()) => Ok(()),
-                Err(e) => Err(format!("{}", warren_core::ErrorChain(&e))),
-            })
+            // Bounded, so that a declare stuck on a recovering channel is retried (and a
+            // connection that never recovers fails the test) rather than hanging it.
+            let declare = broker.declare(std::slice::from_ref(&queue));
+            Ok(
+                match tokio::time::timeout(Duration::from_secs(5), declare).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(format!("{}", warren_core::ErrorChain(&e))),
+                    Err(_) => Err("the declare did not answer within 5 s".to_owned()),
+                },
+            )
         },
     )
     .await?;
@@ -67,16 +84,24 @@ async fn a_connection_fails_over_to_the_next_node_of_its_url_list() -> anyhow::R
         "declared on node b"
     );
     on_b.close().await;
-    broker.close().await;
+    within("closing the recovered connection", broker.close()).await?;
 
     // A list whose first node is down connects to the next at once.
-    let fresh = Broker::connect(cfg.clone()).await?;
+    let fresh = within(
+        "connecting with the first node down",
+        Broker::connect(cfg.clone()),
+    )
+    .await??;
     assert!(fresh.is_connected());
     fresh.close().await;
 
     // With every node down, the error is the last node's, and transient.
-    drop(b);
-    let err = Broker::connect(cfg).await.expect_err("no node answers");
+    // Killed and waited for: dropping the node stops it in the background, and a connect
+    // reaching it mid-shutdown gets a reset, not a refusal.
+    b.kill().await?;
+    let err = within("connecting with every node down", Broker::connect(cfg))
+        .await?
+        .expect_err("no node answers");
     assert!(
         matches!(err, Error::Unreachable { .. }) && err.is_transient(),
         "{err}"
