@@ -4,40 +4,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::Context;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warren_client::{Client, NewJob};
 use warren_core::JobState;
 use warren_testkit::{TestEnv, WorkerProcess, wait_until};
 
-use crate::support::wait_all_terminal;
-
-/// A free port on 127.0.0.1 (bound, read and released).
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// A plain HTTP/1.0 GET: the status code and the body.
-async fn get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("no HTTP head in {response:?}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("no status in {head:?}"))?;
-    Ok((status, body.to_owned()))
-}
+use crate::support::{free_port, get, wait_all_terminal};
 
 /// The samples of the Prometheus text format: `name{labels}` → value.
 fn samples(text: &str) -> BTreeMap<String, f64> {

@@ -1,6 +1,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use anyhow::Context;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use warren_client::{Client, NewJob};
 use warren_core::{JobId, JobState};
 use warren_runtime::Worker;
@@ -117,4 +120,30 @@ pub(crate) async fn wait_worker_started(env: &TestEnv) -> anyhow::Result<()> {
         )
     })
     .await
+}
+
+/// A free port on 127.0.0.1 (bound, read and released).
+pub(crate) fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A plain HTTP/1.0 GET of a worker's metrics address: the status code and the body.
+pub(crate) async fn get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no HTTP head in {response:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no status in {head:?}"))?;
+    Ok((status, body.to_owned()))
 }

@@ -63,7 +63,7 @@ impl DisposablePostgres {
         let dir = std::env::temp_dir().join(format!("warren-pg-{}", &id[id.len() - 12..]));
         let mut server = DisposablePostgres {
             bin: server_bin()?,
-            port: free_port()?,
+            port: crate::rabbit_node::free_port()?,
             dir,
             options,
             running: false,
@@ -295,11 +295,4 @@ async fn wait_gone(pid: u32) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
-}
-
-/// A loopback port nobody listens on now (see `rabbit_node::free_port`).
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }

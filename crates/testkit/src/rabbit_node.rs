@@ -334,8 +334,9 @@ fn kill_group(child: &Child) -> anyhow::Result<()> {
 }
 
 /// A loopback port nobody listens on now. Another process could take it before the node
-/// binds it; the node then fails to start and says so.
-fn free_port() -> anyhow::Result<u16> {
+/// binds it; the node then fails to start and says so. Disposable PostgreSQL servers take
+/// theirs here too.
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())

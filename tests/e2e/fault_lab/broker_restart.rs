@@ -45,13 +45,7 @@ async fn a_broker_killed_and_restarted_mid_run_loses_no_job() -> anyhow::Result<
     let lost = check_all_succeeded(&env.store, &produced.accepted).await?;
     let started = w1.started().await? + w2.started().await?;
     sampler.abort();
-    let report = Report {
-        accepted: produced.accepted.len(),
-        lost,
-        duplicates: started.saturating_sub(produced.accepted.len() as u64),
-        recovery: throughput.recovery(began, over),
-        producer_errors: produced.errors,
-    };
+    let report = Report::new(&produced, lost, started, throughput.recovery(began, over));
     report.print("broker-kill-restart");
     assert_logged_degraded(&logs.join("b1.log"), "down")?;
     w1.stop().await?;

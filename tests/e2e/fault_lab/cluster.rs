@@ -87,14 +87,8 @@ async fn killing_the_leader_of_the_work_queue_loses_no_job() -> anyhow::Result<(
     let lost = check_all_succeeded(&env.store, &produced.accepted).await?;
     let started = w1.started().await? + w2.started().await?;
     sampler.abort();
-    let report = Report {
-        accepted: produced.accepted.len(),
-        lost,
-        duplicates: started.saturating_sub(produced.accepted.len() as u64),
-        // The cluster keeps serving while the node is down: measured from the kill.
-        recovery: throughput.recovery(began, began),
-        producer_errors: produced.errors,
-    };
+    // The cluster keeps serving while the node is down: measured from the kill.
+    let report = Report::new(&produced, lost, started, throughput.recovery(began, began));
     report.print("cluster-leader-kill");
     w1.stop().await?;
     w2.stop().await?;

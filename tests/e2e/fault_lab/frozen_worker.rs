@@ -80,13 +80,7 @@ async fn a_worker_frozen_past_its_heartbeat_consumes_again_when_resumed() -> any
     let after = frozen.started().await?;
     let started = after + other.started().await?;
     sampler.abort();
-    let report = Report {
-        accepted: produced.accepted.len(),
-        lost,
-        duplicates: started.saturating_sub(produced.accepted.len() as u64),
-        recovery: throughput.recovery(began, over),
-        producer_errors: produced.errors,
-    };
+    let report = Report::new(&produced, lost, started, throughput.recovery(began, over));
     report.print("frozen-worker");
     eprintln!(
         "FAULT-LAB frozen-worker: the resumed worker ran {} jobs after SIGCONT",

@@ -20,15 +20,15 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use warren_broker::BrokerConfig;
 use warren_client::{Client, NewJob};
 use warren_core::{JobId, JobState};
 use warren_store::Store;
 use warren_testkit::{TestEnv, WorkerProcess, wait_until};
+
+pub(crate) use crate::support::{free_port, get};
 
 /// Jobs per scenario.
 pub(crate) const JOBS: usize = 5_000;
@@ -40,32 +40,6 @@ const PACE: Duration = Duration::from_millis(250);
 
 /// How long the jobs get to finish after the fault is over.
 pub(crate) const SETTLE: Duration = Duration::from_secs(180);
-
-/// A free port on 127.0.0.1 (bound, read and released).
-pub(crate) fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// A plain HTTP/1.0 GET of a worker's metrics address: the status and the body.
-pub(crate) async fn get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("no HTTP head in {response:?}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("no status in {head:?}"))?;
-    Ok((status, body.to_owned()))
-}
 
 /// One real worker process with its metrics address.
 pub(crate) struct LabWorker {
@@ -305,6 +279,22 @@ pub(crate) struct Report {
 }
 
 impl Report {
+    /// What a scenario measured: every execution beyond one per accepted job is a duplicate.
+    pub(crate) fn new(
+        produced: &Produced,
+        lost: usize,
+        started: u64,
+        recovery: Option<Duration>,
+    ) -> Report {
+        Report {
+            accepted: produced.accepted.len(),
+            lost,
+            duplicates: started.saturating_sub(produced.accepted.len() as u64),
+            recovery,
+            producer_errors: produced.errors,
+        }
+    }
+
     /// Prints the line docs/reliability.md quotes.
     pub(crate) fn print(&self, scenario: &str) {
         eprintln!(

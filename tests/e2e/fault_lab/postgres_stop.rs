@@ -58,13 +58,7 @@ async fn postgres_stopped_for_ten_seconds_loses_no_job() -> anyhow::Result<()> {
     let lost = check_all_succeeded(&env.store, &produced.accepted).await?;
     let started = w1.started().await? + w2.started().await?;
     sampler.abort();
-    let report = Report {
-        accepted: produced.accepted.len(),
-        lost,
-        duplicates: started.saturating_sub(produced.accepted.len() as u64),
-        recovery: throughput.recovery(began, over),
-        producer_errors: produced.errors,
-    };
+    let report = Report::new(&produced, lost, started, throughput.recovery(began, over));
     report.print("postgres-stop-10s");
     assert_logged_degraded(&logs.join("p1.log"), "database down")?;
     w1.stop().await?;

@@ -54,13 +54,7 @@ async fn a_rolling_restart_loses_no_job() -> anyhow::Result<()> {
         started += w.started().await?;
     }
     sampler.abort();
-    let report = Report {
-        accepted: produced.accepted.len(),
-        lost,
-        duplicates: started.saturating_sub(produced.accepted.len() as u64),
-        recovery: throughput.recovery(began, over),
-        producer_errors: produced.errors,
-    };
+    let report = Report::new(&produced, lost, started, throughput.recovery(began, over));
     report.print("rolling-restart");
     for w in fleet {
         w.stop().await?;
