@@ -183,6 +183,15 @@ impl MakeRequestId for MakeRequestUuid7 {
     }
 }
 
+/// Turns off Nagle's algorithm on an accepted connection: an answer is one small write, and
+/// waiting to coalesce it with more (there is none) only adds the peer's delayed-ACK time to
+/// its latency.
+pub fn no_delay(tcp: &mut tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!("cannot set TCP_NODELAY on a connection: {e}");
+    }
+}
+
 /// The whole service: every route in [`ROUTES`], with request ids, a span per request,
 /// metrics, the request timeout, and problem+json for every error.
 pub fn router(state: AppState) -> Router {

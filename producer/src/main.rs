@@ -7,6 +7,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use warren_client::{Broker, Client, Store};
@@ -135,7 +136,7 @@ async fn serve(
     match tls {
         None => {
             tracing::info!(%addr, "listening (HTTP)");
-            axum::serve(listener, app)
+            axum::serve(listener.tap_io(warren_producer::no_delay), app)
                 .with_graceful_shutdown(shutdown_signal())
                 .await
         }

@@ -75,7 +75,7 @@ impl TlsListener {
         let (tx, ready) = mpsc::channel(64);
         tokio::spawn(async move {
             loop {
-                let (tcp, peer) = tokio::select! {
+                let (mut tcp, peer) = tokio::select! {
                     _ = tx.closed() => return,
                     accepted = listener.accept() => match accepted {
                         Ok(a) => a,
@@ -87,6 +87,7 @@ impl TlsListener {
                         }
                     },
                 };
+                crate::no_delay(&mut tcp);
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {

@@ -26,6 +26,7 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::{Connection, SendRequest};
@@ -38,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use warren_client::{Client, NewJob};
 use warren_producer::auth::{Tokens, new_token};
 use warren_producer::contracts::Contracts;
-use warren_producer::{AppState, Limits, router};
+use warren_producer::{AppState, Limits, no_delay, router};
 
 use crate::report::{Latency, Measure, Phase, Report};
 use crate::sandbox::{Sandbox, stoppable};
@@ -111,7 +112,7 @@ impl Server {
         let task = tokio::spawn({
             let stop = stop.clone();
             async move {
-                axum::serve(listener, router(state))
+                axum::serve(listener.tap_io(no_delay), router(state))
                     .with_graceful_shutdown(stop.cancelled_owned())
                     .await
             }

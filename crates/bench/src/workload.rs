@@ -44,6 +44,7 @@ pub(crate) fn noop_message(task: &TaskName, payload: &RawValue) -> RawMessage {
         traceparent: None,
         tracestate: None,
         has_row: false,
+        limit_token: None,
         payload: payload.to_owned(),
     }
     .encode()

@@ -258,6 +258,7 @@ impl NewJob {
             traceparent: Some(traceparent),
             tracestate,
             has_row: false,
+            limit_token: None,
             payload,
         };
         Ok(Checked {

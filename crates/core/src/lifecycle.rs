@@ -108,11 +108,14 @@ pub enum Event {
     /// The broker dead-letters the job's message (`x-delivery-limit` reached: a crash loop),
     /// and the reconciler records what the broker decided.
     DeadLetter,
+    /// A limit (`warren limits`) has no slot or token for the job now: it waits as a row, its
+    /// attempt not counted.
+    Defer,
 }
 
 impl Event {
     /// Every event, in the order of the lifecycle table.
-    pub const ALL: [Event; 13] = [
+    pub const ALL: [Event; 14] = [
         Event::Enqueue,
         Event::Schedule,
         Event::Promote,
@@ -126,6 +129,7 @@ impl Event {
         Event::Retry,
         Event::Duplicate,
         Event::DeadLetter,
+        Event::Defer,
     ];
 
     /// The event's name in snake case, as the lifecycle table and logs spell it.
@@ -144,6 +148,7 @@ impl Event {
             Event::Retry => "retry",
             Event::Duplicate => "duplicate",
             Event::DeadLetter => "dead_letter",
+            Event::Defer => "defer",
         }
     }
 }
@@ -178,6 +183,7 @@ pub fn transition(from: Option<JobState>, event: Event) -> Result<JobState, Ille
         (Some(S::Scheduled | S::Dead | S::Cancelled), E::Retry) => S::Scheduled,
         (None | Some(S::Queued), E::Duplicate) => S::Cancelled,
         (None | Some(S::Queued | S::Running), E::DeadLetter) => S::Dead,
+        (None | Some(S::Queued | S::Running), E::Defer) => S::Scheduled,
         _ => return Err(IllegalTransition { from, event }),
     };
     Ok(to)

@@ -55,6 +55,10 @@ pub const HEADER_ENQUEUED_AT: &str = "warren-enqueued-at";
 /// publishing and committing publishes it twice, so a worker reads its row before running
 /// it. Hot-path messages have no row yet and skip that round trip.
 pub const HEADER_HAS_ROW: &str = "warren-has-row";
+/// Set by a promoter on a job a rate limit deferred with a token reserved for it: the token's
+/// time in unix milliseconds. The worker starts the job without taking another token (within
+/// the reservation's grace; docs/limits.md). Checked like every other integer header.
+pub const HEADER_LIMIT_TOKEN: &str = "warren-limit-token";
 /// W3C trace context, so a handler's span joins the producer's trace. A malformed value is
 /// dropped, never a reason to fail the job.
 pub const HEADER_TRACEPARENT: &str = "traceparent";
@@ -83,6 +87,7 @@ pub const HEADERS: &[(&str, &str, bool)] = &[
     (HEADER_IDEMPOTENCY_KEY, "string", false),
     (HEADER_ENQUEUED_AT, "integer", false),
     (HEADER_HAS_ROW, "integer", false),
+    (HEADER_LIMIT_TOKEN, "integer", false),
     (HEADER_TRACEPARENT, "string", false),
     (HEADER_TRACESTATE, "string", false),
     (HEADER_QUEUE, "string", false),
@@ -169,6 +174,8 @@ pub struct JobMessage {
     pub tracestate: Option<String>,
     /// The job has a row in Postgres (see [`HEADER_HAS_ROW`]).
     pub has_row: bool,
+    /// The time of a rate-limit token reserved for it (see [`HEADER_LIMIT_TOKEN`]).
+    pub limit_token: Option<DateTime<Utc>>,
     /// The payload, checked to be one well-formed JSON value.
     pub payload: Box<RawValue>,
 }
@@ -185,6 +192,7 @@ impl PartialEq for JobMessage {
             && self.traceparent == other.traceparent
             && self.tracestate == other.tracestate
             && self.has_row == other.has_row
+            && self.limit_token == other.limit_token
             && self.payload.get() == other.payload.get()
     }
 }
@@ -424,6 +432,9 @@ impl JobMessage {
         if self.has_row {
             h.push((HEADER_HAS_ROW, HeaderValue::Int(1)));
         }
+        if let Some(at) = self.limit_token {
+            h.push((HEADER_LIMIT_TOKEN, HeaderValue::Int(at.timestamp_millis())));
+        }
         h
     }
 
@@ -456,6 +467,8 @@ impl JobMessage {
         let idempotency_key = idempotency_key(raw)?;
         let enqueued_at = enqueued_at(raw)?;
         let has_row = optional_int(raw, HEADER_HAS_ROW, 0, 1)? == Some(1);
+        let limit_token = optional_int(raw, HEADER_LIMIT_TOKEN, MIN_TIME_MS, MAX_TIME_MS)?
+            .and_then(DateTime::from_timestamp_millis);
         let (traceparent, tracestate) = trace_context(raw);
         let payload = payload(&raw.body, max_body)?;
         Ok(JobMessage {
@@ -469,6 +482,7 @@ impl JobMessage {
             traceparent,
             tracestate,
             has_row,
+            limit_token,
             payload,
         })
     }
@@ -704,6 +718,7 @@ pub(crate) mod tests {
             traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
             tracestate: None,
             has_row: false,
+            limit_token: Some(DateTime::from_timestamp_millis(1_764_000_001_000).unwrap()),
             payload: RawValue::from_string(r#"{"to":"a@example.com"}"#.into()).unwrap(),
         }
     }

@@ -6,11 +6,12 @@
 //! limit for all the jobs waiting at that moment in one call. Jobs under no limit pay one
 //! atomic load. docs/limits.md has the semantics, the burst and the measured cost.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +27,11 @@ const CONCURRENCY_RETRY: Duration = Duration::from_millis(200);
 /// asking Postgres again: a full limit costs one round trip per this interval, not per job.
 const SHORT_FOR: Duration = Duration::from_millis(50);
 
+/// How far ahead a rate limit's tokens are reserved for deferred jobs, at least: a job that
+/// would wait longer gets no reservation and asks again when this time has passed, so that a
+/// limit raised meanwhile takes effect within it.
+const RESERVE_AHEAD: Duration = Duration::from_secs(60);
+
 /// How often slots no longer in use are given back, in one call per key that has some.
 const RELEASE_EVERY: Duration = Duration::from_millis(100);
 
@@ -37,8 +43,14 @@ pub(crate) const MISSING_KEY: &str = "";
 pub(crate) enum Admission {
     /// Start now, holding these until the job ends.
     Run(Permits),
-    /// Over a limit: offer it again after this long.
-    Wait(Duration),
+    /// Over a limit: offer it again after `wait`, holding the rate-limit token reserved for
+    /// that time, if one was.
+    Wait {
+        /// How long until the job is offered again.
+        wait: Duration,
+        /// The time of the token reserved for it.
+        token_at: Option<DateTime<Utc>>,
+    },
 }
 
 /// Slots held by a running job; dropping it hands them back to this worker's lease.
@@ -101,11 +113,25 @@ struct BucketState {
     /// Tokens taken for jobs that are about to start.
     spare: u32,
     waiting: u32,
-    /// The bucket was empty: jobs before this are deferred without asking.
-    empty_until: Option<Instant>,
-    /// Where the next deferred job is placed, so that deferred jobs come back spread at the
-    /// rate instead of all at once.
-    next_place: Option<Instant>,
+    /// Tokens reserved in Postgres and not handed to a job yet, earliest first.
+    reserved: VecDeque<DateTime<Utc>>,
+}
+
+/// What a job gets from a token bucket.
+enum Token {
+    /// A token now: start.
+    Now,
+    /// A token reserved for this time: defer the job to it.
+    Reserved(DateTime<Utc>),
+    /// None within [`RESERVE_AHEAD`]: ask again after this long.
+    Later(Duration),
+}
+
+/// How late a job may come back for its reserved token and still start with it: the time the
+/// bucket takes to fill its burst. A job later than that takes a new token, so that late jobs
+/// arriving together cannot start more than one burst beyond the rate.
+pub(crate) fn grace(rate: Rate, burst: f64) -> chrono::Duration {
+    chrono::Duration::milliseconds((burst / rate.per_second() * 1000.0).ceil() as i64)
 }
 
 type KeyOf = (String, String);
@@ -188,11 +214,14 @@ impl Limiter {
     /// Takes a slot of every concurrency limit and a token of every rate limit the job is
     /// under, or says how long it must wait. What was taken before a limit said no is handed
     /// back (slots at once, to this worker's lease; tokens are spent).
+    /// `holds` is the time of a token reserved for the job when a limit deferred it: within
+    /// its [`grace`], the job's rate limits are not asked again.
     pub(crate) async fn admit(
         &self,
         task: &str,
         queue: &str,
         payload: &RawValue,
+        holds: Option<DateTime<Utc>>,
     ) -> Result<Admission, warren_store::Error> {
         let rules = self.rules();
         let mut applicable: Vec<&Arc<Rule>> =
@@ -213,15 +242,39 @@ impl Limiter {
             if let Some(cap) = rule.limit.concurrency {
                 match self.take_slot(&rule.limit.target, &key, cap).await? {
                     Some(permit) => permits.0.push(permit),
-                    None => return Ok(Admission::Wait(CONCURRENCY_RETRY)),
+                    None => {
+                        // The job keeps a reserved token it has not used yet.
+                        return Ok(Admission::Wait {
+                            wait: CONCURRENCY_RETRY,
+                            token_at: holds,
+                        });
+                    }
                 }
             }
-            if let Some(rate) = rule.limit.rate
-                && let Some(wait) = self
-                    .take_token(&rule.limit.target, &key, rate, rule.burst)
-                    .await?
+            let Some(rate) = rule.limit.rate else {
+                continue;
+            };
+            if holds.is_some_and(|at| Utc::now() <= at + grace(rate, rule.burst)) {
+                continue;
+            }
+            match self
+                .take_token(&rule.limit.target, &key, rate, rule.burst)
+                .await?
             {
-                return Ok(Admission::Wait(wait));
+                Token::Now => {}
+                Token::Reserved(at) => {
+                    let wait = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                    return Ok(Admission::Wait {
+                        wait,
+                        token_at: Some(at),
+                    });
+                }
+                Token::Later(wait) => {
+                    return Ok(Admission::Wait {
+                        wait,
+                        token_at: None,
+                    });
+                }
             }
         }
         Ok(Admission::Run(permits))
@@ -278,57 +331,51 @@ impl Limiter {
         }
     }
 
-    /// Takes a token; `Some(wait)` when there is none for this job.
+    /// Takes a token now, or one reserved for later, or says when to ask again.
     async fn take_token(
         &self,
         target: &str,
         key: &str,
         rate: Rate,
         burst: f64,
-    ) -> Result<Option<Duration>, warren_store::Error> {
+    ) -> Result<Token, warren_store::Error> {
         let bucket = lock(&self.buckets)
             .entry((target.to_owned(), key.to_owned()))
             .or_default()
             .clone();
-        let interval = Duration::from_secs_f64(1.0 / rate.per_second());
+        let grace = grace(rate, burst);
         {
             let mut b = lock(&bucket.state);
-            if b.spare > 0 {
-                b.spare -= 1;
-                return Ok(None);
-            }
-            if let Some(until) = b.empty_until
-                && Instant::now() < until
-            {
-                return Ok(Some(place(&mut b, until, interval)));
+            if let Some(token) = b.hand_out(grace) {
+                return Ok(token);
             }
             b.waiting += 1;
         }
         let _sync = bucket.sync.lock().await;
         let want = {
             let mut b = lock(&bucket.state);
-            if b.spare > 0 {
+            if let Some(token) = b.hand_out(grace) {
                 b.waiting -= 1;
-                b.spare -= 1;
-                return Ok(None);
+                return Ok(token);
             }
+            // Everyone waiting now is served by this one call.
             b.waiting
         };
+        let interval = Duration::from_secs_f64(1.0 / rate.per_second());
+        let horizon = RESERVE_AHEAD.max(interval * 10);
         let taken = self
             .store
-            .take_tokens(target, key, want, rate.per_second(), burst)
+            .take_tokens(target, key, want, rate.per_second(), burst, horizon)
             .await;
         let mut b = lock(&bucket.state);
         b.waiting -= 1;
-        let (granted, next) = taken?;
-        b.spare += granted;
-        if b.spare > 0 {
-            b.spare -= 1;
-            return Ok(None);
-        }
-        let until = Instant::now() + next;
-        b.empty_until = Some(until);
-        Ok(Some(place(&mut b, until, interval)))
+        let taken = taken?;
+        b.spare += taken.granted;
+        let first = Utc::now() + chrono::Duration::from_std(taken.next).unwrap_or_default();
+        let step = chrono::Duration::from_std(interval).unwrap_or_default();
+        b.reserved
+            .extend((0..taken.reserved).map(|k| first + step * k as i32));
+        Ok(b.hand_out(grace).unwrap_or(Token::Later(horizon)))
     }
 
     /// Gives back slots no longer in use, for every key that handed one back: one lease call
@@ -374,18 +421,33 @@ impl Limiter {
         });
         lock(&self.buckets).retain(|_, b| {
             let st = lock(&b.state);
-            st.empty_until.is_some_and(|t| Instant::now() < t) || Arc::strong_count(b) > 1
+            !st.reserved.is_empty() || st.spare > 0 || Arc::strong_count(b) > 1
         });
     }
 }
 
-/// The wait of the next job deferred while a bucket is empty until `until`: one interval
-/// after the previous deferred job, so they come back at the rate, not in a herd.
-fn place(b: &mut BucketState, until: Instant, interval: Duration) -> Duration {
-    let now = Instant::now();
-    let at = b.next_place.filter(|p| *p > until).unwrap_or(until);
-    b.next_place = Some(at + interval);
-    at.saturating_duration_since(now)
+impl BucketState {
+    /// A spare token, else the earliest reservation still usable (one past its `grace` is
+    /// dropped: its time went by unused, as a full bucket's tokens do); `None` when there is
+    /// neither and Postgres must be asked.
+    fn hand_out(&mut self, grace: chrono::Duration) -> Option<Token> {
+        if self.spare > 0 {
+            self.spare -= 1;
+            return Some(Token::Now);
+        }
+        let now = Utc::now();
+        while let Some(at) = self.reserved.pop_front() {
+            if at + grace < now {
+                continue;
+            }
+            return Some(if at <= now {
+                Token::Now
+            } else {
+                Token::Reserved(at)
+            });
+        }
+        None
+    }
 }
 
 /// The key of a payload under `pointer`: the JSON text of the value there, or
@@ -453,18 +515,35 @@ mod tests {
     }
 
     #[test]
-    fn deferred_jobs_are_spread_at_the_rate() {
-        let mut b = BucketState::default();
-        let until = Instant::now() + Duration::from_millis(50);
-        let step = Duration::from_millis(100);
-        let waits: Vec<Duration> = (0..3).map(|_| place(&mut b, until, step)).collect();
+    fn reservations_are_handed_out_in_order_and_stale_ones_dropped() {
+        let grace = chrono::Duration::milliseconds(100);
+        let now = Utc::now();
+        let mut b = BucketState {
+            spare: 1,
+            reserved: [
+                now - chrono::Duration::seconds(5),
+                now - chrono::Duration::milliseconds(20),
+                now + chrono::Duration::seconds(1),
+            ]
+            .into(),
+            ..BucketState::default()
+        };
         assert!(
-            waits[1] >= waits[0] + Duration::from_millis(99),
-            "{waits:?}"
+            matches!(b.hand_out(grace), Some(Token::Now)),
+            "the spare token"
         );
-        assert!(
-            waits[2] >= waits[1] + Duration::from_millis(99),
-            "{waits:?}"
-        );
+        // The one 5 s old is past its grace; the one 20 ms old is due: start now.
+        assert!(matches!(b.hand_out(grace), Some(Token::Now)));
+        assert!(matches!(b.hand_out(grace), Some(Token::Reserved(at)) if at > now));
+        assert!(b.hand_out(grace).is_none());
+    }
+
+    #[test]
+    fn grace_is_the_time_to_fill_the_burst() {
+        let rate = Rate {
+            count: 100,
+            period_ms: 1000,
+        };
+        assert_eq!(grace(rate, burst_of(rate)).num_milliseconds(), 100);
     }
 }

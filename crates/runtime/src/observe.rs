@@ -14,6 +14,9 @@ use warren_core::QueueName;
 pub const JOBS_STARTED: &str = "warren_jobs_started_total";
 /// Attempts finished, by task, queue and outcome (succeeded, retried, dead, cancelled).
 pub const JOBS_FINISHED: &str = "warren_jobs_finished_total";
+/// Deliveries deferred by a limit (no attempt spent), by task, queue and whether a token
+/// was reserved for the job (`reserved`: `true`/`false`).
+pub const JOBS_DEFERRED: &str = "warren_jobs_deferred_total";
 /// Run time of an attempt, in seconds.
 pub const JOB_RUN_SECONDS: &str = "warren_job_run_seconds";
 /// Time from enqueue to the start of an attempt, in seconds.
@@ -46,6 +49,7 @@ pub const FLEET_EXPORTER: &str = "warren_fleet_exporter";
 pub const SERIES: &[&str] = &[
     JOBS_STARTED,
     JOBS_FINISHED,
+    JOBS_DEFERRED,
     JOB_RUN_SECONDS,
     JOB_WAIT_SECONDS,
     JOBS_IN_FLIGHT,
@@ -102,6 +106,17 @@ pub(crate) fn finished(task: &str, queue: &str, outcome: Outcome, ran: Option<Du
     if let Some(ran) = ran {
         histogram!(JOB_RUN_SECONDS, "task" => task, "queue" => queue).record(ran.as_secs_f64());
     }
+}
+
+/// A delivery was deferred by a limit, holding a reserved token or not.
+pub(crate) fn deferred(task: &str, queue: &str, reserved: bool) {
+    counter!(
+        JOBS_DEFERRED,
+        "task" => task.to_owned(),
+        "queue" => queue.to_owned(),
+        "reserved" => if reserved { "true" } else { "false" }
+    )
+    .increment(1);
 }
 
 /// The number of jobs this worker is handling changed by `delta`.

@@ -173,6 +173,7 @@ impl Promoter {
                 traceparent: job.traceparent.clone(),
                 tracestate: None,
                 has_row: true,
+                limit_token: job.limit_token_at,
                 payload,
             };
             prepared.push((job.id, job.queue.clone(), message.encode()));

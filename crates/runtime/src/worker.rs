@@ -459,6 +459,8 @@ impl Worker {
             None => None,
         };
         let (recorder, recorder_task) = Recorder::spawn(store.clone(), cfg.recorder);
+        // Ends by itself once the executor (its one holder) is gone, every deferral written.
+        let (deferrer, _) = warren_store::Deferrer::spawn(store.clone());
         let hard_stop = CancellationToken::new();
         // Read before consuming, like the pauses: no job starts past a limit set earlier.
         let limits = Arc::new(Limiter::new(
@@ -471,6 +473,7 @@ impl Worker {
             registry: self.registry,
             job_span: self.job_span,
             recorder,
+            deferrer,
             store: store.clone(),
             dead_letters,
             worker_id: Arc::from(cfg.worker_id.as_str()),

@@ -135,6 +135,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// This deferral's batch failed; nothing of it was written and its delivery must not be
+    /// acked.
+    #[error("deferral not written ({reason})")]
+    Undeferred {
+        /// The batch's error chain, shared by every deferral in it.
+        reason: String,
+        /// Whether the batch failed for a reason that passes (the database away).
+        transient: bool,
+    },
+
     /// The recorder shut down before committing this outcome. Transient.
     #[error(
         "the recorder stopped before the outcome of job {job} was committed; its delivery will be redelivered"
@@ -213,6 +223,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Unreachable { .. } | Error::RecorderStopped { .. } => true,
+            Error::Undeferred { transient, .. } => *transient,
             Error::Connect { source, .. }
             | Error::Query { source, .. }
             | Error::Record { source, .. } => is_transient(&source.0),

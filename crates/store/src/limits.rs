@@ -2,10 +2,12 @@
 //! buckets workers take in batches, and the deferral of a job over its limit to a
 //! `scheduled` row. Semantics and costs are in docs/limits.md.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
 use warren_core::JobId;
 
 use crate::{Error, Store};
@@ -100,22 +102,47 @@ pub struct Deferral {
     pub traceparent: Option<String>,
     /// The worker that deferred it.
     pub worker_id: String,
+    /// When the job waits for a rate-limit token reserved for it: that token's time. The
+    /// promoter hands it on in the message, and the job then starts without taking another.
+    pub limit_token_at: Option<DateTime<Utc>>,
 }
 
-/// Writes a deferral: inserts the row (a hot-path job has none yet) or moves a `queued` row
+/// What one call to a token bucket gave: tokens for jobs to start now, and reservations for
+/// the next jobs, the first due after `next` and each next one a token's interval later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Taken {
+    /// Tokens granted now.
+    pub granted: u32,
+    /// Tokens reserved for later, at most as far ahead as the call's horizon.
+    pub reserved: u32,
+    /// When the first token not granted now is due.
+    pub next: Duration,
+}
+
+/// Writes deferrals, one statement for a batch: inserts the row (a hot-path job has none yet) or moves a `queued` row
 /// (a promoted job) or one left `running` by a dead worker's run of this attempt back to
 /// `scheduled`. The fence keeps it from touching a row that moved on meanwhile: a final one,
 /// or one past this attempt.
 const DEFER: &str = "
 INSERT INTO warren_jobs AS j (id, queue, task, payload, state, attempt, max_attempts,
                               timeout_ms, run_at, enqueued_at, idempotency_key, traceparent,
-                              worker_id, limit_wait_ms, limit_deferrals, updated_at)
-VALUES ($1, $2, $3, $4::jsonb, 'scheduled', $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, now())
+                              worker_id, limit_wait_ms, limit_deferrals, limit_token_at,
+                              updated_at)
+SELECT d.id, d.queue, d.task, d.payload::jsonb, 'scheduled', d.attempt, d.max_attempts,
+       d.timeout_ms, d.run_at, d.enqueued_at, d.idempotency_key, d.traceparent, d.worker_id,
+       d.wait_ms, 1, d.token_at, now()
+  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::int4[],
+              $7::int8[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::text[],
+              $12::text[], $13::int8[], $14::timestamptz[])
+       AS d(id, queue, task, payload, attempt, max_attempts, timeout_ms, run_at, enqueued_at,
+            idempotency_key, traceparent, worker_id, wait_ms, token_at)
+ ORDER BY d.id
 ON CONFLICT (id) DO UPDATE SET
     state           = 'scheduled',
     attempt         = EXCLUDED.attempt,
     run_at          = EXCLUDED.run_at,
     worker_id       = EXCLUDED.worker_id,
+    limit_token_at  = EXCLUDED.limit_token_at,
     limit_wait_ms   = j.limit_wait_ms + EXCLUDED.limit_wait_ms,
     limit_deferrals = j.limit_deferrals + 1,
     updated_at      = now()
@@ -256,8 +283,9 @@ impl Store {
     }
 
     /// Takes up to `want` tokens from the bucket of (`target`, `key`), which holds at most
-    /// `burst` and refills at `per_second`. Returns the tokens granted and, when fewer than
-    /// wanted, how long until the next one. One round trip for a batch of starts.
+    /// `burst` and refills at `per_second`: grants what it holds and reserves tokens for the
+    /// rest, up to `horizon` ahead (the bucket goes into debt by the tokens reserved). One
+    /// round trip for a batch of starts.
     pub async fn take_tokens(
         &self,
         target: &str,
@@ -265,46 +293,99 @@ impl Store {
         want: u32,
         per_second: f64,
         burst: f64,
-    ) -> Result<(u32, Duration), Error> {
-        let (granted, next_ms): (i32, i64) =
-            sqlx::query_as("SELECT granted, next_ms FROM warren_limit_take($1, $2, $3, $4, $5)")
-                .bind(target)
-                .bind(key)
-                .bind(want.min(i32::MAX as u32) as i32)
-                .bind(per_second)
-                .bind(burst)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(Error::query("taking rate-limit tokens"))?;
-        Ok((
-            granted.max(0) as u32,
-            Duration::from_millis(next_ms.max(0) as u64),
-        ))
+        horizon: Duration,
+    ) -> Result<Taken, Error> {
+        let (granted, reserved, next_ms): (i32, i32, i64) = sqlx::query_as(
+            "SELECT granted, reserved, next_ms FROM warren_limit_take($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(target)
+        .bind(key)
+        .bind(want.min(i32::MAX as u32) as i32)
+        .bind(per_second)
+        .bind(burst)
+        .bind(horizon.as_millis().min(i64::MAX as u128) as i64)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(Error::query("taking rate-limit tokens"))?;
+        Ok(Taken {
+            granted: granted.max(0) as u32,
+            reserved: reserved.max(0) as u32,
+            next: Duration::from_millis(next_ms.max(0) as u64),
+        })
     }
 
-    /// Keeps a job over its limit as a `scheduled` row due at its `run_at`, its wait added
-    /// to the row's `limit_wait_ms`. Returns `false` when the row had moved on (final, or
-    /// past this attempt) and nothing was written: the delivery is stale.
-    pub async fn defer(&self, d: &Deferral) -> Result<bool, Error> {
-        let wait_ms = (d.run_at - Utc::now()).num_milliseconds().max(0);
-        let written: Option<uuid::Uuid> = sqlx::query_scalar(DEFER)
-            .bind(d.id.as_uuid())
-            .bind(crate::recorder::storable(&d.queue).as_ref())
-            .bind(crate::recorder::storable(&d.task).as_ref())
-            .bind(&d.payload)
-            .bind(d.attempt.saturating_sub(1) as i32)
-            .bind(d.max_attempts.max(1) as i32)
-            .bind(d.timeout_ms.map(|t| t.min(i64::MAX as u64) as i64))
-            .bind(d.run_at)
-            .bind(d.enqueued_at)
-            .bind(&d.idempotency_key)
-            .bind(&d.traceparent)
-            .bind(&d.worker_id)
-            .bind(wait_ms)
-            .fetch_optional(&self.pool)
+    /// Keeps jobs over their limits as `scheduled` rows due at their `run_at`, each one's wait
+    /// added to its row's `limit_wait_ms`, in one statement. Returns, per deferral in order,
+    /// `false` when its row had moved on (final, or past this attempt) and nothing was
+    /// written: that delivery is stale. Two deferrals of one job keep the later attempt's.
+    pub async fn defer(&self, ds: &[Deferral]) -> Result<Vec<bool>, Error> {
+        // An upsert may not touch a row twice: one deferral per job, the latest attempt.
+        let mut kept: HashMap<JobId, usize> = HashMap::with_capacity(ds.len());
+        for (i, d) in ds.iter().enumerate() {
+            let slot = kept.entry(d.id).or_insert(i);
+            if ds[*slot].attempt < d.attempt {
+                *slot = i;
+            }
+        }
+        let rows: Vec<&Deferral> = {
+            let mut idx: Vec<usize> = kept.values().copied().collect();
+            idx.sort_unstable();
+            idx.into_iter().map(|i| &ds[i]).collect()
+        };
+        let now = Utc::now();
+        let ids: Vec<uuid::Uuid> = rows.iter().map(|d| d.id.as_uuid()).collect();
+        let queues: Vec<String> = rows
+            .iter()
+            .map(|d| crate::recorder::storable(&d.queue).into_owned())
+            .collect();
+        let tasks: Vec<String> = rows
+            .iter()
+            .map(|d| crate::recorder::storable(&d.task).into_owned())
+            .collect();
+        let payloads: Vec<&str> = rows.iter().map(|d| d.payload.as_str()).collect();
+        let attempts: Vec<i32> = rows
+            .iter()
+            .map(|d| d.attempt.saturating_sub(1) as i32)
+            .collect();
+        let max_attempts: Vec<i32> = rows.iter().map(|d| d.max_attempts.max(1) as i32).collect();
+        let timeouts: Vec<Option<i64>> = rows
+            .iter()
+            .map(|d| d.timeout_ms.map(|t| t.min(i64::MAX as u64) as i64))
+            .collect();
+        let run_ats: Vec<DateTime<Utc>> = rows.iter().map(|d| d.run_at).collect();
+        let enqueued: Vec<DateTime<Utc>> = rows.iter().map(|d| d.enqueued_at).collect();
+        let keys: Vec<Option<&str>> = rows.iter().map(|d| d.idempotency_key.as_deref()).collect();
+        let traces: Vec<Option<&str>> = rows.iter().map(|d| d.traceparent.as_deref()).collect();
+        let workers: Vec<&str> = rows.iter().map(|d| d.worker_id.as_str()).collect();
+        let waits: Vec<i64> = rows
+            .iter()
+            .map(|d| (d.run_at - now).num_milliseconds().max(0))
+            .collect();
+        let tokens: Vec<Option<DateTime<Utc>>> = rows.iter().map(|d| d.limit_token_at).collect();
+        let written: Vec<uuid::Uuid> = sqlx::query_scalar(DEFER)
+            .bind(&ids)
+            .bind(&queues)
+            .bind(&tasks)
+            .bind(&payloads)
+            .bind(&attempts)
+            .bind(&max_attempts)
+            .bind(&timeouts)
+            .bind(&run_ats)
+            .bind(&enqueued)
+            .bind(&keys)
+            .bind(&traces)
+            .bind(&workers)
+            .bind(&waits)
+            .bind(&tokens)
+            .fetch_all(&self.pool)
             .await
-            .map_err(Error::query("deferring a job over its limit"))?;
-        Ok(written.is_some())
+            .map_err(Error::query("deferring jobs over their limits"))?;
+        let written: HashSet<JobId> = written.into_iter().map(JobId::from_uuid).collect();
+        Ok(ds
+            .iter()
+            .enumerate()
+            .map(|(i, d)| kept.get(&d.id) == Some(&i) && written.contains(&d.id))
+            .collect())
     }
 
     /// Per task, how long jobs enqueued since `since` waited for limits; only tasks with a
@@ -377,4 +458,72 @@ async fn notify(tx: &mut sqlx::PgConnection, target: &str) -> Result<(), Error> 
         .await
         .map_err(Error::query("notifying the workers"))?;
     Ok(())
+}
+
+/// Writes deferrals in batches: every job deferred while one batch is being written goes into
+/// the next, so a backlog of jobs over their limits costs one statement per batch, not one per
+/// job. Clones share the writer; it stops once every handle is dropped.
+#[derive(Clone, Debug)]
+pub struct Deferrer {
+    tx: mpsc::Sender<(Deferral, oneshot::Sender<Result<bool, Error>>)>,
+}
+
+/// Most deferrals in one statement.
+const DEFER_BATCH: usize = 500;
+
+impl Deferrer {
+    /// Starts the writer on the current runtime.
+    pub fn spawn(store: Store) -> (Deferrer, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(DEFER_BATCH * 4);
+        (Deferrer { tx }, tokio::spawn(write_deferrals(store, rx)))
+    }
+
+    /// Writes a deferral and waits for its batch to commit: only then may its delivery be
+    /// acked. `Ok(false)`: the row had moved on and nothing was written.
+    pub async fn defer(&self, d: Deferral) -> Result<bool, Error> {
+        let (done, committed) = oneshot::channel();
+        let stopped = || Error::Undeferred {
+            reason: "the deferral writer stopped".to_owned(),
+            transient: true,
+        };
+        self.tx.send((d, done)).await.map_err(|_| stopped())?;
+        committed.await.map_err(|_| stopped())?
+    }
+}
+
+async fn write_deferrals(
+    store: Store,
+    mut rx: mpsc::Receiver<(Deferral, oneshot::Sender<Result<bool, Error>>)>,
+) {
+    let mut buf = Vec::with_capacity(DEFER_BATCH);
+    while rx.recv_many(&mut buf, DEFER_BATCH).await > 0 {
+        let (ds, waiters): (Vec<Deferral>, Vec<_>) = std::mem::take(&mut buf).into_iter().unzip();
+        match store.defer(&ds).await {
+            Ok(written) => {
+                for (w, ok) in waiters.into_iter().zip(written) {
+                    let _ = w.send(Ok(ok));
+                }
+            }
+            Err(e) if e.is_transient() => {
+                let reason = warren_core::ErrorChain(&e).to_string();
+                for w in waiters {
+                    let _ = w.send(Err(Error::Undeferred {
+                        reason: reason.clone(),
+                        transient: true,
+                    }));
+                }
+            }
+            // A row Postgres refuses as data fails the whole statement: write them one by one
+            // so that only that job's deferral fails.
+            Err(_) => {
+                for (d, w) in ds.into_iter().zip(waiters) {
+                    let one = store
+                        .defer(std::slice::from_ref(&d))
+                        .await
+                        .map(|w| w.first().copied().unwrap_or(false));
+                    let _ = w.send(one);
+                }
+            }
+        }
+    }
 }

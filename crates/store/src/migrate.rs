@@ -120,10 +120,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "limits",
         sql: include_str!("../../../schemas/migrations/0011_limits.sql"),
     },
+    Migration {
+        version: 12,
+        name: "limit_reservations",
+        sql: include_str!("../../../schemas/migrations/0012_limit_reservations.sql"),
+    },
 ];
 
 /// The schema version this binary creates and expects.
-pub const SCHEMA_VERSION: i64 = 11;
+pub const SCHEMA_VERSION: i64 = 12;
 
 /// An arbitrary constant naming Warren's migration lock among other advisory locks.
 const LOCK_KEY: i64 = 0x5741_5252_454E_0001;

@@ -33,6 +33,8 @@ pub struct DueJob {
     pub idempotency_key: Option<String>,
     /// The W3C trace context it was enqueued with.
     pub traceparent: Option<String>,
+    /// The time of a rate-limit token reserved for it when a limit deferred it.
+    pub limit_token_at: Option<DateTime<Utc>>,
 }
 
 /// A due row as Postgres types it; [`DueJob`] is what the promoter gets.
@@ -49,6 +51,7 @@ struct DueRow {
     enqueued_at: DateTime<Utc>,
     idempotency_key: Option<String>,
     traceparent: Option<String>,
+    limit_token_at: Option<DateTime<Utc>>,
 }
 
 impl From<DueRow> for DueJob {
@@ -67,6 +70,7 @@ impl From<DueRow> for DueJob {
             enqueued_at: r.enqueued_at,
             idempotency_key: r.idempotency_key,
             traceparent: r.traceparent,
+            limit_token_at: r.limit_token_at,
         }
     }
 }
@@ -92,7 +96,10 @@ impl Promotion {
         let published: Vec<uuid::Uuid> = published.iter().map(JobId::as_uuid).collect();
         let deferred: Vec<uuid::Uuid> = deferred.iter().map(JobId::as_uuid).collect();
         sqlx::query(
-            "UPDATE warren_jobs SET state = 'queued', updated_at = now() WHERE id = ANY($1)",
+            // The token reservation travels in the published message; a later scheduled row
+            // of the job (a retry) holds none.
+            "UPDATE warren_jobs SET state = 'queued', limit_token_at = NULL, updated_at = now()
+             WHERE id = ANY($1)",
         )
         .bind(&published)
         .execute(&mut *self.tx)
@@ -162,7 +169,7 @@ impl Store {
             .map_err(Error::query("starting a promotion"))?;
         let rows: Vec<DueRow> = sqlx::query_as(
             "SELECT id, queue, task, payload::text AS payload, attempt, max_attempts, timeout_ms,
-                    run_at, enqueued_at, idempotency_key, traceparent
+                    run_at, enqueued_at, idempotency_key, traceparent, limit_token_at
              FROM warren_jobs
              WHERE state = 'scheduled' AND run_at <= now() AND payload IS NOT NULL
              ORDER BY run_at

@@ -71,6 +71,10 @@ const SOURCES: &[(&str, &str)] = &[
         "0011_limits.sql",
         include_str!("../../../schemas/migrations/0011_limits.sql"),
     ),
+    (
+        "0012_limit_reservations.sql",
+        include_str!("../../../schemas/migrations/0012_limit_reservations.sql"),
+    ),
 ];
 
 type Set = BTreeSet<&'static str>;

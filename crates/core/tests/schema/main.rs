@@ -401,10 +401,10 @@ fn header_limits_agree_at_their_boundaries() {
             limits_checked += 1;
         }
     }
-    // Five integer headers with two limits each (warren-has-row is 0..=1), and the
+    // Six integer headers with two limits each (warren-has-row is 0..=1), and the
     // idempotency key's two lengths.
     assert_eq!(
-        limits_checked, 12,
+        limits_checked, 14,
         "the schema's header limits changed; review this test"
     );
 }

@@ -52,6 +52,8 @@ pub(crate) struct Executor {
     /// Called with each job's span as it opens (the binary's OpenTelemetry parent link).
     pub(crate) job_span: Option<JobSpanHook>,
     pub(crate) recorder: Recorder,
+    /// Writes the deferrals of jobs over their limits, in batches.
+    pub(crate) deferrer: warren_store::Deferrer,
     pub(crate) store: Store,
     pub(crate) dead_letters: Publisher,
     pub(crate) worker_id: Arc<str>,

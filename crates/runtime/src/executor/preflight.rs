@@ -224,13 +224,17 @@ impl Executor {
         }
         let admitted = self
             .through_outage("taking a limit's slot or token", &self.hard_stop, || {
-                self.limits
-                    .admit(message.task.as_str(), queue.as_str(), &message.payload)
+                self.limits.admit(
+                    message.task.as_str(),
+                    queue.as_str(),
+                    &message.payload,
+                    message.limit_token,
+                )
             })
             .await;
-        let wait = match admitted {
+        let (wait, token_at) = match admitted {
             Ok(Some(Admission::Run(permits))) => return Some(permits),
-            Ok(Some(Admission::Wait(wait))) => wait,
+            Ok(Some(Admission::Wait { wait, token_at })) => (wait, token_at),
             // The hard stop ended the wait: the delivery returns to the broker unsettled.
             Ok(None) => return None,
             Err(e) => {
@@ -253,10 +257,11 @@ impl Executor {
             idempotency_key: message.idempotency_key.clone(),
             traceparent: message.traceparent.clone(),
             worker_id: self.worker_id.to_string(),
+            limit_token_at: token_at,
         };
         let deferred = self
             .through_outage("deferring a job over its limit", &self.hard_stop, || {
-                self.store.defer(&deferral)
+                self.deferrer.defer(deferral.clone())
             })
             .await;
         match deferred {
@@ -267,6 +272,11 @@ impl Executor {
                         "over its limit; deferred"
                     );
                     self.counters.deferred.fetch_add(1, Ordering::Relaxed);
+                    crate::observe::deferred(
+                        message.task.as_str(),
+                        queue.as_str(),
+                        token_at.is_some(),
+                    );
                 } else {
                     tracing::info!("job already past this attempt; not running it again");
                     self.counters.skipped.fetch_add(1, Ordering::Relaxed);
