@@ -1,11 +1,12 @@
 //! Fleet-wide limits across two real worker processes: a concurrency limit is never exceeded
 //! (checked from the recorded start and finish times) and costs no attempt, a rate limit
-//! holds every one-second window to the rate plus its burst, and a keyed limit limits each key
-//! on its own.
+//! holds every one-second window to the rate plus its bursts, a keyed limit limits each key
+//! on its own, and a killed worker's slots are held until its lease expires, then come back.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use anyhow::Context;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
 use warren_client::{Client, NewJob};
@@ -217,6 +218,63 @@ async fn a_keyed_limit_limits_each_key_on_its_own() -> anyhow::Result<()> {
         // Each key had its own slot: jobs of the two keys ran side by side.
         assert_eq!(max_overlap(&spans(&rows)), 2);
         stop(procs).await
+    }
+    .await;
+    env.cleanup().await?;
+    result
+}
+
+#[tokio::test]
+async fn a_killed_workers_slots_come_back_when_its_lease_expires() -> anyhow::Result<()> {
+    let env = TestEnv::new(&["default"]).await?;
+    let result = async {
+        set(
+            &env.store,
+            &Limit {
+                concurrency: Some(1),
+                ..limit("warren.sleep")
+            },
+        )
+        .await?;
+        let mut first = WorkerProcess::spawn(&env, "lease-a", &[])?;
+        let client = Client::from_broker(env.broker.clone()).await?;
+        let long = client
+            .enqueue(NewJob::new("warren.sleep", &json!({"ms": 3_000})))
+            .await?;
+        wait_until(Duration::from_secs(30), "the long job running", || async {
+            let state = env.store.job(long).await?.map(|r| r.state);
+            Ok(if state == Some(JobState::Running) {
+                Ok(())
+            } else {
+                Err(format!("{state:?}"))
+            })
+        })
+        .await?;
+        // Killed holding the only slot: its lease stays in Postgres until it expires.
+        first.signal("KILL").await?;
+        first.wait(Duration::from_secs(10)).await?;
+        let killed_at = Utc::now();
+        let second = WorkerProcess::spawn(&env, "lease-b", &[])?;
+        let short = client
+            .enqueue(NewJob::new("warren.sleep", &json!({"ms": 10})))
+            .await?;
+        let rows = wait_all_terminal(&env.store, &[long, short], Duration::from_secs(120)).await?;
+        for r in rows.values() {
+            assert_eq!(r.state, JobState::Succeeded, "{r:?}");
+        }
+        // Leases live 15 s past their last renewal, renewed every 5 s: the dead worker's slot
+        // was held at least 10 s after the kill, and no job under the limit started before.
+        let first_start = rows
+            .values()
+            .filter_map(|r| r.started_at)
+            .min()
+            .context("no start recorded")?;
+        assert!(
+            first_start >= killed_at + TimeDelta::seconds(9),
+            "a job started at {first_start}, while the killed worker's lease (killed at \
+             {killed_at}) still held the only slot"
+        );
+        stop(vec![second]).await
     }
     .await;
     env.cleanup().await?;
