@@ -420,6 +420,16 @@ impl Store {
         .map_err(Error::query("counting a task's succeeded jobs"))
     }
 
+    /// How many jobs of `task` have a row, in any state: the benchmark's sign that every job of
+    /// a limited backlog was either started or deferred.
+    pub async fn rows_of_task(&self, task: &str) -> Result<i64, Error> {
+        sqlx::query_scalar("SELECT count(*) FROM warren_jobs WHERE task = $1")
+            .bind(task)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::query("counting a task's jobs"))
+    }
+
     /// The time between the first and the last start of `task`'s jobs; the benchmark reads a
     /// limited task's achieved rate from it.
     pub async fn start_span(&self, task: &str) -> Result<Duration, Error> {
