@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 use warren_client::{Client, NewJob};
 use warren_core::JobState;
-use warren_testkit::{Proxy, TestEnv};
+use warren_testkit::{Proxy, TestEnv, WorkerProcess, wait_until};
 use warren_worker::tasks::register_builtins;
 
 use crate::support::{count_state, enqueue_all, wait_all_terminal, wait_worker_started};
@@ -202,4 +202,74 @@ async fn shutdown_fits_its_grace_period_while_postgres_is_unreachable() -> anyho
     assert_eq!(count_state(&rows, JobState::Succeeded), 4);
     again.stop().await?;
     env.cleanup().await
+}
+
+/// Waits until the worker's log says `text`.
+async fn log_says(log: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    wait_until(
+        Duration::from_secs(30),
+        &format!("the worker to log `{text}`"),
+        || async {
+            let said = std::fs::read_to_string(log).unwrap_or_default();
+            Ok(if said.contains(text) {
+                Ok(())
+            } else {
+                Err(said.lines().last().unwrap_or("nothing").to_owned())
+            })
+        },
+    )
+    .await
+}
+
+/// A worker started while Postgres and RabbitMQ are both unreachable (a whole system coming
+/// up in any order) waits for each, saying so, and then runs jobs; it used to exit at once
+/// with status 1.
+#[tokio::test]
+async fn a_worker_started_before_its_services_waits_for_them() -> anyhow::Result<()> {
+    let env = TestEnv::new(&["default"]).await?;
+    let pg = Proxy::start(POSTGRES).await?;
+    let amqp = Proxy::start(RABBITMQ).await?;
+    pg.cut();
+    amqp.cut();
+    let dir = tempfile_dir(&env.name)?;
+    let log = dir.join("worker.log");
+    let mut worker = WorkerProcess::spawn_via(
+        &env,
+        "early",
+        &amqp.url_through(&env.amqp_url, RABBITMQ),
+        &pg.url_through(&env.database_url, POSTGRES),
+        &[],
+        &log,
+    )?;
+    let result = async {
+        log_says(&log, "PostgreSQL is not reachable; waiting for it").await?;
+        anyhow::ensure!(worker.is_running()?, "the worker exited instead of waiting");
+        pg.restore();
+        log_says(&log, "PostgreSQL is reachable").await?;
+        log_says(&log, "RabbitMQ is not reachable; waiting for it").await?;
+        anyhow::ensure!(worker.is_running()?, "the worker exited instead of waiting");
+        amqp.restore();
+        log_says(&log, "RabbitMQ is reachable").await?;
+
+        let client = Client::from_broker(env.broker.clone()).await?;
+        let ids = enqueue_all(&client, vec![NewJob::new("warren.noop", &json!({}))]).await?;
+        let rows = wait_all_terminal(&env.store, &ids, Duration::from_secs(60)).await?;
+        assert_eq!(count_state(&rows, JobState::Succeeded), 1, "{rows:?}");
+        worker.signal("TERM").await?;
+        assert_eq!(worker.wait(Duration::from_secs(30)).await?, Some(0));
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        eprintln!("{}", std::fs::read_to_string(&log).unwrap_or_default());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    env.cleanup().await?;
+    result
+}
+
+fn tempfile_dir(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("warren-{name}"));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }

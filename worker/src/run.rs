@@ -147,23 +147,30 @@ async fn serve(
         );
         std::process::exit(130);
     });
-    let store = Store::connect(&store)
-        .await
-        .context("connecting to Postgres")?;
-    // Migrating is an explicit step (`warren migrate`, or --migrate here) because it needs
-    // DDL rights a worker's role should not have. Without it the schema is only checked, so
-    // that an unmigrated database stops the worker now, saying what to run.
-    if migrate {
-        store.migrate().await.context("migrating the database")?;
-    } else {
-        store
-            .check_schema()
-            .await
-            .context("checking the database schema")?;
-    }
-    let broker = Broker::connect(broker)
-        .await
-        .context("connecting to RabbitMQ")?;
+    // A worker started while Postgres or RabbitMQ is down (a node rebooting, a cluster
+    // starting in any order) waits for it, saying so, instead of exiting: only a refusal (bad
+    // credentials, an unmigrated schema, a bad URL) ends the start.
+    let store = until_reachable(
+        "PostgreSQL",
+        &shutdown,
+        warren_store::Error::is_transient,
+        || connect_store(&store, migrate),
+    )
+    .await?;
+    let Some(store) = store else {
+        return Ok(());
+    };
+    let broker = until_reachable(
+        "RabbitMQ",
+        &shutdown,
+        warren_broker::Error::is_transient,
+        || Broker::connect(broker.clone()),
+    )
+    .await?;
+    let Some(broker) = broker else {
+        store.close().await;
+        return Ok(());
+    };
     let ran = worker
         .run(broker, store.clone(), shutdown.cancelled_owned())
         .await
@@ -175,6 +182,80 @@ async fn serve(
     ran?;
     store.close().await;
     Ok(())
+}
+
+/// Connects to Postgres and migrates the schema (`--migrate`) or checks it is current.
+async fn connect_store(config: &StoreConfig, migrate: bool) -> Result<Store, warren_store::Error> {
+    let store = Store::connect(config).await?;
+    // Migrating is an explicit step (`warren migrate`, or --migrate here) because it needs
+    // DDL rights a worker's role should not have. Without it the schema is only checked, so
+    // that an unmigrated database stops the worker now, saying what to run.
+    let ready = if migrate {
+        store.migrate().await
+    } else {
+        store.check_schema().await
+    };
+    match ready {
+        Ok(_) => Ok(store),
+        Err(e) => {
+            store.close().await;
+            Err(e)
+        }
+    }
+}
+
+/// Tries `connect` until it succeeds, fails for a reason that does not pass (returned), or
+/// the shutdown signal comes (`Ok(None)`). Waits 1 s after the first failure, doubling up to
+/// 30 s; the first failure is logged at WARN with what is tried next, later ones at INFO, and
+/// the success after a wait at WARN, so that an operator sees both ends of it.
+async fn until_reachable<T, E, F, Fut>(
+    what: &str,
+    shutdown: &tokio_util::sync::CancellationToken,
+    transient: impl Fn(&E) -> bool,
+    mut connect: F,
+) -> Result<Option<T>, anyhow::Error>
+where
+    E: std::error::Error + Send + Sync + 'static,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let started = std::time::Instant::now();
+    let mut wait = std::time::Duration::from_secs(1);
+    let mut failures = 0u32;
+    loop {
+        let attempt = tokio::select! {
+            attempt = connect() => attempt,
+            () = shutdown.cancelled() => return Ok(None),
+        };
+        match attempt {
+            Ok(connected) => {
+                if failures > 0 {
+                    tracing::warn!(
+                        waited_secs = started.elapsed().as_secs(),
+                        "{what} is reachable; starting"
+                    );
+                }
+                return Ok(Some(connected));
+            }
+            Err(e) if transient(&e) => {
+                failures += 1;
+                let error = warren_core::ErrorChain(&e).to_string();
+                if failures == 1 {
+                    tracing::warn!(%error, "{what} is not reachable; waiting for it, trying again every {}s up to every 30s (SIGTERM stops the wait)", wait.as_secs());
+                } else {
+                    tracing::info!(%error, failures, "{what} still not reachable; trying again in {}s", wait.as_secs());
+                }
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!("connecting to {what}")));
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.cancelled() => return Ok(None),
+        }
+        wait = (wait * 2).min(std::time::Duration::from_secs(30));
+    }
 }
 
 /// Makes sure lapin's I/O thread has the stack it needs for the deepest header table a frame

@@ -70,6 +70,33 @@ impl WorkerProcess {
         Ok(WorkerProcess { child })
     }
 
+    /// Starts `warren-worker` against `env`'s namespace, reaching the broker at `amqp_url`
+    /// and the database at `database_url` (say, both through a [`crate::Proxy`]), with its
+    /// log appended to `log` as [`WorkerProcess::spawn_logged`] does.
+    pub fn spawn_via(
+        env: &crate::TestEnv,
+        id: &str,
+        amqp_url: &str,
+        database_url: &str,
+        extra: &[&str],
+        log: &std::path::Path,
+    ) -> anyhow::Result<WorkerProcess> {
+        let mut command = Self::command(env, id, amqp_url, database_url, extra)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        command.stdout(file.try_clone()?).stderr(file);
+        let child = command.spawn().context("starting warren-worker")?;
+        Ok(WorkerProcess { child })
+    }
+
+    /// Whether the process is still running (not yet exited).
+    pub fn is_running(&mut self) -> anyhow::Result<bool> {
+        Ok(self.child.try_wait()?.is_none())
+    }
+
     fn command(
         env: &crate::TestEnv,
         id: &str,
