@@ -627,6 +627,7 @@ async fn a_broker_outage_is_503_and_never_a_false_accept() -> anyhow::Result<()>
     let mut config = env.broker_config.clone();
     config.url = quiet.url_through(&config.url, "127.0.0.1:5672");
     let broker = warren_client::Broker::connect(config).await?;
+    let watched = broker.clone();
     let limits = Limits {
         request_timeout: Duration::from_millis(500),
         ..Limits::default()
@@ -642,6 +643,21 @@ async fn a_broker_outage_is_503_and_never_a_false_accept() -> anyhow::Result<()>
     )
     .await?;
     quiet.blackhole();
+    // The blackhole drops the open connection first; a publish racing that drop fails at
+    // once (its confirm is lost with the connection). Once the loss is noticed, a publish
+    // waits for the new connection, which the blackhole never lets finish.
+    wait_until(
+        Duration::from_secs(10),
+        "the producer to notice its connection dropped",
+        || async {
+            Ok(if watched.is_connected() {
+                Err("still connected".to_owned())
+            } else {
+                Ok(())
+            })
+        },
+    )
+    .await?;
     let hung = post(&slow.router, "/v1/jobs", &slow.all, &job).await;
     assert!(
         hung.problem(503)["detail"]

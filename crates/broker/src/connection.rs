@@ -10,6 +10,7 @@ use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Connection, ConnectionProperties};
 use warren_core::QueueName;
 
+use crate::supervised::Supervised;
 use crate::{BrokerConfig, Consumer, Error, Publisher, Topology};
 
 /// Ready and consumer counts of a queue, as a passive declare reports them. Messages delivered
@@ -22,11 +23,12 @@ pub struct QueueDepth {
     pub consumers: u32,
 }
 
-/// One AMQP connection with auto-recovery. Channels are opened per role from it: one per
-/// publisher, one per consumer.
+/// One AMQP connection for publishing and administration, which Warren replaces by itself
+/// when it is lost (on the next node of the URL list that answers; see `crate::supervised`).
+/// Publishers open their channels from it; consumers open connections of their own.
 #[derive(Clone)]
 pub struct Broker {
-    pub(crate) connection: Arc<Connection>,
+    pub(crate) connection: Supervised,
     pub(crate) config: BrokerConfig,
 }
 
@@ -39,21 +41,22 @@ impl fmt::Debug for Broker {
 }
 
 impl Broker {
-    /// True while the publishing connection is up (not connecting, recovering or closed).
+    /// True while the publishing connection is up (not lost, being replaced or closed).
     pub fn is_connected(&self) -> bool {
-        self.connection.status().connected()
+        self.connection.is_connected()
     }
 
     /// Connects for publishing and administration. Consumers open connections of their own
     /// (see [`Broker::consume`]), so that a broker alarm blocking this publishing connection
     /// never blocks their acks, and a connection killed by one malformed delivery takes only
     /// that consumer's deliveries with it.
+    ///
+    /// Once connected, a lost connection is replaced in the background, the nodes of the URL
+    /// list tried in turn from the one after the node lost; meanwhile the steps that need it
+    /// (opening a channel, publishing) wait for the new one within their own timeouts.
     pub async fn connect(config: BrokerConfig) -> Result<Self, Error> {
-        let connection = open_connection(&config, "publish").await?;
-        Ok(Self {
-            connection: Arc::new(connection),
-            config,
-        })
+        let connection = Supervised::connect(&config, "publish").await?;
+        Ok(Self { connection, config })
     }
 
     /// The config this broker was connected with; consumers connect with it too.
@@ -230,41 +233,66 @@ impl Broker {
         Ok(())
     }
 
-    /// Closes the connection. Unacked deliveries go back to their queues.
+    /// Closes the connection (waiting at most the connect timeout for the broker's answer)
+    /// and stops replacing it. Unacked deliveries go back to their queues.
     pub async fn close(&self) {
-        let _ = self
-            .connection
-            .close(200, "warren shutting down".into())
-            .await;
+        self.connection.close().await;
     }
 }
 
-/// Opens one AMQP connection with auto-recovery, named `<connection_name> <role>` in the
-/// broker's connection list.
-///
-/// With a list of URLs (the nodes of one cluster), the first node that answers is used, and
-/// every reconnect of the auto-recovery tries the nodes in turn starting with the one after
-/// the node last connected to: a connection lost because its node died lands on another node
-/// at the first attempt, and the dead node is tried last.
+/// Opens one AMQP connection with lapin's auto-recovery, named `<connection_name> <role>` in
+/// the broker's connection list: a consumer's. See [`open_connection_at`].
 pub(crate) async fn open_connection(
     config: &BrokerConfig,
     role: &str,
 ) -> Result<Connection, Error> {
+    open_connection_at(config, role, 0, Recovery::Lapin)
+        .await
+        .map(|(connection, _node)| connection)
+}
+
+/// Who brings a lost connection back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Recovery {
+    /// lapin's auto-recovery reconnects and recovers the channels (consumers, which also
+    /// reopen a connection of their own when that fails).
+    Lapin,
+    /// Nobody inside the connection: once lost it ends in the error state, and its owner opens
+    /// a new one (the publishing connection, see `crate::supervised`).
+    Owner,
+}
+
+/// Opens one AMQP connection named `<connection_name> <role>` in the broker's connection list,
+/// trying the nodes of the URL list in turn from the one at index `first` (wrapping round).
+/// Returns the connection and the index of the node it is connected to.
+///
+/// With a list of URLs (the nodes of one cluster), the first node that answers is used. With
+/// [`Recovery::Lapin`], every reconnect of the auto-recovery tries the nodes in turn starting
+/// with the one after the node last connected to: a connection lost because its node died
+/// lands on another node at the first attempt, and the dead node is tried last.
+pub(crate) async fn open_connection_at(
+    config: &BrokerConfig,
+    role: &str,
+    first: usize,
+    recovery: Recovery,
+) -> Result<(Connection, usize), Error> {
     let uris = config.endpoints()?;
     let tls = uris
         .iter()
         .map(|uri| tls_config(config, uri))
         .collect::<Result<Vec<_>, _>>()?;
+    let count = uris.len();
     let mut first_reachable = None;
     let mut refusal = None;
-    for (index, uri) in uris.iter().enumerate() {
+    for index in (0..count).map(|step| (first + step) % count) {
+        let uri = &uris[index];
         match reach(config, uri, &tls[index]).await {
             Ok(()) => {
                 first_reachable = Some(index);
                 break;
             }
             Err(e) => {
-                if uris.len() > 1 {
+                if count > 1 {
                     tracing::warn!(node = %endpoint(uri), error = %warren_core::ErrorChain(&e), "broker node unreachable; trying the next of the list");
                 }
                 refusal = Some(e);
@@ -284,15 +312,19 @@ pub(crate) async fn open_connection(
         endpoint: endpoint.clone(),
         source: Box::new(source),
     })?;
-    let props = ConnectionProperties::default()
-        .with_connection_name(format!("{} {role}", config.connection_name).into())
-        .enable_auto_recover();
+    let mut props = ConnectionProperties::default()
+        .with_connection_name(format!("{} {role}", config.connection_name).into());
+    if recovery == Recovery::Lapin {
+        props = props.enable_auto_recover();
+    }
     let nodes = Arc::new(Nodes {
         next: AtomicUsize::new(start),
+        current: AtomicUsize::new(start),
         uris,
         tls,
         timeout: config.connect_timeout,
     });
+    let connected_to = nodes.clone();
     // amqps:// is verified by lapin's rustls connector: the chain must lead to a system root
     // (rustls-native-certs) or to the CA file, and the certificate must name the URL's host.
     // The same TLS settings serve auto-recovery's reconnects. Lapin calls this for the first
@@ -322,7 +354,7 @@ pub(crate) async fn open_connection(
             failure.unwrap_or_else(|| std::io::Error::other("no broker URL")),
         ))
     };
-    tokio::time::timeout(
+    let connection = tokio::time::timeout(
         config.connect_timeout,
         Connection::connector(primary, runtime, connect, props),
     )
@@ -334,7 +366,8 @@ pub(crate) async fn open_connection(
     .map_err(|source| Error::Connect {
         endpoint,
         source: Box::new(source),
-    })
+    })?;
+    Ok((connection, connected_to.current.load(Ordering::Relaxed)))
 }
 
 /// Checks at once whether anything listens at `uri` (and, for `amqps://`, whether its
@@ -373,6 +406,8 @@ struct Nodes {
     tls: Vec<OwnedTLSConfig>,
     /// The node the next (re)connect tries first.
     next: AtomicUsize,
+    /// The node the connection was last made to.
+    current: AtomicUsize,
     /// How long one node gets to accept the connection before the next is tried.
     timeout: Duration,
 }
@@ -388,6 +423,7 @@ impl Nodes {
     /// `index` accepted a connection: the reconnect after its loss starts with the next node.
     fn connected(&self, index: usize) {
         let count = self.uris.len();
+        self.current.store(index, Ordering::Relaxed);
         if count > 1 {
             self.next.store((index + 1) % count, Ordering::Relaxed);
             tracing::info!(node = %endpoint(&self.uris[index]), "connected to broker node");
@@ -403,7 +439,7 @@ impl Nodes {
 
 /// `host:port`, and the vhost when it is not the default: how errors name the broker. It
 /// never holds the credentials.
-fn endpoint(uri: &AMQPUri) -> String {
+pub(crate) fn endpoint(uri: &AMQPUri) -> String {
     format!(
         "{}:{}{}",
         uri.authority.host,

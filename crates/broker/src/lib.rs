@@ -1,9 +1,9 @@
 //! warren-broker: everything Warren does with RabbitMQ, through lapin.
 //!
-//! It owns the connection (auto-recovery, heartbeats, timeouts), the topology (a durable work
-//! exchange, one quorum queue per Warren queue with a delivery limit and a dead-letter
-//! exchange, a dead-letter queue), publishing with pipelined publisher confirms, and consuming
-//! with a prefetch window. It maps the message contract of `warren_core::message` onto AMQP
+//! It owns the connections (their recovery and failover across a cluster's nodes, heartbeats,
+//! timeouts), the topology (a durable work exchange, one quorum queue per Warren queue with a
+//! delivery limit and a dead-letter exchange, a dead-letter queue), publishing with pipelined
+//! publisher confirms, and consuming with a prefetch window. It maps the message contract of `warren_core::message` onto AMQP
 //! properties and headers and back.
 //!
 //! It deliberately knows nothing of Postgres, handlers or retries: callers decide what a
@@ -20,6 +20,7 @@ mod headers;
 mod parking;
 mod publisher;
 mod stack;
+mod supervised;
 mod topology;
 
 pub use config::BrokerConfig;

@@ -1,17 +1,19 @@
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Channel, Connection, PublisherConfirm};
+use lapin::{BasicProperties, Channel, PublisherConfirm};
 use warren_core::HeaderValue;
 use warren_core::message::{HEADER_DEAD_QUEUE, HEADER_DEAD_REASON, RawMessage};
 
 use crate::connection::within;
 use crate::headers::to_field_table;
+use crate::supervised::Supervised;
 use crate::{BrokerConfig, Error};
 
 /// One message to publish: the Warren queue it is for and the message itself.
@@ -29,9 +31,16 @@ pub struct PublishRequest<'a> {
 /// Every publish is persistent and `mandatory`, and succeeds only when the broker's confirm is
 /// an ack without a returned message: an unroutable message (no such queue) or a nack is an
 /// error for that message, never a silent success. Clones share the channel.
+///
+/// The channel is replaced when it is lost: with the connection (which the [`crate::Broker`]
+/// replaces by itself), or alone (the broker closed it). A publish that finds it lost waits
+/// for a new one, within the confirm timeout; a message is never sent twice on its own, and a
+/// confirm from the old channel is never taken for one on the new.
 #[derive(Clone)]
 pub struct Publisher {
-    channel: Channel,
+    connection: Supervised,
+    channel: Arc<ChannelSlot>,
+    connect_timeout: Duration,
     exchange: String,
     dead_letter_exchange: String,
     intake_queue: String,
@@ -51,6 +60,10 @@ impl fmt::Debug for Publisher {
     }
 }
 
+/// The wait before trying again to open a publishing channel that failed to open although
+/// the connection was up a moment before.
+const RETRY_CHANNEL: Duration = Duration::from_millis(100);
+
 /// How a message is named in errors: its job id, or a placeholder when it has none.
 fn job_of(message: &RawMessage) -> String {
     message
@@ -59,26 +72,67 @@ fn job_of(message: &RawMessage) -> String {
         .unwrap_or_else(|| "(no id)".to_owned())
 }
 
+/// The publishing channel that every clone of a publisher shares, and the lock that lets one
+/// of them at a time replace it.
+struct ChannelSlot {
+    current: Mutex<Open>,
+    replacing: tokio::sync::Mutex<()>,
+}
+
+/// A channel in confirm mode and the generation of the connection it was opened on.
+#[derive(Clone)]
+struct Open {
+    channel: Arc<Channel>,
+    generation: u64,
+}
+
+impl ChannelSlot {
+    fn get(&self) -> Open {
+        self.current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, open: Open) {
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = open;
+    }
+}
+
+/// Opens a channel on the current connection (waiting for one while it is being replaced)
+/// and switches it to confirm mode, each step within `timeout`.
+async fn open_channel(connection: &Supervised, timeout: Duration) -> Result<Open, Error> {
+    let (channel, generation) = within(
+        timeout,
+        "opening a publishing channel",
+        connection.create_channel_with_generation(),
+    )
+    .await?;
+    within(
+        timeout,
+        "switching the channel to confirm mode",
+        channel.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await?;
+    Ok(Open {
+        channel: Arc::new(channel),
+        generation,
+    })
+}
+
 impl Publisher {
     pub(crate) async fn open(
-        connection: &Connection,
+        connection: &Supervised,
         config: &BrokerConfig,
     ) -> Result<Self, Error> {
-        let t = config.connect_timeout;
-        let channel = within(
-            t,
-            "opening a publishing channel",
-            connection.create_channel(),
-        )
-        .await?;
-        within(
-            t,
-            "switching the channel to confirm mode",
-            channel.confirm_select(ConfirmSelectOptions::default()),
-        )
-        .await?;
+        let open = open_channel(connection, config.connect_timeout).await?;
         Ok(Self {
-            channel,
+            connection: connection.clone(),
+            channel: Arc::new(ChannelSlot {
+                current: Mutex::new(open),
+                replacing: tokio::sync::Mutex::new(()),
+            }),
+            connect_timeout: config.connect_timeout,
             exchange: config.topology.work_exchange(),
             dead_letter_exchange: config.topology.dead_letter_exchange(),
             intake_queue: config.topology.intake_queue(),
@@ -134,9 +188,9 @@ impl Publisher {
                     pending.push_back((i, Instant::now() + self.confirm_timeout, confirm));
                 }
                 Err(e) => {
-                    // `send` already waited (bounded) for a recovery; a channel still down
-                    // after that will not take the rest either.
-                    lost = !self.channel.status().connected();
+                    // `send` already waited (bounded) for a new channel; without one by
+                    // then, the rest would not be taken either.
+                    lost = !self.is_usable(&self.channel.get());
                     results[i] = Some(Err(e));
                 }
             }
@@ -249,13 +303,36 @@ impl Publisher {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
+        // One bound for getting a channel (waiting, if the connection is being replaced) and
+        // writing the frame: a connection that died without lapin noticing would otherwise
+        // leave this waiting for good.
+        let deadline = Instant::now() + self.confirm_timeout;
         let mut retried = false;
         loop {
-            // Writing the frame waits for lapin's I/O loop; a connection that died without
-            // lapin noticing would leave this waiting for good, so it is bounded too.
-            let sent = tokio::time::timeout(
-                self.confirm_timeout,
-                self.channel.basic_publish(
+            let channel = match self.usable_channel(deadline).await {
+                Ok(channel) => channel,
+                // The connection went down again between being reopened and taking the
+                // channel: wait for the next one, within the same bound.
+                Err(e)
+                    if e.is_transient()
+                        && !self.connection.is_closed()
+                        && Instant::now() + RETRY_CHANNEL < deadline =>
+                {
+                    tracing::debug!(job = %job_of(m), error = %warren_core::ErrorChain(&e), "cannot open a publishing channel yet; retrying");
+                    tokio::time::sleep(RETRY_CHANNEL).await;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(job = %job_of(m), error = %warren_core::ErrorChain(&e), "no publishing channel for the message");
+                    return Err(Error::NotSent {
+                        job: job_of(m),
+                        queue: req.queue.to_owned(),
+                    });
+                }
+            };
+            let sent = tokio::time::timeout_at(
+                deadline,
+                channel.basic_publish(
                     exchange.into(),
                     req.queue.into(),
                     options,
@@ -266,23 +343,9 @@ impl Publisher {
             .await;
             match sent {
                 Ok(Ok(confirm)) => return Ok(confirm),
-                // After a connection loss lapin recovers the channel (confirm mode included);
-                // wait for that once, bounded, then try this message again.
-                Ok(Err(e)) if !retried => {
-                    retried = true;
-                    let recovered = tokio::time::timeout(
-                        self.confirm_timeout,
-                        self.channel.wait_for_recovery(e),
-                    )
-                    .await;
-                    if let Ok(Err(source)) = recovered {
-                        return Err(Error::Publish {
-                            job: job_of(m),
-                            queue: req.queue.to_owned(),
-                            source: Box::new(source),
-                        });
-                    }
-                }
+                // The channel or its connection broke under this message: try it once more,
+                // on a new channel if this one is lost (the job id makes a copy harmless).
+                Ok(Err(_)) if !retried => retried = true,
                 Ok(Err(source)) => {
                     return Err(Error::Publish {
                         job: job_of(m),
@@ -299,6 +362,44 @@ impl Publisher {
                 }
             }
         }
+    }
+
+    /// True while `open` can take a publish: the channel is up and its connection is the
+    /// current one.
+    fn is_usable(&self, open: &Open) -> bool {
+        open.channel.status().connected() && open.generation == self.connection.generation()
+    }
+
+    /// The shared channel if it is usable; otherwise a new one, opened by one clone at a time
+    /// on the current connection, waited for until `deadline`.
+    async fn usable_channel(&self, deadline: Instant) -> Result<Arc<Channel>, Error> {
+        let open = self.channel.get();
+        if self.is_usable(&open) {
+            return Ok(open.channel);
+        }
+        let waited = |what| Error::StepTimeout {
+            what,
+            timeout: self.confirm_timeout,
+        };
+        let _turn = tokio::time::timeout_at(deadline, self.channel.replacing.lock())
+            .await
+            .map_err(|_| waited("waiting for another publish to reopen the channel"))?;
+        // Another clone may have replaced it while this one waited for its turn.
+        let open = self.channel.get();
+        if self.is_usable(&open) {
+            return Ok(open.channel);
+        }
+        let fresh = tokio::time::timeout_at(
+            deadline,
+            open_channel(&self.connection, self.connect_timeout),
+        )
+        .await
+        .map_err(|_| {
+            waited("waiting for the broker connection to reopen the publishing channel")
+        })??;
+        tracing::info!(generation = fresh.generation, "publishing channel reopened");
+        self.channel.set(fresh.clone());
+        Ok(fresh.channel)
     }
 
     async fn settle(

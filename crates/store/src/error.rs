@@ -286,6 +286,16 @@ fn message(e: &sqlx::Error, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             }
             Ok(())
         }
+        // sqlx's own words ("pool timed out while waiting for an open connection") hide that
+        // its retries of a refused connect ("too many clients", SQLSTATE 53300, or a server
+        // starting up) end here too, with the server's answer dropped.
+        sqlx::Error::PoolTimedOut => write!(
+            f,
+            "no database connection within the pool's acquire timeout: every pooled \
+             connection is busy or lost, and PostgreSQL accepted no new one (it is down, \
+             starting, or refusing new connections because max_connections is reached: \
+             \"too many clients\")"
+        ),
         other => write!(f, "{other}"),
     }
 }

@@ -1,12 +1,13 @@
 //! A broker URL list fails over: a connection given the URLs of several nodes connects to the
-//! first that answers and, when that node dies, recovers on another by itself. Two separate
-//! disposable nodes stand in for a cluster here (the cluster itself is tested end to end in
-//! tests/e2e/cluster.rs).
+//! first that answers and, when that node dies, recovers on another by itself, and so does a
+//! publisher opened on it. Two separate disposable nodes stand in for a cluster here (the
+//! cluster itself is tested end to end in tests/e2e/fault_lab/cluster.rs).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use warren_broker::{Broker, BrokerConfig, Error};
-use warren_core::QueueName;
+use warren_core::{QueueName, RawMessage};
 use warren_testkit::{DisposableRabbit, wait_until};
 
 fn config(url: String) -> BrokerConfig {
@@ -38,7 +39,6 @@ async fn within<T>(step: &str, fut: impl Future<Output = T>) -> anyhow::Result<T
 }
 
 #[tokio::test]
-#[ignore = "known gap (issue 12): lapin's auto-recovery sometimes never calls the connector again after the node dies and stays `reconnecting` (1 full run in 3 here); see docs/reliability.md. Run with --run-ignored all"]
 async fn a_connection_fails_over_to_the_next_node_of_its_url_list() -> anyhow::Result<()> {
     let mut a = DisposableRabbit::start().await?;
     let mut b = DisposableRabbit::start().await?;
@@ -55,8 +55,55 @@ async fn a_connection_fails_over_to_the_next_node_of_its_url_list() -> anyhow::R
         "the first node first"
     );
 
+    // A publisher opened before the failover, and the queue it publishes to, declared on node
+    // b beforehand (the two nodes share nothing).
+    let publisher = broker.publisher().await?;
+    let on_b = Broker::connect(config(b.amqp_url())).await?;
+    let early = QueueName::new("during-failover")?;
+    on_b.declare(std::slice::from_ref(&early)).await?;
+
     a.kill().await?;
-    // Auto-recovery reconnects on its own, to the next node of the list.
+    // A publish right after the kill waits for the connection to be replaced and goes to
+    // node b on a new channel. One sent into the dying connection may fail (its outcome is
+    // unknown, so it is an error, never a success); the publisher then takes a new channel.
+    let killed = std::time::Instant::now();
+    let message = RawMessage {
+        message_id: Some("failover-1".to_owned()),
+        content_type: None,
+        timestamp: None,
+        headers: BTreeMap::new(),
+        body: b"{}".to_vec(),
+    };
+    let mut refused = Vec::new();
+    loop {
+        match within(
+            "publishing after the kill",
+            publisher.publish(early.as_str(), &message),
+        )
+        .await?
+        {
+            Ok(()) => break,
+            Err(e) => {
+                refused.push(format!("{}", warren_core::ErrorChain(&e)));
+                anyhow::ensure!(
+                    refused.len() < 5,
+                    "the publisher never recovered: {refused:#?}"
+                );
+            }
+        }
+    }
+    eprintln!(
+        "published on node b {:?} after the kill, after {} failed attempt(s): {refused:?}",
+        killed.elapsed(),
+        refused.len()
+    );
+    assert_eq!(
+        on_b.queue_depth(&early).await?.map(|d| d.ready),
+        Some(1),
+        "the confirmed message is on node b, once"
+    );
+
+    // The broker's connection was replaced on its own, on the next node of the list.
     let queue = QueueName::new("after-failover")?;
     wait_until(
         Duration::from_secs(60),
@@ -79,7 +126,6 @@ async fn a_connection_fails_over_to_the_next_node_of_its_url_list() -> anyhow::R
     )
     .await?;
     assert_eq!(nodes_with("failover-test", &[&b]).await?, [0]);
-    let on_b = Broker::connect(config(b.amqp_url())).await?;
     assert!(
         on_b.queue_depth(&queue).await?.is_some(),
         "declared on node b"

@@ -13,6 +13,7 @@
 mod broker_restart;
 mod cluster;
 mod frozen_worker;
+mod pg_exhausted;
 mod postgres_stop;
 mod rolling_restart;
 
