@@ -129,8 +129,10 @@ async fn long_jobs_are_refused_instead_of_redelivered_mid_run() -> anyhow::Resul
     .await?;
     let gap = second - first;
     eprintln!("uncapped: second start {gap:?} after the first");
+    // The broker's clock starts at the delivery, a little before the handler records its
+    // start (6 ms short of 5 s was seen under load): half a second of slack for that.
     assert!(
-        gap >= BROKER_TIMEOUT && gap < Duration::from_secs(12),
+        gap >= BROKER_TIMEOUT - Duration::from_millis(500) && gap < Duration::from_secs(12),
         "redelivered {gap:?} after the first start: not by the consumer timeout, or only after \
          the first run ended"
     );

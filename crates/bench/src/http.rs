@@ -482,9 +482,7 @@ pub(crate) fn summary(report: &Report<'_>) -> Option<(String, Value)> {
     let batch = percent(BATCH)?;
     let single_of_one = 100.0 * rate(SINGLE)? / rate(LIBRARY_ONE)?.max(f64::EPSILON);
     let p99 = get(PACED)?.latency?.p99_ms;
-    let floor_p99 = get(LIBRARY_PACED)
-        .and_then(|m| m.latency)
-        .map(|l| l.p99_ms);
+    let floor_p99 = get(LIBRARY_PACED).and_then(|m| m.latency).map(|l| l.p99_ms);
     let verdict = |met: bool| if met { "met" } else { "missed" };
     let lines = [
         format!(

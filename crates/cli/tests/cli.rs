@@ -709,8 +709,11 @@ async fn passwords_in_urls_are_never_printed() -> anyhow::Result<()> {
                 "{args:?}: {run:?}"
             );
         }
-        // The worker logs its settings at start-up (info), then fails on Postgres.
-        let worker = Command::new(warren_testkit::bin_path("warren-worker")?)
+        // The worker logs its settings at start-up (info), then refuses a URL it cannot use,
+        // or waits for a Postgres it cannot reach, saying why, until it is stopped.
+        let log = std::env::temp_dir().join(format!("warren-leak-{}.log", std::process::id()));
+        let file = std::fs::File::create(&log)?;
+        let mut worker = Command::new(warren_testkit::bin_path("warren-worker")?)
             .args(["--database-url", url])
             .args([
                 "--amqp-url",
@@ -720,19 +723,45 @@ async fn passwords_in_urls_are_never_printed() -> anyhow::Result<()> {
             .env_remove("WARREN_DATABASE_URL")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
             .kill_on_drop(true)
-            .output();
-        let output = tokio::time::timeout(COMMAND_TIMEOUT, worker)
-            .await
-            .context("warren-worker did not exit")??;
-        let (stdout, stderr) = (
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr),
-        );
+            .spawn()?;
+        let said = || std::fs::read_to_string(&log).unwrap_or_default();
+        let waited =
+            warren_testkit::wait_until(COMMAND_TIMEOUT, "the worker to exit or wait", || {
+                let exited = worker.try_wait();
+                let text = said();
+                async move {
+                    Ok(match exited? {
+                        Some(status) => Ok(Some(status)),
+                        None if text.contains("is not reachable; waiting for it") => Ok(None),
+                        None => Err("neither".to_owned()),
+                    })
+                }
+            })
+            .await?;
+        let status = match waited {
+            Some(status) => status,
+            None => {
+                // Still waiting for Postgres: SIGTERM ends the wait with status 0.
+                let pid = worker.id().context("worker pid")?;
+                Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .await?;
+                tokio::time::timeout(COMMAND_TIMEOUT, worker.wait())
+                    .await
+                    .context("warren-worker did not stop on SIGTERM")??
+            }
+        };
+        let stderr = said();
+        let stdout = String::new();
+        let _ = std::fs::remove_file(&log);
         ensure!(
-            output.status.code() == Some(1),
-            "{url}: {:?} {stderr}",
-            output.status
+            (status.code() == Some(1) && stderr.contains("invalid Postgres URL"))
+                || (status.code() == Some(0) && stderr.contains("is not reachable")),
+            "{url}: {status:?} {stderr}"
         );
         ensure!(
             stderr.contains("starting") || stderr.contains("invalid Postgres URL"),
@@ -765,7 +794,7 @@ async fn a_worker_refuses_an_unmigrated_database_and_says_what_to_run() -> anyho
             ensure!(output.status.code() == Some(1), "{stderr}");
             ensure!(
                 stderr.contains(
-                    "warren-worker: checking the database schema: the database has no Warren schema"
+                    "warren-worker: connecting to PostgreSQL: the database has no Warren schema"
                 ) && stderr.contains("run `warren migrate`"),
                 "{stderr}"
             );
