@@ -18,33 +18,61 @@ use warren_store::{LatencySummary, Store};
 use warren_testkit::{RunningWorker, wait_until};
 use warren_worker::tasks::register_builtins;
 
-use crate::report::{END_TO_END, Latency, Measure, Phase};
+use crate::report::{END_TO_END, Extra, Latency, Measure, Measured, Phase, Usage};
 use crate::sandbox::{Sandbox, stoppable};
 use crate::settings::Settings;
+use crate::usage::Sample;
 use crate::workload::{CHUNK, QUEUE, TASK, payload};
 
 /// Runs `settings.jobs` jobs through an in-process worker after a warm-up, in `sandbox`,
-/// until done or `stop`ped.
+/// until done or `stop`ped. `ceiling` is the broker ceiling's jobs/s of the same run.
 pub(crate) async fn measure(
     settings: &Settings,
     sandbox: &Sandbox,
     stop: &CancellationToken,
-) -> anyhow::Result<Phase> {
+    ceiling: Option<f64>,
+) -> anyhow::Result<Measured> {
     let builder = register_builtins(Worker::builder());
-    let (phase, _stats) =
+    let ((phase, usage), _stats) =
         with_worker(settings, sandbox, builder, stop, drive(settings, sandbox)).await?;
-    Ok(phase)
+    Ok(Measured {
+        phase,
+        extras: vec![Extra::phase(END_TO_END, ceiling, Some(usage))],
+    })
+}
+
+/// What this process (the in-process worker and the producer together) spent since
+/// `before`, on `jobs` jobs; its peak RSS is the process's since [`in_process_start`].
+pub(crate) fn in_process_usage(before: Sample, jobs: u64) -> anyhow::Result<Usage> {
+    let now = Sample::of(None)?;
+    Ok(Usage {
+        cpu_secs: now.cpu.saturating_sub(before.cpu).as_secs_f64(),
+        jobs,
+        peak_rss_bytes: Some(now.peak_rss_bytes),
+    })
+}
+
+/// Resets this process's peak RSS (so that an earlier phase's peak is not this one's) and
+/// reads where its CPU time starts.
+pub(crate) fn in_process_start() -> anyhow::Result<Sample> {
+    if !Sample::reset_own_peak() {
+        tracing::warn!(
+            "cannot reset this process's peak RSS (/proc/self/clear_refs); each phase's \
+             figure is the peak since the benchmark started"
+        );
+    }
+    Sample::of(None)
 }
 
 /// Runs `drive` (until done or `stop`ped) while an in-process worker with `builder`'s
 /// handlers serves the sandbox's queue; returns what `drive` measured and the worker's totals.
-pub(crate) async fn with_worker(
+pub(crate) async fn with_worker<T>(
     settings: &Settings,
     sandbox: &Sandbox,
     builder: WorkerBuilder,
     stop: &CancellationToken,
-    drive: impl Future<Output = anyhow::Result<Phase>>,
-) -> anyhow::Result<(Phase, WorkerStats)> {
+    drive: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<(T, WorkerStats)> {
     let worker = start_worker(settings, sandbox, builder).await?;
     let measured = stoppable(stop, drive).await;
     // Stopped as on SIGTERM, whether or not the measurement succeeded, so its last writes
@@ -77,8 +105,9 @@ async fn start_worker(
     Ok(RunningWorker { shutdown, handle })
 }
 
-/// The producer and the observer: enqueues, waits for the outcomes, reads the latencies.
-async fn drive(settings: &Settings, sandbox: &Sandbox) -> anyhow::Result<Phase> {
+/// The producer and the observer: enqueues, waits for the outcomes, reads the latencies,
+/// and what this process spent meanwhile.
+async fn drive(settings: &Settings, sandbox: &Sandbox) -> anyhow::Result<(Phase, Usage)> {
     // One connection is enough to count rows; the worker's pool is left alone.
     let probe = sandbox.database()?.connect("probe", Some(1)).await?;
     let client = Client::from_broker(sandbox.connect("producer").await?)
@@ -89,17 +118,20 @@ async fn drive(settings: &Settings, sandbox: &Sandbox) -> anyhow::Result<Phase> 
     enqueue(&client, &job, settings.warmup).await?;
     wait_for_succeeded(&probe, settings.warmup, settings.phase_timeout).await?;
 
+    let before = in_process_start()?;
     let since = now_to_the_millisecond();
     let start = Instant::now();
     enqueue(&client, &job, settings.jobs).await?;
     let enqueued = start.elapsed();
-    wait_for_succeeded(
+    wait_for_drained(
+        sandbox,
         &probe,
         settings.warmup + settings.jobs,
         settings.phase_timeout,
     )
     .await?;
     let elapsed = start.elapsed();
+    let usage = in_process_usage(before, settings.jobs)?;
 
     let summary = probe
         .latency_summary(since)
@@ -115,7 +147,7 @@ async fn drive(settings: &Settings, sandbox: &Sandbox) -> anyhow::Result<Phase> 
     let (to_start, to_recorded) = latencies(&summary);
     client.broker().close().await;
     probe.close().await;
-    Ok(Phase {
+    let phase = Phase {
         key: END_TO_END,
         title: "warren end-to-end",
         jobs: settings.jobs,
@@ -130,7 +162,8 @@ async fn drive(settings: &Settings, sandbox: &Sandbox) -> anyhow::Result<Phase> 
             Measure::latency("enqueue_to_start", "enqueue→start", to_start),
             Measure::latency("enqueue_to_recorded", "enqueue→recorded", to_recorded),
         ],
-    })
+    };
+    Ok((phase, usage))
 }
 
 /// Enqueues `count` copies of `job` (each with a fresh id) in chunks, each confirmed.
@@ -153,6 +186,30 @@ pub(crate) async fn enqueue_each(
         sent += n;
     }
     Ok(())
+}
+
+/// Waits until the sandbox's work queue has no ready messages, then until `target` jobs have
+/// succeeded. RabbitMQ is asked first (a passive declare, cheap for the broker): counting a
+/// jobs table of 100,000 rows every 50 ms while the backlog drains would take a share of the
+/// database whose throughput is being measured. What the consumers still hold once the queue
+/// is empty (a prefetch window each) is then counted in Postgres.
+pub(crate) async fn wait_for_drained(
+    sandbox: &Sandbox,
+    store: &Store,
+    target: u64,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    wait_until(timeout, "the work queue to empty", || async {
+        let ready = sandbox.depth().await?.ready;
+        Ok(if ready == 0 {
+            Ok(())
+        } else {
+            Err(format!("{ready} ready"))
+        })
+    })
+    .await?;
+    wait_for_succeeded(store, target, timeout.saturating_sub(start.elapsed())).await
 }
 
 /// Polls Postgres (every 50 ms, `wait_until`'s pace) until `target` jobs have succeeded.

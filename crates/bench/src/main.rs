@@ -4,20 +4,32 @@
 //! Wiring only: flags become [`settings::Settings`], each phase runs in a [`sandbox::Sandbox`]
 //! of its own (a RabbitMQ namespace, and a database when it needs one) that is removed
 //! afterwards, and [`report::Report`] prints what the phases measured. A new phase is a module
-//! with a `measure(&Settings, &Sandbox, &stop) -> Phase` function and one line below.
+//! with a `measure(&Settings, &Sandbox, &stop) -> Phase` function and one line below (or
+//! `-> Measured`, a phase with its share of the ceiling and its CPU and memory).
+//!
+//! `--scenario` picks the phases (issue 13): the default is the run from before it; every
+//! other scenario runs the broker ceiling first, so that its ratios compare with a ceiling
+//! measured in the same run.
 //!
 //! Exit codes: 0 after a complete run, 1 when a phase fails or is interrupted, 2 on bad flags.
 
 mod admin_reads;
 mod ceiling;
+mod drain;
 mod end_to_end;
+mod fleet;
 mod http;
+mod light;
 mod limits;
+mod payloads;
 mod promotion;
 mod report;
 mod retry_path;
 mod sandbox;
+mod scaling;
 mod settings;
+mod steady;
+mod usage;
 mod workload;
 
 use std::process::ExitCode;
@@ -29,9 +41,11 @@ use warren_broker::BrokerConfig;
 use warren_runtime::shutdown_on_signal;
 use warren_store::StoreConfig;
 
-use crate::report::Report;
+use tokio_util::sync::CancellationToken;
+
+use crate::report::{Extra, Measured, Report};
 use crate::sandbox::Sandbox;
-use crate::settings::{Args, Settings};
+use crate::settings::{Args, Scenario, Settings};
 
 fn main() -> ExitCode {
     let settings = match Args::parse().validate() {
@@ -50,14 +64,18 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(&settings)) {
-        Ok(report) => {
-            print!("{}", report.table());
+        Ok((report, extras)) => {
+            print!("{}", report.table_with(&extras));
             let http = http::summary(&report);
             if let Some((lines, _)) = &http {
                 print!("{lines}");
             }
-            if settings.json {
-                let mut json = report.json();
+            if settings.json && settings.scenario != Scenario::Default {
+                for line in report.json_lines(&extras) {
+                    println!("{line}");
+                }
+            } else if settings.json {
+                let mut json = report.json_with(&extras);
                 if let Some((_, verdicts)) = http {
                     json["http"] = verdicts;
                 }
@@ -72,7 +90,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(settings: &Settings) -> anyhow::Result<Report<'_>> {
+async fn run(settings: &Settings) -> anyhow::Result<(Report<'_>, Vec<Extra>)> {
     tracing::info!(
         amqp = %BrokerConfig::new(settings.amqp_url.clone()).redacted_url(),
         database = %StoreConfig::new(settings.admin_database_url.clone()).redacted_url(),
@@ -81,6 +99,7 @@ async fn run(settings: &Settings) -> anyhow::Result<Report<'_>> {
         concurrency = settings.concurrency,
         prefetch = settings.prefetch,
         warmup = settings.warmup,
+        scenario = ?settings.scenario,
         "starting"
     );
     let shutdown = shutdown_on_signal();
@@ -102,10 +121,11 @@ async fn run(settings: &Settings) -> anyhow::Result<Report<'_>> {
             )
             .await
             .context("admin-reads phase")?;
-        return Ok(Report {
+        let report = Report {
             settings,
             phases: vec![admin],
-        });
+        };
+        return Ok((report, Vec::new()));
     }
     if settings.http {
         let http = Sandbox::create(settings, run_id, "http", false)
@@ -115,10 +135,11 @@ async fn run(settings: &Settings) -> anyhow::Result<Report<'_>> {
             })
             .await
             .context("HTTP producer phase")?;
-        return Ok(Report {
+        let report = Report {
             settings,
             phases: vec![http],
-        });
+        };
+        return Ok((report, Vec::new()));
     }
     if settings.limits {
         let phases = Sandbox::create(settings, run_id, "limits", true)
@@ -128,42 +149,143 @@ async fn run(settings: &Settings) -> anyhow::Result<Report<'_>> {
             })
             .await
             .context("limits phase")?;
-        return Ok(Report { settings, phases });
+        return Ok((Report { settings, phases }, Vec::new()));
     }
+    scenarios(settings, run_id, &shutdown).await
+}
+
+/// The phases `--scenario` asks for, each in a sandbox of its own, the ceiling first.
+async fn scenarios<'a>(
+    settings: &'a Settings,
+    run_id: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(Report<'a>, Vec<Extra>)> {
+    let limit = settings.phase_timeout;
+    let wanted = |part| settings.scenario.includes(part);
+    let default = settings.scenario == Scenario::Default;
+    let mut run = Run::default();
+
     let ceiling = Sandbox::create(settings, run_id, "ceiling", false)
         .await?
-        .run(limit, &shutdown, async |s, stop| {
+        .run(limit, shutdown, async |s, stop| {
             ceiling::measure(settings, s, stop).await
         })
         .await
         .context("broker ceiling phase")?;
-    let end_to_end = Sandbox::create(settings, run_id, "warren", true)
-        .await?
-        .run(limit, &shutdown, async |s, stop| {
-            end_to_end::measure(settings, s, stop).await
-        })
-        .await
-        .context("Warren end-to-end phase")?;
+    let ceiling_rate = Some(ceiling.jobs_per_sec());
+    run.push(ceiling.into());
 
-    let retry_path = Sandbox::create(settings, run_id, "retry", true)
-        .await?
-        .run(limit, &shutdown, async |s, stop| {
-            retry_path::measure(settings, s, stop).await
-        })
-        .await
-        .context("retry-path phase")?;
-    let promoter = Sandbox::create(settings, run_id, "delayed", true)
-        .await?
-        .run(limit, &shutdown, async |s, stop| {
-            promotion::measure(settings, s, stop).await
-        })
-        .await
-        .context("promoter lateness phase")?;
+    if default || wanted(Scenario::Drain) {
+        let measured = Sandbox::create(settings, run_id, "warren", true)
+            .await?
+            .run(limit, shutdown, async |s, stop| {
+                end_to_end::measure(settings, s, stop, ceiling_rate).await
+            })
+            .await
+            .context("Warren end-to-end phase")?;
+        run.push(measured);
+    }
+    if default || wanted(Scenario::Retry) {
+        let measured = Sandbox::create(settings, run_id, "retry", true)
+            .await?
+            .run(limit, shutdown, async |s, stop| {
+                retry_path::measure(settings, s, stop, ceiling_rate).await
+            })
+            .await
+            .context("retry-path phase")?;
+        run.push(measured);
+    }
+    if default || wanted(Scenario::Scheduled) {
+        let promoter = Sandbox::create(settings, run_id, "delayed", true)
+            .await?
+            .run(limit, shutdown, async |s, stop| {
+                promotion::measure(settings, s, stop).await
+            })
+            .await
+            .context("promoter lateness phase")?;
+        run.push(promoter.into());
+    }
+    if wanted(Scenario::Scheduled) {
+        let measured = Sandbox::create(settings, run_id, "burst", true)
+            .await?
+            .run(limit, shutdown, async |s, stop| {
+                promotion::measure_burst(settings, s, stop).await
+            })
+            .await
+            .context("scheduled burst phase")?;
+        run.push(measured);
+    }
+    if wanted(Scenario::Light) {
+        let measured = Sandbox::create(settings, run_id, "light", true)
+            .await?
+            .run(limit, shutdown, async |s, stop| {
+                light::measure(settings, s, stop).await
+            })
+            .await
+            .context("light-load phase")?;
+        run.push(measured);
+    }
+    if wanted(Scenario::Steady) {
+        // Every step holds its rate and then waits for its backlog to clear.
+        let steps = u32::try_from(steady::MAX_STEPS + 1).unwrap_or(u32::MAX);
+        let steady_limit = limit + settings.hold * steps * 2;
+        let measured = Sandbox::create(settings, run_id, "steady", true)
+            .await?
+            .run(steady_limit, shutdown, async |s, stop| {
+                steady::measure(settings, s, stop, ceiling_rate).await
+            })
+            .await
+            .context("steady-state phase")?;
+        run.push(measured);
+    }
+    if wanted(Scenario::Scaling) {
+        // Three drains, each within the phase limit.
+        let measured = Sandbox::create(settings, run_id, "scaling", true)
+            .await?
+            .run(limit * 3, shutdown, async |s, stop| {
+                scaling::measure(settings, s, stop, ceiling_rate).await
+            })
+            .await
+            .context("scaling phase")?;
+        run.push(measured);
+    }
+    if wanted(Scenario::Payloads) {
+        let measured = payloads::measure(settings, run_id, shutdown)
+            .await
+            .context("payload-size phase")?;
+        run.push(measured);
+    }
+    if wanted(Scenario::Rss) {
+        let measured = Sandbox::create(settings, run_id, "rss", true)
+            .await?
+            .run(limit, shutdown, async |s, stop| {
+                scaling::measure_rss(settings, s, stop, ceiling_rate).await
+            })
+            .await
+            .context("worker memory phase")?;
+        run.push(measured);
+    }
+    Ok((
+        Report {
+            settings,
+            phases: run.phases,
+        },
+        run.extras,
+    ))
+}
 
-    Ok(Report {
-        settings,
-        phases: vec![ceiling, end_to_end, retry_path, promoter],
-    })
+/// The phases measured so far and their extra columns.
+#[derive(Default)]
+struct Run {
+    phases: Vec<report::Phase>,
+    extras: Vec<Extra>,
+}
+
+impl Run {
+    fn push(&mut self, measured: Measured) {
+        self.phases.push(measured.phase);
+        self.extras.extend(measured.extras);
+    }
 }
 
 fn init_logging() {

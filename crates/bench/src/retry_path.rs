@@ -14,9 +14,10 @@ use warren_runtime::{TaskOptions, Worker};
 use warren_worker::tasks::{fail, register_builtins};
 
 use crate::end_to_end::{
-    enqueue, enqueue_each, latencies, now_to_the_millisecond, wait_for_succeeded, with_worker,
+    enqueue, enqueue_each, in_process_start, in_process_usage, latencies, now_to_the_millisecond,
+    wait_for_succeeded, with_worker,
 };
-use crate::report::{Measure, Phase};
+use crate::report::{Extra, Measure, Measured, Phase, Usage};
 use crate::sandbox::Sandbox;
 use crate::settings::Settings;
 use crate::workload::{QUEUE, TASK, payload};
@@ -26,11 +27,17 @@ const FLAKY: &str = "bench.flaky";
 /// One job in this many is flaky.
 const EVERY: u64 = 10;
 
+/// Key of the retry-path phase.
+pub(crate) const RETRY_PATH: &str = "retry_path";
+
+/// Runs the workload with one job in ten failing once; `ceiling` is the broker ceiling's
+/// jobs/s of the same run.
 pub(crate) async fn measure(
     settings: &Settings,
     sandbox: &Sandbox,
     stop: &CancellationToken,
-) -> anyhow::Result<Phase> {
+    ceiling: Option<f64>,
+) -> anyhow::Result<Measured> {
     let fast_retry = TaskOptions {
         timeout: None,
         retry: RetryPolicy {
@@ -42,7 +49,7 @@ pub(crate) async fn measure(
         },
     };
     let builder = register_builtins(Worker::builder()).register_with(FLAKY, fast_retry, fail);
-    let (phase, stats) =
+    let ((phase, usage), stats) =
         with_worker(settings, sandbox, builder, stop, drive(settings, sandbox)).await?;
     anyhow::ensure!(
         stats.retried >= settings.jobs / EVERY,
@@ -50,10 +57,13 @@ pub(crate) async fn measure(
         settings.jobs / EVERY,
         stats.retried
     );
-    Ok(phase)
+    Ok(Measured {
+        phase,
+        extras: vec![Extra::phase(RETRY_PATH, ceiling, Some(usage))],
+    })
 }
 
-async fn drive(settings: &Settings, sandbox: &Sandbox) -> anyhow::Result<Phase> {
+async fn drive(settings: &Settings, sandbox: &Sandbox) -> anyhow::Result<(Phase, Usage)> {
     let probe = sandbox.database()?.connect("probe", Some(1)).await?;
     let client = Client::from_broker(sandbox.connect("producer").await?)
         .await
@@ -64,6 +74,7 @@ async fn drive(settings: &Settings, sandbox: &Sandbox) -> anyhow::Result<Phase> 
     enqueue(&client, &noop, settings.warmup).await?;
     wait_for_succeeded(&probe, settings.warmup, settings.phase_timeout).await?;
 
+    let before = in_process_start()?;
     let since = now_to_the_millisecond();
     let start = Instant::now();
     enqueue_each(&client, settings.jobs, |i| {
@@ -81,6 +92,7 @@ async fn drive(settings: &Settings, sandbox: &Sandbox) -> anyhow::Result<Phase> 
     )
     .await?;
     let elapsed = start.elapsed();
+    let usage = in_process_usage(before, settings.jobs)?;
     let summary = probe
         .latency_summary(since)
         .await
@@ -88,8 +100,8 @@ async fn drive(settings: &Settings, sandbox: &Sandbox) -> anyhow::Result<Phase> 
     let (_, to_recorded) = latencies(&summary);
     client.broker().close().await;
     probe.close().await;
-    Ok(Phase {
-        key: "retry_path",
+    let phase = Phase {
+        key: RETRY_PATH,
         title: "retry path (10% fail once)",
         jobs: settings.jobs,
         elapsed,
@@ -98,5 +110,6 @@ async fn drive(settings: &Settings, sandbox: &Sandbox) -> anyhow::Result<Phase> 
             "enqueue→final outcome",
             to_recorded,
         )],
-    })
+    };
+    Ok((phase, usage))
 }

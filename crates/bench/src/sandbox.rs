@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
-use warren_broker::{Broker, BrokerConfig, Topology};
+use warren_broker::{Broker, BrokerConfig, QueueDepth, Topology};
 use warren_core::{Namespace, QueueName};
 use warren_store::{Store, StoreConfig, provision};
 
@@ -75,6 +75,15 @@ impl Sandbox {
         Broker::connect(config)
             .await
             .with_context(|| format!("connecting the {role} to RabbitMQ"))
+    }
+
+    /// Ready messages and consumers of the work queue now, as RabbitMQ counts them.
+    pub(crate) async fn depth(&self) -> anyhow::Result<QueueDepth> {
+        self.admin
+            .queue_depth(&self.queue)
+            .await
+            .context("reading the work queue's depth")?
+            .with_context(|| format!("the work queue `{}` has disappeared", self.queue))
     }
 
     /// The private database, for phases that asked for one.

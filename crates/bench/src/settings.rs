@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 
 use crate::workload::MIN_PAYLOAD_BYTES;
 
@@ -84,9 +84,66 @@ pub(crate) struct Args {
     #[arg(long, env = "WARREN_BENCH_LIMITS", conflicts_with_all = ["admin_rows", "http"])]
     pub(crate) limits: bool,
 
-    /// Also print the results as one JSON line after the table.
+    /// Also print the results as JSON after the table: one line for the whole run, or with
+    /// --scenario, one line per scenario.
     #[arg(long, env = "WARREN_BENCH_JSON")]
     pub(crate) json: bool,
+
+    /// Which scenarios to run (docs/benchmarks.md, "Scenarios"). Every one but `default` runs
+    /// the broker ceiling first, the denominator of its ratios; all but `default`, `drain`,
+    /// `retry` and `scheduled` run the real `warren-worker` binary, built beside this one.
+    #[arg(
+        long,
+        env = "WARREN_BENCH_SCENARIO",
+        value_enum,
+        default_value_t = Scenario::Default,
+        conflicts_with_all = ["admin_rows", "http", "limits"]
+    )]
+    pub(crate) scenario: Scenario,
+
+    /// Steady state: how long each offered rate is held, in seconds.
+    #[arg(long, env = "WARREN_BENCH_HOLD_SECS", default_value_t = 30)]
+    pub(crate) hold_secs: u64,
+
+    /// Light load: jobs enqueued per second, evenly spaced.
+    #[arg(long, env = "WARREN_BENCH_LIGHT_RATE", default_value_t = 200)]
+    pub(crate) light_rate: u32,
+
+    /// Light load: jobs measured.
+    #[arg(long, env = "WARREN_BENCH_LIGHT_JOBS", default_value_t = 2_000)]
+    pub(crate) light_jobs: u64,
+}
+
+/// The scenarios of `--scenario`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Scenario {
+    /// Ceiling, Warren end to end (drain), retry path, delayed jobs: the run before issue 13.
+    Default,
+    /// Ceiling and Warren end to end (drain), in-process worker.
+    Drain,
+    /// The highest rate a worker process sustains for the hold time.
+    Steady,
+    /// Enqueue→start and enqueue→recorded at a light, evenly spaced load.
+    Light,
+    /// Drains through 1, 2 and 4 worker processes.
+    Scaling,
+    /// Ceiling and Warren at 100 B, 4 KiB and 64 KiB payloads.
+    Payloads,
+    /// The retry path (one job in ten fails once).
+    Retry,
+    /// Delayed jobs spread over 4 s, and 20,000 jobs due at once.
+    Scheduled,
+    /// A worker process's peak RSS at concurrency 256 under full load.
+    Rss,
+    /// Every scenario above, the ceiling once.
+    All,
+}
+
+impl Scenario {
+    /// Whether this run includes `part` (`All` includes everything but `Default`'s grouping).
+    pub(crate) fn includes(self, part: Scenario) -> bool {
+        self == part || (self == Scenario::All && part != Scenario::Default)
+    }
 }
 
 /// Everything a run needs, validated.
@@ -110,6 +167,12 @@ pub(crate) struct Settings {
     pub(crate) admin_database: Option<String>,
     /// Run the limits scenario instead of the default phases.
     pub(crate) limits: bool,
+    pub(crate) scenario: Scenario,
+    /// Steady state: how long each offered rate is held.
+    pub(crate) hold: Duration,
+    /// Light load: jobs per second, and how many.
+    pub(crate) light_rate: u32,
+    pub(crate) light_jobs: u64,
     /// Cores the operating system gives this process; printed with the results because the
     /// broker, the database and the benchmark all share them.
     pub(crate) cores: usize,
@@ -157,6 +220,21 @@ impl Args {
                 "--admin-database / WARREN_BENCH_ADMIN_DATABASE needs --admin-rows".to_owned(),
             );
         }
+        if self.hold_secs == 0 || self.hold_secs > 3_600 {
+            return Err(format!(
+                "--hold-secs / WARREN_BENCH_HOLD_SECS must be 1 to 3600, got {}",
+                self.hold_secs
+            ));
+        }
+        if self.light_rate == 0 || self.light_rate > 10_000 {
+            return Err(format!(
+                "--light-rate / WARREN_BENCH_LIGHT_RATE must be 1 to 10000 jobs/s, got {}",
+                self.light_rate
+            ));
+        }
+        if self.light_jobs == 0 {
+            return Err("--light-jobs / WARREN_BENCH_LIGHT_JOBS must be at least 1".to_owned());
+        }
         if self.timeout_secs == 0 {
             return Err("--timeout-secs / WARREN_BENCH_TIMEOUT_SECS must be at least 1".to_owned());
         }
@@ -175,6 +253,10 @@ impl Args {
             http_batch: self.http_batch,
             admin_database: self.admin_database,
             limits: self.limits,
+            scenario: self.scenario,
+            hold: Duration::from_secs(self.hold_secs),
+            light_rate: self.light_rate,
+            light_jobs: self.light_jobs,
             cores: std::thread::available_parallelism().map_or(1, usize::from),
         })
     }
@@ -203,6 +285,22 @@ mod tests {
         assert!(!s.json);
         assert!(!s.http);
         assert_eq!(s.http_batch, 100);
+        assert_eq!(s.scenario, Scenario::Default);
+        assert_eq!(s.hold, Duration::from_secs(30));
+        assert_eq!((s.light_rate, s.light_jobs), (200, 2_000));
+    }
+
+    #[test]
+    fn scenarios_parse_and_all_includes_every_one_but_the_default_grouping() {
+        let s = parse(&["--scenario", "steady", "--hold-secs", "5"]).expect("valid flags");
+        assert_eq!(
+            (s.scenario, s.hold),
+            (Scenario::Steady, Duration::from_secs(5))
+        );
+        assert!(Scenario::All.includes(Scenario::Rss));
+        assert!(!Scenario::All.includes(Scenario::Default));
+        assert!(!Scenario::Light.includes(Scenario::Steady));
+        assert!(Scenario::Light.includes(Scenario::Light));
     }
 
     #[test]
@@ -214,5 +312,10 @@ mod tests {
         assert!(err(&["--prefetch", "0"]).contains("--prefetch"));
         assert!(err(&["--http", "--http-batch", "1001"]).contains("--http-batch"));
         assert!(err(&["--http", "--admin-rows", "10"]).contains("--admin-rows"));
+        assert!(err(&["--scenario", "nosuch"]).contains("--scenario"));
+        assert!(err(&["--scenario", "light", "--http"]).contains("--http"));
+        assert!(err(&["--hold-secs", "0"]).contains("--hold-secs"));
+        assert!(err(&["--light-rate", "0"]).contains("--light-rate"));
+        assert!(err(&["--light-jobs", "0"]).contains("--light-jobs"));
     }
 }
