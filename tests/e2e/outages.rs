@@ -257,6 +257,12 @@ async fn a_worker_started_before_its_services_waits_for_them() -> anyhow::Result
         assert_eq!(count_state(&rows, JobState::Succeeded), 1, "{rows:?}");
         worker.signal("TERM").await?;
         assert_eq!(worker.wait(Duration::from_secs(30)).await?, Some(0));
+        // Written to a file, not a terminal: plain text, no colour codes.
+        let said = std::fs::read_to_string(&log)?;
+        anyhow::ensure!(
+            !said.contains('\u{1b}'),
+            "colour codes in a log file: {said}"
+        );
         Ok(())
     }
     .await;
