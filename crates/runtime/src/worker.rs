@@ -461,6 +461,7 @@ impl Worker {
         let (recorder, recorder_task) = Recorder::spawn(store.clone(), cfg.recorder);
         // Ends by itself once the executor (its one holder) is gone, every deferral written.
         let (deferrer, _) = warren_store::Deferrer::spawn(store.clone());
+        let (progress, _) = warren_store::ProgressReader::spawn(store.clone());
         let hard_stop = CancellationToken::new();
         // Read before consuming, like the pauses: no job starts past a limit set earlier.
         let limits = Arc::new(Limiter::new(
@@ -474,6 +475,7 @@ impl Worker {
             job_span: self.job_span,
             recorder,
             deferrer,
+            progress,
             store: store.clone(),
             dead_letters,
             worker_id: Arc::from(cfg.worker_id.as_str()),

@@ -135,11 +135,13 @@ pub enum Error {
         reason: String,
     },
 
-    /// This deferral's batch failed; nothing of it was written and its delivery must not be
-    /// acked.
-    #[error("deferral not written ({reason})")]
-    Undeferred {
-        /// The batch's error chain, shared by every deferral in it.
+    /// The batch this call was written or read in failed (or its task stopped); nothing of
+    /// it took effect, and the delivery it was for must not be acked.
+    #[error("{what} failed ({reason})")]
+    Batch {
+        /// The step, in words, e.g. `deferring jobs over their limits`.
+        what: &'static str,
+        /// The batch's error chain, shared by every call in it.
         reason: String,
         /// Whether the batch failed for a reason that passes (the database away).
         transient: bool,
@@ -223,7 +225,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Unreachable { .. } | Error::RecorderStopped { .. } => true,
-            Error::Undeferred { transient, .. } => *transient,
+            Error::Batch { transient, .. } => *transient,
             Error::Connect { source, .. }
             | Error::Query { source, .. }
             | Error::Record { source, .. } => is_transient(&source.0),

@@ -317,6 +317,35 @@ impl Store {
         .transpose()
     }
 
+    /// State and attempt of each of `ids` that has a row, in one query.
+    pub async fn progress_of(
+        &self,
+        ids: &[JobId],
+    ) -> Result<std::collections::HashMap<JobId, JobProgress>, Error> {
+        let uuids: Vec<uuid::Uuid> = ids.iter().map(JobId::as_uuid).collect();
+        let rows: Vec<(uuid::Uuid, String, i32, bool)> = sqlx::query_as(
+            "SELECT id, state, attempt, cancel_requested_at IS NOT NULL FROM warren_jobs
+             WHERE id = ANY($1)",
+        )
+        .bind(&uuids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(Error::query("reading jobs' progress"))?;
+        rows.into_iter()
+            .map(|(id, state, attempt, cancel_requested)| {
+                let id = JobId::from_uuid(id);
+                Ok((
+                    id,
+                    JobProgress {
+                        state: state_of(id, &state)?,
+                        attempt: attempt.max(0) as u32,
+                        cancel_requested,
+                    },
+                ))
+            })
+            .collect()
+    }
+
     /// Which of `running` (jobs running in this worker) an admin asked to stop. Workers ask
     /// whenever their LISTEN connection comes back and on every heartbeat, so a cancel whose
     /// NOTIFY they missed still reaches its job.

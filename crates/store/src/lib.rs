@@ -18,6 +18,7 @@ mod limits;
 mod listing;
 mod migrate;
 mod pauses;
+mod progress;
 mod promotion;
 pub mod provision;
 mod queues;
@@ -41,6 +42,7 @@ pub use limits::{Deferral, Deferrer, LIMITS_CHANNEL, Limit, LimitWait, Rate, Tak
 pub use listing::{Batch, Cursor, JobFilter, JobListing, JobPage, MatchCount};
 pub use migrate::SCHEMA_VERSION;
 pub use pauses::{PAUSE_CHANNEL, QueuePause};
+pub use progress::ProgressReader;
 pub use promotion::{CANCEL_CHANNEL, DUE_CHANNEL, DueJob, Listener, Notification, Promotion};
 pub use queues::QueueCounts;
 pub use recorder::{

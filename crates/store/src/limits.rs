@@ -492,7 +492,8 @@ impl Deferrer {
     /// acked. `Ok(false)`: the row had moved on and nothing was written.
     pub async fn defer(&self, d: Deferral) -> Result<bool, Error> {
         let (done, committed) = oneshot::channel();
-        let stopped = || Error::Undeferred {
+        let stopped = || Error::Batch {
+            what: "deferring a job over its limit",
             reason: "the deferral writer stopped".to_owned(),
             transient: true,
         };
@@ -517,7 +518,8 @@ async fn write_deferrals(
             Err(e) if e.is_transient() => {
                 let reason = warren_core::ErrorChain(&e).to_string();
                 for w in waiters {
-                    let _ = w.send(Err(Error::Undeferred {
+                    let _ = w.send(Err(Error::Batch {
+                        what: "deferring jobs over their limits",
                         reason: reason.clone(),
                         transient: true,
                     }));

@@ -54,6 +54,8 @@ pub(crate) struct Executor {
     pub(crate) recorder: Recorder,
     /// Writes the deferrals of jobs over their limits, in batches.
     pub(crate) deferrer: warren_store::Deferrer,
+    /// Reads the rows of deliveries that are checked before they run, in batches.
+    pub(crate) progress: warren_store::ProgressReader,
     pub(crate) store: Store,
     pub(crate) dead_letters: Publisher,
     pub(crate) worker_id: Arc<str>,

@@ -141,7 +141,7 @@ impl Executor {
         }
         let progress = self
             .through_outage("checking the job's row", &self.hard_stop, || {
-                self.store.progress(message.id)
+                self.progress.progress(message.id)
             })
             .await;
         match progress {
