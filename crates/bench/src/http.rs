@@ -180,9 +180,9 @@ async fn run_loads(
     let batches_per_client = (settings.jobs / (clients * batch) as u64).max(1);
     let warm_per_client = (settings.warmup / clients as u64).max(1);
 
-    library_one(&client, &job, clients, warm_per_client).await?;
+    library_one(&client, &job, clients, warm_per_client, None).await?;
     let many = library_many(&client, &job, clients, batch, batches_per_client).await?;
-    let one_by_one = library_one(&client, &job, clients, per_client).await?;
+    let one_by_one = library_one(&client, &job, clients, per_client, None).await?;
 
     let single = Load {
         path: "/v1/jobs",
@@ -228,12 +228,12 @@ async fn run_loads(
     .await?;
     // The library at the same pace and on as many callers: each call's publish-to-confirm
     // latency, the floor under the HTTP figure (RabbitMQ's confirm of a quorum-queue write).
-    let library_paced = library_paced(
+    let library_paced = library_one(
         &client,
         &job,
         clients,
         (per_client / 2).max(1),
-        Duration::from_secs_f64(clients as f64 / half_rate),
+        Some(Duration::from_secs_f64(clients as f64 / half_rate)),
     )
     .await?;
 
@@ -282,66 +282,45 @@ async fn library_many(
     })
 }
 
-/// `callers` tasks, each enqueueing `per_caller` jobs one `enqueue` at a time.
+/// `callers` tasks, each enqueueing `per_caller` jobs one `enqueue` at a time: back to back,
+/// or one every `pace` staggered like the paced HTTP connections, recording each call's
+/// latency from its due time.
 async fn library_one(
     client: &Client,
     job: &NewJob,
     callers: usize,
     per_caller: u64,
-) -> anyhow::Result<Run> {
-    let start = Instant::now();
-    let mut tasks = JoinSet::new();
-    for _ in 0..callers {
-        let (client, job) = (client.clone(), job.clone());
-        tasks.spawn(async move {
-            for _ in 0..per_caller {
-                client
-                    .enqueue(job.clone())
-                    .await
-                    .context("library enqueue")?;
-            }
-            anyhow::Ok(())
-        });
-    }
-    join_all(tasks).await?;
-    Ok(Run {
-        jobs: callers as u64 * per_caller,
-        elapsed: start.elapsed(),
-        latencies_ms: Vec::new(),
-    })
-}
-
-/// `callers` tasks, each enqueueing `per_caller` jobs one `enqueue` every `pace`, staggered
-/// like the paced HTTP connections; records each call's latency from its due time.
-async fn library_paced(
-    client: &Client,
-    job: &NewJob,
-    callers: usize,
-    per_caller: u64,
-    pace: Duration,
+    pace: Option<Duration>,
 ) -> anyhow::Result<Run> {
     let start = tokio::time::Instant::now();
     let mut tasks = JoinSet::new();
     for i in 0..callers {
         let (client, job) = (client.clone(), job.clone());
         tasks.spawn(async move {
-            let first = start + pace.mul_f64(i as f64 / callers as f64);
-            let mut latencies = Vec::with_capacity(per_caller as usize);
+            let mut latencies = Vec::new();
             for k in 0..per_caller {
-                let due = first + pace * u32::try_from(k).unwrap_or(u32::MAX);
-                tokio::time::sleep_until(due).await;
+                let due = pace.map(|pace| {
+                    start
+                        + pace.mul_f64(i as f64 / callers as f64)
+                        + pace * u32::try_from(k).unwrap_or(u32::MAX)
+                });
+                if let Some(due) = due {
+                    tokio::time::sleep_until(due).await;
+                }
                 client
                     .enqueue(job.clone())
                     .await
                     .context("library enqueue")?;
-                latencies.push(due.elapsed().as_secs_f64() * 1000.0);
+                if let Some(due) = due {
+                    latencies.push(due.elapsed().as_secs_f64() * 1000.0);
+                }
             }
             anyhow::Ok(latencies)
         });
     }
     let latencies_ms: Vec<f64> = join_all(tasks).await?.into_iter().flatten().collect();
     Ok(Run {
-        jobs: latencies_ms.len() as u64,
+        jobs: callers as u64 * per_caller,
         elapsed: start.elapsed(),
         latencies_ms,
     })

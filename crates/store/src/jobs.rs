@@ -298,25 +298,6 @@ impl Store {
         rows.into_iter().map(JobRecord::try_from).collect()
     }
 
-    /// State and attempt of a job, or `None` without a row.
-    pub async fn progress(&self, id: JobId) -> Result<Option<JobProgress>, Error> {
-        let row: Option<(String, i32, bool)> = sqlx::query_as(
-            "SELECT state, attempt, cancel_requested_at IS NOT NULL FROM warren_jobs WHERE id = $1",
-        )
-        .bind(id.as_uuid())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(Error::query("reading a job's progress"))?;
-        row.map(|(state, attempt, cancel_requested)| {
-            Ok(JobProgress {
-                state: state_of(id, &state)?,
-                attempt: attempt.max(0) as u32,
-                cancel_requested,
-            })
-        })
-        .transpose()
-    }
-
     /// State and attempt of each of `ids` that has a row, in one query.
     pub async fn progress_of(
         &self,

@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod batch;
 mod dead;
 mod error;
 mod fleet;

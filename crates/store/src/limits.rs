@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
 use warren_core::JobId;
 
+use crate::batch::{BatchStep, Batcher};
 use crate::{Error, Store};
 
 /// Postgres channel notified when a limit is set or removed; the payload is its target.
@@ -474,68 +474,30 @@ async fn notify(tx: &mut sqlx::PgConnection, target: &str) -> Result<(), Error> 
 /// the next, so a backlog of jobs over their limits costs one statement per batch, not one per
 /// job. Clones share the writer; it stops once every handle is dropped.
 #[derive(Clone, Debug)]
-pub struct Deferrer {
-    tx: mpsc::Sender<(Deferral, oneshot::Sender<Result<bool, Error>>)>,
-}
+pub struct Deferrer(Batcher<DeferStep>);
 
-/// Most deferrals in one statement.
-const DEFER_BATCH: usize = 500;
+struct DeferStep;
+
+impl BatchStep for DeferStep {
+    type Item = Deferral;
+    type Answer = bool;
+    const WHAT: &'static str = "deferring jobs over their limits";
+
+    async fn run(store: &Store, items: &[Deferral]) -> Result<Vec<bool>, Error> {
+        store.defer(items).await
+    }
+}
 
 impl Deferrer {
     /// Starts the writer on the current runtime.
     pub fn spawn(store: Store) -> (Deferrer, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(DEFER_BATCH * 4);
-        (Deferrer { tx }, tokio::spawn(write_deferrals(store, rx)))
+        let (batcher, task) = Batcher::spawn(store);
+        (Deferrer(batcher), task)
     }
 
     /// Writes a deferral and waits for its batch to commit: only then may its delivery be
     /// acked. `Ok(false)`: the row had moved on and nothing was written.
     pub async fn defer(&self, d: Deferral) -> Result<bool, Error> {
-        let (done, committed) = oneshot::channel();
-        let stopped = || Error::Batch {
-            what: "deferring a job over its limit",
-            reason: "the deferral writer stopped".to_owned(),
-            transient: true,
-        };
-        self.tx.send((d, done)).await.map_err(|_| stopped())?;
-        committed.await.map_err(|_| stopped())?
-    }
-}
-
-async fn write_deferrals(
-    store: Store,
-    mut rx: mpsc::Receiver<(Deferral, oneshot::Sender<Result<bool, Error>>)>,
-) {
-    let mut buf = Vec::with_capacity(DEFER_BATCH);
-    while rx.recv_many(&mut buf, DEFER_BATCH).await > 0 {
-        let (ds, waiters): (Vec<Deferral>, Vec<_>) = std::mem::take(&mut buf).into_iter().unzip();
-        match store.defer(&ds).await {
-            Ok(written) => {
-                for (w, ok) in waiters.into_iter().zip(written) {
-                    let _ = w.send(Ok(ok));
-                }
-            }
-            Err(e) if e.is_transient() => {
-                let reason = warren_core::ErrorChain(&e).to_string();
-                for w in waiters {
-                    let _ = w.send(Err(Error::Batch {
-                        what: "deferring jobs over their limits",
-                        reason: reason.clone(),
-                        transient: true,
-                    }));
-                }
-            }
-            // A row Postgres refuses as data fails the whole statement: write them one by one
-            // so that only that job's deferral fails.
-            Err(_) => {
-                for (d, w) in ds.into_iter().zip(waiters) {
-                    let one = store
-                        .defer(std::slice::from_ref(&d))
-                        .await
-                        .map(|w| w.first().copied().unwrap_or(false));
-                    let _ = w.send(one);
-                }
-            }
-        }
+        self.0.call(d).await
     }
 }

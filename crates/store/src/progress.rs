@@ -5,76 +5,39 @@
 //! check the cost of every promoted job; every delivery waiting while one batch is read now
 //! goes into the next, one `WHERE id = ANY(...)` for all of them.
 
-use std::collections::HashMap;
-
-use tokio::sync::{mpsc, oneshot};
 use warren_core::JobId;
 
+use crate::batch::{BatchStep, Batcher};
 use crate::{Error, JobProgress, Store};
-
-/// Most rows read in one query.
-const BATCH: usize = 500;
-
-type Reply = oneshot::Sender<Result<Option<JobProgress>, Error>>;
 
 /// Reads jobs' progress in batches; clones share the reading task, which ends once every
 /// handle is dropped.
 #[derive(Clone, Debug)]
-pub struct ProgressReader {
-    tx: mpsc::Sender<(JobId, Reply)>,
+pub struct ProgressReader(Batcher<ProgressStep>);
+
+struct ProgressStep;
+
+impl BatchStep for ProgressStep {
+    type Item = JobId;
+    type Answer = Option<JobProgress>;
+    const WHAT: &'static str = "reading jobs' progress";
+
+    async fn run(store: &Store, ids: &[JobId]) -> Result<Vec<Option<JobProgress>>, Error> {
+        let found = store.progress_of(ids).await?;
+        Ok(ids.iter().map(|id| found.get(id).copied()).collect())
+    }
 }
 
 impl ProgressReader {
     /// Starts the reading task on the current runtime.
     pub fn spawn(store: Store) -> (ProgressReader, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(BATCH * 4);
-        (ProgressReader { tx }, tokio::spawn(read(store, rx)))
+        let (batcher, task) = Batcher::spawn(store);
+        (ProgressReader(batcher), task)
     }
 
     /// The state and attempt of job `id`, or `None` without a row, read with the other jobs
     /// asked about at the same moment.
     pub async fn progress(&self, id: JobId) -> Result<Option<JobProgress>, Error> {
-        let (reply, answer) = oneshot::channel();
-        let stopped = || Error::Batch {
-            what: "reading a job's progress",
-            reason: "the progress reader stopped".to_owned(),
-            transient: true,
-        };
-        self.tx.send((id, reply)).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
-    }
-}
-
-async fn read(store: Store, mut rx: mpsc::Receiver<(JobId, Reply)>) {
-    let mut buf = Vec::with_capacity(BATCH);
-    while rx.recv_many(&mut buf, BATCH).await > 0 {
-        let asked: Vec<(JobId, Reply)> = std::mem::take(&mut buf);
-        let ids: Vec<JobId> = asked.iter().map(|(id, _)| *id).collect();
-        match store.progress_of(&ids).await {
-            Ok(found) => answer(asked, &found),
-            Err(e) if e.is_transient() => {
-                let reason = warren_core::ErrorChain(&e).to_string();
-                for (_, reply) in asked {
-                    let _ = reply.send(Err(Error::Batch {
-                        what: "reading jobs' progress",
-                        reason: reason.clone(),
-                        transient: true,
-                    }));
-                }
-            }
-            // A row that cannot be read (a corrupt state) fails the whole query: read them one
-            // by one so that only that job's check fails.
-            Err(_) => {
-                for (id, reply) in asked {
-                    let _ = reply.send(store.progress(id).await);
-                }
-            }
-        }
-    }
-}
-
-fn answer(asked: Vec<(JobId, Reply)>, found: &HashMap<JobId, JobProgress>) {
-    for (id, reply) in asked {
-        let _ = reply.send(Ok(found.get(&id).copied()));
+        self.0.call(id).await
     }
 }

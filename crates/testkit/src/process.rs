@@ -59,15 +59,7 @@ impl WorkerProcess {
         extra: &[&str],
         log: &std::path::Path,
     ) -> anyhow::Result<WorkerProcess> {
-        let mut command = Self::command(env, id, amqp_url, &env.database_url, extra)?;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("opening {}", log.display()))?;
-        command.stdout(file.try_clone()?).stderr(file);
-        let child = command.spawn().context("starting warren-worker")?;
-        Ok(WorkerProcess { child })
+        Self::spawn_via(env, id, amqp_url, &env.database_url, extra, log)
     }
 
     /// Starts `warren-worker` against `env`'s namespace, reaching the broker at `amqp_url`
