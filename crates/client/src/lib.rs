@@ -245,7 +245,7 @@ impl NewJob {
         let id = self.id.unwrap_or_default();
         let (traceparent, tracestate) = match self.trace {
             Some((tp, ts)) => (tp, ts),
-            None => (fresh_trace(id).to_string(), None),
+            None => (fresh_trace().to_string(), None),
         };
         let message = JobMessage {
             id,
@@ -269,17 +269,11 @@ impl NewJob {
     }
 }
 
-/// A fresh trace context for a job enqueued without one: random ids from the operating
-/// system's generator. Should that fail (it practically never does), the job id's own random
-/// bits stand in, so the enqueue never fails for want of a trace id.
-fn fresh_trace(id: JobId) -> TraceParent {
+/// A fresh trace context for a job enqueued without one: random ids from the thread's
+/// generator (a CSPRNG seeded by the operating system), with no system call per job.
+fn fresh_trace() -> TraceParent {
     let mut bytes = [0u8; 24];
-    if getrandom::getrandom(&mut bytes).is_err() {
-        let uuid = id.as_uuid();
-        let uuid = uuid.as_bytes();
-        bytes[..16].copy_from_slice(uuid);
-        bytes[16..].copy_from_slice(&uuid[8..]);
-    }
+    rand::fill(&mut bytes);
     TraceParent::from_random(bytes)
 }
 
