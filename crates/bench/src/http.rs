@@ -7,7 +7,9 @@
 //! `warren_client::Client` on a second connection, as another process would have. Nothing
 //! consumes: this measures enqueueing, up to RabbitMQ's confirm, and nothing after it.
 //!
-//! In order, each after a warm-up:
+//! Loads 1 to 4 are each measured in three rounds, taking turns (1, 2, 3, 4, 1, 2, …), after
+//! a warm-up, so that a slow spell of the shared machine weighs on all of them alike; then 5
+//! and 6 run once:
 //!
 //! 1. the library's `enqueue_many`, `--concurrency` callers each sending batches of
 //!    `--http-batch` jobs: the denominator of the ratios;
@@ -19,20 +21,22 @@
 //! 5. `POST /v1/jobs` at half the rate measured in 3, open loop: every connection sends on a
 //!    fixed schedule, staggered so that the whole load is evenly spread, and each latency is
 //!    counted from the moment the request was *due*, so a slow answer that delays the next
-//!    request shows up in that request's latency instead of hiding it.
+//!    request shows up in that request's latency instead of hiding it;
+//! 6. the library's one-job `enqueue` on the same schedule: the publish-to-confirm latency
+//!    underneath, the floor under 5's p99.
+//!
+//! Each row's `cpu/10k` is this process's CPU time per 10,000 jobs during that load: the load
+//! generator, the service, and the I/O threads of both RabbitMQ connections (the library
+//! rows have no HTTP, so their difference is what HTTP costs).
 
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::client::conn::http1::{Connection, SendRequest};
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
-use hyper_util::rt::TokioIo;
+use bytes::Bytes;
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -41,9 +45,10 @@ use warren_producer::auth::{Tokens, new_token};
 use warren_producer::contracts::Contracts;
 use warren_producer::{AppState, Limits, no_delay, router};
 
-use crate::report::{Latency, Measure, Phase, Report};
+use crate::report::{Extra, Latency, Measure, Measured, Phase, Report, Usage};
 use crate::sandbox::{Sandbox, stoppable};
 use crate::settings::Settings;
+use crate::usage::Sample;
 use crate::workload::{QUEUE, TASK, payload};
 
 /// Key of this scenario's phase.
@@ -56,6 +61,9 @@ const BATCH: &str = "batch";
 const PACED: &str = "single_half_rate";
 const LIBRARY_PACED: &str = "library_enqueue_half_rate";
 
+/// Rounds each saturated load is measured in, taking turns with the others.
+const ROUNDS: u64 = 3;
+
 /// Issue 9's targets.
 const SINGLE_TARGET_PERCENT: f64 = 50.0;
 const BATCH_TARGET_PERCENT: f64 = 90.0;
@@ -66,7 +74,7 @@ pub(crate) async fn measure(
     settings: &Settings,
     sandbox: &Sandbox,
     stop: &CancellationToken,
-) -> anyhow::Result<Phase> {
+) -> anyhow::Result<Measured> {
     let library = sandbox.connect("library").await?;
     let service = sandbox.connect("http producer").await?;
     let measured = stoppable(stop, drive(settings, &library, &service)).await;
@@ -79,7 +87,7 @@ async fn drive(
     settings: &Settings,
     library: &warren_broker::Broker,
     service: &warren_broker::Broker,
-) -> anyhow::Result<Phase> {
+) -> anyhow::Result<Measured> {
     let server = Server::start(service).await?;
     let measured = run_loads(settings, library, &server).await;
     server.stop().await;
@@ -89,7 +97,7 @@ async fn drive(
 /// The producer service on a loopback port, and a token it accepts.
 struct Server {
     addr: SocketAddr,
-    authorization: HeaderValue,
+    authorization: String,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -120,7 +128,7 @@ impl Server {
         });
         Ok(Server {
             addr,
-            authorization: HeaderValue::from_str(&format!("Bearer {token}"))?,
+            authorization: format!("Bearer {token}"),
             stop,
             task,
         })
@@ -143,20 +151,71 @@ struct Run {
     jobs: u64,
     elapsed: Duration,
     latencies_ms: Vec<f64>,
+    /// This process's CPU time meanwhile: the load generator, the service and both RabbitMQ
+    /// connections' I/O threads.
+    cpu: Duration,
 }
 
 impl Run {
+    fn none() -> Run {
+        Run {
+            jobs: 0,
+            elapsed: Duration::ZERO,
+            latencies_ms: Vec::new(),
+            cpu: Duration::ZERO,
+        }
+    }
+
+    /// Counts `other` (another round of the same load) in.
+    fn add(&mut self, mut other: Run) {
+        self.jobs += other.jobs;
+        self.elapsed += other.elapsed;
+        self.latencies_ms.append(&mut other.latencies_ms);
+        self.cpu += other.cpu;
+    }
+
     fn rate(&self) -> f64 {
         self.jobs as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
     }
 
-    fn measure(mut self, key: &'static str, label: &'static str) -> Measure {
-        Measure {
+    /// The load's table row, and its CPU column.
+    fn measure(mut self, key: &'static str, label: &'static str) -> (Measure, Extra) {
+        let usage = Usage {
+            cpu_secs: self.cpu.as_secs_f64(),
+            jobs: self.jobs,
+            peak_rss_bytes: None,
+        };
+        let measure = Measure {
             key,
             label,
             jobs_per_sec: Some(self.rate()),
             latency: Latency::of(&mut self.latencies_ms),
-        }
+        };
+        (measure, Extra::measure(HTTP, key, None, Some(usage)))
+    }
+}
+
+/// When a load started, by the clock and by this process's CPU time.
+struct Started {
+    at: tokio::time::Instant,
+    cpu: Duration,
+}
+
+impl Started {
+    fn now() -> anyhow::Result<Started> {
+        Ok(Started {
+            at: tokio::time::Instant::now(),
+            cpu: Sample::of(None)?.cpu,
+        })
+    }
+
+    fn run(&self, jobs: u64, latencies_ms: Vec<f64>) -> anyhow::Result<Run> {
+        Ok(Run {
+            jobs,
+            elapsed: self.at.elapsed(),
+            latencies_ms,
+            cpu: Sample::of(None)?.cpu.saturating_sub(self.cpu),
+        })
     }
 }
 
@@ -164,7 +223,7 @@ async fn run_loads(
     settings: &Settings,
     library: &warren_broker::Broker,
     server: &Server,
-) -> anyhow::Result<Phase> {
+) -> anyhow::Result<Measured> {
     let clients = settings.concurrency;
     let batch = settings.http_batch;
     let payload = payload(settings.payload_bytes);
@@ -173,54 +232,56 @@ async fn run_loads(
         .context("opening the library's publishing channel")?;
     let job = NewJob::new(TASK, &payload).queue(QUEUE);
     let one = json!({"task": TASK, "payload": &payload, "queue": QUEUE});
-    let single_body = Bytes::from(one.to_string());
-    let batch_body = Bytes::from(json!({ "jobs": vec![one; batch] }).to_string());
+    let auth = &server.authorization;
+    let single_request = Request::post("/v1/jobs", auth, &one.to_string());
+    let batch_request = Request::post(
+        "/v1/jobs/batch",
+        auth,
+        &json!({ "jobs": vec![one; batch] }).to_string(),
+    );
 
-    let per_client = (settings.jobs / clients as u64).max(1);
-    let batches_per_client = (settings.jobs / (clients * batch) as u64).max(1);
+    // Each load runs in ROUNDS parts, the four loads taking turns, so that a slow spell of
+    // the shared machine (RabbitMQ's disk, another process) weighs on each alike instead of
+    // on whichever ran then; a load's figures are its rounds taken together.
+    let jobs_per_round = settings.jobs / ROUNDS;
+    let per_client = (jobs_per_round / clients as u64).max(1);
+    let batches_per_client = (jobs_per_round / (clients * batch) as u64).max(1);
     let warm_per_client = (settings.warmup / clients as u64).max(1);
 
-    library_one(&client, &job, clients, warm_per_client, None).await?;
-    let many = library_many(&client, &job, clients, batch, batches_per_client).await?;
-    let one_by_one = library_one(&client, &job, clients, per_client, None).await?;
-
     let single = Load {
-        path: "/v1/jobs",
-        body: single_body,
+        request: single_request,
         jobs_per_request: 1,
         requests_per_client: warm_per_client,
         pace: None,
     };
+    let batched_load = Load {
+        request: batch_request,
+        jobs_per_request: batch as u64,
+        requests_per_client: batches_per_client,
+        pace: None,
+    };
+    library_one(&client, &job, clients, warm_per_client, None).await?;
     http(server, clients, single.clone()).await?;
-    let saturated = http(
-        server,
-        clients,
-        Load {
+    let (mut many, mut one_by_one, mut saturated, mut batched) =
+        (Run::none(), Run::none(), Run::none(), Run::none());
+    for _ in 0..ROUNDS {
+        many.add(library_many(&client, &job, clients, batch, batches_per_client).await?);
+        one_by_one.add(library_one(&client, &job, clients, per_client, None).await?);
+        let load = Load {
             requests_per_client: per_client,
             ..single.clone()
-        },
-    )
-    .await?;
-    let batched = http(
-        server,
-        clients,
-        Load {
-            path: "/v1/jobs/batch",
-            body: batch_body,
-            jobs_per_request: batch as u64,
-            requests_per_client: batches_per_client,
-            pace: None,
-        },
-    )
-    .await?;
-    // Half the saturation rate, spread over the connections; half as many requests, so the
-    // paced run lasts about as long as the saturated one.
+        };
+        saturated.add(http(server, clients, load).await?);
+        batched.add(http(server, clients, batched_load.clone()).await?);
+    }
+    // Half the saturation rate, spread over the connections; as many requests as a round,
+    // so the paced run lasts about as long as two rounds of the saturated one.
     let half_rate = saturated.rate() / 2.0;
     let paced = http(
         server,
         clients,
         Load {
-            requests_per_client: (per_client / 2).max(1),
+            requests_per_client: per_client,
             pace: Some(Duration::from_secs_f64(clients as f64 / half_rate)),
             ..single
         },
@@ -232,24 +293,31 @@ async fn run_loads(
         &client,
         &job,
         clients,
-        (per_client / 2).max(1),
+        per_client,
         Some(Duration::from_secs_f64(clients as f64 / half_rate)),
     )
     .await?;
 
-    Ok(Phase {
-        key: HTTP,
-        title: "HTTP producer, single saturated",
-        jobs: saturated.jobs,
-        elapsed: saturated.elapsed,
-        measures: vec![
-            many.measure(LIBRARY_MANY, "library enqueue_many (batches)"),
-            one_by_one.measure(LIBRARY_ONE, "library enqueue (one per call)"),
-            saturated.measure(SINGLE, "HTTP single, saturated"),
-            batched.measure(BATCH, "HTTP batch (per request)"),
-            paced.measure(PACED, "HTTP single at half that rate"),
-            library_paced.measure(LIBRARY_PACED, "library enqueue at that rate"),
-        ],
+    let (jobs, elapsed) = (saturated.jobs, saturated.elapsed);
+    let (measures, extras) = [
+        many.measure(LIBRARY_MANY, "library enqueue_many (batches)"),
+        one_by_one.measure(LIBRARY_ONE, "library enqueue (one per call)"),
+        saturated.measure(SINGLE, "HTTP single, saturated"),
+        batched.measure(BATCH, "HTTP batch (per request)"),
+        paced.measure(PACED, "HTTP single at half that rate"),
+        library_paced.measure(LIBRARY_PACED, "library enqueue at that rate"),
+    ]
+    .into_iter()
+    .unzip();
+    Ok(Measured {
+        phase: Phase {
+            key: HTTP,
+            title: "HTTP producer, single saturated",
+            jobs,
+            elapsed,
+            measures,
+        },
+        extras,
     })
 }
 
@@ -261,7 +329,7 @@ async fn library_many(
     batch: usize,
     batches: u64,
 ) -> anyhow::Result<Run> {
-    let start = Instant::now();
+    let started = Started::now()?;
     let mut tasks = JoinSet::new();
     for _ in 0..callers {
         let (client, job) = (client.clone(), job.clone());
@@ -275,11 +343,7 @@ async fn library_many(
         });
     }
     join_all(tasks).await?;
-    Ok(Run {
-        jobs: callers as u64 * batches * batch as u64,
-        elapsed: start.elapsed(),
-        latencies_ms: Vec::new(),
-    })
+    started.run(callers as u64 * batches * batch as u64, Vec::new())
 }
 
 /// `callers` tasks, each enqueueing `per_caller` jobs one `enqueue` at a time: back to back,
@@ -292,7 +356,8 @@ async fn library_one(
     per_caller: u64,
     pace: Option<Duration>,
 ) -> anyhow::Result<Run> {
-    let start = tokio::time::Instant::now();
+    let started = Started::now()?;
+    let start = started.at;
     let mut tasks = JoinSet::new();
     for i in 0..callers {
         let (client, job) = (client.clone(), job.clone());
@@ -319,11 +384,7 @@ async fn library_one(
         });
     }
     let latencies_ms: Vec<f64> = join_all(tasks).await?.into_iter().flatten().collect();
-    Ok(Run {
-        jobs: callers as u64 * per_caller,
-        elapsed: start.elapsed(),
-        latencies_ms,
-    })
+    started.run(callers as u64 * per_caller, latencies_ms)
 }
 
 async fn join_all<T: 'static>(mut tasks: JoinSet<anyhow::Result<T>>) -> anyhow::Result<Vec<T>> {
@@ -334,12 +395,11 @@ async fn join_all<T: 'static>(mut tasks: JoinSet<anyhow::Result<T>>) -> anyhow::
     Ok(all)
 }
 
-/// One kind of HTTP load: `requests_per_client` POSTs of `body` to `path` on every
+/// One kind of HTTP load: `requests_per_client` copies of `request` on every
 /// connection, back to back, or one every `pace` when given.
 #[derive(Clone)]
 struct Load {
-    path: &'static str,
-    body: Bytes,
+    request: Request,
     jobs_per_request: u64,
     requests_per_client: u64,
     pace: Option<Duration>,
@@ -351,7 +411,8 @@ async fn http(server: &Server, clients: usize, load: Load) -> anyhow::Result<Run
     for _ in 0..clients {
         conns.push(Conn::open(server).await?);
     }
-    let start = tokio::time::Instant::now();
+    let started = Started::now()?;
+    let start = started.at;
     let mut tasks = JoinSet::new();
     for (i, mut conn) in conns.into_iter().enumerate() {
         let load = load.clone();
@@ -370,30 +431,35 @@ async fn http(server: &Server, clients: usize, load: Load) -> anyhow::Result<Run
                     }
                     _ => tokio::time::Instant::now(),
                 };
-                conn.post(load.path, load.body.clone()).await?;
+                conn.post(&load.request).await?;
                 latencies.push(due.elapsed().as_secs_f64() * 1000.0);
             }
             anyhow::Ok(latencies)
         });
     }
     let latencies_ms: Vec<f64> = join_all(tasks).await?.into_iter().flatten().collect();
-    Ok(Run {
-        jobs: latencies_ms.len() as u64 * load.jobs_per_request,
-        elapsed: start.elapsed(),
+    started.run(
+        latencies_ms.len() as u64 * load.jobs_per_request,
         latencies_ms,
-    })
+    )
 }
 
-/// A keep-alive HTTP/1.1 connection to the service.
+/// A keep-alive HTTP/1.1 connection to the service, the way a load generator such as `wrk`
+/// drives one: each request is written whole from bytes encoded once, and each answer is read
+/// by its `content-length`.
 ///
-/// The connection's I/O future is polled by the task that sends the requests rather than by
-/// a task of its own: the load generator shares two cores with the service and RabbitMQ, and
-/// a second task per connection would add a wake-up to every request.
+/// The load generator shares the two cores with the service and RabbitMQ, so every
+/// microsecond it spends is taken from what is measured. A full HTTP client (hyper's, used
+/// here before) costs about as much per request again as the service's whole HTTP layer: a
+/// request builder, a header map, and a channel with a wake-up between the caller and the
+/// connection. The service sees the same bytes either way.
 struct Conn {
-    sender: SendRequest<Full<Bytes>>,
-    connection: Pin<Box<Connection<TokioIo<TcpStream>, Full<Bytes>>>>,
-    authorization: HeaderValue,
+    stream: TcpStream,
+    answer: Vec<u8>,
 }
+
+/// Longest answer head the load generator reads; the service's are a few hundred bytes.
+const MAX_HEAD: usize = 16 * 1024;
 
 impl Conn {
     async fn open(server: &Server) -> anyhow::Result<Conn> {
@@ -401,47 +467,107 @@ impl Conn {
             .await
             .context("connecting to the producer")?;
         stream.set_nodelay(true)?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .context("HTTP handshake with the producer")?;
         Ok(Conn {
-            sender,
-            connection: Box::pin(connection),
-            authorization: server.authorization.clone(),
+            stream,
+            answer: Vec::with_capacity(4096),
         })
     }
 
-    /// Sends one POST and fails unless every job in it was accepted.
-    async fn post(&mut self, path: &'static str, body: Bytes) -> anyhow::Result<()> {
-        let request = hyper::Request::post(path)
-            .header(HOST, "bench")
-            .header(AUTHORIZATION, self.authorization.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(body))?;
-        let exchange = async {
-            self.sender.ready().await?;
-            let response = self.sender.send_request(request).await?;
-            let status = response.status();
-            let body = response.into_body().collect().await?.to_bytes();
-            anyhow::Ok((status, body))
-        };
-        let (status, body) = tokio::select! {
-            answered = exchange => answered?,
-            closed = self.connection.as_mut() => {
-                closed.context("the connection to the producer failed")?;
-                anyhow::bail!("the producer closed the connection");
-            }
-        };
+    /// Sends one encoded request and fails unless every job in it was accepted.
+    async fn post(&mut self, request: &Request) -> anyhow::Result<()> {
+        self.stream
+            .write_all(&request.bytes)
+            .await
+            .context("sending a request to the producer")?;
+        let (status, body) = self.read_answer().await?;
         // A batch answers 200 with a count of failures; looking for it in the text keeps the
-        // load generator's CPU (which the service and RabbitMQ share) off JSON parsing.
-        let accepted = status == 202 || (status == 200 && contains(&body, br#""failed":0"#));
+        // load generator's CPU off JSON parsing.
+        let accepted = status == 202 || (status == 200 && contains(body, br#""failed":0"#));
         anyhow::ensure!(
             accepted,
-            "POST {path} answered {status}: {}",
-            String::from_utf8_lossy(&body)
+            "POST {} answered {status}: {}",
+            request.path,
+            String::from_utf8_lossy(body)
         );
         Ok(())
     }
+
+    /// Reads one whole answer: its status and its body.
+    async fn read_answer(&mut self) -> anyhow::Result<(u16, &[u8])> {
+        self.answer.clear();
+        let head_end = loop {
+            if let Some(i) = find(&self.answer, b"\r\n\r\n") {
+                break i + 4;
+            }
+            anyhow::ensure!(
+                self.answer.len() < MAX_HEAD,
+                "the producer's answer head is over {MAX_HEAD} bytes"
+            );
+            self.fill().await?;
+        };
+        let (status, length) = parse_head(&self.answer[..head_end])?;
+        while self.answer.len() < head_end + length {
+            self.fill().await?;
+        }
+        anyhow::ensure!(
+            self.answer.len() == head_end + length,
+            "the producer sent more than one answer to one request"
+        );
+        Ok((status, &self.answer[head_end..]))
+    }
+
+    async fn fill(&mut self) -> anyhow::Result<()> {
+        let n = self
+            .stream
+            .read_buf(&mut self.answer)
+            .await
+            .context("reading the producer's answer")?;
+        anyhow::ensure!(n > 0, "the producer closed the connection");
+        Ok(())
+    }
+}
+
+/// A request encoded once: what [`Conn::post`] writes.
+#[derive(Clone)]
+struct Request {
+    path: &'static str,
+    bytes: Bytes,
+}
+
+impl Request {
+    fn post(path: &'static str, authorization: &str, body: &str) -> Request {
+        let bytes = format!(
+            "POST {path} HTTP/1.1\r\nhost: bench\r\nauthorization: {authorization}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        Request {
+            path,
+            bytes: Bytes::from(bytes),
+        }
+    }
+}
+
+/// The status code and `content-length` of an HTTP/1.1 answer head (through its blank line).
+fn parse_head(head: &[u8]) -> anyhow::Result<(u16, usize)> {
+    let text = std::str::from_utf8(head).context("the producer's answer head is not text")?;
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("not an HTTP/1.1 status line: {status_line:?}"))?;
+    let length = lines
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, value)| value.trim().parse().ok())
+        .context("the producer's answer has no content-length (the load generator reads no other framing)")?;
+    Ok((status, length))
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -552,6 +678,23 @@ mod tests {
             phases: Vec::new(),
         };
         assert!(summary(&other).is_none());
+    }
+
+    #[test]
+    fn answer_heads_give_their_status_and_length() {
+        let head = b"HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\nContent-Length: 57\r\n\r\n";
+        assert_eq!(parse_head(head).unwrap(), (202, 57));
+        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+        let e = parse_head(chunked).unwrap_err().to_string();
+        assert!(e.contains("no content-length"), "{e}");
+        let e = parse_head(b"HTTP/2 200\r\n\r\n").unwrap_err().to_string();
+        assert!(e.contains("not an HTTP/1.1 status line"), "{e}");
+        let request = Request::post("/v1/jobs", "Bearer t", "{}");
+        assert_eq!(
+            &request.bytes[..],
+            b"POST /v1/jobs HTTP/1.1\r\nhost: bench\r\nauthorization: Bearer t\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+        );
+        assert_eq!(find(b"ab\r\n\r\ncd", b"\r\n\r\n"), Some(2));
     }
 
     #[test]

@@ -137,9 +137,9 @@ async fn run(settings: &Settings) -> anyhow::Result<(Report<'_>, Vec<Extra>)> {
             .context("HTTP producer phase")?;
         let report = Report {
             settings,
-            phases: vec![http],
+            phases: vec![http.phase],
         };
-        return Ok((report, Vec::new()));
+        return Ok((report, http.extras));
     }
     if settings.limits {
         let phases = Sandbox::create(settings, run_id, "limits", true)
