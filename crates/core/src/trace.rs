@@ -80,28 +80,37 @@ impl TraceParent {
 }
 
 impl fmt::Display for TraceParent {
-    /// The `traceparent` header value.
+    /// The `traceparent` header value, `00-<trace id>-<parent id>-<flags>`. Written into a
+    /// buffer on the stack and handed to the formatter once: every enqueued job formats one,
+    /// and going through `write!` with its three arguments cost more than the rest of the
+    /// job's checks (docs/benchmarks.md).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{}-{}-{:02x}",
-            self.trace_id_hex(),
-            self.parent_id_hex(),
-            self.flags
-        )
+        let mut out = [0u8; 55];
+        out[..3].copy_from_slice(b"00-");
+        hex_into(&self.trace_id, &mut out[3..35]);
+        out[35] = b'-';
+        hex_into(&self.parent_id, &mut out[36..52]);
+        out[52] = b'-';
+        hex_into(&[self.flags], &mut out[53..55]);
+        f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
     }
 }
 
 /// Lowercase hex, two digits a byte. Written out by hand because every job formats two of
 /// these (its span's trace and parent ids), and a `format!` per byte showed in the profile.
 fn hex(bytes: &[u8]) -> String {
+    let mut out = vec![0u8; 2 * bytes.len()];
+    hex_into(bytes, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Writes `bytes` as lowercase hex into `out`, which holds exactly two digits a byte.
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(2 * bytes.len());
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0x0f)];
     }
-    out
 }
 
 /// Exactly `2 * N` lowercase hex digits as `N` bytes.
