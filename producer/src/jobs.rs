@@ -44,7 +44,7 @@ struct Prepared {
 
 impl AppState {
     /// Checks one job object found at `at`: its shape (422), the caller's right to its task
-    /// (403), its task's contract (422) and every option (422).
+    /// (403) and its task's contract (422); the options are checked when it is enqueued.
     fn prepare(
         &self,
         caller: &Caller,
@@ -111,13 +111,9 @@ impl AppState {
             When::After(d) => job.delay(d),
             When::At(t) => job.run_at(t),
         };
-        if let Err(warren_client::Error::Invalid { problems, .. }) = job.validate() {
-            let v = problems
-                .into_iter()
-                .map(|p| Violation::new(pointer(at, field_of(p.field)), p.text))
-                .collect();
-            return Err(invalid_job(at, v));
-        }
+        // The options `warren_client` checks (task and queue names, attempts, timeout, key,
+        // times) are checked once, by the enqueue itself: its `Error::Invalid` becomes the
+        // same 422 with the same pointers (`enqueue_failed`), per job in a batch.
         Ok(Prepared { job, id, to_rows })
     }
 
