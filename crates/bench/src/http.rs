@@ -147,6 +147,7 @@ impl Server {
 }
 
 /// Jobs sent, how long it took, and each request's latency in milliseconds.
+#[derive(Default)]
 struct Run {
     jobs: u64,
     elapsed: Duration,
@@ -157,15 +158,6 @@ struct Run {
 }
 
 impl Run {
-    fn none() -> Run {
-        Run {
-            jobs: 0,
-            elapsed: Duration::ZERO,
-            latencies_ms: Vec::new(),
-            cpu: Duration::ZERO,
-        }
-    }
-
     /// Counts `other` (another round of the same load) in.
     fn add(&mut self, mut other: Run) {
         self.jobs += other.jobs;
@@ -262,8 +254,12 @@ async fn run_loads(
     };
     library_one(&client, &job, clients, warm_per_client, None).await?;
     http(server, clients, single.clone()).await?;
-    let (mut many, mut one_by_one, mut saturated, mut batched) =
-        (Run::none(), Run::none(), Run::none(), Run::none());
+    let (mut many, mut one_by_one, mut saturated, mut batched) = (
+        Run::default(),
+        Run::default(),
+        Run::default(),
+        Run::default(),
+    );
     for _ in 0..ROUNDS {
         many.add(library_many(&client, &job, clients, batch, batches_per_client).await?);
         one_by_one.add(library_one(&client, &job, clients, per_client, None).await?);
@@ -571,7 +567,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    find(haystack, needle).is_some()
 }
 
 /// The scenario's verdicts: each HTTP rate as a percentage of the library's in the same

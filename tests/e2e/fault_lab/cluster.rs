@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 use warren_core::JobState;
 use warren_testkit::{RabbitCluster, TestEnv, wait_until};
 
-use super::{
-    LabWorker, Report, Throughput, check_all_succeeded, log_dir, spawn_producer, wait_ready,
-};
+use super::{LabWorker, Load, log_dir, wait_ready};
 use crate::support::wait_count;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,9 +44,7 @@ async fn killing_the_leader_of_the_work_queue_loses_no_job() -> anyhow::Result<(
     wait_ready(&w1).await?;
     wait_ready(&w2).await?;
 
-    let throughput = Throughput::default();
-    let sampler = throughput.sample(env.store.clone());
-    let producer = spawn_producer(env.broker_config.clone());
+    let load = Load::start(&env);
     wait_count(&env.store, JobState::Succeeded, 1_000).await?;
 
     let leader = cluster.wait_for_leader(&queue, None).await?;
@@ -83,13 +79,10 @@ async fn killing_the_leader_of_the_work_queue_loses_no_job() -> anyhow::Result<(
     )
     .await?;
 
-    let produced = producer.await??;
-    let lost = check_all_succeeded(&env.store, &produced.accepted).await?;
+    let settled = load.settle(&env.store).await?;
     let started = w1.started().await? + w2.started().await?;
-    sampler.abort();
     // The cluster keeps serving while the node is down: measured from the kill.
-    let report = Report::new(&produced, lost, started, throughput.recovery(began, began));
-    report.print("cluster-leader-kill");
+    settled.report("cluster-leader-kill", started, began, began);
     w1.stop().await?;
     w2.stop().await?;
     env.cleanup().await

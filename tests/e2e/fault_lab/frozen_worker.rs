@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 use warren_core::JobState;
 use warren_testkit::{TestEnv, wait_until};
 
-use super::{
-    LabWorker, Report, Throughput, check_all_succeeded, log_dir, spawn_producer, wait_ready,
-};
+use super::{LabWorker, Load, log_dir, wait_ready};
 use crate::support::wait_count;
 
 /// The frozen worker's AMQP heartbeat: the broker gives up on it after about two of these.
@@ -36,9 +34,7 @@ async fn a_worker_frozen_past_its_heartbeat_consumes_again_when_resumed() -> any
         )
     };
 
-    let throughput = Throughput::default();
-    let sampler = throughput.sample(env.store.clone());
-    let producer = spawn_producer(env.broker_config.clone());
+    let load = Load::start(&env);
     wait_count(&env.store, JobState::Succeeded, 500).await?;
 
     let began = Instant::now();
@@ -75,13 +71,10 @@ async fn a_worker_frozen_past_its_heartbeat_consumes_again_when_resumed() -> any
     .await?;
     wait_ready(&frozen).await?;
 
-    let produced = producer.await??;
-    let lost = check_all_succeeded(&env.store, &produced.accepted).await?;
+    let settled = load.settle(&env.store).await?;
     let after = frozen.started().await?;
     let started = after + other.started().await?;
-    sampler.abort();
-    let report = Report::new(&produced, lost, started, throughput.recovery(began, over));
-    report.print("frozen-worker");
+    settled.report("frozen-worker", started, began, over);
     eprintln!(
         "FAULT-LAB frozen-worker: the resumed worker ran {} jobs after SIGCONT",
         after - before

@@ -154,7 +154,7 @@ pub(crate) struct Produced {
 /// Publishes [`JOBS`] `warren.noop` jobs in paced batches through `warren-client`. A job whose
 /// enqueue fails is published again under the same id until it is accepted (a job published
 /// twice under one id is recorded once); a client that keeps failing is replaced by a new one.
-pub(crate) fn spawn_producer(config: BrokerConfig) -> JoinHandle<anyhow::Result<Produced>> {
+fn spawn_producer(config: BrokerConfig) -> JoinHandle<anyhow::Result<Produced>> {
     tokio::spawn(async move {
         let mut produced = Produced::default();
         let mut client: Option<Client> = None;
@@ -209,9 +209,67 @@ pub(crate) fn spawn_producer(config: BrokerConfig) -> JoinHandle<anyhow::Result<
     })
 }
 
+/// A scenario's load: the paced producer, and the throughput sampled while it runs.
+pub(crate) struct Load {
+    throughput: Throughput,
+    sampler: JoinHandle<()>,
+    producer: JoinHandle<anyhow::Result<Produced>>,
+}
+
+/// A load whose producer has finished and whose every accepted job has succeeded.
+pub(crate) struct Settled {
+    throughput: Throughput,
+    sampler: JoinHandle<()>,
+    produced: Produced,
+    lost: usize,
+}
+
+impl Load {
+    /// Starts sampling `env`'s store and producing through its broker.
+    pub(crate) fn start(env: &TestEnv) -> Load {
+        let throughput = Throughput::default();
+        let sampler = throughput.sample(env.store.clone());
+        let producer = spawn_producer(env.broker_config.clone());
+        Load {
+            throughput,
+            sampler,
+            producer,
+        }
+    }
+
+    /// Waits for the producer, then until every job it had accepted has succeeded
+    /// ([`check_all_succeeded`]).
+    pub(crate) async fn settle(self, store: &Store) -> anyhow::Result<Settled> {
+        let produced = self.producer.await??;
+        let lost = check_all_succeeded(store, &produced.accepted).await?;
+        Ok(Settled {
+            throughput: self.throughput,
+            sampler: self.sampler,
+            produced,
+            lost,
+        })
+    }
+}
+
+impl Settled {
+    /// Stops sampling and prints the scenario's line: `started` executions in all, the
+    /// recovery measured from `fault_over` against the throughput before `fault_began`.
+    pub(crate) fn report(
+        self,
+        scenario: &str,
+        started: u64,
+        fault_began: Instant,
+        fault_over: Instant,
+    ) {
+        self.sampler.abort();
+        let recovery = self.throughput.recovery(fault_began, fault_over);
+        Report::new(&self.produced, self.lost, started, recovery).print(scenario);
+    }
+}
+
 /// Succeeded-job counts sampled every 250 ms, for the recovery time.
 #[derive(Clone, Default)]
-pub(crate) struct Throughput(Arc<Mutex<Vec<(Instant, i64)>>>);
+struct Throughput(Arc<Mutex<Vec<(Instant, i64)>>>);
 
 impl Throughput {
     /// Samples `store` until the returned handle is aborted. Failed samples (the database is
@@ -271,7 +329,7 @@ impl Throughput {
 }
 
 /// What a scenario measured.
-pub(crate) struct Report {
+struct Report {
     pub(crate) accepted: usize,
     pub(crate) lost: usize,
     pub(crate) duplicates: u64,
@@ -312,10 +370,7 @@ impl Report {
 
 /// Waits until every accepted job is terminal; asserts each `succeeded`, with one row each.
 /// Returns how many were lost (0, or the assertion fails first).
-pub(crate) async fn check_all_succeeded(
-    store: &Store,
-    accepted: &[JobId],
-) -> anyhow::Result<usize> {
+async fn check_all_succeeded(store: &Store, accepted: &[JobId]) -> anyhow::Result<usize> {
     let rows = crate::support::wait_all_terminal(store, accepted, SETTLE).await?;
     let mut states: BTreeMap<String, usize> = BTreeMap::new();
     for row in rows.values() {

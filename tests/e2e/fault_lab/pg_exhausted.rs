@@ -15,9 +15,7 @@ use warren_core::JobState;
 use warren_store::{Store, StoreConfig};
 use warren_testkit::{DisposablePostgres, PostgresOptions, TestEnv};
 
-use super::{
-    LabWorker, Report, Throughput, check_all_succeeded, log_dir, spawn_producer, wait_ready,
-};
+use super::{LabWorker, Load, log_dir, wait_ready};
 use crate::support::wait_count;
 
 /// The server's `max_connections`: room for two workers' pools (5 each, plus a LISTEN
@@ -143,9 +141,7 @@ async fn postgres_connections_exhausted_by_another_client_lose_no_job() -> anyho
     wait_ready(&w1).await?;
     wait_ready(&w2).await?;
 
-    let throughput = Throughput::default();
-    let sampler = throughput.sample(env.store.clone());
-    let producer = spawn_producer(env.broker_config.clone());
+    let load = Load::start(&env);
     wait_count(&env.store, JobState::Succeeded, 1_000).await?;
 
     let began = Instant::now();
@@ -177,12 +173,9 @@ async fn postgres_connections_exhausted_by_another_client_lose_no_job() -> anyho
     wait_ready(&w1).await?;
     wait_ready(&w2).await?;
 
-    let produced = producer.await??;
-    let lost = check_all_succeeded(&env.store, &produced.accepted).await?;
+    let settled = load.settle(&env.store).await?;
     let started = w1.started().await? + w2.started().await?;
-    sampler.abort();
-    let report = Report::new(&produced, lost, started, throughput.recovery(began, over));
-    report.print("pg-exhausted");
+    settled.report("pg-exhausted", started, began, over);
     // The workers said why they waited: the store's words for a pool that got no new
     // connection name the refusal.
     let mut warned = 0;

@@ -7,10 +7,7 @@ use std::time::{Duration, Instant};
 use warren_core::JobState;
 use warren_testkit::{DisposablePostgres, TestEnv};
 
-use super::{
-    LabWorker, Report, Throughput, assert_logged_degraded, check_all_succeeded, log_dir,
-    spawn_producer, wait_degraded, wait_ready,
-};
+use super::{LabWorker, Load, assert_logged_degraded, log_dir, wait_degraded, wait_ready};
 use crate::support::wait_count;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,9 +21,7 @@ async fn postgres_stopped_for_ten_seconds_loses_no_job() -> anyhow::Result<()> {
     wait_ready(&w1).await?;
     wait_ready(&w2).await?;
 
-    let throughput = Throughput::default();
-    let sampler = throughput.sample(env.store.clone());
-    let producer = spawn_producer(env.broker_config.clone());
+    let load = Load::start(&env);
     wait_count(&env.store, JobState::Succeeded, 1_000).await?;
 
     let began = Instant::now();
@@ -54,12 +49,9 @@ async fn postgres_stopped_for_ten_seconds_loses_no_job() -> anyhow::Result<()> {
     wait_ready(&w1).await?;
     wait_ready(&w2).await?;
 
-    let produced = producer.await??;
-    let lost = check_all_succeeded(&env.store, &produced.accepted).await?;
+    let settled = load.settle(&env.store).await?;
     let started = w1.started().await? + w2.started().await?;
-    sampler.abort();
-    let report = Report::new(&produced, lost, started, throughput.recovery(began, over));
-    report.print("postgres-stop-10s");
+    settled.report("postgres-stop-10s", started, began, over);
     assert_logged_degraded(&logs.join("p1.log"), "database down")?;
     w1.stop().await?;
     w2.stop().await?;

@@ -6,9 +6,7 @@ use std::time::Instant;
 use warren_core::JobState;
 use warren_testkit::TestEnv;
 
-use super::{
-    LabWorker, Report, Throughput, check_all_succeeded, log_dir, spawn_producer, wait_ready,
-};
+use super::{LabWorker, Load, log_dir, wait_ready};
 use crate::support::wait_count;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,9 +26,7 @@ async fn a_rolling_restart_loses_no_job() -> anyhow::Result<()> {
         fleet.push(w);
     }
 
-    let throughput = Throughput::default();
-    let sampler = throughput.sample(env.store.clone());
-    let producer = spawn_producer(env.broker_config.clone());
+    let load = Load::start(&env);
     wait_count(&env.store, JobState::Succeeded, 500).await?;
 
     // Executions each retired worker began, read just before its SIGTERM (a graceful stop
@@ -48,14 +44,11 @@ async fn a_rolling_restart_loses_no_job() -> anyhow::Result<()> {
     }
     let over = Instant::now();
 
-    let produced = producer.await??;
-    let lost = check_all_succeeded(&env.store, &produced.accepted).await?;
+    let settled = load.settle(&env.store).await?;
     for w in &fleet {
         started += w.started().await?;
     }
-    sampler.abort();
-    let report = Report::new(&produced, lost, started, throughput.recovery(began, over));
-    report.print("rolling-restart");
+    settled.report("rolling-restart", started, began, over);
     for w in fleet {
         w.stop().await?;
     }
