@@ -6,7 +6,8 @@
 //! would touch nothing. The fault is made to bite: while the other client holds every free
 //! slot, the workers' own sessions are ended (`pg_terminate_backend`, once a second) and
 //! the other client takes the slots they free, so for the whole hold a worker that needs a
-//! connection is refused ("too many clients already").
+//! connection is refused ("too many clients already"). A worker can still win a freed slot
+//! before the other client does; the hold then goes on until one has been refused.
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,30 @@ const MAX_CONNECTIONS: u32 = 30;
 
 /// How long the other client holds every connection.
 const HOLD: Duration = Duration::from_secs(10);
+
+/// How long it goes on holding them if no worker has been refused yet.
+const MAX_HOLD: Duration = Duration::from_secs(40);
+
+/// The workers' logs, in the test's log directory.
+const LOGS: [&str; 2] = ["x1.log", "x2.log"];
+
+/// The WARN lines in a worker's log that name a refused connection.
+fn refusals(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("WARN") && l.contains("too many clients"))
+        .collect()
+}
+
+/// How many such lines the workers have logged so far.
+fn refusals_logged(logs: &std::path::Path) -> anyhow::Result<usize> {
+    let mut n = 0;
+    for log in LOGS {
+        let text = std::fs::read_to_string(logs.join(log))
+            .with_context(|| format!("reading {}", logs.join(log).display()))?;
+        n += refusals(&text).len();
+    }
+    Ok(n)
+}
 
 /// The other client: connections of its own to the disposable server, each a one-connection
 /// pool, opened until the server refuses more.
@@ -136,8 +161,8 @@ async fn postgres_connections_exhausted_by_another_client_lose_no_job() -> anyho
     let env = TestEnv::with_services(None, Some(&pg.admin_url()), &["default"]).await?;
     let logs = log_dir("pg-exhausted")?;
     let url = env.amqp_url.clone();
-    let mut w1 = LabWorker::spawn(&env, "x1", &url, &logs.join("x1.log"))?;
-    let mut w2 = LabWorker::spawn(&env, "x2", &url, &logs.join("x2.log"))?;
+    let mut w1 = LabWorker::spawn(&env, "x1", &url, &logs.join(LOGS[0]))?;
+    let mut w2 = LabWorker::spawn(&env, "x2", &url, &logs.join(LOGS[1]))?;
     wait_ready(&w1).await?;
     wait_ready(&w2).await?;
 
@@ -153,7 +178,10 @@ async fn postgres_connections_exhausted_by_another_client_lose_no_job() -> anyho
         "FAULT-LAB pg-exhausted: the other client holds {taken} connections; the next was refused: {refusal}"
     );
     let mut terminated = 0;
-    while began.elapsed() < HOLD {
+    // A worker may win a freed slot before the other client takes it back; the hold goes
+    // on (up to MAX_HOLD) until the fault has bitten, so that the test does not depend on
+    // who wins that race.
+    while began.elapsed() < HOLD || (refusals_logged(&logs)? == 0 && began.elapsed() < MAX_HOLD) {
         terminated += terminate_workers(&pg, &mut hog).await?;
         hog.fill().await?;
         for w in [&mut w1, &mut w2] {
@@ -162,7 +190,7 @@ async fn postgres_connections_exhausted_by_another_client_lose_no_job() -> anyho
                 "a worker exited while the connections were exhausted"
             );
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     eprintln!(
         "FAULT-LAB pg-exhausted: {terminated} worker sessions ended over the hold; the other client held {} connections at the end",
@@ -178,20 +206,16 @@ async fn postgres_connections_exhausted_by_another_client_lose_no_job() -> anyho
     settled.report("pg-exhausted", started, began, over);
     // The workers said why they waited: the store's words for a pool that got no new
     // connection name the refusal.
-    let mut warned = 0;
-    for log in ["x1.log", "x2.log"] {
+    for log in LOGS {
         let text = std::fs::read_to_string(logs.join(log))?;
-        let said: Vec<&str> = text
-            .lines()
-            .filter(|l| l.contains("WARN") && l.contains("too many clients"))
-            .collect();
+        let said = refusals(&text);
         eprintln!(
             "FAULT-LAB pg-exhausted: {log}: {} WARN lines name the refusal, e.g. {:?}",
             said.len(),
             said.first().map(|l| without_colours(l))
         );
-        warned += said.len();
     }
+    let warned = refusals_logged(&logs)?;
     assert!(
         warned > 0,
         "no worker logged a WARN line naming the refused connections (logs in {})",
