@@ -25,9 +25,11 @@
 //! 6. the library's one-job `enqueue` on the same schedule: the publish-to-confirm latency
 //!    underneath, the floor under 5's p99.
 //!
-//! Each row's `cpu/10k` is this process's CPU time per 10,000 jobs during that load: the load
-//! generator, the service, and the I/O threads of both RabbitMQ connections (the library
-//! rows have no HTTP, so their difference is what HTTP costs).
+//! The HTTP loads come from a thread of their own, as from a separate client process. Each
+//! row's `cpu/10k` is this process's CPU time per 10,000 jobs during that load, less that
+//! thread's: the service (or the library's callers) and the I/O threads of both RabbitMQ
+//! connections. The library rows have no HTTP, so their difference is what HTTP costs the
+//! service.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -48,7 +50,7 @@ use warren_producer::{AppState, Limits, no_delay, router};
 use crate::report::{Extra, Latency, Measure, Measured, Phase, Report, Usage};
 use crate::sandbox::{Sandbox, stoppable};
 use crate::settings::Settings;
-use crate::usage::Sample;
+use crate::usage::{Sample, thread_cpu};
 use crate::workload::{QUEUE, TASK, payload};
 
 /// Key of this scenario's phase.
@@ -155,6 +157,8 @@ struct Run {
     /// This process's CPU time meanwhile: the load generator, the service and both RabbitMQ
     /// connections' I/O threads.
     cpu: Duration,
+    /// The HTTP load generator's share of `cpu` (its thread's).
+    load_generator_cpu: Duration,
 }
 
 impl Run {
@@ -164,6 +168,7 @@ impl Run {
         self.elapsed += other.elapsed;
         self.latencies_ms.append(&mut other.latencies_ms);
         self.cpu += other.cpu;
+        self.load_generator_cpu += other.load_generator_cpu;
     }
 
     fn rate(&self) -> f64 {
@@ -173,7 +178,10 @@ impl Run {
     /// The load's table row, and its CPU column.
     fn measure(mut self, key: &'static str, label: &'static str) -> (Measure, Extra) {
         let usage = Usage {
-            cpu_secs: self.cpu.as_secs_f64(),
+            cpu_secs: self
+                .cpu
+                .saturating_sub(self.load_generator_cpu)
+                .as_secs_f64(),
             jobs: self.jobs,
             peak_rss_bytes: None,
         };
@@ -207,6 +215,7 @@ impl Started {
             elapsed: self.at.elapsed(),
             latencies_ms,
             cpu: Sample::of(None)?.cpu.saturating_sub(self.cpu),
+            load_generator_cpu: Duration::ZERO,
         })
     }
 }
@@ -402,11 +411,36 @@ struct Load {
 }
 
 /// Runs `load` on `clients` keep-alive connections, opened before the clock starts.
+///
+/// The connections are driven from a thread of their own, on a single-threaded runtime, as
+/// a separate client process would be: the load generator's wake-ups stay off the service's
+/// runtime threads, and its CPU time is read apart from the service's (its thread's
+/// `/proc/thread-self/stat`), so that a row's `cpu/10k` is the service's alone.
 async fn http(server: &Server, clients: usize, load: Load) -> anyhow::Result<Run> {
+    let addr = server.addr;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("load-generator".to_owned())
+        .spawn(move || {
+            let run = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the load generator's runtime")
+                .and_then(|rt| rt.block_on(generate(addr, clients, load)));
+            // The receiver only goes away if the benchmark is stopping anyway.
+            let _ = tx.send(run);
+        })
+        .context("starting the load generator's thread")?;
+    rx.await.context("the load generator's thread panicked")?
+}
+
+/// [`http`]'s load, on the load generator's thread.
+async fn generate(addr: SocketAddr, clients: usize, load: Load) -> anyhow::Result<Run> {
     let mut conns = Vec::with_capacity(clients);
     for _ in 0..clients {
-        conns.push(Conn::open(server).await?);
+        conns.push(Conn::open(addr).await?);
     }
+    let own_cpu = thread_cpu()?;
     let started = Started::now()?;
     let start = started.at;
     let mut tasks = JoinSet::new();
@@ -434,10 +468,12 @@ async fn http(server: &Server, clients: usize, load: Load) -> anyhow::Result<Run
         });
     }
     let latencies_ms: Vec<f64> = join_all(tasks).await?.into_iter().flatten().collect();
-    started.run(
+    let mut run = started.run(
         latencies_ms.len() as u64 * load.jobs_per_request,
         latencies_ms,
-    )
+    )?;
+    run.load_generator_cpu = thread_cpu()?.saturating_sub(own_cpu);
+    Ok(run)
 }
 
 /// A keep-alive HTTP/1.1 connection to the service, the way a load generator such as `wrk`
@@ -458,8 +494,8 @@ struct Conn {
 const MAX_HEAD: usize = 16 * 1024;
 
 impl Conn {
-    async fn open(server: &Server) -> anyhow::Result<Conn> {
-        let stream = TcpStream::connect(server.addr)
+    async fn open(addr: SocketAddr) -> anyhow::Result<Conn> {
+        let stream = TcpStream::connect(addr)
             .await
             .context("connecting to the producer")?;
         stream.set_nodelay(true)?;

@@ -45,6 +45,14 @@ impl Sample {
     }
 }
 
+/// The CPU time (user plus system) of the calling thread so far, from
+/// `/proc/thread-self/stat`.
+pub(crate) fn thread_cpu() -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat")
+        .context("reading /proc/thread-self/stat (Linux 3.17 or later)")?;
+    cpu_time(&stat).context("reading the CPU time in /proc/thread-self/stat")
+}
+
 /// `utime + stime` from the contents of `/proc/PID/stat`. The command name in field 2 is in
 /// parentheses and may itself hold spaces and parentheses, so fields are counted from the
 /// last `)`: after it come field 3 (state) onwards, so utime (14) and stime (15) are the 12th
