@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -215,13 +215,11 @@ fn trace_context(headers: &HeaderMap) -> Option<(String, Option<String>)> {
     Some((tp.to_owned(), ts))
 }
 
-/// `POST /v1/jobs`.
-pub(crate) async fn post_job(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    match post_job_inner(&s, &headers, body).await {
+/// `POST /v1/jobs`. It takes the request whole: a `HeaderMap` extractor would copy the
+/// headers.
+pub(crate) async fn post_job(State(s): State<AppState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    match post_job_inner(&s, &parts.headers, body).await {
         Ok(accepted) => (StatusCode::ACCEPTED, Json(accepted)).into_response(),
         Err(p) => p.into_response(),
     }
@@ -302,12 +300,9 @@ pub struct BatchAnswer {
 }
 
 /// `POST /v1/jobs/batch`.
-pub(crate) async fn post_batch(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    match post_batch_inner(&s, &headers, body).await {
+pub(crate) async fn post_batch(State(s): State<AppState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    match post_batch_inner(&s, &parts.headers, body).await {
         Ok(answer) => {
             let retry = answer.results.iter().any(|r| r.status == 503);
             let mut response = (StatusCode::OK, Json(answer)).into_response();

@@ -16,6 +16,7 @@
 
 pub mod auth;
 pub mod contracts;
+mod edge;
 mod jobs;
 pub mod openapi;
 pub mod problem;
@@ -27,13 +28,14 @@ pub mod tls;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Json;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
-use axum::{Json, middleware};
 use serde_json::json;
+use tower::ServiceBuilder;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
@@ -45,7 +47,7 @@ pub use jobs::{Accepted, BatchAnswer, BatchItem, Cancelled, IDEMPOTENCY_KEY};
 
 use crate::auth::Tokens;
 use crate::contracts::Contracts;
-use crate::problem::{PROBLEM_JSON, Problem};
+use crate::problem::Problem;
 
 /// Limits on what one request may ask.
 #[derive(Clone, Copy, Debug)]
@@ -177,9 +179,9 @@ struct MakeRequestUuid7;
 
 impl MakeRequestId for MakeRequestUuid7 {
     fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
-        HeaderValue::from_str(&uuid::Uuid::now_v7().to_string())
-            .ok()
-            .map(RequestId::new)
+        let mut text = uuid::Uuid::encode_buffer();
+        let text = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut text);
+        HeaderValue::from_str(text).ok().map(RequestId::new)
     }
 }
 
@@ -194,28 +196,27 @@ pub fn no_delay(tcp: &mut tokio::net::TcpStream) {
 
 /// The whole service: every route in [`ROUTES`], with request ids, a span per request,
 /// metrics, the request timeout, and problem+json for every error.
+///
+/// The layers wrap the finished routes as one service, the returned router's only fallback,
+/// so that each runs once per request without boxing (`edge` says why).
 pub fn router(state: AppState) -> Router {
     // Installed before the first request, so that no count is recorded into the void.
     if let Err(e) = telemetry::handle() {
         tracing::warn!("{e}; /metrics will answer 503");
     }
     let request_id = HeaderName::from_static("x-request-id");
-    let mut app = Router::new();
+    let timeout = state.limits.request_timeout;
+    let mut routes = Router::new();
     for route in ROUTES {
-        app = app.route(route.path, handler(route));
+        routes = routes.route(route.path, handler(route));
     }
-    app.route_layer(middleware::from_fn(telemetry::track))
+    let routes = routes
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
-        .with_state(state.clone())
-        // A request that outlives its timeout is waiting on RabbitMQ or Postgres: 503, like
-        // any other unavailability, so that clients retry it the same way.
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            state.limits.request_timeout,
-        ))
-        // Outside the timeout, so that its answer is made problem+json too.
-        .layer(middleware::map_response(problemize))
+        .with_state(state);
+    let service = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid7))
+        .layer(PropagateRequestIdLayer::new(request_id))
         .layer(TraceLayer::new_for_http().make_span_with(|r: &Request| {
             let id = r
                 .headers()
@@ -230,36 +231,16 @@ pub fn router(state: AppState) -> Router {
                 caller = tracing::field::Empty,
             )
         }))
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid7))
-}
-
-/// Turns any error answer made without a body (a timeout, an extractor's rejection) into
-/// problem+json, so that every error has the same shape.
-async fn problemize(response: Response) -> Response {
-    let status = response.status();
-    let is_problem = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|t| t.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
-    if status.as_u16() < 400 || is_problem {
-        return response;
-    }
-    let mut problem = Problem::from_status(status);
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        problem = Problem::unavailable(
-            "no answer within the request timeout (--request-timeout / WARREN_REQUEST_TIMEOUT): \
-             RabbitMQ or PostgreSQL is slow or unreachable; nothing was accepted, send it again",
-        );
-    } else if status.is_server_error() {
-        // Never an internal message; a fault here is this service's and is logged.
-        tracing::error!(
-            status = status.as_u16(),
-            "answering an unexpected server error"
-        );
-        problem = Problem::unavailable("the service failed to answer; try again");
-    }
-    problem.into_response()
+        // Outside the timeout, so that its answer is made problem+json and counted too.
+        .layer(edge::AnswerLayer)
+        // A request that outlives its timeout is waiting on RabbitMQ or Postgres: 503, like
+        // any other unavailability, so that clients retry it the same way.
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
+        ))
+        .service(routes);
+    Router::new().fallback_service(service)
 }
 
 async fn no_route(method: Method, uri: axum::http::Uri) -> Problem {

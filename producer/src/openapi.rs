@@ -8,12 +8,15 @@ use crate::{Limits, ROUTES};
 
 /// Whether `path` matches the route pattern `pattern` (`{name}` matches one segment).
 pub fn matches(pattern: &str, path: &str) -> bool {
-    let p: Vec<&str> = pattern.split('/').collect();
-    let q: Vec<&str> = path.split('/').collect();
-    p.len() == q.len()
-        && p.iter()
-            .zip(&q)
-            .all(|(a, b)| (a.starts_with('{') && a.ends_with('}') && !b.is_empty()) || a == b)
+    let (mut p, mut q) = (pattern.split('/'), path.split('/'));
+    loop {
+        match (p.next(), q.next()) {
+            (None, None) => return true,
+            (Some(a), Some(b))
+                if (a.starts_with('{') && a.ends_with('}') && !b.is_empty()) || a == b => {}
+            _ => return false,
+        }
+    }
 }
 
 fn problem(description: &str) -> Value {

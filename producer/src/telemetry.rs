@@ -1,12 +1,13 @@
 //! Prometheus metrics (every series prefixed `warren_producer_`) and the per-request span.
 
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::http::StatusCode;
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::{ROUTES, Route};
 
 /// Requests answered, by `method`, `route` (the route's pattern) and `status`.
 pub const REQUESTS: &str = "warren_producer_requests_total";
@@ -49,19 +50,112 @@ pub fn job(outcome: &'static str) {
     metrics::counter!(JOBS, "outcome" => outcome).increment(1);
 }
 
-/// Middleware on matched routes: counts and times each request under its route pattern.
-pub async fn track(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
-    let start = Instant::now();
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::histogram!(REQUEST_SECONDS, "method" => method.clone(), "route" => route.clone())
-        .record(start.elapsed().as_secs_f64());
-    metrics::counter!(REQUESTS, "method" => method, "route" => route, "status" => status)
-        .increment(1);
-    response
+/// Statuses whose request counters are made once per route and kept; any other status is
+/// counted through the registry's lookup.
+const STATUSES: [(u16, &str); 14] = [
+    (200, "200"),
+    (202, "202"),
+    (400, "400"),
+    (401, "401"),
+    (403, "403"),
+    (404, "404"),
+    (405, "405"),
+    (408, "408"),
+    (413, "413"),
+    (415, "415"),
+    (422, "422"),
+    (500, "500"),
+    (503, "503"),
+    (504, "504"),
+];
+
+/// One route's request metrics, each series made on first use and kept, so that recording a
+/// request costs no label allocation and no registry lookup.
+pub(crate) struct RouteMetrics {
+    route: &'static Route,
+    seconds: OnceLock<Histogram>,
+    requests: [OnceLock<Counter>; STATUSES.len()],
+}
+
+static ROUTE_METRICS: [RouteMetrics; ROUTES.len()] = {
+    let mut all = [const {
+        RouteMetrics {
+            route: &ROUTES[0],
+            seconds: OnceLock::new(),
+            requests: [const { OnceLock::new() }; STATUSES.len()],
+        }
+    }; ROUTES.len()];
+    let mut i = 0;
+    while i < ROUTES.len() {
+        all[i].route = &ROUTES[i];
+        i += 1;
+    }
+    all
+};
+
+impl RouteMetrics {
+    /// The metrics of the route a request for `method` `path` goes to, if any (unrouted
+    /// requests are not counted: their paths are the client's, not a bounded set). A path
+    /// equal to a route's is preferred to one matching a pattern, as the router does.
+    pub(crate) fn of(method: &str, path: &str) -> Option<&'static RouteMetrics> {
+        let exact = ROUTE_METRICS
+            .iter()
+            .find(|m| m.route.method == method && m.route.path == path);
+        exact.or_else(|| {
+            ROUTE_METRICS
+                .iter()
+                .find(|m| m.route.method == method && crate::openapi::matches(m.route.path, path))
+        })
+    }
+
+    /// Counts and times one request answered `status` after `elapsed`.
+    pub(crate) fn answered(&self, status: StatusCode, elapsed: Duration) {
+        let Route { method, path } = *self.route;
+        self.seconds
+            .get_or_init(
+                || metrics::histogram!(REQUEST_SECONDS, "method" => method, "route" => path),
+            )
+            .record(elapsed.as_secs_f64());
+        let code = status.as_u16();
+        match STATUSES.iter().position(|(c, _)| *c == code) {
+            Some(i) => self.requests[i]
+                .get_or_init(|| {
+                    metrics::counter!(REQUESTS, "method" => method, "route" => path, "status" => STATUSES[i].1)
+                })
+                .increment(1),
+            None => metrics::counter!(REQUESTS, "method" => method, "route" => path, "status" => code.to_string())
+                .increment(1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_under_their_route_pattern_or_not_at_all() {
+        let path = |method, path| RouteMetrics::of(method, path).map(|m| m.route.path);
+        assert_eq!(path("POST", "/v1/jobs/batch"), Some("/v1/jobs/batch"));
+        assert_eq!(
+            path(
+                "POST",
+                "/v1/jobs/0190c2a4-0000-7000-8000-000000000000/cancel"
+            ),
+            Some("/v1/jobs/{id}/cancel")
+        );
+        assert_eq!(path("GET", "/v1/jobs/abc"), Some("/v1/jobs/{id}"));
+        // Not a route: the client's paths and methods are not a bounded set of labels.
+        assert_eq!(path("GET", "/v1/jobs/abc/cancel"), None);
+        assert_eq!(path("DELETE", "/v1/jobs/abc"), None);
+        assert_eq!(path("GET", "/nowhere"), None);
+    }
+
+    #[test]
+    fn every_route_has_its_own_metrics() {
+        for (route, metrics) in ROUTES.iter().zip(&ROUTE_METRICS) {
+            assert_eq!(metrics.route, route);
+        }
+        assert_eq!(ROUTE_METRICS.len(), ROUTES.len());
+    }
 }
