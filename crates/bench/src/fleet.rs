@@ -102,6 +102,11 @@ impl Fleet {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .kill_on_drop(true);
+            // How many threads each process's runtime runs is a shape worth measuring
+            // (several processes on fewer cores; docs/benchmarks.md).
+            if let Some(threads) = settings.worker_threads {
+                command.env("TOKIO_WORKER_THREADS", threads.to_string());
+            }
             if let Some(prefetch) = shape.prefetch {
                 command.arg("--prefetch").arg(prefetch.to_string());
             }

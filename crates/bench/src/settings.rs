@@ -1,5 +1,6 @@
 //! Flags and environment, parsed once and validated into [`Settings`], which the phases trust.
 
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -112,6 +113,11 @@ pub(crate) struct Args {
     /// Light load: jobs measured.
     #[arg(long, env = "WARREN_BENCH_LIGHT_JOBS", default_value_t = 2_000)]
     pub(crate) light_jobs: u64,
+
+    /// Runtime threads of each worker process (passed as `TOKIO_WORKER_THREADS`); by default
+    /// the runtime's own choice, one per core.
+    #[arg(long, env = "WARREN_BENCH_WORKER_THREADS")]
+    pub(crate) worker_threads: Option<NonZeroUsize>,
 }
 
 /// The scenarios of `--scenario`.
@@ -173,6 +179,8 @@ pub(crate) struct Settings {
     /// Light load: jobs per second, and how many.
     pub(crate) light_rate: u32,
     pub(crate) light_jobs: u64,
+    /// Runtime threads of each worker process, when set.
+    pub(crate) worker_threads: Option<NonZeroUsize>,
     /// Cores the operating system gives this process; printed with the results because the
     /// broker, the database and the benchmark all share them.
     pub(crate) cores: usize,
@@ -257,6 +265,7 @@ impl Args {
             hold: Duration::from_secs(self.hold_secs),
             light_rate: self.light_rate,
             light_jobs: self.light_jobs,
+            worker_threads: self.worker_threads,
             cores: std::thread::available_parallelism().map_or(1, usize::from),
         })
     }
@@ -288,6 +297,7 @@ mod tests {
         assert_eq!(s.scenario, Scenario::Default);
         assert_eq!(s.hold, Duration::from_secs(30));
         assert_eq!((s.light_rate, s.light_jobs), (200, 2_000));
+        assert_eq!(s.worker_threads, None, "the workers' runtimes choose");
     }
 
     #[test]
@@ -317,5 +327,6 @@ mod tests {
         assert!(err(&["--hold-secs", "0"]).contains("--hold-secs"));
         assert!(err(&["--light-rate", "0"]).contains("--light-rate"));
         assert!(err(&["--light-jobs", "0"]).contains("--light-jobs"));
+        assert!(err(&["--worker-threads", "0"]).contains("--worker-threads"));
     }
 }
