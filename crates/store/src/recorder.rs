@@ -449,9 +449,10 @@ fn coalesce(batch: Vec<Item>) -> (Vec<RecordRow>, HashMap<JobId, usize>, Vec<Wai
             }
         }
     }
-    // Every batch locks its rows in id order, so two batches written at once that share
-    // jobs (a running mark in one, the outcome in the other) can wait for each other but
-    // never deadlock.
+    // Every batch locks its rows in id order, so two batches written at once (by one
+    // recorder with more than one write in flight, or by two workers) that share jobs (a
+    // running mark in one, the outcome in the other) can wait for each other but never
+    // deadlock.
     rows.sort_unstable_by_key(|r| r.id);
     (rows, kept, waiters)
 }

@@ -12,8 +12,9 @@ pub struct StoreConfig {
     /// `postgres://user:pass@host:port/db`. `Debug` and [`StoreConfig::redacted_url`] hide the
     /// password, in the user info or in a `password=` parameter.
     pub url: String,
-    /// Pool size. A worker keeps one connection for LISTEN, the recorder writes up to two
-    /// batches at once, and the promoter, heartbeats and idempotency claims share the rest.
+    /// Pool size. A worker keeps one connection for LISTEN, the recorder writes one batch at
+    /// a time (up to four with `RecorderConfig::max_in_flight`), and the promoter, heartbeats
+    /// and idempotency claims share the rest.
     /// The local server allows 100 in total, shared by every process.
     pub max_connections: u32,
     /// How long to wait for a pooled connection, and for the TCP probe on connecting.
