@@ -353,8 +353,7 @@ impl Recorder {
 async fn run(store: Store, config: RecorderConfig, mut rx: mpsc::Receiver<Item>) {
     // Up to `max_in_flight` batches are written at once, on different connections; with more
     // than one, a slow round trip does not hold up the next batch. Order between batches does
-    // not matter:
-    // the fence decides every conflict the same way whichever write lands first.
+    // not matter: the fence decides every conflict the same way whichever write lands first.
     let slots = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
     let mut flushes = JoinSet::new();
     let mut buf = Vec::with_capacity(config.max_batch);
