@@ -7,7 +7,7 @@ use warren_broker::{BrokerConfig, Topology};
 use warren_core::duration::parse_duration;
 use warren_core::{Namespace, QueueName};
 use warren_runtime::WorkerConfig;
-use warren_store::StoreConfig;
+use warren_store::{RecorderConfig, StoreConfig};
 
 /// The longest timeout or grace period accepted: 2^31 - 1 ms, about 24 days, the most a job
 /// message's `warren-timeout-ms` header carries. Longer ones are typos, and added to a clock
@@ -64,7 +64,7 @@ pub struct Args {
     /// the pool has 5). With 1, each batch gathers what arrives while the one before commits:
     /// the fastest with several workers on one database. A lone worker may gain a few percent
     /// with 2.
-    #[arg(long, env = "WARREN_RECORDER_WRITERS", default_value_t = 1)]
+    #[arg(long, env = "WARREN_RECORDER_WRITERS", default_value_t = RecorderConfig::default().max_in_flight)]
     pub recorder_writers: usize,
 
     /// Time in-flight jobs get to finish after SIGTERM/SIGINT, e.g. 30s.
