@@ -10,14 +10,52 @@ use jsonschema::Validator;
 use serde_json::Value;
 
 use crate::problem::Violation;
-use crate::request::pointer;
+use crate::request::{Payload, pointer};
 
 /// The file name ending that marks a payload schema.
 const SUFFIX: &str = ".schema.json";
 
+/// Keywords that describe a schema without constraining what it accepts: a schema made of
+/// nothing else accepts every payload, so a payload sent as text need not be parsed to be
+/// checked against it.
+const ANNOTATIONS: &[&str] = &[
+    "$schema",
+    "$id",
+    "$comment",
+    "title",
+    "description",
+    "examples",
+    "default",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+];
+
+/// One task's compiled payload schema.
+struct Contract {
+    validator: Validator,
+    /// True when the schema constrains nothing (see [`ANNOTATIONS`]).
+    accepts_all: bool,
+}
+
+impl Contract {
+    fn compile(schema: &Value) -> Result<Self, String> {
+        let validator = jsonschema::validator_for(schema).map_err(|e| e.to_string())?;
+        let accepts_all = match schema {
+            Value::Bool(b) => *b,
+            Value::Object(keywords) => keywords.keys().all(|k| ANNOTATIONS.contains(&k.as_str())),
+            _ => false,
+        };
+        Ok(Self {
+            validator,
+            accepts_all,
+        })
+    }
+}
+
 /// Every known task's compiled payload schema.
 pub struct Contracts {
-    schemas: BTreeMap<String, Validator>,
+    schemas: BTreeMap<String, Contract>,
     allow_unknown: bool,
 }
 
@@ -57,9 +95,9 @@ impl Contracts {
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             let schema: Value = serde_json::from_str(&text)
                 .map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
-            let validator = jsonschema::validator_for(&schema)
+            let contract = Contract::compile(&schema)
                 .map_err(|e| format!("{} is not a valid JSON Schema: {e}", path.display()))?;
-            schemas.insert(task.to_owned(), validator);
+            schemas.insert(task.to_owned(), contract);
         }
         Ok(Self {
             schemas,
@@ -75,8 +113,8 @@ impl Contracts {
         let schemas = schemas
             .into_iter()
             .map(|(task, schema)| {
-                jsonschema::validator_for(&schema)
-                    .map(|v| (task.clone(), v))
+                Contract::compile(&schema)
+                    .map(|c| (task.clone(), c))
                     .map_err(|e| format!("schema of `{task}`: {e}"))
             })
             .collect::<Result<_, _>>()?;
@@ -93,8 +131,10 @@ impl Contracts {
 
     /// Checks `payload` against `task`'s schema; the payload of the job at `at` in the body.
     /// Each violation carries the pointer of the offending value (under `<at>/payload`).
-    pub fn check(&self, task: &str, payload: &Value, at: &str) -> Result<(), Vec<Violation>> {
-        let Some(validator) = self.schemas.get(task) else {
+    ///
+    /// A payload given as text is parsed for the check only when the schema constrains it.
+    pub fn check(&self, task: &str, payload: Payload<'_>, at: &str) -> Result<(), Vec<Violation>> {
+        let Some(contract) = self.schemas.get(task) else {
             if self.allow_unknown {
                 return Ok(());
             }
@@ -106,16 +146,35 @@ impl Contracts {
                 ),
             )]);
         };
+        let parsed;
+        let payload = match payload {
+            _ if contract.accepts_all => return Ok(()),
+            Payload::Tree(value) => value,
+            Payload::Text(text) => match serde_json::from_str::<Value>(text.get()) {
+                Ok(value) => {
+                    parsed = value;
+                    &parsed
+                }
+                Err(e) => {
+                    return Err(vec![Violation::new(
+                        pointer(at, "payload"),
+                        format!("not JSON a worker can read: {e}"),
+                    )]);
+                }
+            },
+        };
+        let validator = &contract.validator;
+        // The common case, a valid payload, takes the validator's short-circuiting path;
+        // the errors are collected only for a payload that fails it.
+        if validator.is_valid(payload) {
+            return Ok(());
+        }
         let base = pointer(at, "payload");
         let violations: Vec<Violation> = validator
             .iter_errors(payload)
             .map(|e| Violation::new(format!("{base}{}", e.instance_path), e.to_string()))
             .collect();
-        if violations.is_empty() {
-            Ok(())
-        } else {
-            Err(violations)
-        }
+        Err(violations)
     }
 }
 
@@ -123,21 +182,70 @@ impl Contracts {
 mod tests {
     use super::*;
     use serde_json::json;
+    use serde_json::value::RawValue;
 
     #[test]
     fn the_repository_contracts_load_and_name_the_offending_field() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/payloads");
         let c = Contracts::load(&dir, false).unwrap();
         assert!(c.tasks().any(|t| t == "warren.sleep"));
-        assert!(c.check("warren.sleep", &json!({"ms": 5}), "").is_ok());
+        assert!(c.check("warren.sleep", tree(&json!({"ms": 5})), "").is_ok());
         let v = c
-            .check("warren.sleep", &json!({"ms": "5"}), "/jobs/1")
+            .check("warren.sleep", tree(&json!({"ms": "5"})), "/jobs/1")
             .unwrap_err();
         assert_eq!(v[0].pointer, "/jobs/1/payload/ms");
-        let v = c.check("no.such", &json!(1), "").unwrap_err();
+        let v = c.check("no.such", tree(&json!(1)), "").unwrap_err();
         assert_eq!(v[0].pointer, "/task");
         assert!(v[0].detail.contains("unknown task `no.such`"));
         let open = Contracts::load(&dir, true).unwrap();
-        assert!(open.check("no.such", &json!(1), "").is_ok());
+        assert!(open.check("no.such", tree(&json!(1)), "").is_ok());
+    }
+
+    fn tree(value: &Value) -> Payload<'_> {
+        Payload::Tree(value)
+    }
+
+    fn text(json: &str) -> Box<RawValue> {
+        RawValue::from_string(json.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn a_payload_sent_as_text_is_checked_as_its_tree_would_be() {
+        let c = Contracts::from_schemas(
+            [
+                (
+                    "any".to_owned(),
+                    json!({"title": "anything", "$comment": "no rules"}),
+                ),
+                ("all".to_owned(), json!(true)),
+                ("none".to_owned(), json!(false)),
+                (
+                    "ms".to_owned(),
+                    json!({"type": "object", "properties": {"ms": {"type": "integer"}}}),
+                ),
+            ],
+            false,
+        )
+        .unwrap();
+        let [any, all, none, ms] = ["any", "all", "none", "ms"].map(|t| &c.schemas[t]);
+        assert!(any.accepts_all && all.accepts_all);
+        assert!(!none.accepts_all && !ms.accepts_all);
+
+        let bad = text(r#"{"ms": "soon"}"#);
+        let v = c.check("ms", Payload::Text(&bad), "/jobs/3").unwrap_err();
+        assert_eq!(v[0].pointer, "/jobs/3/payload/ms");
+        let good = text(r#"{"ms": 5}"#);
+        assert!(c.check("ms", Payload::Text(&good), "").is_ok());
+        assert!(c.check("none", Payload::Text(&good), "").is_err());
+        assert!(c.check("any", Payload::Text(&bad), "").is_ok());
+        // Text a worker could not read is refused where the schema has to look at it.
+        let unreadable = text(r#"{"ms": 1e400}"#);
+        let v = c.check("ms", Payload::Text(&unreadable), "").unwrap_err();
+        assert_eq!(v[0].pointer, "/payload");
+        assert!(
+            v[0].detail.contains("not JSON a worker can read"),
+            "{}",
+            v[0].detail
+        );
     }
 }

@@ -13,10 +13,13 @@ use warren_core::ErrorChain;
 use warren_core::message::is_traceparent;
 use warren_store::CancelOutcome;
 
+use crate::AppState;
 use crate::auth::Caller;
 use crate::problem::{Problem, RETRY_AFTER_SECS, Violation};
-use crate::request::{JobRequest, When, pointer, read_json};
-use crate::{AppState, telemetry};
+use crate::request::{
+    JobRequest, Payload, When, WireBatch, WireJob, parse_json, pointer, read_body,
+};
+use crate::telemetry::{self, JobOutcome};
 
 /// The header a client may send the idempotency key in, instead of the body's field.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -43,36 +46,45 @@ struct Prepared {
 }
 
 impl AppState {
-    /// Checks one job object found at `at`: its shape (422), the caller's right to its task
-    /// (403) and its task's contract (422); the options are checked when it is enqueued.
-    fn prepare(
+    /// Reads the job object `value` found at `at` on the slow path: its shape (422). When it
+    /// is wrong, the payload's violations are reported too, so that one answer lists every
+    /// mistake.
+    fn read_job<'a>(
         &self,
         caller: &Caller,
-        value: &Value,
+        value: &'a Value,
         at: &str,
-        header_key: Option<String>,
-        trace: Option<&(String, Option<String>)>,
-    ) -> Result<Prepared, Problem> {
-        let request = JobRequest::from_value(value, at).map_err(|mut v| {
-            // Report the payload's violations too when the task can be read, so that one
-            // answer lists every mistake.
+    ) -> Result<JobRequest<'a>, Problem> {
+        JobRequest::from_value(value, at).map_err(|mut v| {
             if let Some(task) = value.get("task").and_then(Value::as_str)
                 && caller.allows(task)
                 && let Some(payload) = value.get("payload")
-                && let Err(more) = self.contracts.check(task, payload, at)
+                && let Err(more) = self.contracts.check(task, Payload::Tree(payload), at)
             {
                 v.extend(more);
             }
             invalid_job(at, v)
-        })?;
-        if !caller.allows(&request.task) {
-            return Err(caller.refuse(&request.task));
+        })
+    }
+
+    /// Checks a job read from the body at `at`: the caller's right to its task (403) and its
+    /// task's contract (422); the options are checked when it is enqueued.
+    fn prepare(
+        &self,
+        caller: &Caller,
+        request: JobRequest<'_>,
+        at: &str,
+        header_key: Option<String>,
+        trace: Option<&(String, Option<String>)>,
+    ) -> Result<Prepared, Problem> {
+        if !caller.allows(request.task) {
+            return Err(caller.refuse(request.task));
         }
         self.contracts
-            .check(&request.task, &request.payload, at)
+            .check(request.task, request.payload, at)
             .map_err(|v| invalid_job(at, v))?;
         let key = match (request.idempotency_key, header_key) {
-            (Some(body), Some(header)) if body != header => {
+            (Some(body), Some(header)) if body != header.as_str() => {
                 return Err(invalid_job(
                     at,
                     vec![Violation::new(
@@ -81,11 +93,12 @@ impl AppState {
                     )],
                 ));
             }
-            (body, header) => body.or(header),
+            (Some(body), _) => Some(body.to_owned()),
+            (None, header) => header,
         };
         let id = JobId::new();
-        let mut job = NewJob::new(&request.task, &request.payload).id(id);
-        if let Some(q) = &request.queue {
+        let mut job = NewJob::new(request.task, &request.payload).id(id);
+        if let Some(q) = request.queue {
             job = job.queue(q);
         }
         if let Some(n) = request.max_attempts {
@@ -119,7 +132,7 @@ impl AppState {
 
     /// The answer for an enqueue that returned `id`.
     async fn accepted(&self, prepared_id: JobId, to_rows: bool, id: JobId) -> Accepted {
-        telemetry::job("accepted");
+        telemetry::job(JobOutcome::Accepted);
         if id == prepared_id {
             let state = if to_rows { "scheduled" } else { "queued" };
             return Accepted {
@@ -153,7 +166,7 @@ fn field_of(field: &'static str) -> &'static str {
 }
 
 fn invalid_job(at: &str, violations: Vec<Violation>) -> Problem {
-    telemetry::job("refused");
+    telemetry::job(JobOutcome::Refused);
     let place = if at.is_empty() {
         "the job".to_owned()
     } else {
@@ -185,7 +198,7 @@ fn enqueue_failed(e: &warren_client::Error, at: &str) -> Problem {
             vec![Violation::new(pointer(at, "queue"), e.to_string())],
         ),
         _ => {
-            telemetry::job("unavailable");
+            telemetry::job(JobOutcome::Unavailable);
             tracing::warn!(error = %ErrorChain(e), "enqueue failed; answering 503");
             Problem::unavailable(format!(
                 "{e}; the job was not accepted: send it again in a moment (with an idempotency \
@@ -232,7 +245,18 @@ async fn post_job_inner(
 ) -> Result<Accepted, Problem> {
     let caller = s.tokens.authenticate(headers)?;
     record_caller(&caller);
-    let value = read_json(headers, body, s.limits.max_body_bytes).await?;
+    let bytes = read_body(headers, body, s.limits.max_body_bytes).await?;
+    // The fast path reads a good job straight into its fields; anything else is read again
+    // as a tree, which names each mistake.
+    let wire = serde_json::from_slice::<WireJob<'_>>(&bytes).ok();
+    let tree;
+    let request = match wire.as_ref().and_then(JobRequest::from_wire) {
+        Some(request) => request,
+        None => {
+            tree = parse_json(&bytes)?;
+            s.read_job(&caller, &tree, "")?
+        }
+    };
     let header_key = match headers.get(IDEMPOTENCY_KEY) {
         None => None,
         Some(v) => Some(v.to_str().map(str::to_owned).map_err(|_| {
@@ -246,7 +270,7 @@ async fn post_job_inner(
         })?),
     };
     let trace = trace_context(headers);
-    let p = s.prepare(&caller, &value, "", header_key, trace.as_ref())?;
+    let p = s.prepare(&caller, request, "", header_key, trace.as_ref())?;
     let id = s
         .client
         .enqueue(p.job)
@@ -324,13 +348,39 @@ async fn post_batch_inner(
 ) -> Result<BatchAnswer, Problem> {
     let caller = s.tokens.authenticate(headers)?;
     record_caller(&caller);
-    let value = read_json(headers, body, s.limits.max_body_bytes).await?;
-    let jobs = batch_jobs(&value, s.limits.max_batch)?;
+    let bytes = read_body(headers, body, s.limits.max_body_bytes).await?;
+    let max = s.limits.max_batch;
+    // As for one job: the fast path when every job reads straight into its fields, else the
+    // whole batch as a tree.
+    let wire = serde_json::from_slice::<WireBatch<'_>>(&bytes).ok();
+    let fast = wire.as_ref().and_then(|batch| {
+        batch
+            .jobs
+            .iter()
+            .map(JobRequest::from_wire)
+            .collect::<Option<Vec<_>>>()
+    });
+    let tree;
+    let jobs: Vec<Result<JobRequest<'_>, Problem>> = match fast {
+        Some(jobs) => {
+            check_count(jobs.len(), max)?;
+            jobs.into_iter().map(Ok).collect()
+        }
+        None => {
+            tree = parse_json(&bytes)?;
+            batch_jobs(&tree, max)?
+                .iter()
+                .enumerate()
+                .map(|(i, job)| s.read_job(&caller, job, &format!("/jobs/{i}")))
+                .collect()
+        }
+    };
     let trace = trace_context(headers);
     let mut results: Vec<Option<BatchItem>> = Vec::with_capacity(jobs.len());
     let mut ready = Vec::new();
-    for (i, job) in jobs.iter().enumerate() {
-        match s.prepare(&caller, job, &format!("/jobs/{i}"), None, trace.as_ref()) {
+    for (i, job) in jobs.into_iter().enumerate() {
+        let at = format!("/jobs/{i}");
+        match job.and_then(|job| s.prepare(&caller, job, &at, None, trace.as_ref())) {
             Ok(p) => {
                 results.push(None);
                 ready.push((i, p.id, p.to_rows, p.job));
@@ -393,21 +443,27 @@ fn batch_jobs(value: &Value, max: usize) -> Result<&Vec<Value>, Problem> {
         ));
     }
     match fields.get("jobs") {
-        Some(Value::Array(jobs)) if jobs.is_empty() => Err(one(
-            "/jobs",
-            "the batch is empty; send at least one job".to_owned(),
-        )),
-        Some(Value::Array(jobs)) if jobs.len() > max => Err(one(
-            "/jobs",
-            format!(
-                "the batch has {} jobs, more than {max}, the limit of this service \
-                 (--max-batch / WARREN_MAX_BATCH); split it",
-                jobs.len()
-            ),
-        )),
-        Some(Value::Array(jobs)) => Ok(jobs),
+        Some(Value::Array(jobs)) => check_count(jobs.len(), max).map(|()| jobs),
         _ => Err(one("/jobs", "required: an array of jobs".to_owned())),
     }
+}
+
+/// A batch of `count` jobs is neither empty nor over `max`.
+fn check_count(count: usize, max: usize) -> Result<(), Problem> {
+    let detail = if count == 0 {
+        "the batch is empty; send at least one job".to_owned()
+    } else if count > max {
+        format!(
+            "the batch has {count} jobs, more than {max}, the limit of this service \
+             (--max-batch / WARREN_MAX_BATCH); split it"
+        )
+    } else {
+        return Ok(());
+    };
+    Err(Problem::invalid(
+        detail.clone(),
+        vec![Violation::new("/jobs", detail)],
+    ))
 }
 
 /// The job `id` names, after checking the caller may see its task.

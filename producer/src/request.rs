@@ -2,12 +2,15 @@
 //! oversize body is never buffered whole), JSON, and the job object field by field, so that
 //! every mistake is reported with the JSON pointer of the field it concerns.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
 use chrono::{DateTime, Utc};
 use futures_lite::StreamExt;
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use warren_core::duration::parse_duration;
 
@@ -37,16 +40,17 @@ pub enum When {
     At(DateTime<Utc>),
 }
 
-/// A job as a request describes it, each field of the right JSON type. The values are
-/// checked further by the task's contract and by `warren_client::NewJob`.
+/// A job as a request describes it, each field of the right JSON type, borrowed from the
+/// parsed body (nothing is copied until the job is made). The values are checked further by
+/// the task's contract and by `warren_client::NewJob`.
 #[derive(Clone, Debug)]
-pub struct JobRequest {
+pub struct JobRequest<'a> {
     /// The task name.
-    pub task: String,
+    pub task: &'a str,
     /// The payload, any JSON value.
-    pub payload: Value,
+    pub payload: Payload<'a>,
     /// The queue, when not the default.
-    pub queue: Option<String>,
+    pub queue: Option<&'a str>,
     /// When to run it.
     pub when: When,
     /// Attempts in total.
@@ -54,11 +58,58 @@ pub struct JobRequest {
     /// Per-attempt timeout.
     pub timeout: Option<Duration>,
     /// At most one live or succeeded job per key.
-    pub idempotency_key: Option<String>,
+    pub idempotency_key: Option<&'a str>,
 }
 
-/// Checks the content type, then reads at most `limit` bytes of `body` and parses them as JSON.
-pub async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<Value, Problem> {
+/// A job's payload as the request gave it.
+#[derive(Clone, Copy, Debug)]
+pub enum Payload<'a> {
+    /// Parsed into a tree, when the job was read field by field.
+    Tree(&'a Value),
+    /// The text it was sent as, when the job was read straight into its fields: it is
+    /// published as it came, without being parsed into a tree and written out again.
+    Text(&'a RawValue),
+}
+
+impl Serialize for Payload<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Tree(value) => value.serialize(serializer),
+            Self::Text(text) => text.serialize(serializer),
+        }
+    }
+}
+
+/// A job object as it is read on the fast path: straight into its fields, the payload kept as
+/// text. Anything this cannot read (an unknown, duplicate or missing field, a value of the
+/// wrong type) sends the body down the slow path instead, [`JobRequest::from_value`], which
+/// names every mistake with its pointer; so this only has to be right about good jobs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireJob<'a> {
+    #[serde(borrow)]
+    task: Cow<'a, str>,
+    #[serde(borrow)]
+    payload: &'a RawValue,
+    queue: Option<String>,
+    delay: Option<String>,
+    run_at: Option<String>,
+    max_attempts: Option<u32>,
+    timeout: Option<String>,
+    idempotency_key: Option<String>,
+}
+
+/// A batch body as it is read on the fast path (see [`WireJob`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireBatch<'a> {
+    /// The jobs, in order.
+    #[serde(borrow)]
+    pub jobs: Vec<WireJob<'a>>,
+}
+
+/// Checks the content type, then reads at most `limit` bytes of `body`.
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, Problem> {
     check_content_type(headers)?;
     // A declared length over the limit is refused before a byte of the body is read.
     if let Some(len) = headers
@@ -79,7 +130,12 @@ pub async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<
         }
         bytes.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&bytes).map_err(|e| {
+    Ok(bytes)
+}
+
+/// Parses a body as JSON (the slow path's first step); not JSON is a 400.
+pub fn parse_json(bytes: &[u8]) -> Result<Value, Problem> {
+    serde_json::from_slice(bytes).map_err(|e| {
         // serde_json's message ends with the line and column.
         Problem::malformed(format!("the body is not valid JSON: {e}"))
     })
@@ -105,10 +161,30 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), Problem> {
     }
 }
 
-impl JobRequest {
+impl<'a> JobRequest<'a> {
+    /// A job read on the fast path, or `None` when one of its options does not parse (the
+    /// slow path then says which).
+    pub fn from_wire(wire: &'a WireJob<'_>) -> Option<Self> {
+        let mut v = Vec::new();
+        let when = schedule(wire.delay.as_deref(), wire.run_at.as_deref(), "", &mut v);
+        let timeout = match wire.timeout.as_deref() {
+            Some(t) => Some(parse_duration(t).ok()?),
+            None => None,
+        };
+        v.is_empty().then_some(JobRequest {
+            task: &wire.task,
+            payload: Payload::Text(wire.payload),
+            queue: wire.queue.as_deref(),
+            when,
+            max_attempts: wire.max_attempts,
+            timeout,
+            idempotency_key: wire.idempotency_key.as_deref(),
+        })
+    }
+
     /// Reads a job object found at `at` (a JSON pointer, `""` for the whole body); every
     /// problem is reported, each with its pointer.
-    pub fn from_value(value: &Value, at: &str) -> Result<Self, Vec<Violation>> {
+    pub fn from_value(value: &'a Value, at: &str) -> Result<Self, Vec<Violation>> {
         let Value::Object(fields) = value else {
             return Err(vec![Violation::new(
                 pointer(at, ""),
@@ -128,16 +204,13 @@ impl JobRequest {
             }
         }
         let task = string(fields, at, "task", &mut v, true);
-        let payload = match fields.get("payload") {
-            Some(p) => p.clone(),
-            None => {
-                v.push(Violation::new(
-                    pointer(at, "payload"),
-                    "required; give the task's input (any JSON value, `null` for none)",
-                ));
-                Value::Null
-            }
-        };
+        let payload = fields.get("payload").unwrap_or_else(|| {
+            v.push(Violation::new(
+                pointer(at, "payload"),
+                "required; give the task's input (any JSON value, `null` for none)",
+            ));
+            &Value::Null
+        });
         let queue = string(fields, at, "queue", &mut v, false);
         let when = when(fields, at, &mut v);
         let max_attempts = match fields.get("max_attempts") {
@@ -154,7 +227,7 @@ impl JobRequest {
             },
         };
         let timeout = string(fields, at, "timeout", &mut v, false).and_then(|t| {
-            parse_duration(&t)
+            parse_duration(t)
                 .map_err(|e| v.push(Violation::new(pointer(at, "timeout"), e)))
                 .ok()
         });
@@ -162,7 +235,7 @@ impl JobRequest {
         match (task, v.is_empty()) {
             (Some(task), true) => Ok(JobRequest {
                 task,
-                payload,
+                payload: Payload::Tree(payload),
                 queue,
                 when,
                 max_attempts,
@@ -194,15 +267,15 @@ fn kind(value: &Value) -> &'static str {
 }
 
 /// A string field: `None` when absent or null (a violation if `required`), or of another type.
-fn string(
-    fields: &Map<String, Value>,
+fn string<'a>(
+    fields: &'a Map<String, Value>,
     at: &str,
     name: &str,
     v: &mut Vec<Violation>,
     required: bool,
-) -> Option<String> {
+) -> Option<&'a str> {
     match fields.get(name) {
-        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::String(s)) => Some(s),
         None | Some(Value::Null) => {
             if required {
                 v.push(Violation::new(pointer(at, name), "required, a string"));
@@ -222,6 +295,11 @@ fn string(
 fn when(fields: &Map<String, Value>, at: &str, v: &mut Vec<Violation>) -> When {
     let delay = string(fields, at, "delay", v, false);
     let run_at = string(fields, at, "run_at", v, false);
+    schedule(delay, run_at, at, v)
+}
+
+/// When a job with this `delay` and `run_at` runs; a violation for each that is wrong.
+fn schedule(delay: Option<&str>, run_at: Option<&str>, at: &str, v: &mut Vec<Violation>) -> When {
     match (delay, run_at) {
         (Some(_), Some(_)) => {
             v.push(Violation::new(
@@ -230,7 +308,7 @@ fn when(fields: &Map<String, Value>, at: &str, v: &mut Vec<Violation>) -> When {
             ));
             When::Now
         }
-        (Some(d), None) => match parse_duration(&d) {
+        (Some(d), None) => match parse_duration(d) {
             Ok(d) => When::After(d),
             Err(e) => {
                 v.push(Violation::new(
@@ -240,7 +318,7 @@ fn when(fields: &Map<String, Value>, at: &str, v: &mut Vec<Violation>) -> When {
                 When::Now
             }
         },
-        (None, Some(t)) => match DateTime::parse_from_rfc3339(&t) {
+        (None, Some(t)) => match DateTime::parse_from_rfc3339(t) {
             Ok(t) => When::At(t.with_timezone(&Utc)),
             Err(e) => {
                 v.push(Violation::new(
@@ -289,15 +367,71 @@ mod tests {
 
     #[test]
     fn a_good_job_reads_whole() {
-        let job = JobRequest::from_value(
-            &json!({"task": "t", "payload": {"a": 1}, "delay": "30s", "max_attempts": 3,
-                    "timeout": "2m", "idempotency_key": "k", "queue": "q"}),
-            "",
-        )
-        .unwrap();
+        let body = json!({"task": "t", "payload": {"a": 1}, "delay": "30s", "max_attempts": 3,
+                          "timeout": "2m", "idempotency_key": "k", "queue": "q"});
+        let job = JobRequest::from_value(&body, "").unwrap();
         assert_eq!(job.when, When::After(Duration::from_secs(30)));
         assert_eq!(job.timeout, Some(Duration::from_secs(120)));
         assert_eq!(job.max_attempts, Some(3));
         assert_eq!(pointer("", "a/b~c"), "/a~1b~0c");
+    }
+
+    /// The fast path reads a good job exactly as the slow path does, passes its payload on as
+    /// sent, and gives up (to the slow path, which names the mistake) on anything else.
+    #[test]
+    fn the_fast_path_agrees_with_the_slow_path_or_gives_up() {
+        let text = r#"{"task": "t", "payload": {"a": [1, "é"]}, "run_at": "2030-01-01T00:00:00Z",
+                      "max_attempts": 3, "timeout": "2m", "idempotency_key": "k", "queue": "q"}"#;
+        let tree: Value = serde_json::from_str(text).unwrap();
+        let wire: WireJob<'_> = serde_json::from_str(text).unwrap();
+        let (slow, fast) = (
+            JobRequest::from_value(&tree, "").unwrap(),
+            JobRequest::from_wire(&wire).unwrap(),
+        );
+        assert_eq!(
+            (slow.task, slow.queue, slow.when, slow.max_attempts),
+            (fast.task, fast.queue, fast.when, fast.max_attempts)
+        );
+        assert_eq!(
+            (slow.timeout, slow.idempotency_key),
+            (fast.timeout, fast.idempotency_key)
+        );
+        let Payload::Text(raw) = fast.payload else {
+            panic!("the fast path keeps the payload's text")
+        };
+        assert_eq!(raw.get(), r#"{"a": [1, "é"]}"#);
+        assert_eq!(
+            serde_json::to_value(fast.payload).unwrap(),
+            serde_json::to_value(slow.payload).unwrap()
+        );
+
+        for bad in [
+            r#"{"task": "t", "payload": 1, "delay": "-5s"}"#,
+            r#"{"task": "t", "payload": 1, "timeout": "soon"}"#,
+            r#"{"task": "t", "payload": 1, "delay": "1s", "run_at": "2030-01-01T00:00:00Z"}"#,
+        ] {
+            let wire: WireJob<'_> = serde_json::from_str(bad).unwrap();
+            assert!(JobRequest::from_wire(&wire).is_none(), "{bad}");
+        }
+        // JSON a worker could not read still reads as text here: the enqueue's check of the
+        // payload refuses it, with its reason (docs/producer.md).
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        for odd in [r#"{"n": 1e400}"#, r#""\ud800""#, deep.as_str()] {
+            let body = format!(r#"{{"task": "t", "payload": {odd}}}"#);
+            let wire: WireJob<'_> = serde_json::from_str(&body).unwrap();
+            assert_eq!(wire.payload.get(), odd);
+        }
+        for unreadable in [
+            r#"{"task": "t"}"#,
+            r#"{"task": null, "payload": 1}"#,
+            r#"{"task": "t", "payload": 1, "max_attempts": -1}"#,
+            r#"{"task": "t", "payload": 1, "max_atempts": 3}"#,
+            r#"{"task": "t", "payload": 1, "task": "u"}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<WireJob<'_>>(unreadable).is_err(),
+                "{unreadable}"
+            );
+        }
     }
 }

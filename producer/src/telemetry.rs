@@ -45,9 +45,39 @@ pub fn handle() -> Result<PrometheusHandle, String> {
         .clone()
 }
 
+/// What became of a job a request carried, as [`JOBS`] counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// Confirmed by RabbitMQ or committed to Postgres.
+    Accepted,
+    /// Refused as it was sent (a 4xx).
+    Refused,
+    /// Not accepted because the broker or the database was not (a 503).
+    Unavailable,
+}
+
+impl JobOutcome {
+    const ALL: [JobOutcome; 3] = [Self::Accepted, Self::Refused, Self::Unavailable];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Refused => "refused",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// The [`JOBS`] series, one per outcome, made on first use and kept: a batch counts each of
+/// its jobs, and a registry lookup with fresh labels per job cost more than the count.
+static JOB_COUNTERS: [OnceLock<Counter>; JobOutcome::ALL.len()] =
+    [const { OnceLock::new() }; JobOutcome::ALL.len()];
+
 /// Counts a job's outcome.
-pub fn job(outcome: &'static str) {
-    metrics::counter!(JOBS, "outcome" => outcome).increment(1);
+pub fn job(outcome: JobOutcome) {
+    JOB_COUNTERS[outcome as usize]
+        .get_or_init(|| metrics::counter!(JOBS, "outcome" => outcome.label()))
+        .increment(1);
 }
 
 /// Statuses whose request counters are made once per route and kept; any other status is

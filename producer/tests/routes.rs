@@ -270,6 +270,41 @@ async fn bad_bodies_get_precise_problems() -> anyhow::Result<()> {
         );
     }
 
+    // Well-formed JSON a worker could not read (a number no 64-bit float holds), in a payload
+    // whose schema accepts anything: the job is refused with the payload's pointer, on its
+    // own and in a batch beside a good job, which is accepted.
+    let unreadable = r#"{"task": "warren.echo", "payload": {"n": 1e400}}"#;
+    let answer = send(
+        r,
+        "POST",
+        "/v1/jobs",
+        Some(&a.all),
+        &[("content-type", "application/json")],
+        Body::from(unreadable),
+    )
+    .await;
+    answer.problem(422);
+    assert_eq!(answer.pointers(), ["/payload"], "{:#}", answer.body);
+    let answer = send(
+        r,
+        "POST",
+        "/v1/jobs/batch",
+        Some(&a.all),
+        &[("content-type", "application/json")],
+        Body::from(format!(
+            r#"{{"jobs": [{{"task": "warren.echo", "payload": 1}}, {unreadable}]}}"#
+        )),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{:#}", answer.body);
+    assert_eq!(answer.body["accepted"], 1);
+    assert_eq!(answer.body["results"][0]["status"], 202);
+    assert_eq!(answer.body["results"][1]["status"], 422);
+    assert_eq!(
+        answer.body["results"][1]["problem"]["errors"][0]["pointer"],
+        "/jobs/1/payload"
+    );
+
     let oversize = post(
         r,
         "/v1/jobs/batch",
