@@ -693,6 +693,7 @@ async fn a_broker_outage_is_503_and_never_a_false_accept() -> anyhow::Result<()>
         },
     )
     .await?;
+    let timed_out_before = timed_out(&slow.router).await;
     let hung = post(&slow.router, "/v1/jobs", &slow.all, &job).await;
     assert!(
         hung.problem(503)["detail"]
@@ -700,5 +701,20 @@ async fn a_broker_outage_is_503_and_never_a_false_accept() -> anyhow::Result<()>
             .unwrap_or("")
             .contains("request timeout")
     );
+    // The timeout is counted as the 503 it was answered with, under its route.
+    assert_eq!(timed_out(&slow.router).await, timed_out_before + 1);
     env.cleanup().await
+}
+
+/// The count of `POST /v1/jobs` requests answered 503, read from `/metrics`.
+async fn timed_out(router: &axum::Router) -> u64 {
+    const SERIES: &str =
+        "warren_producer_requests_total{method=\"POST\",route=\"/v1/jobs\",status=\"503\"} ";
+    let metrics = send(router, "GET", "/metrics", None, &[], Body::empty()).await;
+    let text = metrics.body.as_str().unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(SERIES))
+        .map_or(0, |n| {
+            n.trim().parse().expect("a counter is a whole number")
+        })
 }
