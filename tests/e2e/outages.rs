@@ -109,6 +109,67 @@ async fn a_broker_lost_mid_publish_ends_the_enqueue_promptly() -> anyhow::Result
     env.cleanup().await
 }
 
+/// A consumer whose connection is cut opens a new one itself, with its whole prefetch window:
+/// a lost connection is not a poison message, so it costs no careful mode. Every delivery
+/// that was unacked on the lost connection comes back on the new one.
+#[tokio::test]
+async fn a_consumer_whose_connection_is_cut_reconnects_with_its_window() -> anyhow::Result<()> {
+    const WINDOW: usize = 8;
+    let env = TestEnv::new(&["default"]).await?;
+    let proxy = Proxy::start(RABBITMQ).await?;
+    let mut config = env.broker_config.clone();
+    config.url = proxy.url_through(&env.amqp_url, RABBITMQ);
+    let broker = warren_broker::Broker::connect(config).await?;
+    let mut consumer = broker
+        .consume(&env.queues[0], WINDOW as u16, "reconnecting")
+        .await?;
+    let client = Client::connect(env.broker_config.clone()).await?;
+    let jobs = (0..20)
+        .map(|i| NewJob::new("warren.noop", &json!({ "i": i })))
+        .collect();
+    let ids = enqueue_all(&client, jobs).await?;
+
+    // A guard against a hang: a consumer left with a window of 1 would never hand out the
+    // second delivery of a group below.
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(60), consumer.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("no delivery within 60 s"))?
+            .ok_or_else(|| anyhow::anyhow!("the consumer ended"))?
+            .map_err(anyhow::Error::from)
+    };
+    next().await?;
+    next().await?;
+    proxy.cut();
+    proxy.restore();
+
+    let mut seen = std::collections::BTreeSet::new();
+    let mut held = Vec::new();
+    while seen.len() < ids.len() {
+        let delivery = next().await?;
+        seen.insert(delivery.raw.message_id.clone().unwrap_or_default());
+        held.push(delivery);
+        // A whole window held unacked at once.
+        if held.len() == WINDOW {
+            for d in held.drain(..) {
+                d.ack().await?;
+            }
+        }
+    }
+    for d in held.drain(..) {
+        d.ack().await?;
+    }
+    let expected: std::collections::BTreeSet<String> =
+        ids.iter().map(ToString::to_string).collect();
+    assert_eq!(seen, expected, "every job is delivered after the cut");
+    assert!(
+        !consumer.is_careful(),
+        "a lost connection must not cost the prefetch window"
+    );
+    consumer.close().await;
+    env.cleanup().await
+}
+
 /// Starts a worker running the built-in tasks whose Postgres connections go through `proxy`.
 async fn worker_behind(
     env: &TestEnv,

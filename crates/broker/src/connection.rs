@@ -240,41 +240,21 @@ impl Broker {
     }
 }
 
-/// Opens one AMQP connection with lapin's auto-recovery, named `<connection_name> <role>` in
-/// the broker's connection list: a consumer's. See [`open_connection_at`].
-pub(crate) async fn open_connection(
-    config: &BrokerConfig,
-    role: &str,
-) -> Result<Connection, Error> {
-    open_connection_at(config, role, 0, Recovery::Lapin)
-        .await
-        .map(|(connection, _node)| connection)
-}
-
-/// Who brings a lost connection back.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Recovery {
-    /// lapin's auto-recovery reconnects and recovers the channels (consumers, which also
-    /// reopen a connection of their own when that fails).
-    Lapin,
-    /// Nobody inside the connection: once lost it ends in the error state, and its owner opens
-    /// a new one (the publishing connection, see `crate::supervised`).
-    Owner,
-}
-
 /// Opens one AMQP connection named `<connection_name> <role>` in the broker's connection list,
 /// trying the nodes of the URL list in turn from the one at index `first` (wrapping round).
 /// Returns the connection and the index of the node it is connected to.
 ///
-/// With a list of URLs (the nodes of one cluster), the first node that answers is used. With
-/// [`Recovery::Lapin`], every reconnect of the auto-recovery tries the nodes in turn starting
-/// with the one after the node last connected to: a connection lost because its node died
-/// lands on another node at the first attempt, and the dead node is tried last.
+/// With a list of URLs (the nodes of one cluster), the first node that answers is used.
+///
+/// lapin's auto-recovery is not used: it was seen to stall for good after a node died (see
+/// `crate::supervised`), and its backoff, doubling up to 60 s, kept consumers away for
+/// 15 s after a 12 s outage. Once lost, a connection ends in lapin's error state and its
+/// owner opens a new one, starting with the node after the one it had (the publishing
+/// connection: `crate::supervised`; a consumer: [`crate::Consumer::next`]).
 pub(crate) async fn open_connection_at(
     config: &BrokerConfig,
     role: &str,
     first: usize,
-    recovery: Recovery,
 ) -> Result<(Connection, usize), Error> {
     let uris = config.endpoints()?;
     let tls = uris
@@ -312,11 +292,8 @@ pub(crate) async fn open_connection_at(
         endpoint: endpoint.clone(),
         source: Box::new(source),
     })?;
-    let mut props = ConnectionProperties::default()
+    let props = ConnectionProperties::default()
         .with_connection_name(format!("{} {role}", config.connection_name).into());
-    if recovery == Recovery::Lapin {
-        props = props.enable_auto_recover();
-    }
     let nodes = Arc::new(Nodes {
         next: AtomicUsize::new(start),
         current: AtomicUsize::new(start),
@@ -327,9 +304,8 @@ pub(crate) async fn open_connection_at(
     let connected_to = nodes.clone();
     // amqps:// is verified by lapin's rustls connector: the chain must lead to a system root
     // (rustls-native-certs) or to the CA file, and the certificate must name the URL's host.
-    // The same TLS settings serve auto-recovery's reconnects. Lapin calls this for the first
-    // connection and for every reconnect (and retries it with its backoff); the URL it passes
-    // is `primary`, whose credentials and vhost every node shares.
+    // lapin calls this to connect (and retries it with its backoff); the URL it passes is
+    // `primary`, whose credentials and vhost every node shares.
     let connect = async move |_primary, runtime| {
         let mut failure = None;
         for index in nodes.order() {

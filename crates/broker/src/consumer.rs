@@ -10,8 +10,9 @@ use lapin::types::FieldTable;
 use lapin::{Acker, Channel, Connection};
 use warren_core::RawMessage;
 
-use crate::connection::{open_connection, within};
+use crate::connection::{open_connection_at, within};
 use crate::headers::{Death, death_of, from_field_table};
+use crate::supervised::{RETRY_MAX, RETRY_MIN};
 use crate::{BrokerConfig, Error};
 
 /// Deliveries from one queue, on a connection and channel of its own, with a prefetch window.
@@ -22,7 +23,13 @@ use crate::{BrokerConfig, Error};
 /// its own connection, such a poison message takes only this consumer's unacked deliveries
 /// with it.
 ///
-/// After such an unrecoverable failure the consumer reconnects by itself in *careful mode*:
+/// Nobody inside the connection brings it back once lost (lapin's auto-recovery is not used,
+/// see `crate::connection::open_connection_at`): the consumer opens a new connection itself,
+/// from the node after the one it had, retrying every [`RETRY_MAX`] at most while no node
+/// answers, so it is back within about that long of the broker's return.
+///
+/// After a failure that is not a lost connection (a frame lapin could not parse) the
+/// consumer reconnects in *careful mode*:
 /// prefetch 1, so the broker has at most one unacked message out with it. If that message is
 /// the poison, the connection dies again and only that message is charged a delivery; after
 /// `x-delivery-limit` of those the broker dead-letters it. Careful mode ends after
@@ -36,6 +43,8 @@ pub struct Consumer {
     /// Clean deliveries since careful mode began; `None` outside careful mode.
     careful: Option<u32>,
     connection: Connection,
+    /// The node of the URL list `connection` is to.
+    node: usize,
     channel: Channel,
     /// The subscription; `None` while paused ([`Consumer::pause`]).
     inner: Option<lapin::Consumer>,
@@ -70,7 +79,8 @@ impl Consumer {
         paused: bool,
     ) -> Result<Self, Error> {
         let prefetch = prefetch.max(1);
-        let (connection, channel, inner) = subscribe(config, queue, prefetch, tag, paused).await?;
+        let (connection, node, channel, inner) =
+            subscribe(config, queue, prefetch, tag, paused, 0).await?;
         Ok(Self {
             config: config.clone(),
             queue: queue.to_owned(),
@@ -78,6 +88,7 @@ impl Consumer {
             prefetch,
             careful: None,
             connection,
+            node,
             channel,
             inner,
             live: Arc::new(AtomicBool::new(true)),
@@ -92,10 +103,10 @@ impl Consumer {
     }
 
     /// The next delivery, or `None` once the consumer is cancelled (by [`Consumer::cancel`]
-    /// or by the broker, e.g. because the queue was deleted). A connection loss is waited out
-    /// (lapin recovers the channel and the consumer); a failure lapin cannot recover from is
-    /// met with a new connection in careful mode. Deliveries received before either can no
-    /// longer be acked and will be redelivered by the broker.
+    /// or by the broker, e.g. because the queue was deleted). A lost connection is replaced
+    /// with a new one; a failure that is not a lost connection (a frame lapin could not parse)
+    /// with a new one in careful mode. Deliveries received before either can no longer be
+    /// acked and will be redelivered by the broker.
     ///
     /// While the consumer is paused, this waits forever: call [`Consumer::resume`] first.
     pub async fn next(&mut self) -> Option<Result<Delivery, Error>> {
@@ -117,51 +128,66 @@ impl Consumer {
                 None => None,
             };
             self.live.store(false, Ordering::Relaxed);
-            match error {
-                Some(error)
-                    if error.can_be_recovered() && self.connection.status().reconnecting() =>
-                {
-                    tracing::warn!(queue = %self.queue, error = %error, "consumer interrupted; waiting for the connection to recover");
-                    match Box::pin(self.channel.wait_for_recovery(error)).await {
-                        Ok(()) => {
-                            tracing::info!(queue = %self.queue, "consumer connection recovered");
-                            self.live.store(true, Ordering::Relaxed);
-                            continue;
-                        }
-                        Err(e) => {
-                            tracing::warn!(queue = %self.queue, error = %e, "connection recovery failed")
-                        }
-                    }
+            // lapin calls a failure recoverable when it is the connection's, not the bytes':
+            // reset, refused, closed by the broker, heartbeats missed. Anything else (a frame
+            // it could not parse, or an end with no error given) may be a poison message, so
+            // the new connection takes one delivery at a time until that is ruled out.
+            let careful = match &error {
+                Some(error) if error.can_be_recovered() => {
+                    tracing::warn!(queue = %self.queue, error = %error, "consumer connection lost; reconnecting");
+                    false
                 }
                 Some(error) => {
-                    tracing::warn!(queue = %self.queue, error = %error, "consumer connection failed beyond recovery (a malformed frame from the broker?)");
+                    tracing::warn!(queue = %self.queue, error = %error, "consumer connection failed (a malformed frame from the broker?)");
+                    true
                 }
                 None => {
                     tracing::warn!(queue = %self.queue, "consumer connection closed under it");
+                    true
                 }
-            }
-            // The recovery paths are boxed: their futures (a whole connection handshake) are
-            // kilobytes, and inline they made every `next()` future as large, which the
-            // consume loop copied for every delivery (callgrind: a tenth of the benchmark).
-            if let Err(e) = Box::pin(self.reopen_carefully()).await {
+            };
+            // The reconnect is boxed: its future (a whole connection handshake) is kilobytes,
+            // and inline it made every `next()` future as large, which the consume loop
+            // copied for every delivery (callgrind: a tenth of the benchmark).
+            if let Err(e) = Box::pin(self.reopen(careful)).await {
                 return Some(Err(e));
             }
         }
     }
 
-    /// A new connection, channel and subscription with prefetch 1, retried with backoff while
-    /// the broker cannot be reached. Refusals that another try would not change (the queue is
-    /// gone, the credentials are wrong) are returned.
-    async fn reopen_carefully(&mut self) -> Result<(), Error> {
-        self.careful = Some(0);
-        let _ = self.connection.close(200, "reopening".into()).await;
-        let mut delay = std::time::Duration::from_millis(100);
+    /// A new connection, channel and subscription, from the node after the one lost, retried
+    /// with backoff while no node can be reached; with prefetch 1 if `careful`. Refusals that
+    /// another try would not change (the queue is gone, the credentials are wrong) are
+    /// returned.
+    async fn reopen(&mut self, careful: bool) -> Result<(), Error> {
+        if careful {
+            self.careful = Some(0);
+        }
+        let prefetch = if self.careful.is_some() {
+            1
+        } else {
+            self.prefetch
+        };
+        let _ = tokio::time::timeout(
+            self.config.connect_timeout,
+            self.connection.close(200, "reopening".into()),
+        )
+        .await;
+        let lost = std::time::Instant::now();
+        let mut delay = RETRY_MIN;
         let mut logged = false;
         loop {
-            match subscribe(&self.config, &self.queue, 1, &self.tag, false).await {
-                Ok((connection, channel, inner)) => {
-                    tracing::warn!(queue = %self.queue, "consumer reconnected in careful mode: prefetch 1 until {CAREFUL_CLEAN_DELIVERIES} deliveries in a row are read cleanly");
+            let first = self.node + 1;
+            match subscribe(&self.config, &self.queue, prefetch, &self.tag, false, first).await {
+                Ok((connection, node, channel, inner)) => {
+                    let down = lost.elapsed();
+                    if self.careful.is_some() {
+                        tracing::warn!(queue = %self.queue, ?down, "consumer reconnected in careful mode: prefetch 1 until {CAREFUL_CLEAN_DELIVERIES} deliveries in a row are read cleanly");
+                    } else {
+                        tracing::info!(queue = %self.queue, ?down, "consumer reconnected");
+                    }
                     self.connection = connection;
+                    self.node = node;
                     self.channel = channel;
                     self.inner = inner;
                     self.live.store(true, Ordering::Relaxed);
@@ -169,11 +195,11 @@ impl Consumer {
                 }
                 Err(e) if e.is_transient() => {
                     if !logged {
-                        tracing::warn!(queue = %self.queue, error = %warren_core::ErrorChain(&e), "cannot reconnect the consumer yet; retrying with backoff");
+                        tracing::warn!(queue = %self.queue, error = %warren_core::ErrorChain(&e), "cannot reconnect the consumer yet; retrying every {RETRY_MAX:?} at most");
                         logged = true;
                     }
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                    delay = (delay * 2).min(RETRY_MAX);
                 }
                 Err(e) => return Err(e),
             }
@@ -299,7 +325,7 @@ impl Consumer {
                 }
             }
         }
-        self.reopen_carefully().await
+        self.reopen(true).await
     }
 
     /// Closes the channel and the connection: every unacked delivery of this consumer returns
@@ -339,16 +365,19 @@ pub(crate) fn delivery_of(d: lapin::message::Delivery) -> Delivery {
     }
 }
 
-/// Connects and subscribes to `queue` with `prefetch` (unless `paused`: then the channel is
-/// opened but nothing is subscribed), every step bounded in time.
+/// Connects (trying the nodes from the one at index `first`) and subscribes to `queue` with
+/// `prefetch` (unless `paused`: then the channel is opened but nothing is subscribed), every
+/// step bounded in time. Returns the connection, the index of its node, the channel and the
+/// subscription.
 async fn subscribe(
     config: &BrokerConfig,
     queue: &str,
     prefetch: u16,
     tag: &str,
     paused: bool,
-) -> Result<(Connection, Channel, Option<lapin::Consumer>), Error> {
-    let connection = open_connection(config, &format!("consume {queue}")).await?;
+    first: usize,
+) -> Result<(Connection, usize, Channel, Option<lapin::Consumer>), Error> {
+    let (connection, node) = open_connection_at(config, &format!("consume {queue}"), first).await?;
     let opened = async {
         let t = config.connect_timeout;
         let channel = within(t, "opening a channel", connection.create_channel()).await?;
@@ -376,7 +405,7 @@ async fn subscribe(
     }
     .await;
     match opened {
-        Ok((channel, inner)) => Ok((connection, channel, inner)),
+        Ok((channel, inner)) => Ok((connection, node, channel, inner)),
         Err(e) => {
             let _ = tokio::time::timeout(
                 config.connect_timeout,

@@ -19,7 +19,7 @@ use lapin::{Channel, Connection, ConnectionStatus};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::connection::{Recovery, endpoint, open_connection_at};
+use crate::connection::{endpoint, open_connection_at};
 use crate::{BrokerConfig, Error};
 
 /// How often the watchdog looks at the connection's state.
@@ -30,11 +30,11 @@ const POLL: Duration = Duration::from_millis(200);
 const STALL: Duration = Duration::from_secs(1);
 
 /// The first wait after a failed reopen; it doubles up to [`RETRY_MAX`].
-const RETRY_MIN: Duration = Duration::from_millis(100);
+pub(crate) const RETRY_MIN: Duration = Duration::from_millis(100);
 
 /// The longest wait between two reopen attempts: a broker back from a restart is found within
 /// about this long.
-const RETRY_MAX: Duration = Duration::from_secs(2);
+pub(crate) const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// One AMQP connection that is replaced by a new one whenever it is lost. Clones share it.
 #[derive(Clone)]
@@ -65,7 +65,7 @@ impl Supervised {
     /// replaces the connection when it is lost. The watchdog ends when the last clone is
     /// dropped or [`Supervised::close`] is called.
     pub(crate) async fn connect(config: &BrokerConfig, role: &str) -> Result<Self, Error> {
-        let (connection, node) = open_connection_at(config, role, 0, Recovery::Owner).await?;
+        let (connection, node) = open_connection_at(config, role, 0).await?;
         let (link, _) = watch::channel(Arc::new(Link {
             connection,
             node,
@@ -216,7 +216,7 @@ impl Shared {
         if !settled && current.since.elapsed() < STALL {
             return POLL;
         }
-        match open_connection_at(&self.config, &self.role, link.node + 1, Recovery::Owner).await {
+        match open_connection_at(&self.config, &self.role, link.node + 1).await {
             Ok((connection, node)) => {
                 let node_name = self
                     .config
