@@ -8,6 +8,7 @@ use std::path::Path;
 
 use jsonschema::Validator;
 use serde_json::Value;
+use warren_core::message::check_payload;
 
 use crate::problem::Violation;
 use crate::request::{Payload, pointer};
@@ -156,9 +157,13 @@ impl Contracts {
                     &parsed
                 }
                 Err(e) => {
+                    // Worded as the enqueue's own check of the payload words it.
+                    let reason = check_payload(text.get())
+                        .err()
+                        .map_or_else(|| e.to_string(), |p| p.to_string());
                     return Err(vec![Violation::new(
                         pointer(at, "payload"),
-                        format!("not JSON a worker can read: {e}"),
+                        format!("not JSON a worker can read: {reason}"),
                     )]);
                 }
             },

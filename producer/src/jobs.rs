@@ -1,5 +1,7 @@
 //! The job routes: enqueue one, enqueue a batch, read one, cancel one.
 
+use std::fmt::Write as _;
+
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -378,8 +380,11 @@ async fn post_batch_inner(
     let trace = trace_context(headers);
     let mut results: Vec<Option<BatchItem>> = Vec::with_capacity(jobs.len());
     let mut ready = Vec::new();
+    // Each job's pointer, written into one buffer rather than allocated per job.
+    let mut at = String::new();
     for (i, job) in jobs.into_iter().enumerate() {
-        let at = format!("/jobs/{i}");
+        at.clear();
+        let _ = write!(at, "/jobs/{i}");
         match job.and_then(|job| s.prepare(&caller, job, &at, None, trace.as_ref())) {
             Ok(p) => {
                 results.push(None);
@@ -427,24 +432,24 @@ async fn post_batch_inner(
 
 /// The `jobs` array of a batch body, at most `max` long.
 fn batch_jobs(value: &Value, max: usize) -> Result<&Vec<Value>, Problem> {
-    let one = |pointer: &str, detail: String| {
-        Problem::invalid(detail.clone(), vec![Violation::new(pointer, detail)])
-    };
     let Value::Object(fields) = value else {
-        return Err(one(
+        return Err(one_violation(
             "",
             "a batch must be an object `{\"jobs\": [...]}`".to_owned(),
         ));
     };
     if let Some(other) = fields.keys().find(|k| *k != "jobs") {
-        return Err(one(
+        return Err(one_violation(
             &pointer("", other),
             format!("unknown field `{other}`; a batch has only `jobs`"),
         ));
     }
     match fields.get("jobs") {
         Some(Value::Array(jobs)) => check_count(jobs.len(), max).map(|()| jobs),
-        _ => Err(one("/jobs", "required: an array of jobs".to_owned())),
+        _ => Err(one_violation(
+            "/jobs",
+            "required: an array of jobs".to_owned(),
+        )),
     }
 }
 
@@ -460,10 +465,12 @@ fn check_count(count: usize, max: usize) -> Result<(), Problem> {
     } else {
         return Ok(());
     };
-    Err(Problem::invalid(
-        detail.clone(),
-        vec![Violation::new("/jobs", detail)],
-    ))
+    Err(one_violation("/jobs", detail))
+}
+
+/// A 422 with one violation, at `pointer`, worded as `detail`.
+fn one_violation(pointer: &str, detail: String) -> Problem {
+    Problem::invalid(detail.clone(), vec![Violation::new(pointer, detail)])
 }
 
 /// The job `id` names, after checking the caller may see its task.
