@@ -118,7 +118,45 @@ impl Management {
     /// The statistics of the RabbitMQ queue `amqp_queue`, or `None` if it does not exist.
     pub(crate) async fn queue(&mut self, amqp_queue: &str) -> anyhow::Result<Option<QueueStats>> {
         let path = format!("/api/queues/{}/{}", encode(&self.vhost), encode(amqp_queue));
-        let request = hyper::Request::get(path.as_str())
+        let Some(body) = self.get(&path).await? else {
+            return Ok(None);
+        };
+        let queue: ApiQueue = serde_json::from_slice(&body)
+            .with_context(|| format!("GET {path}: the answer is not a queue's JSON"))?;
+        let rate = |r: Option<&Rate>| r.map_or(0.0, |r| r.rate);
+        let stats = queue.message_stats.as_ref();
+        Ok(Some(QueueStats {
+            ready: queue.messages_ready,
+            unacked: queue.messages_unacknowledged,
+            consumers: queue.consumers,
+            publish_rate: rate(stats.and_then(|s| s.publish_details.as_ref())),
+            deliver_rate: rate(stats.and_then(|s| s.deliver_get_details.as_ref())),
+        }))
+    }
+
+    /// The names of every queue of the virtual host whose name starts with `prefix`.
+    pub(crate) async fn queue_names(&mut self, prefix: &str) -> anyhow::Result<Vec<String>> {
+        #[derive(Deserialize)]
+        struct Named {
+            name: String,
+        }
+        let path = format!("/api/queues/{}?columns=name", encode(&self.vhost));
+        let body = self
+            .get(&path)
+            .await?
+            .with_context(|| format!("GET {path}: 404 Not Found; check the virtual host"))?;
+        let queues: Vec<Named> = serde_json::from_slice(&body)
+            .with_context(|| format!("GET {path}: the answer is not a list of queues"))?;
+        Ok(queues
+            .into_iter()
+            .map(|q| q.name)
+            .filter(|name| name.starts_with(prefix))
+            .collect())
+    }
+
+    /// The body of `GET path`, or `None` for a 404.
+    async fn get(&mut self, path: &str) -> anyhow::Result<Option<Bytes>> {
+        let request = hyper::Request::get(path)
             .header(hyper::header::HOST, self.host.as_str())
             .header(hyper::header::AUTHORIZATION, self.authorization.as_str())
             .header(hyper::header::ACCEPT, "application/json")
@@ -136,22 +174,11 @@ impl Management {
             .with_context(|| format!("GET {path}: no answer within {TIMEOUT:?}"))?
             .with_context(|| format!("GET {path}"))?;
         match status.as_u16() {
-            200 => {}
-            404 => return Ok(None),
+            200 => Ok(Some(body)),
+            404 => Ok(None),
             401 => bail!("GET {path}: 401 Unauthorized; check the user and password"),
             code => bail!("GET {path}: HTTP {code}"),
         }
-        let queue: ApiQueue = serde_json::from_slice(&body)
-            .with_context(|| format!("GET {path}: the answer is not a queue's JSON"))?;
-        let rate = |r: Option<&Rate>| r.map_or(0.0, |r| r.rate);
-        let stats = queue.message_stats.as_ref();
-        Ok(Some(QueueStats {
-            ready: queue.messages_ready,
-            unacked: queue.messages_unacknowledged,
-            consumers: queue.consumers,
-            publish_rate: rate(stats.and_then(|s| s.publish_details.as_ref())),
-            deliver_rate: rate(stats.and_then(|s| s.deliver_get_details.as_ref())),
-        }))
     }
 }
 

@@ -34,8 +34,9 @@ pub enum QueuesCommand {
 #[derive(Debug, clap::Args)]
 #[command(
     after_long_help = "Examples:\n  warren queues list\n  warren queues list --json\n\n\
-The queues are those with live or recent jobs in Postgres, a registered worker or a pause. \
-UNACKED and the rates (IN/S published, OUT/S delivered, per second) come from the RabbitMQ \
+The queues are those with live or recent jobs in Postgres, a registered worker or a pause, \
+and, with the management API, every queue of the namespace RabbitMQ has (one that no worker \
+serves and no job row names yet, say). UNACKED and the rates (IN/S published, OUT/S delivered, per second) come from the RabbitMQ \
 management API (--rabbitmq-api-url); without it they show as n/a. STATE is `paused` while \
 `warren queues pause` holds the queue."
 )]
@@ -168,6 +169,56 @@ async fn list(
     }
 }
 
+/// Adds to `counts` (Postgres's queues) the queues of this namespace that only RabbitMQ has:
+/// declared (`warren queues declare`, or by workers since pruned) but never named by a job
+/// row, a registered worker or a pause, such as a queue no worker serves whose messages wait.
+/// Only the management API can list them; a failed listing drops the API (see
+/// [`queue_lines`]) and leaves `counts` as it was.
+async fn add_broker_only(
+    counts: &mut Vec<warren_store::QueueCounts>,
+    broker: &Broker,
+    management: &mut Option<Management>,
+) {
+    let Some(api) = management.as_mut() else {
+        return;
+    };
+    let prefix = broker.topology().queue_name_of("");
+    let names = match api.queue_names(&prefix).await {
+        Ok(names) => names,
+        Err(e) => return api_failed(management, &e),
+    };
+    let before = counts.len();
+    for name in names {
+        let Some(queue) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        // A RabbitMQ queue whose name is not a Warren queue name is none of Warren's.
+        if QueueName::new(queue).is_err() || counts[..before].iter().any(|c| c.queue == queue) {
+            continue;
+        }
+        counts.push(warren_store::QueueCounts {
+            queue: queue.to_owned(),
+            scheduled: 0,
+            running: 0,
+            dead_24h: 0,
+            succeeded_1h: 0,
+            paused_at: None,
+        });
+    }
+    if counts.len() > before {
+        counts.sort_by(|a, b| a.queue.cmp(&b.queue));
+    }
+}
+
+/// Warns that the management API failed, and stops using it.
+fn api_failed(management: &mut Option<Management>, e: &anyhow::Error) {
+    tracing::warn!(
+        "RabbitMQ management API failed ({}); unacked counts and rates are shown as n/a",
+        crate::output::printable_line(&format!("{e:#}"))
+    );
+    *management = None;
+}
+
 /// Every queue Postgres knows of (or just `only`), with its RabbitMQ side: from the
 /// management API when one is given and answers, else from a passive declare. The rows of
 /// `queues list` and `queues show`; `warren top` calls it on every refresh. An API that fails
@@ -194,6 +245,9 @@ pub(crate) async fn queue_lines(
                 paused_at: None,
             });
         }
+    }
+    if only.is_none() {
+        add_broker_only(&mut counts, broker, management).await;
     }
     let mut lines = Vec::with_capacity(counts.len());
     for c in counts {
@@ -228,14 +282,7 @@ pub(crate) async fn queue_lines(
                     lines.push(line);
                     continue;
                 }
-                Err(e) => {
-                    tracing::warn!(
-                        "RabbitMQ management API failed ({}); unacked counts and rates are \
-                         shown as n/a",
-                        crate::output::printable_line(&format!("{e:#}"))
-                    );
-                    *management = None;
-                }
+                Err(e) => api_failed(management, &e),
             }
         }
         // A name in Postgres that is not a valid queue name has no RabbitMQ queue to look at.
