@@ -277,6 +277,23 @@ fn describe(l: &Limit) -> String {
     text
 }
 
+/// A limit in a few words, for a table cell (`warren top`): `5 at once`, `20/s`,
+/// `5 at once, 20/s`, with ` per key` when it applies per payload value.
+pub(crate) fn short(l: &Limit) -> String {
+    let mut parts = Vec::new();
+    if let Some(c) = l.concurrency {
+        parts.push(format!("{c} at once"));
+    }
+    if let Some(r) = l.rate {
+        parts.push(rate_text(r));
+    }
+    let mut text = parts.join(", ");
+    if l.key_from.is_some() {
+        text.push_str(" per key");
+    }
+    text
+}
+
 async fn list(args: ListArgs, connection: &ConnectionArgs) -> anyhow::Result<()> {
     let store = connection.store("limits list").await?;
     let limits = store.limits().await.context("reading the limits");

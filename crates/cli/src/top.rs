@@ -20,7 +20,7 @@ use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, Ke
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use warren_broker::Broker;
 use warren_core::duration::parse_duration;
-use warren_store::{MinuteCounts, Store, TaskStats, WorkerRecord};
+use warren_store::{Limit, MinuteCounts, Store, TaskStats, WorkerRecord};
 
 use crate::connection::ConnectionArgs;
 use crate::exit::Usage;
@@ -34,7 +34,8 @@ Three sections, each scrolled on its own:
            rate need --rabbitmq-api-url, else n/a); scheduled, running, dead in 24 h and succeeded in
            1 h (Postgres): what `warren queues list` shows.
   Tasks    per task and queue over --since: jobs finished per minute, succeeded, retried and
-           dead, busiest first: what `warren stats` counts.
+           dead, busiest first: what `warren stats` counts; LIMIT is the fleet-wide limit on
+           the task, then on its queue (`warren limits list`).
   Workers  state (lost in red: no heartbeat for 30 s), in flight, processed, last heartbeat:
            what `warren workers` shows.
 The bottom line is a sparkline of the jobs finished per minute over --since. A refresh that
@@ -95,6 +96,8 @@ pub(crate) struct Snapshot {
     pub(crate) tasks: Vec<TaskStats>,
     pub(crate) throughput: Vec<MinuteCounts>,
     pub(crate) workers: Vec<WorkerRecord>,
+    /// The fleet-wide limits (`warren limits`), shown beside the tasks they hold back.
+    pub(crate) limits: Vec<Limit>,
     pub(crate) error: Option<String>,
 }
 
@@ -177,6 +180,7 @@ impl Source<'_> {
             .await
             .context("reading the throughput per minute")?;
         let workers = self.store.workers().await.context("listing workers")?;
+        let limits = self.store.limits().await.context("reading the limits")?;
         Ok(Snapshot {
             namespace: self.namespace.clone(),
             window: self.since,
@@ -185,6 +189,7 @@ impl Source<'_> {
             tasks,
             throughput,
             workers,
+            limits,
             error: None,
         })
     }

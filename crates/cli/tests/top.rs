@@ -11,8 +11,8 @@ mod tmux;
 use support::*;
 use tmux::{Tmux, vars};
 
-/// `warren top` draws a queue with its depth from RabbitMQ, the task that ran and the worker,
-/// and `q` ends it with status 0, leaving the terminal as it was.
+/// `warren top` draws a queue with its depth from RabbitMQ, the task that ran with its limit
+/// and the worker, and `q` ends it with status 0, leaving the terminal as it was.
 #[tokio::test]
 async fn top_shows_a_queue_with_its_depth_and_q_quits() -> anyhow::Result<()> {
     with_env(&["default"], async |env| {
@@ -29,6 +29,8 @@ async fn top_shows_a_queue_with_its_depth_and_q_quits() -> anyhow::Result<()> {
         )
         .await?;
         ensure!(run.code == Some(0), "{run:?}");
+        let run = warren(env, &["limits", "set", "warren.noop", "--concurrency", "3"]).await?;
+        ensure!(run.code == Some(0), "{run:?}");
 
         let top = Tmux::warren(&vars(env), &["top"])?;
         let screen = top
@@ -41,8 +43,10 @@ async fn top_shows_a_queue_with_its_depth_and_q_quits() -> anyhow::Result<()> {
             .await?;
         ensure!(screen.contains("warren top"), "{screen}");
         ensure!(
-            screen.contains("warren.noop"),
-            "the task that ran: {screen}"
+            screen
+                .lines()
+                .any(|l| l.contains("warren.noop") && l.contains("3 at once")),
+            "the task that ran, with its limit: {screen}"
         );
         ensure!(screen.contains("stopped"), "the worker, stopped: {screen}");
         ensure!(

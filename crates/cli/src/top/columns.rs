@@ -66,13 +66,14 @@ pub(super) const QUEUE_COLUMNS: [Column; 9] = [
     number("OK 1H", 6),
 ];
 
-pub(super) const TASK_COLUMNS: [Column; 6] = [
+pub(super) const TASK_COLUMNS: [Column; 7] = [
     text("TASK", 2),
     text("QUEUE", 1),
     number("JOBS/MIN", 8),
     number("SUCCEEDED", 9),
     number("RETRIED", 7),
     number("DEAD", 6),
+    text("LIMIT", 2),
 ];
 
 pub(super) const WORKER_COLUMNS: [Column; 6] = [
@@ -139,9 +140,23 @@ pub(super) fn task_rows(snapshot: &Snapshot) -> Vec<Cells> {
                 plain(t.succeeded.to_string()),
                 plain(t.retried.to_string()),
                 plain(t.dead.to_string()),
+                plain(limits_of(snapshot, &t.task, &t.queue)),
             ]
         })
         .collect()
+}
+
+/// The fleet-wide limits a task's jobs on `queue` are under: its task's, then its queue's
+/// (marked `queue`); empty when there is none.
+fn limits_of(snapshot: &Snapshot, task: &str, queue: &str) -> String {
+    let find = |target: &str| snapshot.limits.iter().find(|l| l.target == target);
+    let own = find(task).map(crate::limits::short);
+    let queue = find(queue).map(|l| format!("queue {}", crate::limits::short(l)));
+    [own, queue]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// A rate with one decimal while it is small, whole above ten.

@@ -285,7 +285,7 @@ mod tests {
     use chrono::TimeDelta;
     use ratatui::Terminal;
     use ratatui::backend::TestBackend;
-    use warren_store::{MinuteCounts, TaskStats, WorkerRecord};
+    use warren_store::{Limit, MinuteCounts, Rate, TaskStats, WorkerRecord};
 
     use super::*;
     use crate::queues::QueueLine;
@@ -372,6 +372,7 @@ mod tests {
                 worker("web-1-8812", "running", 2),
                 worker("web-2-4410", "lost", 95),
             ],
+            limits: vec![],
             error: None,
         }
     }
@@ -487,6 +488,51 @@ mod tests {
         assert!(screen.contains("evil\\u{1b}[2J"), "{screen}");
         assert!(!screen.contains('\u{1b}'));
         assert!(lines[23].starts_with("refresh failed (showing 06:36:15 UTC): counting jobs"));
+    }
+
+    fn limit(target: &str, concurrency: Option<u32>, per_second: Option<u32>) -> Limit {
+        Limit {
+            target: target.to_owned(),
+            concurrency,
+            rate: per_second.map(|count| Rate {
+                count,
+                period_ms: 1000,
+            }),
+            key_from: None,
+            updated_at: now(),
+        }
+    }
+
+    #[test]
+    fn a_task_shows_its_own_limit_and_its_queues() {
+        let mut snapshot = snapshot();
+        let mut keyed = limit("email.send", Some(5), Some(20));
+        keyed.key_from = Some("/customer_id".to_owned());
+        snapshot.limits = vec![
+            limit("other.task", Some(1), None),
+            keyed,
+            limit("default", None, Some(300)),
+        ];
+        let (lines, _, _) = draw(&snapshot, &View::new(false), 140, 24);
+        let screen = lines.join("\n");
+        assert!(line_with(&lines, "TASK").contains("LIMIT"), "{screen}");
+        let send = line_with(&lines, "email.send");
+        assert!(
+            send.contains("5 at once, 20/s per key; queue 300/s"),
+            "{screen}"
+        );
+        // report.build has no limit of its own: only its queue's.
+        let build = line_with(&lines, "report.build");
+        assert!(build.trim_end().ends_with(" 0 queue 300/s"), "{screen}");
+
+        // On 80 columns the cell is cut at its column, and the counts still show whole.
+        let (lines, _, _) = draw(&snapshot, &View::new(false), 80, 24);
+        let send = line_with(&lines, "email.send");
+        assert!(
+            send.contains("1500") && send.contains("5 at once"),
+            "{send:?}"
+        );
+        assert!(lines.iter().all(|l| l.chars().count() <= 80));
     }
 
     #[test]
