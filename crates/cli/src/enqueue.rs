@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use warren_client::{Client, NewJob};
 use warren_core::duration::parse_duration;
-use warren_core::message::{MAX_ATTEMPTS_LIMIT, check_payload};
+use warren_core::message::{MAX_ATTEMPTS_LIMIT, check_payload, check_storable};
 use warren_core::{DEFAULT_QUEUE, JobId, QueueName, TaskName};
 
 use crate::connection::ConnectionArgs;
@@ -116,6 +116,12 @@ fn parse_payload(input: &str) -> Result<Box<RawValue>, String> {
     check_payload(input).map_err(|e| {
         format!(
             "JSON that no worker can read: {e}\n{}",
+            point_at(input, e.line, e.column)
+        )
+    })?;
+    check_storable(input).map_err(|e| {
+        format!(
+            "JSON that PostgreSQL cannot store: {e}\n{}",
             point_at(input, e.line, e.column)
         )
     })?;

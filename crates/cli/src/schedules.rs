@@ -194,6 +194,8 @@ fn validate(args: &AddArgs) -> Result<(NewSchedule, CronSchedule), Usage> {
         .map_err(|e| Usage(format!("--payload: not valid JSON: {e}")))?;
     warren_core::message::check_payload(&args.payload)
         .map_err(|e| Usage(format!("--payload: JSON that no worker can read: {e}")))?;
+    warren_core::message::check_storable(&args.payload)
+        .map_err(|e| Usage(format!("--payload: JSON that PostgreSQL cannot store: {e}")))?;
     Ok((
         NewSchedule {
             name: name.to_owned(),

@@ -24,7 +24,8 @@ use warren_broker::{PublishRequest, Publisher};
 // What a service needs to enqueue, without depending on the crates underneath.
 pub use warren_broker::{Broker, BrokerConfig};
 use warren_core::message::{
-    MAX_ATTEMPTS_LIMIT, MAX_IDEMPOTENCY_KEY_LEN, MAX_TIME_MS, check_payload, is_traceparent,
+    MAX_ATTEMPTS_LIMIT, MAX_IDEMPOTENCY_KEY_LEN, MAX_TIME_MS, check_payload, check_storable,
+    is_traceparent,
 };
 use warren_core::{
     DEFAULT_QUEUE, IntakeMessage, JobMessage, QueueName, RawMessage, TaskName, TraceParent,
@@ -141,7 +142,8 @@ impl NewJob {
     ///
     /// The payload must be JSON that workers can read, checked exactly as they read it
     /// ([`check_payload`]): a `RawValue` holding `1e400`, a lone surrogate escape or arrays
-    /// nested more than 127 deep is refused at enqueue instead of dying at the worker.
+    /// nested more than 127 deep is refused at enqueue instead of dying at the worker. So is
+    /// a string holding U+0000 ([`check_storable`]), which PostgreSQL cannot store.
     pub fn new(task: &str, payload: &impl Serialize) -> Self {
         Self {
             task: task.to_owned(),
@@ -296,7 +298,10 @@ impl Problems {
         let text = match payload {
             Err(e) => format!("not serialisable to JSON: {e}"),
             Ok(p) => match check_payload(p.get()) {
-                Ok(()) => return Some(p),
+                Ok(()) => match check_storable(p.get()) {
+                    Ok(()) => return Some(p),
+                    Err(e) => format!("JSON that PostgreSQL cannot store: {e}"),
+                },
                 Err(e) => format!("JSON that no worker can read: {e}"),
             },
         };
@@ -718,6 +723,25 @@ mod tests {
             NewJob::new("t", &RawValue::from_string("[1e300]".into()).unwrap())
                 .validate()
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_payload_postgres_cannot_store_is_refused_with_the_spot() {
+        // serde_json writes a NUL in a string as \u0000, which jsonb refuses: the job would
+        // have failed at its row's insert (delayed, keyed), at every retry and at its record.
+        let err = NewJob::new("t", &serde_json::json!({"name": "a\u{0}b"}))
+            .delay(Duration::from_secs(5))
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("PostgreSQL cannot store") && err.contains("line 1, column 11"),
+            "{err}"
+        );
+        assert_eq!(
+            problems(NewJob::new("t", &serde_json::json!(["a\u{0}"]))),
+            ["payload"]
         );
     }
 

@@ -329,6 +329,41 @@ pub fn check_payload(text: &str) -> Result<(), PayloadError> {
         })
 }
 
+/// Checks that `text`, a payload [`check_payload`] passed, is one PostgreSQL can store:
+/// no string or key holds U+0000, written `\u0000` (PostgreSQL's `jsonb` and `text` refuse
+/// it). Producers call it before enqueueing, since every job's payload is kept in PostgreSQL:
+/// in its scheduled row when it is delayed or keyed, in its retries, in the record of its
+/// outcome. Decoding does not: a message some other producer sent with one is still run, and
+/// its row keeps the payload as raw bytes.
+pub fn check_storable(text: &str) -> Result<(), PayloadError> {
+    let bytes = text.as_bytes();
+    let mut from = 0;
+    while let Some(found) = text[from..].find("\\u0000") {
+        let at = from + found;
+        // The backslash starts an escape unless it is itself escaped: an odd run of
+        // backslashes ending at it. (`"\\u0000"` is the text \u0000, no NUL.)
+        let run = bytes[..=at]
+            .iter()
+            .rev()
+            .take_while(|&&b| b == b'\\')
+            .count();
+        if run % 2 == 1 {
+            let before = &text[..at];
+            let line = before.matches('\n').count() + 1;
+            let column = at - before.rfind('\n').map_or(0, |n| n + 1) + 1;
+            return Err(PayloadError {
+                reason: "a string holds U+0000 (\\u0000), which jsonb refuses, and every job's \
+                         payload is kept in PostgreSQL"
+                    .to_owned(),
+                line,
+                column,
+            });
+        }
+        from = at + 1;
+    }
+    Ok(())
+}
+
 /// Any JSON value, read in full and thrown away: the checks of a real parse without keeping
 /// anything. (`serde::de::IgnoredAny` would not do: serde_json skips it without parsing
 /// numbers or escapes.)
@@ -841,6 +876,32 @@ pub(crate) mod tests {
             assert!(serde_json::from_str::<serde_json::Value>(text).is_ok());
         }
         assert!(check_payload("[1] x").is_err(), "one value only");
+    }
+
+    #[test]
+    fn payloads_with_a_nul_are_not_storable_and_say_where() {
+        let cases = [
+            (r#"{"s":"a\u0000b"}"#, 1, 8),
+            ("[1,\n \"\\\\\\u0000\"]", 2, 5),
+            (r#"{"\u0000":1}"#, 1, 3),
+        ];
+        for (text, line, column) in cases {
+            assert_eq!(check_payload(text), Ok(()), "readable: {text}");
+            let err = check_storable(text).unwrap_err();
+            assert!(err.reason.contains("U+0000"), "{err}");
+            assert_eq!((err.line, err.column), (line, column), "{text}: {err}");
+            // It really is a NUL once read.
+            assert!(
+                serde_json::from_str::<serde_json::Value>(text)
+                    .unwrap()
+                    .to_string()
+                    .contains("\\u0000")
+            );
+        }
+        // An escaped backslash before u0000 is the text \u0000, not a NUL.
+        for text in [r#"{"s":"\\u0000"}"#, r#""\u0001""#, "{}"] {
+            assert_eq!(check_storable(text), Ok(()), "{text}");
+        }
     }
 
     #[test]
