@@ -39,6 +39,15 @@ use warren_store::{Store, StoreConfig};
 use crate::settings::{Args, LogFormat, Settings};
 use crate::tasks::register_crash_task;
 
+/// `eprintln!` that ignores a stderr that is gone (a closed pipe): `eprintln!` would panic
+/// there and turn the exit status into 101.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// Runs a worker with the handlers `register` adds: flags and environment are parsed, logging
 /// set up, the worker built (a bad registration exits 2 before any connection), connected,
 /// and run until SIGTERM or SIGINT.
@@ -47,14 +56,14 @@ pub fn run(register: impl FnOnce(WorkerBuilder) -> WorkerBuilder) -> ExitCode {
     let settings = match Args::parse().validate() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("warren-worker: {e}");
+            say!("warren-worker: {e}");
             return ExitCode::from(2);
         }
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("warren-worker: cannot start the async runtime: {e}");
+            say!("warren-worker: cannot start the async runtime: {e}");
             return ExitCode::from(1);
         }
     };
@@ -67,7 +76,7 @@ pub fn run(register: impl FnOnce(WorkerBuilder) -> WorkerBuilder) -> ExitCode {
         ) {
             Ok(exporter) => exporter,
             Err(e) => {
-                eprintln!("warren-worker: {e:#}");
+                say!("warren-worker: {e:#}");
                 return ExitCode::from(2);
             }
         }
@@ -94,7 +103,7 @@ pub fn run(register: impl FnOnce(WorkerBuilder) -> WorkerBuilder) -> ExitCode {
     let worker = match builder.build(config) {
         Ok(w) => w,
         Err(e) => {
-            eprintln!("warren-worker: {e}");
+            say!("warren-worker: {e}");
             return ExitCode::from(2);
         }
     };
@@ -109,7 +118,7 @@ pub fn run(register: impl FnOnce(WorkerBuilder) -> WorkerBuilder) -> ExitCode {
         }
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("warren-worker: {e:#}");
+            say!("warren-worker: {e:#}");
             // Exit without tearing the runtime down: after a failure, lapin's I/O thread may
             // still hold timers of this runtime and would panic while it shuts down.
             std::process::exit(1)
@@ -142,9 +151,7 @@ async fn serve(
     tokio::spawn(async move {
         second.cancelled().await;
         wait_for_signal().await;
-        eprintln!(
-            "warren-worker: second signal; exiting at once, unacked jobs return to their queues"
-        );
+        say!("warren-worker: second signal; exiting at once, unacked jobs return to their queues");
         std::process::exit(130);
     });
     // A worker started while Postgres or RabbitMQ is down (a node rebooting, a cluster
@@ -275,7 +282,7 @@ pub(crate) fn ensure_io_thread_stack() {
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => {
-            eprintln!(
+            say!(
                 "warren-worker: cannot find its own executable to raise the I/O thread's stack ({e}); set RUST_MIN_STACK={need}"
             );
             return;
@@ -285,7 +292,7 @@ pub(crate) fn ensure_io_thread_stack() {
         .args(std::env::args_os().skip(1))
         .env("RUST_MIN_STACK", need.to_string())
         .exec();
-    eprintln!(
+    say!(
         "warren-worker: cannot re-execute with RUST_MIN_STACK={need} ({err}); a deeply nested message header could overflow lapin's I/O thread; set the variable yourself"
     );
 }

@@ -18,7 +18,8 @@ pub(crate) fn confirm(summary: &str, what: &str) -> anyhow::Result<()> {
         ))
         .into());
     }
-    eprint!("{summary}{what}? [y/N] ");
+    // A stderr that is gone is no reason to panic: the answer is still read.
+    let _ = write!(std::io::stderr(), "{summary}{what}? [y/N] ");
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
     std::io::stdin()

@@ -1,6 +1,7 @@
 //! `warren`: wiring only. The commands live in the `warren_cli` library; the exit statuses are
 //! documented in `warren --help`.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -18,14 +19,14 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("warren: cannot start the async runtime: {e}");
+            say(&format!("cannot start the async runtime: {e}"));
             return Status::Failed.into();
         }
     };
     let status = match runtime.block_on(warren_cli::run(args)) {
         Ok(()) => Status::Ok,
         Err(e) => {
-            eprintln!("warren: {}", warren_cli::error_text(&e));
+            say(&warren_cli::error_text(&e));
             Status::of(&e)
         }
     };
@@ -34,6 +35,12 @@ fn main() -> ExitCode {
     // operating system instead of being shut down under that thread.
     std::mem::forget(runtime);
     status.into()
+}
+
+/// Prints `warren: <text>` on stderr. A stderr that is gone (a closed pipe) is ignored:
+/// `eprintln!` would panic there and turn the command's exit status into 101.
+fn say(text: &str) {
+    let _ = writeln!(std::io::stderr(), "warren: {text}");
 }
 
 /// Logs go to stderr so they never mix with output meant for pipes (held back while `warren

@@ -101,7 +101,8 @@ async fn run_prune(args: PruneArgs, connection: &ConnectionArgs) -> anyhow::Resu
             )
             .into());
         }
-        eprint!(
+        let _ = write!(
+            std::io::stderr(),
             "remove stopped and lost workers (lost: no heartbeat for {}s) last seen more than {} ago? [y/N] ",
             LOST_AFTER.as_secs(),
             crate::output::duration(args.older_than)

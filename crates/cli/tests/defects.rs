@@ -252,3 +252,50 @@ async fn show_says_a_duplicate_never_ran() -> anyhow::Result<()> {
     })
     .await
 }
+
+/// A stderr that is a closed pipe (`warren … 2>&1 | head -0`, a log shipper that died) does not
+/// turn the command's own exit status into a panic's 101.
+#[tokio::test]
+async fn a_closed_stderr_keeps_the_exit_status() -> anyhow::Result<()> {
+    with_env(&["default"], async |env| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+            .env("WARREN_AMQP_URL", &env.amqp_url)
+            .env("WARREN_DATABASE_URL", &env.database_url)
+            .env("WARREN_NAMESPACE", env.namespace())
+            .env_remove("RUST_LOG")
+            .args(["jobs", "show", "00000000-0000-0000-0000-000000000000"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        // The read end closes before the command has connected to anything, let alone
+        // printed its error.
+        drop(child.stderr.take());
+        let status = tokio::time::timeout(COMMAND_TIMEOUT, child.wait())
+            .await
+            .context("warren did not finish")??;
+        ensure!(status.code() == Some(3), "not found is 3, got {status:?}");
+
+        // And a payload PostgreSQL cannot store is bad usage, said before anything is sent.
+        let run = warren(
+            env,
+            &[
+                "enqueue",
+                "warren.echo",
+                "--payload",
+                r#"{"s":"a\u0000b"}"#,
+                "--delay",
+                "1s",
+            ],
+        )
+        .await?;
+        ensure!(run.code == Some(2), "{run:?}");
+        ensure!(
+            run.stderr.contains("PostgreSQL cannot store") && run.stderr.contains("column 8"),
+            "{run:?}"
+        );
+        Ok(())
+    })
+    .await
+}
