@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use warren_broker::{BrokerConfig, Topology};
-use warren_core::duration::parse_duration;
+use warren_core::duration::{parse_age, parse_duration};
 use warren_core::{Namespace, QueueName};
 use warren_runtime::WorkerConfig;
 use warren_store::{RecorderConfig, StoreConfig};
@@ -334,7 +334,7 @@ pub struct BrokerTimeout(pub Option<Duration>);
 fn parse_broker_timeout(input: &str) -> Result<BrokerTimeout, String> {
     match input.trim() {
         "0" | "off" => Ok(BrokerTimeout(None)),
-        other => match parse_duration(other)? {
+        other => match parse_age(other)? {
             d if d.is_zero() => Ok(BrokerTimeout(None)),
             d => Ok(BrokerTimeout(Some(d))),
         },
@@ -345,12 +345,12 @@ fn parse_broker_timeout(input: &str) -> Result<BrokerTimeout, String> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Retention(pub Option<Duration>);
 
-/// `off`, or a duration of at least a second. Zero is refused rather than read as either
+/// `off`, or a duration of at least a second and at most 100 years. Zero is refused rather than read as either
 /// `off` or "delete at once": both readings are plausible, and the wrong one deletes history.
 fn parse_retention(input: &str) -> Result<Retention, String> {
     match input.trim() {
         "off" => Ok(Retention(None)),
-        other => match parse_duration(other)? {
+        other => match parse_age(other)? {
             d if d < Duration::from_secs(1) => Err(format!(
                 "`{other}` is too short: give a retention of at least 1s, or `off` to keep \
                  these jobs forever"
@@ -458,6 +458,12 @@ mod tests {
         );
         let err = parse(&["--retention-interval", "0s"]).unwrap_err();
         assert!(err.contains("--retention-interval"), "{err}");
+        // A cut-off before the calendar is refused at start, not by every pass's DELETE.
+        let err = parse(&["--retain-succeeded", "99999999d"]).unwrap_err();
+        assert!(
+            err.contains("--retain-succeeded") && err.contains("too long"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Serialize;
 use warren_core::JobState;
-use warren_core::duration::parse_duration;
+use warren_core::duration::parse_age;
 use warren_store::{PruneBatch, PruneLock, Store};
 
 use crate::batches::Batches;
@@ -50,7 +50,7 @@ pub struct PruneJobsArgs {
 
     /// Delete jobs that finished longer ago than this, e.g. 12h or 7d; 0s deletes every job in
     /// those states.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_age)]
     pub older_than: Duration,
 
     /// Jobs deleted per transaction.

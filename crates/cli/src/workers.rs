@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use warren_core::duration::parse_duration;
+use warren_core::duration::parse_age;
 use warren_store::{LOST_AFTER, WorkerRecord};
 
 use crate::connection::ConnectionArgs;
@@ -59,7 +59,7 @@ Examples:
 #[command(after_long_help = PRUNE_HELP)]
 pub struct PruneArgs {
     /// Remove rows last seen longer ago than this, e.g. 1h or 7d.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_age, allow_hyphen_values = true)]
     pub older_than: Duration,
 
     /// Do it without asking (needed when stdin is not a terminal).

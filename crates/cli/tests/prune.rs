@@ -257,6 +257,24 @@ async fn prune_refuses_a_state_that_has_not_finished() -> anyhow::Result<()> {
             no_age.code == Some(2) && no_age.stderr.contains("--older-than"),
             "{no_age:?}"
         );
+        // An age reaching before the calendar is bad usage, not a failed DELETE.
+        for args in [
+            &[
+                "prune",
+                "--state",
+                "dead",
+                "--older-than",
+                "99999999d",
+                "--yes",
+            ][..],
+            &["workers", "prune", "--older-than", "99999999d", "--yes"],
+        ] {
+            let run = warren(env, args).await?;
+            ensure!(
+                run.code == Some(2) && run.stderr.contains("too long"),
+                "{args:?}: {run:?}"
+            );
+        }
         ensure!(exists(env, &running).await == 1 && exists(env, &waiting).await == 1);
         Ok(())
     })

@@ -93,6 +93,23 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// The longest age [`parse_age`] takes: 100 years of 365 days.
+pub const MAX_AGE: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// Parses an age reaching back from now (`--older-than 7d`, a retention): a duration, as
+/// [`parse_duration`] reads it, of at most [`MAX_AGE`]. A longer one (`99999999d`) would put
+/// the cut-off before any date the database or the calendar holds.
+pub fn parse_age(input: &str) -> Result<Duration, String> {
+    let age = parse_duration(input)?;
+    if age > MAX_AGE {
+        return Err(format!(
+            "`{}` is too long: an age reaches back at most 36500d (100 years)",
+            input.trim()
+        ));
+    }
+    Ok(age)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +166,15 @@ mod tests {
             );
         }
         assert!(parse_duration("99999999999999999999s").is_err());
+    }
+
+    #[test]
+    fn ages_reach_back_at_most_a_hundred_years() {
+        assert_eq!(parse_age("36500d"), Ok(MAX_AGE));
+        assert_eq!(parse_age(" 7d "), Ok(Duration::from_secs(7 * 86_400)));
+        let err = parse_age("36500d1s").unwrap_err();
+        assert!(err.contains("too long") && err.contains("36500d"), "{err}");
+        assert!(parse_age("99999999d").unwrap_err().contains("too long"));
+        assert!(parse_age("7").unwrap_err().contains("no unit"));
     }
 }
