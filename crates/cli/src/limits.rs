@@ -5,7 +5,7 @@ use anyhow::Context;
 use chrono::Utc;
 use serde::Serialize;
 use warren_core::{QueueName, TaskName};
-use warren_store::{Limit, Rate};
+use warren_store::{Limit, MAX_COUNT, Rate};
 
 use crate::connection::ConnectionArgs;
 use crate::exit::{NotFound, Usage};
@@ -154,6 +154,19 @@ fn rate_text(rate: Rate) -> String {
     }
 }
 
+/// `n` as a limit's count, which Postgres keeps in an `int4`: at most 2147483647.
+fn at_most_max(n: u64, flag: &str, text: &str) -> Result<u32, Usage> {
+    u32::try_from(n)
+        .ok()
+        .filter(|&n| n <= MAX_COUNT)
+        .ok_or_else(|| {
+            Usage(format!(
+                "{flag}: `{}` is more than {MAX_COUNT}, the most a limit holds",
+                printable_line(text)
+            ))
+        })
+}
+
 /// Reads `N/s` or `N/m`.
 pub(crate) fn parse_rate(text: &str) -> Result<Rate, Usage> {
     let bad = || {
@@ -168,7 +181,8 @@ pub(crate) fn parse_rate(text: &str) -> Result<Rate, Usage> {
         "m" => 60_000,
         _ => return Err(bad()),
     };
-    let count: u32 = count.trim().parse().map_err(|_| bad())?;
+    let count: u64 = count.trim().parse().map_err(|_| bad())?;
+    let count = at_most_max(count, "--rate", text)?;
     if count == 0 {
         return Err(Usage(format!(
             "--rate: `{}` lets no job start; give at least 1 per second or minute, e.g. 1/s",
@@ -210,8 +224,8 @@ fn validate(args: &SetArgs) -> Result<Limit, Usage> {
     }
     let concurrency = match &args.concurrency {
         None => None,
-        Some(text) => match text.trim().parse::<u32>() {
-            Ok(n) if n >= 1 => Some(n),
+        Some(text) => match text.trim().parse::<u64>() {
+            Ok(n) if n >= 1 => Some(at_most_max(n, "--concurrency", text)?),
             _ => {
                 return Err(Usage(format!(
                     "--concurrency: `{}` is not a whole number of at least 1",
@@ -410,6 +424,34 @@ mod tests {
                 .0
                 .contains("lets no job start")
         );
+    }
+
+    #[test]
+    fn counts_beyond_what_postgres_holds_are_refused_not_clamped() {
+        let set = |concurrency: Option<&str>, rate: Option<&str>| {
+            validate(&SetArgs {
+                target: "email.send".to_owned(),
+                concurrency: concurrency.map(str::to_owned),
+                rate: rate.map(str::to_owned),
+                key_from: None,
+                json: false,
+            })
+        };
+        let max = set(Some("2147483647"), Some("2147483647/s")).unwrap();
+        assert_eq!(max.concurrency, Some(MAX_COUNT));
+        assert_eq!(max.rate.unwrap().count, MAX_COUNT);
+        for (concurrency, rate, flag) in [
+            (Some("2147483648"), None, "--concurrency"),
+            (Some("4294967296"), None, "--concurrency"),
+            (None, Some("2147483648/s"), "--rate"),
+            (None, Some("99999999999/m"), "--rate"),
+        ] {
+            let err = set(concurrency, rate).unwrap_err().0;
+            assert!(
+                err.starts_with(flag) && err.contains("more than 2147483647"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub use dead::DeadGroup;
 pub use error::{Error, SqlxError};
 pub use fleet::FleetLock;
 pub use jobs::{Claim, JobProgress, JobRecord, LatencySummary, StateCount};
-pub use limits::{Deferral, Deferrer, LIMITS_CHANNEL, Limit, LimitWait, Rate, Taken};
+pub use limits::{Deferral, Deferrer, LIMITS_CHANNEL, Limit, LimitWait, MAX_COUNT, Rate, Taken};
 pub use listing::{Batch, Cursor, JobFilter, JobListing, JobPage, MatchCount};
 pub use migrate::SCHEMA_VERSION;
 pub use pauses::{PAUSE_CHANNEL, QueuePause};

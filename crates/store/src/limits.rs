@@ -30,6 +30,9 @@ pub struct Limit {
     pub updated_at: DateTime<Utc>,
 }
 
+/// The largest concurrency or rate count a limit holds (its column is an `int4`).
+pub const MAX_COUNT: u32 = i32::MAX as u32;
+
 /// A rate: `count` starts per `period_ms` milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Rate {
