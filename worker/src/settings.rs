@@ -104,7 +104,8 @@ pub struct Args {
     /// Identity of this process in the workers table (default: host-pid). One live process
     /// per id: a worker refuses to start while another process's worker with this id is
     /// running (heard from in the last 30 s); a stopped or lost one's row is taken over.
-    #[arg(long, env = "WARREN_WORKER_ID")]
+    /// 1 to 128 bytes, without control characters.
+    #[arg(long, env = "WARREN_WORKER_ID", value_parser = parse_worker_id)]
     pub worker_id: Option<String>,
 
     /// Do not run a promoter (the loop that publishes scheduled jobs when due) in this
@@ -360,6 +361,30 @@ fn parse_retention(input: &str) -> Result<Retention, String> {
     }
 }
 
+/// The longest worker id: it names the worker's row, its RabbitMQ connections and its
+/// Postgres sessions, and AMQP keeps some of those in 255-byte strings.
+const MAX_WORKER_ID_LEN: usize = 128;
+
+fn parse_worker_id(input: &str) -> Result<String, String> {
+    let id = input.trim();
+    if id.is_empty() {
+        return Err("empty: give a name, or leave it out for host-pid".to_owned());
+    }
+    if id.len() > MAX_WORKER_ID_LEN {
+        return Err(format!(
+            "{} bytes long: at most {MAX_WORKER_ID_LEN}",
+            id.len()
+        ));
+    }
+    if let Some(c) = id.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "`{}` holds the control character {c:?}, which `warren workers` could not show",
+            id.escape_debug()
+        ));
+    }
+    Ok(id.to_owned())
+}
+
 fn default_worker_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
@@ -490,6 +515,12 @@ mod tests {
                 "{err}"
             );
         }
+        for bad in ["", "  ", "a\nb", &"w".repeat(129)] {
+            let err = parse(&["--worker-id", bad]).unwrap_err();
+            assert!(err.contains("--worker-id"), "{bad:?}: {err}");
+        }
+        let named = parse(&["--worker-id", " web-1 "]).unwrap();
+        assert_eq!(named.worker.worker_id, "web-1");
         let two = parse(&["--recorder-writers", "2"]).unwrap();
         assert_eq!(two.worker.recorder.max_in_flight, 2);
         for (flag, value) in [
