@@ -121,9 +121,23 @@ pub fn run(register: impl FnOnce(WorkerBuilder) -> WorkerBuilder) -> ExitCode {
             say!("warren-worker: {e:#}");
             // Exit without tearing the runtime down: after a failure, lapin's I/O thread may
             // still hold timers of this runtime and would panic while it shuts down.
-            std::process::exit(1)
+            std::process::exit(if bad_url(&e) { 2 } else { 1 })
         }
     }
+}
+
+/// Whether `e` is a URL that cannot be used: bad configuration (exit 2), as a bad flag is,
+/// rather than a service that failed.
+fn bad_url(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<warren_broker::Error>(),
+            Some(warren_broker::Error::Url { .. })
+        ) || matches!(
+            cause.downcast_ref::<warren_store::Error>(),
+            Some(warren_store::Error::Url { .. })
+        )
+    })
 }
 
 async fn serve(

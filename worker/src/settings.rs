@@ -216,8 +216,14 @@ impl Args {
             namespace,
             delivery_limit: self.delivery_limit,
         };
+        broker
+            .validate()
+            .map_err(|e| format!("--amqp-url / WARREN_AMQP_URL: {e}"))?;
         let mut store = StoreConfig::new(&self.database_url);
         store.application_name = format!("warren-worker {worker_id}");
+        store
+            .validate()
+            .map_err(|e| format!("--database-url / WARREN_DATABASE_URL: {e}"))?;
         let worker = self.worker_config(worker_id, queues)?;
         Ok(Settings {
             broker,

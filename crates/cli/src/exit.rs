@@ -37,6 +37,16 @@ impl Status {
             if cause.is::<Interrupted>() {
                 return Status::Interrupted;
             }
+            // A URL that cannot be used is bad configuration, as a bad flag is.
+            if matches!(
+                cause.downcast_ref::<warren_broker::Error>(),
+                Some(warren_broker::Error::Url { .. })
+            ) || matches!(
+                cause.downcast_ref::<warren_store::Error>(),
+                Some(warren_store::Error::Url { .. })
+            ) {
+                return Status::Usage;
+            }
         }
         Status::Failed
     }

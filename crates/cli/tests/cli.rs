@@ -1478,3 +1478,56 @@ async fn stats_count_outcomes_and_retries_per_task() -> anyhow::Result<()> {
     })
     .await
 }
+
+/// A URL that cannot be used is bad configuration: exit 2, as for a bad flag, with the
+/// reason; a service that does not answer stays a failure, exit 1.
+#[tokio::test]
+async fn an_unusable_url_is_bad_usage_and_an_unreachable_one_a_failure() -> anyhow::Result<()> {
+    let database = "postgres://postgres@127.0.0.1:5432/postgres";
+    for (amqp, db, args, reason) in [
+        (
+            "garbage",
+            database,
+            &["queues", "list"][..],
+            "invalid AMQP URL",
+        ),
+        (
+            "amqp://127.0.0.1:99999",
+            database,
+            &["queues", "list"],
+            "invalid port",
+        ),
+        (
+            "amqp://127.0.0.1:5672",
+            "garbage",
+            &["jobs", "summary"],
+            "invalid Postgres URL",
+        ),
+        (
+            "amqp://127.0.0.1:5672",
+            "postgres://postgres@127.0.0.1/postgres?sslmode=bogus",
+            &["jobs", "summary"],
+            "bogus",
+        ),
+    ] {
+        let run = warren_with(
+            &[("WARREN_AMQP_URL", amqp), ("WARREN_DATABASE_URL", db)],
+            args,
+        )
+        .await?;
+        ensure!(
+            run.code == Some(2) && run.stderr.contains(reason),
+            "{amqp} {db}: {run:?}"
+        );
+    }
+    let run = warren_with(
+        &[
+            ("WARREN_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f"),
+            ("WARREN_DATABASE_URL", database),
+        ],
+        &["queues", "list"],
+    )
+    .await?;
+    ensure!(run.code == Some(1), "{run:?}");
+    Ok(())
+}

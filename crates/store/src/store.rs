@@ -35,6 +35,11 @@ impl StoreConfig {
         }
     }
 
+    /// Checks the URL without connecting, as [`Store::connect`] will ([`Error::Url`]).
+    pub fn validate(&self) -> Result<(), Error> {
+        connect_options(&self.url).map(drop)
+    }
+
     /// The URL with every secret it can carry replaced by `***`: the password in the user
     /// info, `password=` and other secret query parameters (see `warren_core::redact`).
     pub fn redacted_url(&self) -> String {
