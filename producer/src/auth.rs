@@ -2,11 +2,12 @@
 //! may enqueue.
 //!
 //! The file holds one token per line, `NAME SHA256_HEX_OF_TOKEN [TASK_PATTERN ...]`; blank
-//! lines and lines starting with `#` are ignored. Only digests are stored, so the file holds
-//! no secret a reader could replay. A pattern is a task name, `*` (every task), or a prefix
-//! ending in `*` (`billing.*`); a line without patterns allows every task. Requests carry the
-//! token as `Authorization: Bearer <token>`; logs name the caller by the line's NAME, never
-//! the token.
+//! lines and lines starting with `#` are ignored. Each NAME and each digest may be on one
+//! line only: a file that repeats either is refused, naming both lines. Only digests are
+//! stored, so the file holds no secret a reader could replay. A pattern is a task name, `*`
+//! (every task), or a prefix ending in `*` (`billing.*`); a line without patterns allows every
+//! task. Requests carry the token as `Authorization: Bearer <token>`; logs name the caller by
+//! the line's NAME, never the token.
 
 use std::fmt;
 
@@ -63,6 +64,8 @@ impl Tokens {
     /// Parses the tokens file's text; `source` names it in errors, which give the line number.
     pub fn parse(text: &str, source: &str) -> Result<Self, String> {
         let mut entries: Vec<(Caller, [u8; 32])> = Vec::new();
+        // The line number of each entry, to name both lines of a repeated name or token.
+        let mut line_numbers: Vec<usize> = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -81,9 +84,23 @@ impl Tokens {
             hex::decode_to_slice(hex_digest, &mut digest).map_err(|_| {
                 format!("{at}: the second word must be the token's SHA-256 as 64 hex digits (never the token itself)")
             })?;
-            if entries.iter().any(|(c, _)| c.name == name) {
+            if let Some(first) = entries.iter().position(|(c, _)| c.name == name) {
                 return Err(format!(
-                    "{at}: the name `{name}` is used twice; names identify callers in logs"
+                    "{at}: the name `{name}` is used twice, here and on line {}; names \
+                     identify callers in logs",
+                    line_numbers[first]
+                ));
+            }
+            // The same token on two lines would be authenticated as the last of them: its
+            // name and patterns would silently replace the first line's, which may widen a
+            // restricted token. The digests are compared as bytes, so a digest differing only
+            // in the case of its hex digits is the same token.
+            if let Some(first) = entries.iter().position(|(_, d)| *d == digest) {
+                return Err(format!(
+                    "{at}: this token's digest is already on line {} (`{}`); a token must \
+                     have one line: merge the two lines' task patterns into one, or mint a \
+                     token of its own for `{name}` with `warren-producer token new {name}`",
+                    line_numbers[first], entries[first].0.name
                 ));
             }
             let patterns: Vec<String> = words.map(str::to_owned).collect();
@@ -102,6 +119,7 @@ impl Tokens {
                 },
                 digest,
             ));
+            line_numbers.push(n + 1);
         }
         if entries.is_empty() {
             return Err(format!(
@@ -152,7 +170,7 @@ impl Tokens {
             }
         }
         found.cloned().ok_or_else(|| {
-            Problem::unauthorized("the bearer token is not one of this service's tokens")
+            Problem::invalid_token("the bearer token is not one of this service's tokens")
         })
     }
 }

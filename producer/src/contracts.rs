@@ -8,6 +8,7 @@ use std::path::Path;
 
 use jsonschema::Validator;
 use serde_json::Value;
+use warren_core::TaskName;
 use warren_core::message::check_payload;
 
 use crate::problem::Violation;
@@ -72,7 +73,8 @@ impl std::fmt::Debug for Contracts {
 impl Contracts {
     /// Loads every `<task>.schema.json` in `dir`. A file that is not JSON or not a valid
     /// schema is an error naming it: a broken contract must stop the start, not let every
-    /// payload through.
+    /// payload through. So is a file whose name is not a task name's: no request could use
+    /// its contract, and the mistake would only show as "unknown task" answers.
     pub fn load(dir: &Path, allow_unknown: bool) -> Result<Self, String> {
         let entries = std::fs::read_dir(dir).map_err(|e| {
             format!(
@@ -85,13 +87,29 @@ impl Contracts {
             let path = entry
                 .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
                 .path();
-            let Some(task) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(SUFFIX))
-            else {
+            let Some(file_name) = path.file_name() else {
                 continue;
             };
+            let Some(task) = file_name.to_str() else {
+                if file_name.to_string_lossy().ends_with(SUFFIX) {
+                    return Err(format!(
+                        "{}: the file name is not UTF-8, so it names no task; a contract is \
+                         <task>.schema.json",
+                        path.display()
+                    ));
+                }
+                continue;
+            };
+            let Some(task) = task.strip_suffix(SUFFIX) else {
+                continue;
+            };
+            check_task_name(task).map_err(|reason| {
+                format!(
+                    "{}: `{task}` is not a task name ({reason}), so no request could use this \
+                     contract; name the file <task>.schema.json after a valid task name",
+                    path.display()
+                )
+            })?;
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             let schema: Value = serde_json::from_str(&text)
@@ -114,6 +132,8 @@ impl Contracts {
         let schemas = schemas
             .into_iter()
             .map(|(task, schema)| {
+                check_task_name(&task)
+                    .map_err(|reason| format!("`{task}` is not a task name: {reason}"))?;
                 Contract::compile(&schema)
                     .map(|c| (task.clone(), c))
                     .map_err(|e| format!("schema of `{task}`: {e}"))
@@ -137,7 +157,15 @@ impl Contracts {
     pub fn check(&self, task: &str, payload: Payload<'_>, at: &str) -> Result<(), Vec<Violation>> {
         let Some(contract) = self.schemas.get(task) else {
             if self.allow_unknown {
+                // The enqueue checks the name, with every other option of the job.
                 return Ok(());
+            }
+            // A name that no task can have is answered with the rule it breaks, worded as
+            // the enqueue's own check words it, rather than as a contract to add. The check
+            // runs only on a miss: every name in the registry was checked when it was loaded,
+            // so a name found there is valid, and a good job pays for no second check.
+            if let Err(reason) = check_task_name(task) {
+                return Err(vec![Violation::new(pointer(at, "task"), reason)]);
             }
             return Err(vec![Violation::new(
                 pointer(at, "task"),
@@ -181,6 +209,11 @@ impl Contracts {
             .collect();
         Err(violations)
     }
+}
+
+/// Whether `task` is a valid task name; if not, the rule it breaks.
+fn check_task_name(task: &str) -> Result<(), &'static str> {
+    TaskName::new(task).map(drop).map_err(|e| e.reason)
 }
 
 #[cfg(test)]

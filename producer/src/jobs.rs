@@ -4,8 +4,9 @@ use std::fmt::Write as _;
 
 use axum::Json;
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde::Serialize;
@@ -350,6 +351,18 @@ async fn post_batch_inner(
 ) -> Result<BatchAnswer, Problem> {
     let caller = s.tokens.authenticate(headers)?;
     record_caller(&caller);
+    // One header cannot key many jobs; ignoring it would make a retried batch a second set
+    // of jobs while the caller believes it keyed them. Refused before the body is read, as it
+    // is wrong whatever the body holds.
+    if headers.contains_key(IDEMPOTENCY_KEY) {
+        return Err(one_violation(
+            "",
+            "the Idempotency-Key header applies to POST /v1/jobs only; in a batch each job \
+             takes its own `idempotency_key` field in the body: send the keys there and the \
+             batch without the header"
+                .to_owned(),
+        ));
+    }
     let bytes = read_body(headers, body, s.limits.max_body_bytes).await?;
     let max = s.limits.max_batch;
     // As for one job: the fast path when every job reads straight into its fields, else the
@@ -511,13 +524,25 @@ async fn find_job(
     Ok((store, record))
 }
 
+/// The `{id}` segment of a job route (`/v1/jobs/{id}...`) as text. A segment that does not
+/// percent-decode to UTF-8 is kept as it was sent: it is no more a job id than any other text
+/// that is not a UUID, and is answered the same way (404), rather than with the path
+/// extractor's bare 400.
+fn id_text(id: Result<Path<String>, PathRejection>, uri: &Uri) -> String {
+    match id {
+        Ok(Path(id)) => id,
+        Err(_) => uri.path().split('/').nth(3).unwrap_or_default().to_owned(),
+    }
+}
+
 /// `GET /v1/jobs/{id}`.
 pub(crate) async fn get_job(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    match find_job(&s, &headers, &id).await {
+    match find_job(&s, &headers, &id_text(id, &uri)).await {
         Ok((_, record)) => Json(record).into_response(),
         Err(p) => p.into_response(),
     }
@@ -539,10 +564,11 @@ pub struct Cancelled {
 /// `POST /v1/jobs/{id}/cancel`.
 pub(crate) async fn cancel_job(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let (store, record) = match find_job(&s, &headers, &id).await {
+    let (store, record) = match find_job(&s, &headers, &id_text(id, &uri)).await {
         Ok(found) => found,
         Err(p) => return p.into_response(),
     };

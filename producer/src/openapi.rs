@@ -34,6 +34,15 @@ fn unavailable() -> Value {
     p
 }
 
+fn unauthorized() -> Value {
+    let mut p = problem("no, malformed or unknown bearer token");
+    p["headers"] = json!({ "WWW-Authenticate": {
+        "description": "`Bearer realm=\"warren\"`, with `error=\"invalid_token\"` when the token is not one of the service's (RFC 6750)",
+        "schema": { "type": "string" }
+    } });
+    p
+}
+
 fn job_id_parameter() -> Value {
     json!([{ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } }])
 }
@@ -41,7 +50,7 @@ fn job_id_parameter() -> Value {
 /// The description of one route.
 fn operation(method: &str, path: &str, limits: &Limits) -> Value {
     let auth_errors = |mut responses: Value| {
-        responses["401"] = problem("no, malformed or unknown bearer token");
+        responses["401"] = unauthorized();
         responses["403"] = problem("the token may not use this task");
         responses
     };
@@ -73,15 +82,24 @@ fn operation(method: &str, path: &str, limits: &Limits) -> Value {
                 "202": { "description": "accepted", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Accepted" } } } }
             })))
         }),
-        ("POST", "/v1/jobs/batch") => json!({
-            "operationId": "enqueueBatch",
-            "summary": format!("Enqueue up to {} jobs with pipelined confirms; one result per job, in order", limits.max_batch),
-            "security": [{ "bearer": [] }],
-            "requestBody": json_body("Batch"),
-            "responses": body_errors(auth_errors(json!({
+        ("POST", "/v1/jobs/batch") => {
+            let mut responses = body_errors(auth_errors(json!({
                 "200": { "description": "every job's result, in the order sent", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/BatchAnswer" } } } }
-            })))
-        }),
+            })));
+            // Each job's own 422 is a result of the 200; the batch's is about the request.
+            responses["422"] = problem(&format!(
+                "the body is not a batch of 1 to {} jobs, or the request carries an \
+                 Idempotency-Key header (each job of a batch takes its own `idempotency_key`)",
+                limits.max_batch
+            ));
+            json!({
+                "operationId": "enqueueBatch",
+                "summary": format!("Enqueue up to {} jobs with pipelined confirms; one result per job, in order", limits.max_batch),
+                "security": [{ "bearer": [] }],
+                "requestBody": json_body("Batch"),
+                "responses": responses
+            })
+        }
         ("GET", "/v1/jobs/{id}") => json!({
             "operationId": "getJob",
             "summary": "A job's state, attempts, timings, result and errors",
@@ -89,7 +107,7 @@ fn operation(method: &str, path: &str, limits: &Limits) -> Value {
             "parameters": job_id_parameter(),
             "responses": auth_errors(json!({
                 "200": { "description": "the job's record", "content": { "application/json": { "schema": { "type": "object" } } } },
-                "404": problem("no such job (a job published at once has no row until a worker starts it)"),
+                "404": problem("not a job id, or no such job (a job published at once has no row until a worker starts it)"),
                 "503": unavailable()
             }))
         }),
@@ -101,7 +119,7 @@ fn operation(method: &str, path: &str, limits: &Limits) -> Value {
             "responses": auth_errors(json!({
                 "200": { "description": "cancelled; it will never run", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Cancelled" } } } },
                 "202": { "description": "running; its worker was told to stop it", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Cancelled" } } } },
-                "404": problem("no such job"),
+                "404": problem("not a job id, or no such job"),
                 "409": problem("the job has already finished"),
                 "503": unavailable()
             }))

@@ -11,6 +11,15 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 /// Seconds a client is told to wait after a 503 before trying again.
 pub const RETRY_AFTER_SECS: u64 = 5;
 
+/// The `WWW-Authenticate` challenge of a 401 for missing or malformed credentials. RFC 6750
+/// (section 3) asks every 401 to carry one, and a request without credentials to get no
+/// error code in it.
+pub const BEARER_CHALLENGE: &str = "Bearer realm=\"warren\"";
+
+/// The `WWW-Authenticate` challenge of a 401 for a bearer token that is not recognised
+/// (RFC 6750, section 3.1).
+pub const INVALID_TOKEN_CHALLENGE: &str = "Bearer realm=\"warren\", error=\"invalid_token\"";
+
 /// One thing wrong with a request body, and where.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Violation {
@@ -45,6 +54,10 @@ pub struct Problem {
     /// For bad jobs: each violation with its JSON pointer.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<Violation>,
+    /// For a 401, the `WWW-Authenticate` challenge to answer with: a header, not part of the
+    /// body. `None` answers a 401 with [`BEARER_CHALLENGE`].
+    #[serde(skip)]
+    challenge: Option<&'static str>,
 }
 
 impl Problem {
@@ -55,6 +68,7 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             errors: Vec::new(),
+            challenge: None,
         }
     }
 
@@ -68,7 +82,8 @@ impl Problem {
         )
     }
 
-    /// 401: no bearer token, or one that is not in the tokens file.
+    /// 401: no bearer token, or an `Authorization` header that is not `Bearer <token>`.
+    /// Answered with `WWW-Authenticate: Bearer realm="warren"`.
     pub fn unauthorized(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
@@ -76,6 +91,14 @@ impl Problem {
             "Unauthorized",
             detail,
         )
+    }
+
+    /// 401: a bearer token that is not in the tokens file. Answered with
+    /// `WWW-Authenticate: Bearer realm="warren", error="invalid_token"`.
+    pub fn invalid_token(detail: impl Into<String>) -> Self {
+        let mut p = Self::unauthorized(detail);
+        p.challenge = Some(INVALID_TOKEN_CHALLENGE);
+        p
     }
 
     /// 403: the token may not use this task.
@@ -175,6 +198,14 @@ impl IntoResponse for Problem {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        // Every 401, whichever way it was made, tells the client how to authenticate.
+        if status == StatusCode::UNAUTHORIZED {
+            let challenge = self.challenge.unwrap_or(BEARER_CHALLENGE);
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
         }
         response
     }
