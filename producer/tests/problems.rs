@@ -226,3 +226,38 @@ async fn a_payload_postgres_cannot_store_is_refused_alone() -> anyhow::Result<()
     );
     env.cleanup().await
 }
+
+/// A delayed job for a queue RabbitMQ does not have is a 422 at `/queue`, as an immediate one
+/// is, with or without a database: it used to be accepted and then wait `scheduled` for ever.
+#[tokio::test]
+async fn a_delayed_job_for_a_missing_queue_is_refused() -> anyhow::Result<()> {
+    let env = TestEnv::new(&["default"]).await?;
+    for with_store in [true, false] {
+        let a = app(
+            &env,
+            Options {
+                with_store,
+                ..Options::default()
+            },
+        )
+        .await?;
+        for when in [json!({"delay": "1s"}), json!({})] {
+            let mut job = json!({"task": "warren.echo", "payload": 1, "queue": "nosuch"});
+            if let (Some(job), Some(when)) = (job.as_object_mut(), when.as_object()) {
+                job.extend(when.clone());
+            }
+            let answer = post(&a.router, "/v1/jobs", &a.all, &job).await;
+            let violation = only_violation(&answer);
+            assert_eq!(violation["pointer"], "/queue", "{:#}", answer.body);
+            assert!(
+                violation["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("warren queues declare nosuch")),
+                "{:#}",
+                answer.body
+            );
+        }
+    }
+    assert!(env.store.state_counts(None).await?.is_empty());
+    env.cleanup().await
+}

@@ -93,6 +93,56 @@ async fn unroutable_enqueue_fails_and_records_nothing() -> anyhow::Result<()> {
         env.store.state_counts(None).await?.is_empty(),
         "nothing recorded"
     );
+
+    // A job kept in Postgres first (delayed, in a transaction, or sent through the intake
+    // queue) is refused the same way, instead of waiting `scheduled` for a queue no promoter
+    // can publish it to.
+    let stored = Client::from_broker(env.broker.clone())
+        .await?
+        .with_store(env.store.clone());
+    let later = |queue: &str| {
+        NewJob::new("warren.noop", &json!({}))
+            .queue(queue)
+            .delay(Duration::from_secs(60))
+    };
+    let unroutable = |e: &warren_client::Error| {
+        let msg = e.to_string();
+        msg.contains("unroutable") && msg.contains("missing-later")
+    };
+    for client in [&client, &stored] {
+        let err = client
+            .enqueue(later("missing-later"))
+            .await
+            .expect_err("a delayed job for a missing queue must fail");
+        assert!(unroutable(&err), "{err}");
+    }
+    let outcomes = stored
+        .enqueue_many(vec![
+            later("default"),
+            later("missing-later"),
+            later("missing-later"),
+        ])
+        .await;
+    assert!(outcomes[0].is_ok(), "{outcomes:?}");
+    assert!(
+        outcomes[1..]
+            .iter()
+            .all(|o| o.as_ref().is_err_and(unroutable)),
+        "{outcomes:?}"
+    );
+    let mut tx = env.store.begin().await?;
+    let err = stored
+        .enqueue_tx(&mut tx, later("missing-later"))
+        .await
+        .expect_err("a transactional job for a missing queue must fail");
+    assert!(unroutable(&err), "{err}");
+    drop(tx);
+    let counts = env.store.state_counts(None).await?;
+    assert_eq!(
+        counts.iter().map(|c| c.count).sum::<i64>(),
+        1,
+        "only the routable delayed job: {counts:?}"
+    );
     env.cleanup().await
 }
 

@@ -14,7 +14,8 @@
 
 #![warn(missing_docs)]
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -465,6 +466,9 @@ pub struct Client {
     store: Option<Store>,
     /// Whether keyed jobs go through the store; see [`Client::keyed_through_store`].
     keyed_through_store: bool,
+    /// Queues seen to exist in RabbitMQ, so that a job kept in Postgres first is checked
+    /// against its queue once per queue, not once per job; see [`Client::check_queue`].
+    known_queues: Arc<Mutex<HashSet<QueueName>>>,
 }
 
 impl Client {
@@ -482,6 +486,7 @@ impl Client {
             publisher,
             store: None,
             keyed_through_store: false,
+            known_queues: Arc::default(),
         })
     }
 
@@ -528,7 +533,10 @@ impl Client {
     ///
     /// A job with a delay in the future waits in Postgres: a client with a store writes the
     /// `scheduled` row itself and returns once it is committed; a broker-only client publishes
-    /// it to the intake queue, and a worker writes the row before acking it.
+    /// it to the intake queue, and a worker writes the row before acking it. Either way its
+    /// queue must exist in RabbitMQ now, as an immediate job's must: otherwise the job is
+    /// refused as unroutable ([`warren_broker::Error::Unroutable`]) rather than kept for a
+    /// queue no promoter can publish to.
     ///
     /// Idempotency keys: when a client with a store writes a delayed job whose key another
     /// live or succeeded job holds, nothing is added and *that* job's id is returned. To tell
@@ -564,7 +572,44 @@ impl Client {
         Ok(job.message.id)
     }
 
+    /// Refuses a job kept in Postgres first (delayed, keyed, or in a transaction) whose queue
+    /// RabbitMQ does not have, as its publish would be refused as unroutable if it were sent
+    /// now. Otherwise it is accepted, and then waits `scheduled` forever while the promoter
+    /// fails to publish it. Queues seen once are not asked again: a queue is not deleted
+    /// under running workers (if it is, the promoter keeps the job until it is back).
+    async fn check_queue(&self, job: &Checked) -> Result<(), Error> {
+        let known = |queues: &HashSet<QueueName>| queues.contains(&job.queue);
+        if known(
+            &self
+                .known_queues
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        ) {
+            return Ok(());
+        }
+        match self.broker.queue_depth(&job.queue).await? {
+            Some(_) => {
+                self.known_queues
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(job.queue.clone());
+                Ok(())
+            }
+            None => Err(self.unroutable(job)),
+        }
+    }
+
+    /// The error of a job whose queue RabbitMQ does not have, as a publish would say it.
+    fn unroutable(&self, job: &Checked) -> Error {
+        Error::Broker(warren_broker::Error::Unroutable {
+            job: job.message.id.to_string(),
+            queue: job.queue.to_string(),
+            exchange: self.broker.topology().work_exchange(),
+        })
+    }
+
     async fn enqueue_delayed(&self, job: Checked) -> Result<JobId, Error> {
+        self.check_queue(&job).await?;
         if let Some(store) = &self.store {
             let row = job.into_scheduled();
             let ids = store.schedule(std::slice::from_ref(&row)).await?;
@@ -589,7 +634,9 @@ impl Client {
         tx: &mut PgTransaction<'_>,
         job: impl IntoJob,
     ) -> Result<JobId, Error> {
-        let row = job.into_job().check()?.into_scheduled();
+        let job = job.into_job().check()?;
+        self.check_queue(&job).await?;
+        let row = job.into_scheduled();
         let ids = warren_store::schedule_in(tx, std::slice::from_ref(&row)).await?;
         Ok(ids.first().copied().unwrap_or(row.id))
     }
@@ -608,17 +655,38 @@ impl Client {
         let mut scheduled: Vec<(usize, ScheduledJob)> = Vec::new();
         let mut intake: Vec<(usize, Checked)> = Vec::new();
         let mut immediate: Vec<(usize, QueueName, JobId, RawMessage)> = Vec::new();
+        let mut to_rows: Vec<(usize, Checked)> = Vec::new();
         for (i, job) in jobs.into_iter().enumerate() {
             results.push(None);
             match job.into_job().check() {
                 Err(e) => results[i] = Some(Err(e)),
                 Ok(job) if self.goes_to_rows(&job, now) && self.store.is_some() => {
-                    scheduled.push((i, job.into_scheduled()));
+                    to_rows.push((i, job));
                 }
                 Ok(job) if job.is_delayed(now) => intake.push((i, job)),
                 Ok(job) => {
                     let raw = job.message.encode();
                     immediate.push((i, job.queue, job.message.id, raw));
+                }
+            }
+        }
+        // Checked after the loop, which holds the caller's iterator: awaiting inside it would
+        // make this future's `Send` depend on that iterator's closures.
+        let mut missing: HashSet<QueueName> = HashSet::new();
+        for (i, job) in to_rows {
+            // A queue found missing is not asked about again for each of its jobs.
+            let checked = if missing.contains(&job.queue) {
+                Err(self.unroutable(&job))
+            } else {
+                self.check_queue(&job).await
+            };
+            match checked {
+                Ok(()) => scheduled.push((i, job.into_scheduled())),
+                Err(e) => {
+                    if matches!(e, Error::Broker(warren_broker::Error::Unroutable { .. })) {
+                        missing.insert(job.queue.clone());
+                    }
+                    results[i] = Some(Err(e));
                 }
             }
         }
