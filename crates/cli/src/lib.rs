@@ -140,9 +140,22 @@ pub enum Command {
 }
 
 /// An error as `warren` prints it: the chain on one line, with any control characters from job
-/// data escaped so that they cannot drive the terminal.
+/// data escaped so that they cannot drive the terminal. A cause that the text so far already
+/// ends with is left out: some errors (lapin's) print their source in their own message and
+/// return it as their source too, which would say it twice.
 pub fn error_text(error: &anyhow::Error) -> String {
-    output::printable_text(&format!("{error:#}")).into_owned()
+    let mut text = String::new();
+    for cause in error.chain() {
+        let said = cause.to_string();
+        if text.ends_with(&said) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&said);
+    }
+    output::printable_text(&text).into_owned()
 }
 
 /// Runs one command. Its output goes to stdout; an error is returned for the caller to print
@@ -180,6 +193,22 @@ mod tests {
     use clap::CommandFactory;
 
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("protocol error: {0}")]
+    struct Repeats(#[source] std::io::Error);
+
+    #[test]
+    fn a_cause_already_said_is_not_said_again() {
+        let e = anyhow::Error::new(Repeats(std::io::Error::other("ACCESS_REFUSED")))
+            .context("connecting to RabbitMQ");
+        assert_eq!(
+            error_text(&e),
+            "connecting to RabbitMQ: protocol error: ACCESS_REFUSED"
+        );
+        let e = anyhow::Error::new(std::io::Error::other("refused\u{1b}[2J")).context("step");
+        assert_eq!(error_text(&e), "step: refused\\u{1b}[2J");
+    }
 
     #[test]
     fn the_command_line_is_consistent() {

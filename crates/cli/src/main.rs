@@ -45,14 +45,16 @@ fn say(text: &str) {
 
 /// Logs go to stderr so they never mix with output meant for pipes (held back while `warren
 /// top` draws, so they cannot tear its screen); only warnings by default,
-/// since the commands report their own results. lapin is held to errors: it warns about every
-/// returned (unroutable) message with a full dump of it, which the command already reports as
-/// its error, once and readably. `RUST_LOG` overrides both.
+/// since the commands report their own results. lapin is silenced: it warns about every
+/// returned (unroutable) message with a full dump of it, and logs a refused login or a lost
+/// connection as errors, all of which the command reports as its own error, once and
+/// readably. Colours only on a terminal. `RUST_LOG` overrides the levels.
 fn init_tracing() {
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,lapin=error"));
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,lapin=off"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(warren_cli::log_writer)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }

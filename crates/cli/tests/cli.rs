@@ -401,6 +401,12 @@ async fn jobs_are_cancelled_and_retried_from_the_command_line() -> anyhow::Resul
             a_dead_job_is_retried(env).await?;
             let unknown = warren(env, &["jobs", "retry", &JobId::new().to_string()]).await?;
             ensure!(unknown.code == Some(3), "{unknown:?}");
+            // The hint is a retry's, not a cancel's.
+            ensure!(
+                unknown.stderr.contains("only a dead job can be retried")
+                    && !unknown.stderr.contains("cancelled"),
+                "{unknown:?}"
+            );
             Ok(())
         })
         .await

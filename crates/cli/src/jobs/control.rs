@@ -101,10 +101,16 @@ fn one_or_bulk(
 #[error("{0}")]
 pub struct Refused(pub String);
 
-fn not_found(id: JobId) -> anyhow::Error {
+/// `id` has no row. What that can mean depends on the action: a queued job gets its row when
+/// a worker takes it, which lets a cancel through; a retry only ever applies to a dead job.
+fn not_found(id: JobId, action: Action) -> anyhow::Error {
+    let hint = match action {
+        Action::Cancel => "it can be cancelled once it is running",
+        Action::Retry => "only a dead job can be retried",
+    };
     NotFound(format!(
         "no job {id} in the database (a job still queued on the hot path has no row until a \
-         worker takes it; it can be cancelled once it is running)"
+         worker takes it; {hint})"
     ))
     .into()
 }
@@ -137,7 +143,7 @@ pub(super) async fn cancel(args: CancelArgs, connection: &ConnectionArgs) -> any
     store.close().await;
     let outcome = outcome.with_context(|| format!("cancelling job {id}"))?;
     let text = match &outcome {
-        CancelOutcome::NotFound => return Err(not_found(id)),
+        CancelOutcome::NotFound => return Err(not_found(id, Action::Cancel)),
         CancelOutcome::AlreadyFinal { state } => {
             return Err(Refused(format!(
                 "job {} is already {state}; there is nothing to cancel",
@@ -172,7 +178,7 @@ pub(super) async fn retry(args: RetryArgs, connection: &ConnectionArgs) -> anyho
     store.close().await;
     let outcome = outcome.with_context(|| format!("retrying job {id}"))?;
     let text = match &outcome {
-        RetryOutcome::NotFound => return Err(not_found(id)),
+        RetryOutcome::NotFound => return Err(not_found(id, Action::Retry)),
         RetryOutcome::NotRetryable { state } => {
             return Err(Refused(format!(
                 "job {} is {state}; only dead, cancelled or scheduled jobs can be retried",
