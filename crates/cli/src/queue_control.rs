@@ -70,6 +70,10 @@ struct Paused {
     paused: bool,
     /// False when the queue already was in the state asked for.
     changed: bool,
+    /// Whether any job, worker or earlier pause named the queue before this command: a
+    /// pause of a queue nothing knows is kept (workers started later honour it), but is
+    /// likely a typo, and the text says how to undo it.
+    known: bool,
 }
 
 /// What `queues purge` did.
@@ -104,28 +108,48 @@ pub(crate) async fn pause(
         "queues resume"
     };
     let store = connection.store(command).await?;
-    let changed = if pause {
-        store
-            .pause_queue(args.queue.as_str(), &actor(&args.by))
+    let done = async {
+        let known = store
+            .queue_counts()
             .await
-    } else {
-        store.resume_queue(args.queue.as_str()).await
-    };
+            .context("reading the queues Postgres knows")?
+            .iter()
+            .any(|c| c.queue == args.queue.as_str());
+        let changed = if pause {
+            store
+                .pause_queue(args.queue.as_str(), &actor(&args.by))
+                .await
+        } else {
+            store.resume_queue(args.queue.as_str()).await
+        };
+        anyhow::Ok((known, changed?))
+    }
+    .await;
     store.close().await;
-    let changed = changed.with_context(|| format!("{command} {}", args.queue))?;
+    let (known, changed) = done.with_context(|| format!("{command} {}", args.queue))?;
     let result = Paused {
         queue: args.queue.to_string(),
         paused: pause,
         changed,
+        known,
     };
     if args.json {
         return emit_json(&result);
     }
     let q = &result.queue;
+    let unknown = if known {
+        String::new()
+    } else {
+        format!(
+            "note: no job, worker or pause has named queue `{q}` in namespace `{}`: check the \
+             name; the pause holds for workers started later\n",
+            connection.namespace
+        )
+    };
     emit(&match (pause, changed) {
         (true, true) => format!(
             "paused queue `{q}`: workers take no new jobs from it (within about a second); its \
-             jobs wait in RabbitMQ\nresume with: warren queues resume {q}\n"
+             jobs wait in RabbitMQ\n{unknown}resume with: warren queues resume {q}\n"
         ),
         (true, false) => format!("queue `{q}` was already paused\n"),
         (false, true) => format!("resumed queue `{q}`: workers take its jobs again\n"),

@@ -102,10 +102,30 @@ async fn a_paused_queue_waits_across_the_fleet_and_runs_after_resume() -> anyhow
         let run = warren(env, &["queues", "pause", "default"]).await?;
         ensure!(run.code == Some(0), "{run:?}");
         ensure!(run.stdout.contains("paused queue `default`"), "{run:?}");
+        // A worker serves `default`: no note.
+        ensure!(!run.stdout.contains("note:"), "{run:?}");
         let again = warren(env, &["queues", "pause", "default", "--json"]).await?;
         ensure!(
-            again.json()? == json!({"queue": "default", "paused": true, "changed": false}),
+            again.json()?
+                == json!({"queue": "default", "paused": true, "changed": false, "known": true}),
             "{again:?}"
+        );
+        // A name nothing knows is paused (a worker started later honours it), but said to be
+        // unknown, in case it is a typo.
+        let typo = warren(env, &["queues", "pause", "defualt"]).await?;
+        ensure!(
+            typo.code == Some(0)
+                && typo
+                    .stdout
+                    .contains("note: no job, worker or pause has named queue `defualt`")
+                && typo.stdout.contains("warren queues resume defualt"),
+            "{typo:?}"
+        );
+        let undone = warren(env, &["queues", "resume", "defualt", "--json"]).await?;
+        ensure!(
+            undone.json()?
+                == json!({"queue": "defualt", "paused": false, "changed": true, "known": true}),
+            "{undone:?}"
         );
         let mut second = WorkerProcess::spawn(env, "b", &["--concurrency", "2"])?;
         wait_workers(env, 2).await?;
