@@ -20,7 +20,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::problem::{Problem, RETRY_AFTER_SECS, Violation};
 use crate::request::{
-    JobRequest, Payload, When, WireBatch, WireJob, parse_json, pointer, read_body,
+    Deadline, JobRequest, Payload, When, WireBatch, WireJob, parse_json, pointer, read_body,
 };
 use crate::telemetry::{self, JobOutcome};
 
@@ -46,6 +46,9 @@ struct Prepared {
     id: JobId,
     /// Whether it waits in Postgres rather than being published now.
     to_rows: bool,
+    /// Whether its idempotency key came from the `Idempotency-Key` header rather than the
+    /// body, so that a problem with the key names the header.
+    key_from_header: bool,
 }
 
 impl AppState {
@@ -86,6 +89,7 @@ impl AppState {
         self.contracts
             .check(request.task, request.payload, at)
             .map_err(|v| invalid_job(at, v))?;
+        let key_from_header = request.idempotency_key.is_none() && header_key.is_some();
         let key = match (request.idempotency_key, header_key) {
             (Some(body), Some(header)) if body != header.as_str() => {
                 return Err(invalid_job(
@@ -130,7 +134,12 @@ impl AppState {
         // The options `warren_client` checks (task and queue names, attempts, timeout, key,
         // times) are checked once, by the enqueue itself: its `Error::Invalid` becomes the
         // same 422 with the same pointers (`enqueue_failed`), per job in a batch.
-        Ok(Prepared { job, id, to_rows })
+        Ok(Prepared {
+            job,
+            id,
+            to_rows,
+            key_from_header,
+        })
     }
 
     /// The answer for an enqueue that returned `id`.
@@ -168,6 +177,9 @@ fn field_of(field: &'static str) -> &'static str {
     }
 }
 
+/// A 422 for the job at `at`, its detail listing each violation. A violation of the job as a
+/// whole (its pointer is `at`, such as a job that is not an object) is listed without its
+/// pointer, which the detail has already named, or, for `""`, would print as nothing.
 fn invalid_job(at: &str, violations: Vec<Violation>) -> Problem {
     telemetry::job(JobOutcome::Refused);
     let place = if at.is_empty() {
@@ -179,20 +191,58 @@ fn invalid_job(at: &str, violations: Vec<Violation>) -> Problem {
         "{place} is not acceptable: {}",
         violations
             .iter()
-            .map(|v| format!("{}: {}", v.pointer, v.detail))
+            .map(|v| if v.pointer == at {
+                v.detail.clone()
+            } else {
+                format!("{}: {}", v.pointer, v.detail)
+            })
             .collect::<Vec<_>>()
             .join("; ")
     );
     Problem::invalid(detail, violations)
 }
 
-/// The problem for an enqueue that failed, for the job at `at`.
-fn enqueue_failed(e: &warren_client::Error, at: &str) -> Problem {
+/// A violation of the key sent in the `Idempotency-Key` header. Its pointer is the body field
+/// the header stands in for, as for every problem with the key; the detail names the header,
+/// since the body holds no such field.
+fn header_key_violation(detail: &str) -> Violation {
+    Violation::new(
+        "/idempotency_key",
+        format!("the Idempotency-Key header: {detail}"),
+    )
+}
+
+/// The key sent in the `Idempotency-Key` header, if any. Given twice it is refused rather
+/// than either copy being used silently: the two may name different keys.
+fn header_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let refused = |detail| invalid_job("", vec![header_key_violation(detail)]);
+    if values.next().is_some() {
+        return Err(refused(
+            "given more than once; send one Idempotency-Key header with one key",
+        ));
+    }
+    // Its length and characters are checked with the body's key, by the enqueue.
+    let key = value
+        .to_str()
+        .map_err(|_| refused("must be visible ASCII"))?;
+    Ok(Some(key.to_owned()))
+}
+
+/// The problem for an enqueue that failed, for the job at `at`; `key_from_header` when the
+/// job's idempotency key was the `Idempotency-Key` header's.
+fn enqueue_failed(e: &warren_client::Error, at: &str, key_from_header: bool) -> Problem {
     match e {
         warren_client::Error::Invalid { problems, .. } => {
             let v = problems
                 .iter()
-                .map(|p| Violation::new(pointer(at, field_of(p.field)), p.text.clone()))
+                .map(|p| match p.field {
+                    "idempotency_key" if key_from_header => header_key_violation(&p.text),
+                    field => Violation::new(pointer(at, field_of(field)), p.text.clone()),
+                })
                 .collect();
             invalid_job(at, v)
         }
@@ -235,7 +285,8 @@ fn trace_context(headers: &HeaderMap) -> Option<(String, Option<String>)> {
 /// headers.
 pub(crate) async fn post_job(State(s): State<AppState>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    match post_job_inner(&s, &parts.headers, body).await {
+    let deadline = parts.extensions.get::<Deadline>().copied();
+    match post_job_inner(&s, &parts.headers, body, deadline).await {
         Ok(accepted) => (StatusCode::ACCEPTED, Json(accepted)).into_response(),
         Err(p) => p.into_response(),
     }
@@ -245,10 +296,11 @@ async fn post_job_inner(
     s: &AppState,
     headers: &HeaderMap,
     body: Body,
+    deadline: Option<Deadline>,
 ) -> Result<Accepted, Problem> {
     let caller = s.tokens.authenticate(headers)?;
     record_caller(&caller);
-    let bytes = read_body(headers, body, s.limits.max_body_bytes).await?;
+    let bytes = read_body(headers, body, s.limits.max_body_bytes, deadline).await?;
     // The fast path reads a good job straight into its fields; anything else is read again
     // as a tree, which names each mistake.
     let wire = serde_json::from_slice::<WireJob<'_>>(&bytes).ok();
@@ -260,25 +312,14 @@ async fn post_job_inner(
             s.read_job(&caller, &tree, "")?
         }
     };
-    let header_key = match headers.get(IDEMPOTENCY_KEY) {
-        None => None,
-        Some(v) => Some(v.to_str().map(str::to_owned).map_err(|_| {
-            invalid_job(
-                "",
-                vec![Violation::new(
-                    "/idempotency_key",
-                    "the Idempotency-Key header must be visible ASCII",
-                )],
-            )
-        })?),
-    };
+    let header_key = header_key(headers)?;
     let trace = trace_context(headers);
     let p = s.prepare(&caller, request, "", header_key, trace.as_ref())?;
     let id = s
         .client
         .enqueue(p.job)
         .await
-        .map_err(|e| enqueue_failed(&e, ""))?;
+        .map_err(|e| enqueue_failed(&e, "", p.key_from_header))?;
     let accepted = s.accepted(p.id, p.to_rows, id).await;
     tracing::info!(caller = %caller.name, job.id = %accepted.id, state = %accepted.state, "job accepted");
     Ok(accepted)
@@ -329,7 +370,8 @@ pub struct BatchAnswer {
 /// `POST /v1/jobs/batch`.
 pub(crate) async fn post_batch(State(s): State<AppState>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    match post_batch_inner(&s, &parts.headers, body).await {
+    let deadline = parts.extensions.get::<Deadline>().copied();
+    match post_batch_inner(&s, &parts.headers, body, deadline).await {
         Ok(answer) => {
             let retry = answer.results.iter().any(|r| r.status == 503);
             let mut response = (StatusCode::OK, Json(answer)).into_response();
@@ -348,6 +390,7 @@ async fn post_batch_inner(
     s: &AppState,
     headers: &HeaderMap,
     body: Body,
+    deadline: Option<Deadline>,
 ) -> Result<BatchAnswer, Problem> {
     let caller = s.tokens.authenticate(headers)?;
     record_caller(&caller);
@@ -363,7 +406,7 @@ async fn post_batch_inner(
                 .to_owned(),
         ));
     }
-    let bytes = read_body(headers, body, s.limits.max_body_bytes).await?;
+    let bytes = read_body(headers, body, s.limits.max_body_bytes, deadline).await?;
     let max = s.limits.max_batch;
     // As for one job: the fast path when every job reads straight into its fields, else the
     // whole batch as a tree.
@@ -423,7 +466,8 @@ async fn post_batch_inner(
                     problem: None,
                 }
             }
-            Err(e) => BatchItem::refused(enqueue_failed(&e, &format!("/jobs/{i}"))),
+            // A batch takes no Idempotency-Key header: every key is a job's field.
+            Err(e) => BatchItem::refused(enqueue_failed(&e, &format!("/jobs/{i}"), false)),
         });
     }
     let results: Vec<BatchItem> = results

@@ -31,7 +31,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use serde_json::json;
@@ -39,7 +39,6 @@ use tower::ServiceBuilder;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use warren_client::{Broker, Client, Store};
 
@@ -56,7 +55,8 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Most jobs in one batch; more get 422.
     pub max_batch: usize,
-    /// Longest a request may take; a slower one gets 503 (its job, if any, is not accepted).
+    /// Longest a request may take; a slower one gets 503 (its job, if any, is not accepted),
+    /// or 408 when its body had not arrived in full by then.
     pub request_timeout: Duration,
 }
 
@@ -231,14 +231,9 @@ pub fn router(state: AppState) -> Router {
                 caller = tracing::field::Empty,
             )
         }))
-        // Outside the timeout, so that its answer is made problem+json and counted too.
-        .layer(edge::AnswerLayer)
-        // A request that outlives its timeout is waiting on RabbitMQ or Postgres: 503, like
-        // any other unavailability, so that clients retry it the same way.
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            timeout,
-        ))
+        // It applies the request timeout too, so that a timed-out request is answered
+        // problem+json and counted like any other (`edge` says why it is not tower-http's).
+        .layer(edge::AnswerLayer { timeout })
         .service(routes);
     Router::new().fallback_service(service)
 }

@@ -2,6 +2,7 @@
 //! a route cannot be added without its description (a test checks both ways).
 
 use serde_json::{Value, json};
+use warren_core::message::MAX_IDEMPOTENCY_KEY_LEN;
 
 use crate::contracts::Contracts;
 use crate::{Limits, ROUTES};
@@ -56,11 +57,26 @@ fn operation(method: &str, path: &str, limits: &Limits) -> Value {
     };
     let body_errors = |mut responses: Value| {
         responses["400"] = problem("the body is not JSON");
+        let mut timeout = problem(&format!(
+            "the body did not arrive in full within {:?}, the request timeout; the connection \
+             is closed",
+            limits.request_timeout
+        ));
+        timeout["headers"] = json!({ "Connection": { "schema": { "const": "close" } } });
+        responses["408"] = timeout;
         responses["413"] = problem(&format!(
             "the body is larger than {} bytes",
             limits.max_body_bytes
         ));
-        responses["415"] = problem("the body is not sent as application/json");
+        let mut media = problem(
+            "the body is not sent as application/json, or is sent with a content coding \
+             (a Content-Encoding other than identity): send it uncompressed",
+        );
+        media["headers"] = json!({ "Accept-Encoding": {
+            "description": "`identity`, when a content coding was refused (RFC 9110, section 15.5.16)",
+            "schema": { "type": "string" }
+        } });
+        responses["415"] = media;
         responses["422"] = problem(
             "the job breaks its task's schema or has a bad option; `errors` lists each violation's JSON pointer",
         );
@@ -74,7 +90,7 @@ fn operation(method: &str, path: &str, limits: &Limits) -> Value {
             "summary": "Enqueue one job; answered once RabbitMQ confirmed it or its scheduled row committed",
             "security": [{ "bearer": [] }],
             "parameters": [
-                { "name": "Idempotency-Key", "in": "header", "required": false, "schema": { "type": "string", "maxLength": 255 } },
+                { "name": "Idempotency-Key", "in": "header", "required": false, "description": "the job's idempotency key, instead of the body's `idempotency_key`; given once. Its problems are reported at the pointer `/idempotency_key`, the detail naming the header", "schema": { "type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY_LEN } },
                 { "name": "traceparent", "in": "header", "required": false, "schema": { "type": "string" } }
             ],
             "requestBody": json_body("Job"),
@@ -177,7 +193,7 @@ pub fn document(contracts: &Contracts, limits: &Limits) -> Value {
                         "run_at": { "type": "string", "format": "date-time" },
                         "max_attempts": { "type": "integer", "minimum": 1, "maximum": 1000 },
                         "timeout": { "type": "string", "examples": ["30s"] },
-                        "idempotency_key": { "type": "string", "minLength": 1, "maxLength": 255 }
+                        "idempotency_key": { "type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY_LEN }
                     }
                 },
                 "Batch": {

@@ -1,7 +1,9 @@
 //! Every error the service answers with: an RFC 7807 `application/problem+json` body with a
 //! precise `detail`, and for bad jobs the JSON pointer of each violation.
 
-use axum::http::{HeaderValue, StatusCode, header};
+use std::time::Duration;
+
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -19,6 +21,13 @@ pub const BEARER_CHALLENGE: &str = "Bearer realm=\"warren\"";
 /// The `WWW-Authenticate` challenge of a 401 for a bearer token that is not recognised
 /// (RFC 6750, section 3.1).
 pub const INVALID_TOKEN_CHALLENGE: &str = "Bearer realm=\"warren\", error=\"invalid_token\"";
+
+/// The header of a 415 for a content coding: the only coding the service takes is none
+/// (RFC 9110, section 15.5.16).
+static ACCEPT_IDENTITY: (HeaderName, HeaderValue) = (
+    header::ACCEPT_ENCODING,
+    HeaderValue::from_static("identity"),
+);
 
 /// One thing wrong with a request body, and where.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -58,6 +67,11 @@ pub struct Problem {
     /// body. `None` answers a 401 with [`BEARER_CHALLENGE`].
     #[serde(skip)]
     challenge: Option<&'static str>,
+    /// A header to answer with besides those every problem of its status gets (such as
+    /// `Accept-Encoding` for a refused content coding): a header, not part of the body. A
+    /// reference, so that a problem stays small enough to return by value.
+    #[serde(skip)]
+    header: Option<&'static (HeaderName, HeaderValue)>,
 }
 
 impl Problem {
@@ -69,6 +83,7 @@ impl Problem {
             detail: detail.into(),
             errors: Vec::new(),
             challenge: None,
+            header: None,
         }
     }
 
@@ -126,6 +141,26 @@ impl Problem {
         Self::new(StatusCode::CONFLICT, "conflict", "Conflict", detail)
     }
 
+    /// 408: the body did not arrive in full before the request timed out: `received` bytes of
+    /// it had, of the `announced` length when the request declared one. Answered with
+    /// `Connection: close`, since the rest of the body may still be on its way.
+    pub fn body_timeout(timeout: Duration, received: usize, announced: Option<u64>) -> Self {
+        let arrived = match announced {
+            Some(len) => format!("{received} of the {len} bytes its Content-Length announced"),
+            None => format!("{received} bytes of it"),
+        };
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            "Request timeout",
+            format!(
+                "the request body did not arrive in full within {timeout:?}, the request timeout \
+                 of this service (--request-timeout / WARREN_REQUEST_TIMEOUT); {arrived} arrived. \
+                 Nothing was accepted: send the request again with its whole body"
+            ),
+        )
+    }
+
     /// 413: the body is larger than the configured limit.
     pub fn too_large(limit: usize) -> Self {
         Self::new(
@@ -150,6 +185,24 @@ impl Problem {
             "Unsupported media type",
             format!("the body must be JSON sent with `Content-Type: application/json`; got {got}"),
         )
+    }
+
+    /// 415: the body is sent with a content coding (`Content-Encoding` other than
+    /// `identity`), `got`. The service decodes none, so RFC 9110 (sections 8.4.1 and 15.5.16)
+    /// asks for a 415 rather than a failure to parse the coded bytes, with `Accept-Encoding`
+    /// naming the codings it takes: only `identity`.
+    pub fn unsupported_encoding(got: &str) -> Self {
+        let mut p = Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            format!(
+                "the body is sent with `Content-Encoding: {got}`, and this service accepts no \
+                 content codings: send the body uncompressed, without Content-Encoding"
+            ),
+        );
+        p.header = Some(&ACCEPT_IDENTITY);
+        p
     }
 
     /// 422: the job (or batch) is well-formed JSON but not an acceptable job.
@@ -198,6 +251,14 @@ impl IntoResponse for Problem {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        // A 408 leaves the rest of the body unread on the connection: close it rather than
+        // read what follows as the next request (RFC 9110, section 15.5.9).
+        if status == StatusCode::REQUEST_TIMEOUT {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Some((name, value)) = self.header {
+            headers.insert(name.clone(), value.clone());
         }
         // Every 401, whichever way it was made, tells the client how to authenticate.
         if status == StatusCode::UNAUTHORIZED {

@@ -108,20 +108,59 @@ pub struct WireBatch<'a> {
     pub jobs: Vec<WireJob<'a>>,
 }
 
-/// Checks the content type, then reads at most `limit` bytes of `body`.
-pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, Problem> {
+/// When a request times out, as the answer layer ([`crate::router`]) sets it in the request's
+/// extensions: a body still arriving then is answered 408 rather than the 503 of a request
+/// that waited on RabbitMQ or PostgreSQL.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    /// The instant the request times out.
+    pub at: tokio::time::Instant,
+    /// The request timeout it was set from, named in the answer.
+    pub timeout: Duration,
+}
+
+/// Checks the content type and coding, then reads at most `limit` bytes of `body`, all of
+/// them by `deadline` (a 408 otherwise).
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    deadline: Option<Deadline>,
+) -> Result<Vec<u8>, Problem> {
     check_content_type(headers)?;
-    // A declared length over the limit is refused before a byte of the body is read.
-    if let Some(len) = headers
+    check_content_encoding(headers)?;
+    let announced = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        && len > limit as u64
-    {
+        .and_then(|v| v.parse::<u64>().ok());
+    // A declared length over the limit is refused before a byte of the body is read.
+    if announced.is_some_and(|len| len > limit as u64) {
         return Err(Problem::too_large(limit));
     }
-    let mut stream = body.into_data_stream();
     let mut bytes = Vec::new();
+    let Some(deadline) = deadline else {
+        read_all(body, limit, &mut bytes).await?;
+        return Ok(bytes);
+    };
+    // The body's own deadline is the request's, so that a body that never arrives in full
+    // (a Content-Length larger than what is sent, a stalled upload) is answered as the
+    // client's fault, 408, instead of as the services' 503 when the request times out. The
+    // request's timeout polls the handler before its own timer, so at the same instant this
+    // one answers first.
+    let read = tokio::time::timeout_at(deadline.at, read_all(body, limit, &mut bytes)).await;
+    match read {
+        Ok(read) => read.map(|()| bytes),
+        Err(_) => Err(Problem::body_timeout(
+            deadline.timeout,
+            bytes.len(),
+            announced,
+        )),
+    }
+}
+
+/// Reads `body` into `bytes`, refusing it (413) as soon as it passes `limit`.
+async fn read_all(body: Body, limit: usize, bytes: &mut Vec<u8>) -> Result<(), Problem> {
+    let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk
             .map_err(|e| Problem::malformed(format!("the request body could not be read: {e}")))?;
@@ -130,7 +169,7 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
         }
         bytes.extend_from_slice(&chunk);
     }
-    Ok(bytes)
+    Ok(())
 }
 
 /// Parses a body as JSON (the slow path's first step); not JSON is a 400.
@@ -159,6 +198,23 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), Problem> {
     } else {
         Err(Problem::unsupported_media_type(Some(text)))
     }
+}
+
+/// Refuses a body sent with a content coding (RFC 9110, section 8.4.1): the service decodes
+/// none, and the coded bytes would otherwise be refused as malformed JSON, which sends the
+/// client looking for a mistake in its JSON. `identity`, the absence of a coding, is allowed.
+fn check_content_encoding(headers: &HeaderMap) -> Result<(), Problem> {
+    for value in headers.get_all(header::CONTENT_ENCODING) {
+        let text = value.to_str().unwrap_or("(not text)");
+        if text
+            .split(',')
+            .map(str::trim)
+            .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"))
+        {
+            return Err(Problem::unsupported_encoding(text));
+        }
+    }
+    Ok(())
 }
 
 impl<'a> JobRequest<'a> {

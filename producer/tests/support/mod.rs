@@ -130,9 +130,15 @@ pub(crate) async fn send(
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
+    answer(router, request.body(body).expect("a well-formed request")).await
+}
+
+/// Sends one request, built by the caller (for a header that is not text, say), through the
+/// router.
+pub(crate) async fn answer(router: &Router, request: Request<Body>) -> Answer {
     let response = router
         .clone()
-        .oneshot(request.body(body).expect("a well-formed request"))
+        .oneshot(request)
         .await
         .expect("the router is infallible");
     let status = response.status();
