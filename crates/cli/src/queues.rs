@@ -196,17 +196,22 @@ async fn add_broker_only(
         if QueueName::new(queue).is_err() || counts[..before].iter().any(|c| c.queue == queue) {
             continue;
         }
-        counts.push(warren_store::QueueCounts {
-            queue: queue.to_owned(),
-            scheduled: 0,
-            running: 0,
-            dead_24h: 0,
-            succeeded_1h: 0,
-            paused_at: None,
-        });
+        counts.push(no_counts(queue.to_owned()));
     }
     if counts.len() > before {
         counts.sort_by(|a, b| a.queue.cmp(&b.queue));
+    }
+}
+
+/// A queue Postgres has no jobs, workers or pause for: every count zero.
+fn no_counts(queue: String) -> warren_store::QueueCounts {
+    warren_store::QueueCounts {
+        queue,
+        scheduled: 0,
+        running: 0,
+        dead_24h: 0,
+        succeeded_1h: 0,
+        paused_at: None,
     }
 }
 
@@ -236,14 +241,7 @@ pub(crate) async fn queue_lines(
     if let Some(only) = only {
         counts.retain(|c| c.queue == only.as_str());
         if counts.is_empty() {
-            counts.push(warren_store::QueueCounts {
-                queue: only.to_string(),
-                scheduled: 0,
-                running: 0,
-                dead_24h: 0,
-                succeeded_1h: 0,
-                paused_at: None,
-            });
+            counts.push(no_counts(only.to_string()));
         }
     }
     if only.is_none() {

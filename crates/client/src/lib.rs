@@ -578,25 +578,23 @@ impl Client {
     /// fails to publish it. Queues seen once are not asked again: a queue is not deleted
     /// under running workers (if it is, the promoter keeps the job until it is back).
     async fn check_queue(&self, job: &Checked) -> Result<(), Error> {
-        let known = |queues: &HashSet<QueueName>| queues.contains(&job.queue);
-        if known(
-            &self
-                .known_queues
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        ) {
+        if self.known_queues().contains(&job.queue) {
             return Ok(());
         }
         match self.broker.queue_depth(&job.queue).await? {
             Some(_) => {
-                self.known_queues
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(job.queue.clone());
+                self.known_queues().insert(job.queue.clone());
                 Ok(())
             }
             None => Err(self.unroutable(job)),
         }
+    }
+
+    /// The queues seen to exist; the guard is never held across an await.
+    fn known_queues(&self) -> std::sync::MutexGuard<'_, HashSet<QueueName>> {
+        self.known_queues
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The error of a job whose queue RabbitMQ does not have, as a publish would say it.
