@@ -1,10 +1,11 @@
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use warren_client::{Client, NewJob};
-use warren_core::{FailureKind, JobState};
+use warren_core::{FailureKind, JobState, QueueName};
 use warren_runtime::{JobContext, JobError, TaskOptions, Worker};
 use warren_testkit::TestEnv;
 use warren_worker::tasks::register_builtins;
@@ -143,6 +144,121 @@ async fn unroutable_enqueue_fails_and_records_nothing() -> anyhow::Result<()> {
         1,
         "only the routable delayed job: {counts:?}"
     );
+    env.cleanup().await
+}
+
+/// Publishes 2,400 jobs from 16 tasks at once on the client's one channel, alternating
+/// between `default` and `other`, and checks that each got its own outcome: accepted for
+/// `default`, refused with an error naming `refusal` for `other`, and that `default` holds
+/// exactly the jobs reported accepted.
+async fn mixed_publishes(
+    env: &TestEnv,
+    other: &'static str,
+    refusal: &'static str,
+) -> anyhow::Result<()> {
+    let client = Client::from_broker(env.broker.clone()).await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..16 {
+        let client = client.clone();
+        tasks.spawn(async move {
+            let mut outcomes = Vec::new();
+            for i in 0..150 {
+                let queue = if (t + i) % 2 == 0 { "default" } else { other };
+                let id = warren_core::JobId::new();
+                let job = NewJob::new("warren.noop", &json!({ "t": t, "i": i }))
+                    .queue(queue)
+                    .id(id);
+                outcomes.push((queue, id, client.enqueue(job).await));
+            }
+            outcomes
+        });
+    }
+    let mut accepted = HashSet::new();
+    let mut wrong = Vec::new();
+    while let Some(outcomes) = tasks.join_next().await {
+        for (queue, id, outcome) in outcomes? {
+            match &outcome {
+                Ok(_) if queue == "default" => {
+                    accepted.insert(id.to_string());
+                }
+                Err(e) if queue == other && e.to_string().contains(refusal) => {}
+                _ => wrong.push(format!("{id} to {queue}: {outcome:?}")),
+            }
+        }
+    }
+    let mut drain = env.broker.drain(&QueueName::new("default")?).await?;
+    let mut queued = HashSet::new();
+    loop {
+        let batch = drain.next_batch(500).await?;
+        if batch.is_empty() {
+            break;
+        }
+        queued.extend(batch.into_iter().filter_map(|d| d.raw.message_id));
+    }
+    drain.close().await;
+    assert!(
+        wrong.is_empty(),
+        "{} of 2400 publishes got another's outcome, e.g. {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(3)]
+    );
+    assert_eq!(
+        queued, accepted,
+        "the queue holds exactly the jobs reported accepted"
+    );
+    Ok(())
+}
+
+/// RabbitMQ numbers confirms in the order messages reach it; lapin numbers them when a
+/// publish starts. Publishes racing on one channel must not swap numbers: a queue that
+/// refuses every message (`x-overflow: reject-publish`, length 0) gets a nack for each, and a
+/// nack given to a message of `default` would report as refused a job that will run, and as
+/// accepted a job RabbitMQ threw away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_publishes_each_get_their_own_nack() -> anyhow::Result<()> {
+    let env = TestEnv::new(&["default"]).await?;
+    let connection =
+        lapin::Connection::connect(&env.amqp_url, lapin::ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    let full = env.broker.topology().queue_name_of("full");
+    let mut args = lapin::types::FieldTable::default();
+    args.insert(
+        "x-max-length".into(),
+        lapin::types::AMQPValue::LongLongInt(0),
+    );
+    args.insert(
+        "x-overflow".into(),
+        lapin::types::AMQPValue::LongString("reject-publish".into()),
+    );
+    channel
+        .queue_declare(full.as_str().into(), Default::default(), args)
+        .await?;
+    channel
+        .queue_bind(
+            full.as_str().into(),
+            env.broker.topology().work_exchange().into(),
+            "full".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await?;
+    let outcome = mixed_publishes(&env, "full", "nack").await;
+    channel
+        .queue_delete(full.as_str().into(), Default::default())
+        .await?;
+    let _ = connection.close(200, "done".into()).await;
+    outcome?;
+    env.cleanup().await
+}
+
+/// lapin hands a `basic.return` to whichever confirm it completes next, often another
+/// message's when publishes race on one channel. Jobs for a queue RabbitMQ does not have are
+/// refused before anything is sent, so no return can be misdelivered and each caller gets
+/// its own outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_publishes_to_a_missing_queue_leave_the_others_alone() -> anyhow::Result<()> {
+    let env = TestEnv::new(&["default"]).await?;
+    mixed_publishes(&env, "missing-q", "unroutable").await?;
     env.cleanup().await
 }
 

@@ -167,33 +167,7 @@ impl Broker {
     }
 
     async fn depth_of(&self, name: &str) -> Result<Option<QueueDepth>, Error> {
-        let channel = within(
-            self.config.connect_timeout,
-            "opening a channel",
-            self.connection.create_channel(),
-        )
-        .await?;
-        let options = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        match channel
-            .queue_declare(name.into(), options, FieldTable::default())
-            .await
-        {
-            Ok(q) => {
-                let _ = channel.close(200, "inspected".into()).await;
-                Ok(Some(QueueDepth {
-                    ready: q.message_count(),
-                    consumers: q.consumer_count(),
-                }))
-            }
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(source) => Err(Error::Inspect {
-                queue: name.to_owned(),
-                source: Box::new(source),
-            }),
-        }
+        passive_depth(&self.connection, self.config.connect_timeout, name).await
     }
 
     /// Deletes these work queues, the dead-letter queue and both exchanges of the namespace.
@@ -498,6 +472,38 @@ pub(crate) async fn within<T>(
             source: Box::new(source),
         }),
         Err(_) => Err(Error::StepTimeout { what, timeout }),
+    }
+}
+
+/// Ready messages and consumers of the RabbitMQ queue `name`, or `None` if it does not exist,
+/// asked with a passive declare on a throwaway channel (a passive declare of a missing queue
+/// closes its channel), each step within `timeout`.
+pub(crate) async fn passive_depth(
+    connection: &Supervised,
+    timeout: Duration,
+    name: &str,
+) -> Result<Option<QueueDepth>, Error> {
+    let channel = within(timeout, "opening a channel", connection.create_channel()).await?;
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    match channel
+        .queue_declare(name.into(), options, FieldTable::default())
+        .await
+    {
+        Ok(q) => {
+            let _ = channel.close(200, "inspected".into()).await;
+            Ok(Some(QueueDepth {
+                ready: q.message_count(),
+                consumers: q.consumer_count(),
+            }))
+        }
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(source) => Err(Error::Inspect {
+            queue: name.to_owned(),
+            source: Box::new(source),
+        }),
     }
 }
 

@@ -1,6 +1,9 @@
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
+use std::future::Future;
+use std::pin::pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -11,10 +14,10 @@ use lapin::{BasicProperties, Channel, PublisherConfirm};
 use warren_core::HeaderValue;
 use warren_core::message::{HEADER_DEAD_QUEUE, HEADER_DEAD_REASON, RawMessage};
 
-use crate::connection::within;
+use crate::connection::{passive_depth, within};
 use crate::headers::to_field_table;
 use crate::supervised::Supervised;
-use crate::{BrokerConfig, Error};
+use crate::{BrokerConfig, Error, Topology};
 
 /// One message to publish: the Warren queue it is for and the message itself.
 #[derive(Clone, Copy, Debug)]
@@ -36,10 +39,25 @@ pub struct PublishRequest<'a> {
 /// replaces by itself), or alone (the broker closed it). A publish that finds it lost waits
 /// for a new one, within the confirm timeout; a message is never sent twice on its own, and a
 /// confirm from the old channel is never taken for one on the new.
+///
+/// Each outcome belongs to its own message, however many tasks publish at once:
+/// - RabbitMQ numbers confirms in the order messages reach it, and lapin numbers them when a
+///   publish is called, so the two steps are taken under one lock per channel (see
+///   [`Publisher::send`]).
+/// - lapin hands a `basic.return` to whichever confirm it completes next, which under
+///   concurrent publishes is often another message's. So a message is not sent to a queue
+///   RabbitMQ has not been seen to have: the first publish to each queue asks with a passive
+///   declare, and a queue missing then is refused as unroutable without a publish. Returns
+///   are then left only for a queue deleted while it is published to (see
+///   docs/reliability.md).
 #[derive(Clone)]
 pub struct Publisher {
     connection: Supervised,
     channel: Arc<ChannelSlot>,
+    /// RabbitMQ queues seen to exist, shared by the clones; emptied when a message comes back
+    /// unroutable, so each queue is asked about again.
+    routable: Arc<Mutex<HashSet<String>>>,
+    topology: Topology,
     connect_timeout: Duration,
     exchange: String,
     dead_letter_exchange: String,
@@ -58,6 +76,17 @@ impl fmt::Debug for Publisher {
             .field("window", &self.window)
             .finish_non_exhaustive()
     }
+}
+
+/// Whether a queue can be published to, as far as the publisher knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// It exists.
+    Open,
+    /// RabbitMQ says it does not exist.
+    Missing,
+    /// It could not be asked (the connection is down).
+    Unknown,
 }
 
 /// The wait before trying again to open a publishing channel that failed to open although
@@ -79,11 +108,13 @@ struct ChannelSlot {
     replacing: tokio::sync::Mutex<()>,
 }
 
-/// A channel in confirm mode and the generation of the connection it was opened on.
+/// A channel in confirm mode, the generation of the connection it was opened on, and the lock
+/// that keeps its publishes in the order their confirms are numbered.
 #[derive(Clone)]
 struct Open {
     channel: Arc<Channel>,
     generation: u64,
+    order: Arc<Mutex<()>>,
 }
 
 impl ChannelSlot {
@@ -117,6 +148,7 @@ async fn open_channel(connection: &Supervised, timeout: Duration) -> Result<Open
     Ok(Open {
         channel: Arc::new(channel),
         generation,
+        order: Arc::new(Mutex::new(())),
     })
 }
 
@@ -132,6 +164,8 @@ impl Publisher {
                 current: Mutex::new(open),
                 replacing: tokio::sync::Mutex::new(()),
             }),
+            routable: Arc::new(Mutex::new(HashSet::new())),
+            topology: config.topology.clone(),
             connect_timeout: config.connect_timeout,
             exchange: config.topology.work_exchange(),
             dead_letter_exchange: config.topology.dead_letter_exchange(),
@@ -151,7 +185,9 @@ impl Publisher {
     /// Publishes one message and waits for its confirm.
     pub async fn publish(&self, queue: &str, message: &RawMessage) -> Result<(), Error> {
         let req = PublishRequest { queue, message };
-        self.publish_one(&self.exchange, &self.exchange, req).await
+        let target = self.topology.queue_name_of(queue);
+        self.publish_one(&self.exchange, &self.exchange, &target, req)
+            .await
     }
 
     /// Publishes many messages with their confirms pipelined, and reports each one's outcome
@@ -167,7 +203,20 @@ impl Publisher {
         let mut pending: VecDeque<(usize, Instant, PublisherConfirm)> =
             VecDeque::with_capacity(self.window);
         let mut lost = false;
+        // Each queue of the batch is asked about once, before anything is sent.
+        let mut routes: HashMap<&str, Route> = HashMap::new();
+        for req in batch {
+            if !routes.contains_key(req.queue) {
+                let target = self.topology.queue_name_of(req.queue);
+                routes.insert(req.queue, self.route(&target).await);
+            }
+        }
         for (i, req) in batch.iter().enumerate() {
+            let route = routes.get(req.queue).copied().unwrap_or(Route::Unknown);
+            if let Some(refused) = self.refusal(route, &self.exchange, *req) {
+                results[i] = Some(Err(refused));
+                continue;
+            }
             if lost {
                 results[i] = Some(Err(Error::NotSent {
                     job: job_of(req.message),
@@ -214,7 +263,8 @@ impl Publisher {
             queue: &self.intake_queue,
             message,
         };
-        self.publish_one("", "(default)", req).await
+        self.publish_one("", "(default)", &self.intake_queue, req)
+            .await
     }
 
     /// Publishes a dead letter to the parking queue (through the default exchange), confirmed,
@@ -244,7 +294,8 @@ impl Publisher {
             queue: &self.parking_queue,
             message: &message,
         };
-        self.publish_one("", "(default)", req).await
+        self.publish_one("", "(default)", &self.parking_queue, req)
+            .await
     }
 
     /// Publishes a message straight to the dead-letter queue with `warren-dead-reason` set.
@@ -264,23 +315,94 @@ impl Publisher {
             queue,
             message: &message,
         };
-        self.publish_one(&self.dead_letter_exchange, &self.dead_letter_exchange, req)
-            .await
+        let target = self.topology.dead_letter_queue();
+        self.publish_one(
+            &self.dead_letter_exchange,
+            &self.dead_letter_exchange,
+            &target,
+            req,
+        )
+        .await
     }
 
-    /// Sends one message to `exchange` (named `label` in errors) and waits for its confirm,
-    /// until `confirm_timeout` after sending.
+    /// Sends one message to `exchange` (named `label` in errors), bound for the RabbitMQ queue
+    /// `target`, and waits for its confirm, until `confirm_timeout` after sending.
     async fn publish_one(
         &self,
         exchange: &str,
         label: &str,
+        target: &str,
         req: PublishRequest<'_>,
     ) -> Result<(), Error> {
+        if let Some(refused) = self.refusal(self.route(target).await, label, req) {
+            return Err(refused);
+        }
         let confirm = self.send(exchange, req).await?;
         let deadline = Instant::now() + self.confirm_timeout;
         self.settle(label, req, confirm, deadline).await
     }
 
+    /// Whether RabbitMQ has the queue of the Warren queue `queue`: known from an earlier
+    /// publish or check, or asked with a passive declare (and then remembered while it
+    /// exists). An error only when it could not be asked.
+    pub async fn has_queue(&self, queue: &str) -> Result<bool, Error> {
+        self.exists(&self.topology.queue_name_of(queue)).await
+    }
+
+    async fn exists(&self, target: &str) -> Result<bool, Error> {
+        if self.routable().contains(target) {
+            return Ok(true);
+        }
+        let found = passive_depth(&self.connection, self.connect_timeout, target)
+            .await?
+            .is_some();
+        if found {
+            self.routable().insert(target.to_owned());
+        }
+        Ok(found)
+    }
+
+    /// Whether the RabbitMQ queue `target` can be published to.
+    async fn route(&self, target: &str) -> Route {
+        match self.exists(target).await {
+            Ok(true) => Route::Open,
+            Ok(false) => Route::Missing,
+            Err(e) => {
+                tracing::debug!(queue = target, error = %warren_core::ErrorChain(&e), "cannot tell whether the queue exists; not publishing to it");
+                Route::Unknown
+            }
+        }
+    }
+
+    /// The error for a message whose route is not open: unroutable for a missing queue, not
+    /// sent (and safe to retry) when it could not be asked.
+    fn refusal(&self, route: Route, label: &str, req: PublishRequest<'_>) -> Option<Error> {
+        match route {
+            Route::Open => None,
+            Route::Missing => Some(Error::Unroutable {
+                job: job_of(req.message),
+                queue: req.queue.to_owned(),
+                exchange: label.to_owned(),
+            }),
+            Route::Unknown => Some(Error::NotSent {
+                job: job_of(req.message),
+                queue: req.queue.to_owned(),
+            }),
+        }
+    }
+
+    /// The queues seen to exist; the guard is never held across an await.
+    fn routable(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.routable.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sends one message and returns its confirm, once lapin has written it.
+    ///
+    /// lapin numbers a confirm when the publish is first polled and queues its frames in the
+    /// same poll, under two locks of its own: two tasks publishing at once on one channel can
+    /// take their numbers in one order and send their frames in the other, and RabbitMQ
+    /// numbers by arrival, so each would get the other's confirm (a nack, or a return, handed
+    /// to the wrong job). That first poll is taken under the channel's `order` lock.
     async fn send(
         &self,
         exchange: &str,
@@ -309,8 +431,8 @@ impl Publisher {
         let deadline = Instant::now() + self.confirm_timeout;
         let mut retried = false;
         loop {
-            let channel = match self.usable_channel(deadline).await {
-                Ok(channel) => channel,
+            let open = match self.usable_channel(deadline).await {
+                Ok(open) => open,
                 // The connection went down again between being reopened and taking the
                 // channel: wait for the next one, within the same bound.
                 Err(e)
@@ -330,17 +452,22 @@ impl Publisher {
                     });
                 }
             };
-            let sent = tokio::time::timeout_at(
-                deadline,
-                channel.basic_publish(
-                    exchange.into(),
-                    req.queue.into(),
-                    options,
-                    &m.body,
-                    props.clone(),
-                ),
-            )
+            let mut publish = pin!(open.channel.basic_publish(
+                exchange.into(),
+                req.queue.into(),
+                options,
+                &m.body,
+                props.clone(),
+            ));
+            let first = std::future::poll_fn(|cx| {
+                let _order = open.order.lock().unwrap_or_else(PoisonError::into_inner);
+                Poll::Ready(publish.as_mut().poll(cx))
+            })
             .await;
+            let sent = match first {
+                Poll::Ready(sent) => Ok(sent),
+                Poll::Pending => tokio::time::timeout_at(deadline, publish).await,
+            };
             match sent {
                 Ok(Ok(confirm)) => return Ok(confirm),
                 // The channel or its connection broke under this message: try it once more,
@@ -372,10 +499,10 @@ impl Publisher {
 
     /// The shared channel if it is usable; otherwise a new one, opened by one clone at a time
     /// on the current connection, waited for until `deadline`.
-    async fn usable_channel(&self, deadline: Instant) -> Result<Arc<Channel>, Error> {
+    async fn usable_channel(&self, deadline: Instant) -> Result<Open, Error> {
         let open = self.channel.get();
         if self.is_usable(&open) {
-            return Ok(open.channel);
+            return Ok(open);
         }
         let waited = |what| Error::StepTimeout {
             what,
@@ -387,7 +514,7 @@ impl Publisher {
         // Another clone may have replaced it while this one waited for its turn.
         let open = self.channel.get();
         if self.is_usable(&open) {
-            return Ok(open.channel);
+            return Ok(open);
         }
         let fresh = tokio::time::timeout_at(
             deadline,
@@ -399,7 +526,7 @@ impl Publisher {
         })??;
         tracing::info!(generation = fresh.generation, "publishing channel reopened");
         self.channel.set(fresh.clone());
-        Ok(fresh.channel)
+        Ok(fresh)
     }
 
     async fn settle(
@@ -422,11 +549,26 @@ impl Publisher {
                 source: Box::new(source),
             }),
             Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => Ok(()),
-            Ok(Ok(Confirmation::Ack(Some(_returned)))) => Err(Error::Unroutable {
-                job: job(),
-                queue: req.queue.to_owned(),
-                exchange: exchange.to_owned(),
-            }),
+            Ok(Ok(Confirmation::Ack(Some(returned)))) => {
+                // The queue was there when first published to, and is gone: ask again next
+                // time. lapin may have handed this return to the wrong confirm (see the type's
+                // docs), so the job it names is logged: it may have been reported accepted.
+                self.routable().clear();
+                let returned_id = returned.delivery.properties.message_id().as_ref();
+                if returned_id.map(|id| id.as_str()) != req.message.message_id.as_deref() {
+                    tracing::error!(
+                        job = %job(),
+                        returned_job = returned_id.map_or("(no id)", |id| id.as_str()),
+                        routing_key = %returned.delivery.routing_key,
+                        "RabbitMQ returned a message as unroutable (its queue was deleted while published to) and lapin gave the return to another message's confirm: the returned job may have been reported accepted and is not in any queue"
+                    );
+                }
+                Err(Error::Unroutable {
+                    job: job(),
+                    queue: req.queue.to_owned(),
+                    exchange: exchange.to_owned(),
+                })
+            }
             Ok(Ok(Confirmation::Nack(_))) => Err(Error::Nacked {
                 job: job(),
                 queue: req.queue.to_owned(),

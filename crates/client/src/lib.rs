@@ -15,7 +15,7 @@
 #![warn(missing_docs)]
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -466,9 +466,6 @@ pub struct Client {
     store: Option<Store>,
     /// Whether keyed jobs go through the store; see [`Client::keyed_through_store`].
     keyed_through_store: bool,
-    /// Queues seen to exist in RabbitMQ, so that a job kept in Postgres first is checked
-    /// against its queue once per queue, not once per job; see [`Client::check_queue`].
-    known_queues: Arc<Mutex<HashSet<QueueName>>>,
 }
 
 impl Client {
@@ -486,7 +483,6 @@ impl Client {
             publisher,
             store: None,
             keyed_through_store: false,
-            known_queues: Arc::default(),
         })
     }
 
@@ -575,26 +571,14 @@ impl Client {
     /// Refuses a job kept in Postgres first (delayed, keyed, or in a transaction) whose queue
     /// RabbitMQ does not have, as its publish would be refused as unroutable if it were sent
     /// now. Otherwise it is accepted, and then waits `scheduled` forever while the promoter
-    /// fails to publish it. Queues seen once are not asked again: a queue is not deleted
-    /// under running workers (if it is, the promoter keeps the job until it is back).
+    /// fails to publish it. The publisher remembers the queues it has seen, so each is asked
+    /// about once (and again after a message to a deleted queue comes back).
     async fn check_queue(&self, job: &Checked) -> Result<(), Error> {
-        if self.known_queues().contains(&job.queue) {
-            return Ok(());
+        if self.publisher.has_queue(job.queue.as_str()).await? {
+            Ok(())
+        } else {
+            Err(self.unroutable(job))
         }
-        match self.broker.queue_depth(&job.queue).await? {
-            Some(_) => {
-                self.known_queues().insert(job.queue.clone());
-                Ok(())
-            }
-            None => Err(self.unroutable(job)),
-        }
-    }
-
-    /// The queues seen to exist; the guard is never held across an await.
-    fn known_queues(&self) -> std::sync::MutexGuard<'_, HashSet<QueueName>> {
-        self.known_queues
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The error of a job whose queue RabbitMQ does not have, as a publish would say it.
