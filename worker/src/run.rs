@@ -323,7 +323,10 @@ pub(crate) fn init_logging(
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
 
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // lapin logs a returned message whole, payload and headers included, at WARN; the
+    // publisher logs its own line naming the job instead.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,lapin::returned_messages=off"));
     let (exporter, otel) = match otlp_traces {
         Some(url) => {
             let (exporter, tracer) = crate::otel::Exporter::start(url, service_name)?;
