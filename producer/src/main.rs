@@ -8,7 +8,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
-use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use warren_client::{Broker, Client, Store};
 use warren_producer::auth::{Tokens, new_token};
@@ -17,7 +16,7 @@ use warren_producer::settings::{Args, Command, LogFormat, Settings, TokenCommand
 use warren_producer::{AppState, router, tls};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = warren_core::flags::parse();
     if let Some(Command::Token(TokenCommand::New { name, patterns })) = &args.command {
         return match new_token(name, patterns) {
             Ok((token, line)) => {

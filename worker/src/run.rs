@@ -31,7 +31,6 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
 use warren_broker::{Broker, BrokerConfig};
 use warren_runtime::{Worker, WorkerBuilder, shutdown_on_signal, wait_for_signal};
 use warren_store::{Store, StoreConfig};
@@ -53,7 +52,7 @@ macro_rules! say {
 /// and run until SIGTERM or SIGINT.
 pub fn run(register: impl FnOnce(WorkerBuilder) -> WorkerBuilder) -> ExitCode {
     ensure_io_thread_stack();
-    let settings = match Args::parse().validate() {
+    let settings = match warren_core::flags::parse::<Args>().validate() {
         Ok(s) => s,
         Err(e) => {
             say!("warren-worker: {e}");

@@ -47,3 +47,24 @@ fn an_unusable_url_exits_2_with_its_reason() {
         );
     }
 }
+
+/// A bad value from an environment variable is named by that variable as well as its flag:
+/// there is no `--concurrency` on the command line to look for.
+#[test]
+fn a_bad_value_from_the_environment_names_the_variable() {
+    let (code, stderr) = worker(&[
+        ("WARREN_AMQP_URL", "amqp://127.0.0.1:5672/%2f"),
+        (
+            "WARREN_DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/postgres",
+        ),
+        ("WARREN_CONCURRENCY", "lots"),
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "invalid value 'lots' for '--concurrency <CONCURRENCY>' (set by WARREN_CONCURRENCY)"
+        ),
+        "{stderr}"
+    );
+}

@@ -36,7 +36,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
 use warren_broker::BrokerConfig;
 use warren_runtime::shutdown_on_signal;
 use warren_store::StoreConfig;
@@ -48,7 +47,7 @@ use crate::sandbox::Sandbox;
 use crate::settings::{Args, Scenario, Settings};
 
 fn main() -> ExitCode {
-    let settings = match Args::parse().validate() {
+    let settings = match warren_core::flags::parse::<Args>().validate() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("warren-bench: {e}");

@@ -4,13 +4,12 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use warren_cli::{Args, Status};
 
 fn main() -> ExitCode {
     // Clap prints its own errors and exits with status 2, the same as our usage errors.
-    let args = Args::parse();
+    let args: Args = warren_core::flags::parse();
     init_tracing();
     // One command does one thing at a time; a single-threaded runtime is all it needs.
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -7,12 +7,16 @@
 //!
 //! It deliberately does no I/O: no tokio, no lapin, no sqlx. Everything here is testable with
 //! plain unit tests, and every other crate agrees on these types instead of inventing its own.
+//! One module is for the binaries only, behind the `clap` feature: `flags` parses
+//! their flags and environment.
 
 #![warn(missing_docs)]
 
 pub mod cron;
 pub mod duration;
 mod error;
+#[cfg(feature = "clap")]
+pub mod flags;
 mod id;
 mod intake;
 pub mod lifecycle;
