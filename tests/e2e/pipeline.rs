@@ -262,6 +262,42 @@ async fn concurrent_publishes_to_a_missing_queue_leave_the_others_alone() -> any
     env.cleanup().await
 }
 
+/// A queue found missing is taken as missing for a second without asking RabbitMQ again (a
+/// client sending to a misspelt queue must not cost a passive declare a job), then asked
+/// again: once it is declared, jobs go to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_found_missing_is_asked_about_again_after_a_second() -> anyhow::Result<()> {
+    let env = TestEnv::new(&["default"]).await?;
+    let client = Client::from_broker(env.broker.clone()).await?;
+    let job = || NewJob::new("warren.noop", &json!({})).queue("declared-late");
+    let unroutable = |r: Result<warren_core::JobId, warren_client::Error>| {
+        r.is_err_and(|e| e.to_string().contains("unroutable"))
+    };
+    assert!(unroutable(client.enqueue(job()).await));
+    let refused_at = std::time::Instant::now();
+    env.broker
+        .declare(&[QueueName::new("declared-late")?])
+        .await?;
+    let again = client.enqueue(job()).await;
+    // Within the second, the answer is the remembered one (unless this machine took the
+    // whole second to declare a queue, when there is nothing to tell).
+    if refused_at.elapsed() < Duration::from_millis(900) {
+        assert!(unroutable(again), "asked again at once");
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    client.enqueue(job()).await?;
+    let depth = env
+        .broker
+        .queue_depth(&QueueName::new("declared-late")?)
+        .await?
+        .map(|d| d.ready);
+    env.broker
+        .delete_topology(&[QueueName::new("declared-late")?])
+        .await?;
+    assert!(depth.is_some_and(|ready| ready >= 1), "{depth:?}");
+    env.cleanup().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panic_and_timeout_are_recorded_as_readable_failures() -> anyhow::Result<()> {
     let env = TestEnv::new(&["default"]).await?;

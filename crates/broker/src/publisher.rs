@@ -54,9 +54,8 @@ pub struct PublishRequest<'a> {
 pub struct Publisher {
     connection: Supervised,
     channel: Arc<ChannelSlot>,
-    /// RabbitMQ queues seen to exist, shared by the clones; emptied when a message comes back
-    /// unroutable, so each queue is asked about again.
-    routable: Arc<Mutex<HashSet<String>>>,
+    /// What is known of RabbitMQ's queues, shared by the clones.
+    routes: Arc<Mutex<Routes>>,
     topology: Topology,
     connect_timeout: Duration,
     exchange: String,
@@ -76,6 +75,22 @@ impl fmt::Debug for Publisher {
             .field("window", &self.window)
             .finish_non_exhaustive()
     }
+}
+
+/// How long a queue found missing is taken as missing without asking again. A client that
+/// keeps sending jobs to a misspelt queue costs RabbitMQ one passive declare (a channel, and an
+/// error line in its log) a second, not one a job; a queue declared meanwhile takes jobs at
+/// most this much later.
+const MISSING_FOR: Duration = Duration::from_secs(1);
+
+/// What a publisher knows of RabbitMQ's queues, by RabbitMQ name.
+#[derive(Debug, Default)]
+struct Routes {
+    /// Seen to exist; forgotten when a message comes back unroutable, so that each is asked
+    /// about again.
+    known: HashSet<String>,
+    /// Seen missing, and when.
+    missing: HashMap<String, Instant>,
 }
 
 /// Whether a queue can be published to, as far as the publisher knows.
@@ -164,7 +179,7 @@ impl Publisher {
                 current: Mutex::new(open),
                 replacing: tokio::sync::Mutex::new(()),
             }),
-            routable: Arc::new(Mutex::new(HashSet::new())),
+            routes: Arc::default(),
             topology: config.topology.clone(),
             connect_timeout: config.connect_timeout,
             exchange: config.topology.work_exchange(),
@@ -350,14 +365,30 @@ impl Publisher {
     }
 
     async fn exists(&self, target: &str) -> Result<bool, Error> {
-        if self.routable().contains(target) {
-            return Ok(true);
+        let now = Instant::now();
+        {
+            let routes = self.routes();
+            if routes.known.contains(target) {
+                return Ok(true);
+            }
+            if routes
+                .missing
+                .get(target)
+                .is_some_and(|&seen| now < seen + MISSING_FOR)
+            {
+                return Ok(false);
+            }
         }
         let found = passive_depth(&self.connection, self.connect_timeout, target)
             .await?
             .is_some();
+        let mut routes = self.routes();
         if found {
-            self.routable().insert(target.to_owned());
+            routes.missing.remove(target);
+            routes.known.insert(target.to_owned());
+        } else {
+            routes.missing.retain(|_, seen| now < *seen + MISSING_FOR);
+            routes.missing.insert(target.to_owned(), now);
         }
         Ok(found)
     }
@@ -391,9 +422,9 @@ impl Publisher {
         }
     }
 
-    /// The queues seen to exist; the guard is never held across an await.
-    fn routable(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.routable.lock().unwrap_or_else(PoisonError::into_inner)
+    /// What is known of the queues; the guard is never held across an await.
+    fn routes(&self) -> std::sync::MutexGuard<'_, Routes> {
+        self.routes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Sends one message and returns its confirm, once lapin has written it.
@@ -553,7 +584,7 @@ impl Publisher {
                 // The queue was there when first published to, and is gone: ask again next
                 // time. lapin may have handed this return to the wrong confirm (see the type's
                 // docs), so the job it names is logged: it may have been reported accepted.
-                self.routable().clear();
+                self.routes().known.clear();
                 let returned_id = returned.delivery.properties.message_id().as_ref();
                 if returned_id.map(|id| id.as_str()) != req.message.message_id.as_deref() {
                     tracing::error!(
