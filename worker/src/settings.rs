@@ -56,8 +56,9 @@ pub struct Args {
     #[arg(long, env = "WARREN_CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
 
-    /// Unacked deliveries per queue (default: twice the concurrency, at most 65535).
-    #[arg(long, env = "WARREN_PREFETCH")]
+    /// Unacked deliveries per queue, 1 to 65535 (default: twice the concurrency, at most
+    /// 65535).
+    #[arg(long, env = "WARREN_PREFETCH", value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: Option<u16>,
 
     /// Batches of outcomes written to PostgreSQL at once, each on its own connection (1 to 4;
@@ -257,9 +258,6 @@ impl Args {
                 self.recorder_writers
             ));
         }
-        if self.prefetch == Some(0) {
-            return Err("--prefetch / WARREN_PREFETCH must be at least 1".to_owned());
-        }
         if self.delivery_limit == 0 {
             return Err("--delivery-limit / WARREN_DELIVERY_LIMIT must be at least 1".to_owned());
         }
@@ -438,6 +436,15 @@ mod tests {
         Args::try_parse_from(argv)
             .map_err(|e| e.to_string())?
             .validate()
+    }
+
+    #[test]
+    fn prefetch_is_1_to_65535_with_the_range_in_the_error() {
+        for bad in ["0", "70000"] {
+            let e = parse(&["--prefetch", bad]).unwrap_err();
+            assert!(e.contains(&format!("{bad} is not in 1..=65535")), "{e}");
+        }
+        assert_eq!(parse(&["--prefetch", "1"]).unwrap().worker.prefetch, 1);
     }
 
     #[test]

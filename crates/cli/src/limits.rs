@@ -216,10 +216,12 @@ pub(crate) fn check_pointer(text: &str) -> Result<(), Usage> {
 /// Checks everything `set` was given; the error names the flag.
 fn validate(args: &SetArgs) -> Result<Limit, Usage> {
     let target = args.target.trim();
-    if TaskName::new(target).is_err() && QueueName::new(target).is_err() {
+    // Task and queue names follow one rule, so either error says what is wrong.
+    if let (Err(e), Err(_)) = (TaskName::new(target), QueueName::new(target)) {
         return Err(Usage(format!(
-            "TARGET: `{}` is neither a task nor a queue name",
-            printable_line(target)
+            "TARGET: `{}` is neither a task nor a queue name: {}",
+            printable_line(&e.name),
+            e.reason
         )));
     }
     let concurrency = match &args.concurrency {
@@ -424,6 +426,24 @@ mod tests {
                 .0
                 .contains("lets no job start")
         );
+    }
+
+    #[test]
+    fn a_target_that_is_no_name_says_which_rule_it_breaks() {
+        let set = |target: &str| {
+            validate(&SetArgs {
+                target: target.to_owned(),
+                concurrency: Some("1".to_owned()),
+                rate: None,
+                key_from: None,
+                json: false,
+            })
+            .unwrap_err()
+            .0
+        };
+        assert!(set(&"a".repeat(300)).ends_with("it is longer than 120 bytes"));
+        assert!(set("9lives").ends_with("it must start with an ASCII letter"));
+        assert!(set("two words").contains("only ASCII letters, digits"));
     }
 
     #[test]
