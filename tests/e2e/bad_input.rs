@@ -388,3 +388,38 @@ async fn an_oversized_body_keeps_a_bounded_prefix_its_size_and_digest() -> anyho
     worker.stop().await?;
     env.cleanup().await
 }
+
+/// A job from a foreign producer whose payload Postgres cannot store as `jsonb` (a string with
+/// U+0000) and whose first attempt fails: its retry must still run, and the job end
+/// `succeeded`, not wait for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_job_with_a_payload_postgres_cannot_store_is_retried() -> anyhow::Result<()> {
+    let env = TestEnv::new(&["default"]).await?;
+    let builder = Worker::builder().register(
+        "flaky",
+        |ctx: warren_runtime::JobContext, payload: serde_json::Value| async move {
+            if ctx.attempt == 1 {
+                return Err(warren_runtime::JobError::retryable("first attempt fails"));
+            }
+            Ok(payload)
+        },
+    );
+    let worker = env.start_worker(builder, env.worker_config("w1")).await?;
+    let message = good("flaky", br#"{"note":"nul \u0000 here"}"#);
+    let id: JobId = message.message_id.as_deref().unwrap_or_default().parse()?;
+    env.broker
+        .publisher()
+        .await?
+        .publish("default", &message)
+        .await?;
+    let row = wait_until(Duration::from_secs(60), "the job to end", || async {
+        Ok(match env.store.job(id).await? {
+            Some(row) if row.state.is_terminal() => Ok(row),
+            other => Err(format!("{:?}", other.map(|r| r.state))),
+        })
+    })
+    .await?;
+    worker.stop().await?;
+    assert_eq!(row.state, JobState::Succeeded, "{row:?}");
+    env.cleanup().await
+}

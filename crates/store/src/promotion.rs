@@ -17,7 +17,8 @@ pub struct DueJob {
     pub queue: String,
     /// The task name for the `warren-task` header.
     pub task: String,
-    /// The payload as JSON text.
+    /// The payload as JSON text: the `jsonb` column's, or for a payload `jsonb` refused (a
+    /// string with U+0000 from a foreign producer), the body kept as it came.
     pub payload: String,
     /// Attempts made so far; the published message carries `attempt + 1`.
     pub attempt: u32,
@@ -43,7 +44,9 @@ struct DueRow {
     id: uuid::Uuid,
     queue: String,
     task: String,
-    payload: String,
+    payload: Option<String>,
+    /// The body as it came, whole, when `payload` is NULL (see [`Store::claim_due`]).
+    raw_body: Option<Vec<u8>>,
     attempt: i32,
     max_attempts: i32,
     timeout_ms: Option<i64>,
@@ -62,7 +65,13 @@ impl From<DueRow> for DueJob {
             id: JobId::from_uuid(r.id),
             queue: r.queue,
             task: r.task,
-            payload: r.payload,
+            // The body was JSON when the worker decoded it, so UTF-8; were it not, the empty
+            // body publishes a job the next worker records dead as bad input, rather than one
+            // that waits for ever.
+            payload: r
+                .payload
+                .or_else(|| r.raw_body.and_then(|b| String::from_utf8(b).ok()))
+                .unwrap_or_default(),
             attempt: r.attempt.max(0) as u32,
             max_attempts: r.max_attempts.max(1) as u32,
             timeout_ms: r.timeout_ms.map(|t| t.max(1) as u64),
@@ -161,6 +170,11 @@ impl Listener {
 impl Store {
     /// Claims up to `limit` due jobs, oldest `run_at` first, skipping rows another promoter
     /// holds.
+    ///
+    /// A retry of a job whose payload `jsonb` refused (a foreign producer's string with
+    /// U+0000) has no `payload`, only its body kept as raw bytes; it is published from those
+    /// when they are whole. Only a body over [`crate::RAW_BODY_KEPT`] is kept in part, and such
+    /// a row is never claimed (see docs/reliability.md).
     pub async fn claim_due(&self, limit: u32) -> Result<Promotion, Error> {
         let mut tx = self
             .pool
@@ -168,10 +182,14 @@ impl Store {
             .await
             .map_err(Error::query("starting a promotion"))?;
         let rows: Vec<DueRow> = sqlx::query_as(
-            "SELECT id, queue, task, payload::text AS payload, attempt, max_attempts, timeout_ms,
-                    run_at, enqueued_at, idempotency_key, traceparent, limit_token_at
+            "SELECT id, queue, task, payload::text AS payload,
+                    CASE WHEN payload IS NULL THEN raw_body END AS raw_body, attempt,
+                    max_attempts, timeout_ms, run_at, enqueued_at, idempotency_key, traceparent,
+                    limit_token_at
              FROM warren_jobs
-             WHERE state = 'scheduled' AND run_at <= now() AND payload IS NOT NULL
+             WHERE state = 'scheduled' AND run_at <= now()
+               AND (payload IS NOT NULL
+                    OR (raw_body IS NOT NULL AND body_size = octet_length(raw_body)))
              ORDER BY run_at
              LIMIT $1
              FOR UPDATE SKIP LOCKED",
