@@ -423,3 +423,46 @@ async fn a_foreign_job_with_a_payload_postgres_cannot_store_is_retried() -> anyh
     assert_eq!(row.state, JobState::Succeeded, "{row:?}");
     env.cleanup().await
 }
+
+/// The same job with a body over what a row keeps as bytes cannot be published again from its
+/// row: its failed attempt ends it `dead`, saying why, rather than leaving it `scheduled` for
+/// ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_job_too_big_to_keep_as_bytes_ends_dead_when_it_fails() -> anyhow::Result<()> {
+    let env = TestEnv::new(&["default"]).await?;
+    let builder = Worker::builder().register(
+        "flaky",
+        |_ctx: warren_runtime::JobContext, _payload: serde_json::Value| async move {
+            Err::<serde_json::Value, _>(warren_runtime::JobError::retryable("always fails"))
+        },
+    );
+    let worker = env.start_worker(builder, env.worker_config("w1")).await?;
+    let pad = "x".repeat(warren_store::RAW_BODY_KEPT + 10);
+    let body = format!(r#"{{"note":"nul \u0000 here","pad":"{pad}"}}"#);
+    let message = good("flaky", body.as_bytes());
+    let id: JobId = message.message_id.as_deref().unwrap_or_default().parse()?;
+    env.broker
+        .publisher()
+        .await?
+        .publish("default", &message)
+        .await?;
+    let row = wait_until(Duration::from_secs(60), "the job to end", || async {
+        Ok(match env.store.job(id).await? {
+            Some(row) if row.state.is_terminal() => Ok(row),
+            other => Err(format!("{:?}", other.map(|r| r.state))),
+        })
+    })
+    .await?;
+    worker.stop().await?;
+    assert_eq!(row.state, JobState::Dead);
+    let last = row
+        .errors
+        .last()
+        .map(|e| e.message.clone())
+        .unwrap_or_default();
+    assert!(
+        last.contains("always fails") && last.contains("not retried"),
+        "{last}"
+    );
+    env.cleanup().await
+}

@@ -173,8 +173,8 @@ impl Store {
     ///
     /// A retry of a job whose payload `jsonb` refused (a foreign producer's string with
     /// U+0000) has no `payload`, only its body kept as raw bytes; it is published from those
-    /// when they are whole. Only a body over [`crate::RAW_BODY_KEPT`] is kept in part, and such
-    /// a row is never claimed (see docs/reliability.md).
+    /// when they are whole (a body over [`crate::RAW_BODY_KEPT`], kept only in part, is
+    /// recorded dead instead of scheduled; see docs/reliability.md).
     pub async fn claim_due(&self, limit: u32) -> Result<Promotion, Error> {
         let mut tx = self
             .pool

@@ -520,6 +520,26 @@ async fn write_with_retry(
             tracing::warn!(job = %row.id, error = %crate::error::sqlx_chain(&e), "row rejected; storing its payload as raw bytes");
             let mut raw = row.clone();
             raw.raw_body = raw.payload.take().map(|p| RawBody::of(p.get().as_bytes()));
+            // A retry is published from the kept body, which past RAW_BODY_KEPT is only a
+            // prefix: such a job ends here, dead with the reason, rather than wait for ever.
+            if raw.state == JobState::Scheduled
+                && let Some(size) = raw
+                    .raw_body
+                    .as_ref()
+                    .map(|b| b.size)
+                    .filter(|&size| size > RAW_BODY_KEPT as u64)
+            {
+                raw.state = JobState::Dead;
+                raw.finished_at.get_or_insert_with(Utc::now);
+                if let Some(error) = raw.error.as_mut() {
+                    error.message = format!(
+                        "{}; not retried: PostgreSQL refuses its payload as jsonb, and of a \
+                         {size}-byte body only the first {RAW_BODY_KEPT} bytes are kept, too \
+                         little to publish the retry from",
+                        error.message
+                    );
+                }
+            }
             // A key another job holds (a race the claim did not see) must not block the
             // outcome: record it without the key.
             raw.idempotency_key = None;
