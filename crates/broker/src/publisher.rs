@@ -228,7 +228,7 @@ impl Publisher {
         }
         for (i, req) in batch.iter().enumerate() {
             let route = routes.get(req.queue).copied().unwrap_or(Route::Unknown);
-            if let Some(refused) = self.refusal(route, &self.exchange, *req) {
+            if let Some(refused) = Self::refusal(route, &self.exchange, *req) {
                 results[i] = Some(Err(refused));
                 continue;
             }
@@ -349,7 +349,7 @@ impl Publisher {
         target: &str,
         req: PublishRequest<'_>,
     ) -> Result<(), Error> {
-        if let Some(refused) = self.refusal(self.route(target).await, label, req) {
+        if let Some(refused) = Self::refusal(self.route(target).await, label, req) {
             return Err(refused);
         }
         let confirm = self.send(exchange, req).await?;
@@ -407,7 +407,7 @@ impl Publisher {
 
     /// The error for a message whose route is not open: unroutable for a missing queue, not
     /// sent (and safe to retry) when it could not be asked.
-    fn refusal(&self, route: Route, label: &str, req: PublishRequest<'_>) -> Option<Error> {
+    fn refusal(route: Route, label: &str, req: PublishRequest<'_>) -> Option<Error> {
         match route {
             Route::Open => None,
             Route::Missing => Some(Error::Unroutable {

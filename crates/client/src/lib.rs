@@ -14,7 +14,6 @@
 
 #![warn(missing_docs)]
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -653,23 +652,12 @@ impl Client {
             }
         }
         // Checked after the loop, which holds the caller's iterator: awaiting inside it would
-        // make this future's `Send` depend on that iterator's closures.
-        let mut missing: HashSet<QueueName> = HashSet::new();
+        // make this future's `Send` depend on that iterator's closures. The publisher
+        // remembers a queue found missing, so its other jobs are refused without asking again.
         for (i, job) in to_rows {
-            // A queue found missing is not asked about again for each of its jobs.
-            let checked = if missing.contains(&job.queue) {
-                Err(self.unroutable(&job))
-            } else {
-                self.check_queue(&job).await
-            };
-            match checked {
+            match self.check_queue(&job).await {
                 Ok(()) => scheduled.push((i, job.into_scheduled())),
-                Err(e) => {
-                    if matches!(e, Error::Broker(warren_broker::Error::Unroutable { .. })) {
-                        missing.insert(job.queue.clone());
-                    }
-                    results[i] = Some(Err(e));
-                }
+                Err(e) => results[i] = Some(Err(e)),
             }
         }
         if let Some(store) = &self.store
